@@ -1,0 +1,48 @@
+# pyvmm - `make` installs the package (editable) and builds the guests; `make test` tests.
+PYTHON ?= python3
+CC ?= gcc
+GUEST_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra -ffreestanding -fno-builtin -nostdlib \
+	-fno-pic -fno-pie -mno-red-zone -mgeneral-regs-only -march=x86-64 -fno-stack-protector \
+	-fcf-protection=none -fno-asynchronous-unwind-tables -fno-omit-frame-pointer -Iguests/lib
+GUEST_LDFLAGS := -static -no-pie -nostdlib -Wl,--build-id=none -Wl,-z,max-page-size=4096 \
+	-Wl,-z,noexecstack -Wl,--no-warn-rwx-segments -T guests/lib/guest.ld
+GUESTS := hello selftest
+B := guests/build
+RT_OBJS := $(B)/entry.o $(B)/rt.o
+
+.PHONY: all install guests test unit lint bench clean
+.SECONDARY:
+all: install guests
+
+install:
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+guests: $(GUESTS:%=$(B)/%.elf)
+
+$(B):
+	mkdir -p $@
+$(B)/%.o: guests/lib/%.S | $(B)
+	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+$(B)/%.o: guests/lib/%.c guests/lib/rt.h | $(B)
+	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+$(B)/%.main.o: guests/%.c guests/lib/rt.h | $(B)
+	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+$(B)/%.elf: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
+	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -o $@ $(RT_OBJS) $<
+
+test: guests
+	$(PYTHON) -m pytest -q
+	$(PYTHON) -m ruff check pyvmm tests bench cbindings
+
+unit:
+	$(PYTHON) -m pytest -q tests/unit
+
+lint:
+	$(PYTHON) -m ruff check pyvmm tests bench cbindings
+
+bench: guests
+	$(MAKE) -C bench
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf $(B) build *.egg-info pyvmm/_native*.so pyvmm/_native.c

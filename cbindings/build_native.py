@@ -1,0 +1,256 @@
+"""Build script for ``pyvmm._native`` (cffi, out-of-line API mode).
+
+Kept apart from the runtime bindings (as the ``cryptography`` package does): setuptools
+runs it at build time through ``cffi_modules`` in pyproject.toml.  Every struct below is
+declared with ``...;`` so its layout, and every ioctl number, comes from the system's
+real ``<linux/kvm.h>``: nothing about the ABI is written by hand in Python.
+"""
+
+from __future__ import annotations
+
+from cffi import FFI
+
+# Ioctl numbers and constants, taken from <linux/kvm.h> by the C compiler.
+CONSTANTS = """
+KVMIO KVM_API_VERSION
+KVM_GET_API_VERSION KVM_CREATE_VM KVM_CHECK_EXTENSION KVM_GET_VCPU_MMAP_SIZE
+KVM_GET_SUPPORTED_CPUID KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST
+KVM_SET_TSS_ADDR KVM_SET_IDENTITY_MAP_ADDR KVM_SET_USER_MEMORY_REGION KVM_CREATE_IRQCHIP
+KVM_CREATE_PIT2 KVM_IRQ_LINE KVM_IRQ_LINE_STATUS KVM_IOEVENTFD KVM_IRQFD KVM_GET_DIRTY_LOG
+KVM_GET_STATS_FD KVM_CREATE_VCPU KVM_ENABLE_CAP KVM_SIGNAL_MSI KVM_GET_TSC_KHZ
+KVM_REGISTER_COALESCED_MMIO KVM_UNREGISTER_COALESCED_MMIO KVM_X86_SET_MSR_FILTER
+KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS KVM_GET_FPU KVM_SET_FPU
+KVM_GET_MSRS KVM_SET_MSRS KVM_SET_CPUID2 KVM_GET_CPUID2 KVM_GET_LAPIC KVM_SET_LAPIC
+KVM_GET_MP_STATE KVM_SET_MP_STATE KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS
+KVM_GET_XSAVE KVM_SET_XSAVE KVM_GET_XSAVE2 KVM_GET_XCRS KVM_SET_XCRS KVM_SET_GUEST_DEBUG
+KVM_RUN KVM_TRANSLATE
+KVM_CAP_IRQCHIP KVM_CAP_HLT KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR KVM_CAP_EXT_CPUID
+KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_NR_MEMSLOTS KVM_CAP_PIT2 KVM_CAP_IOEVENTFD
+KVM_CAP_IRQFD KVM_CAP_SYNC_REGS KVM_CAP_READONLY_MEM KVM_CAP_IMMEDIATE_EXIT
+KVM_CAP_BINARY_STATS_FD KVM_CAP_SET_IDENTITY_MAP_ADDR KVM_CAP_MP_STATE KVM_CAP_VCPU_EVENTS
+KVM_CAP_XSAVE KVM_CAP_XSAVE2 KVM_CAP_XCRS KVM_CAP_SET_GUEST_DEBUG KVM_CAP_COALESCED_MMIO
+KVM_CAP_COALESCED_PIO KVM_CAP_TSC_DEADLINE_TIMER KVM_CAP_X2APIC_API KVM_CAP_X86_USER_SPACE_MSR
+KVM_CAP_X86_MSR_FILTER KVM_CAP_ADJUST_CLOCK KVM_CAP_IRQ_ROUTING KVM_CAP_SIGNAL_MSI
+KVM_CAP_TSC_CONTROL KVM_CAP_GET_TSC_KHZ KVM_CAP_DIRTY_LOG_RING KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
+KVM_CAP_NESTED_STATE KVM_CAP_X86_SMM KVM_CAP_EXIT_HYPERCALL KVM_CAP_SPLIT_IRQCHIP
+KVM_CAP_X86_TRIPLE_FAULT_EVENT
+KVM_MEM_LOG_DIRTY_PAGES KVM_MEM_READONLY
+KVM_SYNC_X86_REGS KVM_SYNC_X86_SREGS KVM_SYNC_X86_EVENTS
+KVM_EXIT_IO_IN KVM_EXIT_IO_OUT
+KVM_MP_STATE_RUNNABLE KVM_MP_STATE_UNINITIALIZED KVM_MP_STATE_INIT_RECEIVED
+KVM_MP_STATE_HALTED KVM_MP_STATE_SIPI_RECEIVED
+KVM_GUESTDBG_ENABLE KVM_GUESTDBG_SINGLESTEP KVM_GUESTDBG_USE_SW_BP KVM_GUESTDBG_USE_HW_BP
+KVM_IOEVENTFD_FLAG_DATAMATCH KVM_IOEVENTFD_FLAG_PIO KVM_IOEVENTFD_FLAG_DEASSIGN
+KVM_PIT_SPEAKER_DUMMY
+KVM_SYSTEM_EVENT_SHUTDOWN KVM_SYSTEM_EVENT_RESET KVM_SYSTEM_EVENT_CRASH
+KVM_INTERNAL_ERROR_EMULATION KVM_INTERNAL_ERROR_SIMUL_EX KVM_INTERNAL_ERROR_DELIVERY_EV
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON
+KVM_STATS_TYPE_MASK KVM_STATS_TYPE_CUMULATIVE KVM_STATS_TYPE_INSTANT KVM_STATS_TYPE_PEAK
+KVM_STATS_TYPE_LINEAR_HIST KVM_STATS_TYPE_LOG_HIST
+KVM_STATS_UNIT_MASK KVM_STATS_UNIT_NONE KVM_STATS_UNIT_BYTES KVM_STATS_UNIT_SECONDS
+KVM_STATS_UNIT_CYCLES KVM_STATS_UNIT_BOOLEAN
+KVM_STATS_BASE_MASK KVM_STATS_BASE_POW10 KVM_STATS_BASE_POW2
+PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_READ
+PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER
+PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
+MADV_HUGEPAGE MADV_DONTNEED
+""".split()
+
+EXIT_REASONS = [
+    "UNKNOWN", "EXCEPTION", "IO", "HYPERCALL", "DEBUG", "HLT", "MMIO", "IRQ_WINDOW_OPEN",
+    "SHUTDOWN", "FAIL_ENTRY", "INTR", "SET_TPR", "TPR_ACCESS", "NMI", "INTERNAL_ERROR",
+    "SYSTEM_EVENT", "IOAPIC_EOI", "X86_RDMSR", "X86_WRMSR", "DIRTY_RING_FULL",
+    "X86_BUS_LOCK", "NOTIFY",
+]
+
+CDEF = """
+struct kvm_userspace_memory_region {
+    uint32_t slot; uint32_t flags; uint64_t guest_phys_addr; uint64_t memory_size;
+    uint64_t userspace_addr; ...;
+};
+struct kvm_regs {
+    uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rip, rflags; ...;
+};
+struct kvm_segment {
+    uint64_t base; uint32_t limit; uint16_t selector; uint8_t type; uint8_t present, dpl,
+    db, s, l, g, avl; uint8_t unusable; ...;
+};
+struct kvm_dtable { uint64_t base; uint16_t limit; ...; };
+struct kvm_sregs {
+    struct kvm_segment cs, ds, es, fs, gs, ss; struct kvm_segment tr, ldt;
+    struct kvm_dtable gdt, idt; uint64_t cr0, cr2, cr3, cr4, cr8; uint64_t efer;
+    uint64_t apic_base; uint64_t interrupt_bitmap[...]; ...;
+};
+struct kvm_fpu {
+    uint8_t fpr[8][16]; uint16_t fcw; uint16_t fsw; uint8_t ftwx; uint16_t last_opcode;
+    uint64_t last_ip; uint64_t last_dp; uint8_t xmm[16][16]; uint32_t mxcsr; ...;
+};
+struct kvm_msr_entry { uint32_t index; uint32_t reserved; uint64_t data; ...; };
+struct kvm_msrs { uint32_t nmsrs; struct kvm_msr_entry entries[]; ...; };
+struct kvm_msr_list { uint32_t nmsrs; uint32_t indices[]; ...; };
+struct kvm_cpuid_entry2 {
+    uint32_t function; uint32_t index; uint32_t flags; uint32_t eax, ebx, ecx, edx; ...;
+};
+struct kvm_cpuid2 { uint32_t nent; struct kvm_cpuid_entry2 entries[]; ...; };
+struct kvm_lapic_state { char regs[...]; ...; };
+struct kvm_mp_state { uint32_t mp_state; ...; };
+struct kvm_xcr { uint32_t xcr; uint64_t value; ...; };
+struct kvm_xcrs { uint32_t nr_xcrs; uint32_t flags; struct kvm_xcr xcrs[...]; ...; };
+struct kvm_xsave { uint32_t region[...]; ...; };
+struct kvm_vcpu_events {
+    struct { uint8_t injected; uint8_t nr; uint8_t has_error_code; uint8_t pending;
+             uint32_t error_code; } exception;
+    struct { uint8_t injected; uint8_t nr; uint8_t soft; uint8_t shadow; } interrupt;
+    struct { uint8_t injected; uint8_t pending; uint8_t masked; uint8_t pad; } nmi;
+    uint32_t sipi_vector; uint32_t flags; ...;
+};
+struct kvm_debugregs { uint64_t db[4]; uint64_t dr6; uint64_t dr7; uint64_t flags; ...; };
+struct kvm_guest_debug_arch { uint64_t debugreg[8]; ...; };
+struct kvm_guest_debug { uint32_t control; uint32_t pad; struct kvm_guest_debug_arch arch; ...; };
+struct kvm_irq_level { uint32_t irq; uint32_t level; ...; };
+struct kvm_ioeventfd {
+    uint64_t datamatch; uint64_t addr; uint32_t len; int32_t fd; uint32_t flags; ...;
+};
+struct kvm_irqfd { uint32_t fd; uint32_t gsi; uint32_t flags; uint32_t resamplefd; ...; };
+struct kvm_dirty_log { uint32_t slot; void *dirty_bitmap; ...; };
+struct kvm_pit_config { uint32_t flags; ...; };
+struct kvm_enable_cap { uint32_t cap; uint32_t flags; uint64_t args[4]; ...; };
+struct kvm_msi { uint32_t address_lo; uint32_t address_hi; uint32_t data; uint32_t flags; ...; };
+struct kvm_coalesced_mmio_zone { uint64_t addr; uint32_t size; uint32_t pio; ...; };
+struct kvm_translation {
+    uint64_t linear_address; uint64_t physical_address; uint8_t valid; uint8_t writeable;
+    uint8_t usermode; ...;
+};
+struct kvm_stats_header {
+    uint32_t flags; uint32_t name_size; uint32_t num_desc; uint32_t id_offset;
+    uint32_t desc_offset; uint32_t data_offset; ...;
+};
+struct kvm_stats_desc {
+    uint32_t flags; int16_t exponent; uint16_t size; uint32_t offset; uint32_t bucket_size;
+    ...;
+};
+struct kvm_sync_regs { struct kvm_regs regs; struct kvm_sregs sregs;
+                       struct kvm_vcpu_events events; ...; };
+
+/* kvm_run: its anonymous unions are reached through these accessor views. */
+struct kvm_run {
+    uint8_t request_interrupt_window; uint8_t immediate_exit;
+    uint32_t exit_reason; uint8_t ready_for_interrupt_injection; uint8_t if_flag;
+    uint16_t flags; uint64_t cr8; uint64_t apic_base;
+    uint64_t kvm_valid_regs; uint64_t kvm_dirty_regs;
+    ...;
+};
+struct pyvmm_run_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count;
+                      uint64_t data_offset; };
+struct pyvmm_run_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
+struct pyvmm_run_internal { uint32_t suberror; uint32_t ndata; uint64_t data[16]; };
+struct pyvmm_run_system_event { uint32_t type; uint32_t ndata; uint64_t data[16]; };
+struct pyvmm_run_msr { uint8_t error; uint8_t pad[7]; uint32_t reason; uint32_t index;
+                       uint64_t data; };
+struct pyvmm_run_debug { uint32_t exception; uint32_t pad; uint64_t pc; uint64_t dr6;
+                         uint64_t dr7; };
+struct pyvmm_run_fail_entry { uint64_t hardware_entry_failure_reason; uint32_t cpu; };
+struct pyvmm_run_io *pyvmm_run_io(struct kvm_run *run);
+struct pyvmm_run_mmio *pyvmm_run_mmio(struct kvm_run *run);
+struct pyvmm_run_internal *pyvmm_run_internal(struct kvm_run *run);
+struct pyvmm_run_system_event *pyvmm_run_system_event(struct kvm_run *run);
+struct pyvmm_run_msr *pyvmm_run_msr(struct kvm_run *run);
+struct pyvmm_run_debug *pyvmm_run_debug(struct kvm_run *run);
+struct pyvmm_run_fail_entry *pyvmm_run_fail_entry(struct kvm_run *run);
+struct kvm_sync_regs *pyvmm_run_sync_regs(struct kvm_run *run);
+
+struct pyvmm_fast_entry {
+    uint64_t base; uint64_t len; uint64_t read_value; uint64_t last_value; uint64_t hits;
+    uint8_t space; uint8_t dirs; uint8_t action; uint8_t enabled; ...;
+};
+struct pyvmm_loop {
+    int vcpu_fd; int last_errno; struct kvm_run *run; uint64_t run_size;
+    int stop_requested; uint32_t n_entries; uint32_t stop_entry; uint64_t stop_value;
+    struct pyvmm_fast_entry entries[...];
+    uint8_t *buf; uint32_t buf_cap; uint32_t buf_len; uint32_t buf_flush_at;
+    uint32_t buf_flush_newline;
+    uint64_t kvm_runs; uint64_t fast_exits; uint64_t slow_exits;
+    uint64_t exit_counts[...];
+    ...;
+};
+int pyvmm_loop_run(struct pyvmm_loop *l);
+int pyvmm_loop_kick(struct pyvmm_loop *l);
+void pyvmm_loop_bind_thread(struct pyvmm_loop *l);
+void pyvmm_loop_unbind_thread(struct pyvmm_loop *l);
+int pyvmm_kick_signal(void);
+int pyvmm_install_kick_handler(void);
+long pyvmm_ioctl(int fd, unsigned long request, void *arg);
+long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value);
+void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err);
+int pyvmm_munmap(void *addr, uint64_t size);
+int pyvmm_madvise(void *addr, uint64_t size, int advice);
+"""
+
+# C side of the kvm_run views: each view is checked against the header's layout at
+# compile time, so a kernel-header change that moves a field breaks the build, not a run.
+SOURCE = r"""
+#include <stddef.h>
+#include <linux/kvm.h>
+#include <sys/mman.h>
+#include "runloop.h"
+
+#define VIEW(name, member, type)                                                         \
+    _Static_assert(sizeof(type) <= sizeof(((struct kvm_run *)0)->member), #name);         \
+    static type *pyvmm_run_##name(struct kvm_run *run) { return (type *)&run->member; }
+
+struct pyvmm_run_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count;
+                      uint64_t data_offset; };
+struct pyvmm_run_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
+struct pyvmm_run_internal { uint32_t suberror; uint32_t ndata; uint64_t data[16]; };
+struct pyvmm_run_system_event { uint32_t type; uint32_t ndata; uint64_t data[16]; };
+struct pyvmm_run_msr { uint8_t error; uint8_t pad[7]; uint32_t reason; uint32_t index;
+                       uint64_t data; };
+struct pyvmm_run_debug { uint32_t exception; uint32_t pad; uint64_t pc; uint64_t dr6;
+                         uint64_t dr7; };
+struct pyvmm_run_fail_entry { uint64_t hardware_entry_failure_reason; uint32_t cpu; };
+
+#define SAME(view, member, field) \
+    _Static_assert(offsetof(struct view, field) == offsetof(struct kvm_run, member.field) - \
+                   offsetof(struct kvm_run, member), #view "." #field)
+SAME(pyvmm_run_io, io, port); SAME(pyvmm_run_io, io, count); SAME(pyvmm_run_io, io, data_offset);
+SAME(pyvmm_run_mmio, mmio, data); SAME(pyvmm_run_mmio, mmio, len);
+SAME(pyvmm_run_mmio, mmio, is_write);
+SAME(pyvmm_run_internal, internal, ndata); SAME(pyvmm_run_internal, internal, data);
+SAME(pyvmm_run_system_event, system_event, ndata);
+SAME(pyvmm_run_msr, msr, reason); SAME(pyvmm_run_msr, msr, index); SAME(pyvmm_run_msr, msr, data);
+SAME(pyvmm_run_debug, debug.arch, pc); SAME(pyvmm_run_debug, debug.arch, dr7);
+SAME(pyvmm_run_fail_entry, fail_entry, cpu);
+
+VIEW(io, io, struct pyvmm_run_io)
+VIEW(mmio, mmio, struct pyvmm_run_mmio)
+VIEW(internal, internal, struct pyvmm_run_internal)
+VIEW(system_event, system_event, struct pyvmm_run_system_event)
+VIEW(msr, msr, struct pyvmm_run_msr)
+VIEW(debug, debug.arch, struct pyvmm_run_debug)
+VIEW(fail_entry, fail_entry, struct pyvmm_run_fail_entry)
+static struct kvm_sync_regs *pyvmm_run_sync_regs(struct kvm_run *run) { return &run->s.regs; }
+"""
+
+
+def _cdef() -> str:
+    consts = "\n".join(f"#define {name} ..." for name in CONSTANTS)
+    exits = "\n".join(f"#define KVM_EXIT_{name} ..." for name in EXIT_REASONS)
+    return CDEF + consts + "\n" + exits + "\n"
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "pyvmm._native",
+    SOURCE,
+    # setuptools wants paths relative to the project root, where it runs this script
+    sources=["cbindings/runloop.c"],
+    include_dirs=["cbindings"],
+    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-std=gnu11"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

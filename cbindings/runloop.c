@@ -1,0 +1,224 @@
+/*
+ * runloop.c - KVM_RUN loop with a fast exit table.  See runloop.h for the contract.
+ *
+ * Cost model (HOST-KVM.md): a userspace exit costs ~9 us and any other vCPU ioctl ~7 us,
+ * so the loop issues exactly one ioctl (KVM_RUN) per exit it answers itself.  Register
+ * state is read by Python through kvm_run->s.regs (KVM_CAP_SYNC_REGS), never here.
+ */
+#define _GNU_SOURCE
+#include "runloop.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+long pyvmm_ioctl(int fd, unsigned long request, void *arg)
+{
+    long r = ioctl(fd, request, arg);
+    return r < 0 ? -errno : r;
+}
+
+long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value)
+{
+    long r = ioctl(fd, request, value);
+    return r < 0 ? -errno : r;
+}
+
+void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err)
+{
+    /* flags: bit0 = map fd shared (kvm_run), bit1 = MAP_NORESERVE, bit2 = MAP_HUGETLB */
+    int mflags = MAP_SHARED;
+    if (fd < 0)
+        mflags |= MAP_ANONYMOUS;
+    if (flags & 2)
+        mflags |= MAP_NORESERVE;
+    if (flags & 4)
+        mflags |= MAP_HUGETLB;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, mflags, fd, 0);
+    if (p == MAP_FAILED) {
+        *err = errno;
+        return NULL;
+    }
+    *err = 0;
+    return p;
+}
+
+int pyvmm_munmap(void *addr, uint64_t size)
+{
+    return munmap(addr, size) < 0 ? -errno : 0;
+}
+
+int pyvmm_madvise(void *addr, uint64_t size, int advice)
+{
+    return madvise(addr, size, advice) < 0 ? -errno : 0;
+}
+
+static void kick_handler(int sig)
+{
+    (void)sig; /* only here so that KVM_RUN returns EINTR */
+}
+
+int pyvmm_kick_signal(void)
+{
+    return SIGRTMIN + 6;
+}
+
+int pyvmm_install_kick_handler(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = kick_handler; /* no SA_RESTART: the ioctl must return EINTR */
+    sigemptyset(&sa.sa_mask);
+    return sigaction(pyvmm_kick_signal(), &sa, NULL) < 0 ? -errno : 0;
+}
+
+void pyvmm_loop_bind_thread(struct pyvmm_loop *l)
+{
+    l->thread = pthread_self();
+    __atomic_store_n(&l->thread_valid, 1, __ATOMIC_SEQ_CST);
+}
+
+void pyvmm_loop_unbind_thread(struct pyvmm_loop *l)
+{
+    __atomic_store_n(&l->thread_valid, 0, __ATOMIC_SEQ_CST);
+}
+
+int pyvmm_loop_kick(struct pyvmm_loop *l)
+{
+    /* Order matters: the flag is checked before every KVM_RUN, immediate_exit covers a
+     * thread between that check and the ioctl, and the signal covers one inside it. */
+    __atomic_store_n(&l->stop_requested, 1, __ATOMIC_SEQ_CST);
+    if (l->run)
+        __atomic_store_n(&l->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&l->thread_valid, __ATOMIC_SEQ_CST))
+        return pthread_kill(l->thread, pyvmm_kick_signal()) ? -1 : 0;
+    return 0;
+}
+
+static struct pyvmm_fast_entry *lookup(struct pyvmm_loop *l, int space, uint64_t addr,
+                                       uint64_t len, int dir)
+{
+    for (uint32_t i = 0; i < l->n_entries; i++) {
+        struct pyvmm_fast_entry *e = &l->entries[i];
+        if (e->enabled && e->space == space && (e->dirs & dir) && addr >= e->base &&
+            addr - e->base < e->len && len <= e->len - (addr - e->base))
+            return e;
+    }
+    return NULL;
+}
+
+static uint64_t load_le(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n && i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static void store_le(uint8_t *p, unsigned n, uint64_t v)
+{
+    for (unsigned i = 0; i < n && i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Returns -1 when the exit was answered and the loop goes on, else a PYVMM_RET_* code. */
+static int answer(struct pyvmm_loop *l, struct pyvmm_fast_entry *e, uint8_t *data,
+                  unsigned size, unsigned count, int is_write)
+{
+    e->hits++;
+    if (!is_write) {
+        for (unsigned i = 0; i < count; i++)
+            store_le(data + i * size, size, e->read_value);
+        return -1;
+    }
+    switch (e->action) {
+    case PYVMM_ACT_SINK:
+        return -1;
+    case PYVMM_ACT_COUNTER:
+        e->last_value = load_le(data + (count - 1) * size, size);
+        return -1;
+    case PYVMM_ACT_STOP:
+        l->stop_value = load_le(data, size);
+        l->stop_entry = (uint32_t)(e - l->entries);
+        return PYVMM_RET_STOP;
+    case PYVMM_ACT_BUFFER: {
+        int newline = 0;
+        for (unsigned i = 0; i < count; i++) {
+            uint8_t c = data[i * size];
+            if (l->buf_len < l->buf_cap)
+                l->buf[l->buf_len++] = c;
+            newline |= (c == '\n');
+        }
+        if (l->buf_len >= l->buf_flush_at || (newline && l->buf_flush_newline))
+            return PYVMM_RET_BUFFER;
+        return -1;
+    }
+    }
+    return PYVMM_RET_EXIT;
+}
+
+/* The fast path for one exit; -1 = handled, else a PYVMM_RET_* code. */
+static int fast_exit(struct pyvmm_loop *l)
+{
+    struct kvm_run *run = l->run;
+    if (run->exit_reason == KVM_EXIT_IO) {
+        unsigned size = run->io.size, count = run->io.count;
+        uint64_t off = run->io.data_offset;
+        /* kvm_run comes from the kernel, but the data window is still checked */
+        if (size == 0 || size > 8 || count == 0 || off >= l->run_size ||
+            (uint64_t)size * count > l->run_size - off)
+            return PYVMM_RET_EXIT;
+        int is_write = run->io.direction == KVM_EXIT_IO_OUT;
+        struct pyvmm_fast_entry *e = lookup(l, PYVMM_SPACE_PIO, run->io.port, size,
+                                            is_write ? PYVMM_DIR_WRITE : PYVMM_DIR_READ);
+        if (!e)
+            return PYVMM_RET_EXIT;
+        return answer(l, e, (uint8_t *)run + off, size, count, is_write);
+    }
+    if (run->exit_reason == KVM_EXIT_MMIO) {
+        unsigned len = run->mmio.len;
+        if (len == 0 || len > 8)
+            return PYVMM_RET_EXIT;
+        struct pyvmm_fast_entry *e =
+            lookup(l, PYVMM_SPACE_MMIO, run->mmio.phys_addr, len,
+                   run->mmio.is_write ? PYVMM_DIR_WRITE : PYVMM_DIR_READ);
+        if (!e)
+            return PYVMM_RET_EXIT;
+        return answer(l, e, run->mmio.data, len, 1, run->mmio.is_write);
+    }
+    return PYVMM_RET_EXIT;
+}
+
+int pyvmm_loop_run(struct pyvmm_loop *l)
+{
+    for (;;) {
+        if (__atomic_load_n(&l->stop_requested, __ATOMIC_SEQ_CST))
+            return PYVMM_RET_KICKED;
+        l->kvm_runs++;
+        if (ioctl(l->vcpu_fd, KVM_RUN, 0) < 0) {
+            int err = errno;
+            if (err == EINTR || err == EAGAIN) {
+                l->exit_counts[KVM_EXIT_INTR]++;
+                if (__atomic_load_n(&l->stop_requested, __ATOMIC_SEQ_CST))
+                    return PYVMM_RET_KICKED;
+                continue; /* a stray signal: go back in */
+            }
+            l->last_errno = err;
+            return PYVMM_RET_ERROR;
+        }
+        uint32_t reason = l->run->exit_reason;
+        l->exit_counts[reason < PYVMM_MAX_REASONS ? reason : 0]++;
+        int r = fast_exit(l);
+        if (r < 0) {
+            l->fast_exits++;
+            continue;
+        }
+        if (r == PYVMM_RET_EXIT)
+            l->slow_exits++;
+        else
+            l->fast_exits++;
+        return r;
+    }
+}

@@ -1,0 +1,88 @@
+/*
+ * runloop.h - the hot path of pyvmm: KVM_RUN in C, with a per-vCPU fast exit table.
+ *
+ * Python fills the table (struct pyvmm_fast_entry) for PIO ports and MMIO ranges whose
+ * exits can be answered without Python: a sink, a byte buffer (UART THR), a stop (debug
+ * exit) or a counter (POST port).  pyvmm_loop_run() calls KVM_RUN until an exit the table
+ * does not cover, a stop, a full buffer, a kick or an error, and only then returns to
+ * Python.  It is called with the GIL released (cffi does that for API-mode calls), so
+ * several vCPU threads run guest code in parallel.
+ */
+#ifndef PYVMM_RUNLOOP_H
+#define PYVMM_RUNLOOP_H
+
+#include <stdint.h>
+#include <pthread.h>
+#include <linux/kvm.h>
+
+#define PYVMM_MAX_ENTRIES 64
+#define PYVMM_MAX_REASONS 64
+
+/* address spaces */
+#define PYVMM_SPACE_PIO 0
+#define PYVMM_SPACE_MMIO 1
+/* access directions (bit mask) */
+#define PYVMM_DIR_READ 1
+#define PYVMM_DIR_WRITE 2
+/* what an entry does */
+#define PYVMM_ACT_SINK 1    /* writes dropped, reads return read_value */
+#define PYVMM_ACT_BUFFER 2  /* written bytes appended to the loop's byte buffer */
+#define PYVMM_ACT_STOP 3    /* a write stops the loop; the value written is stop_value */
+#define PYVMM_ACT_COUNTER 4 /* like SINK, and the last value written is kept */
+
+/* why pyvmm_loop_run() returned */
+#define PYVMM_RET_EXIT 0   /* an exit the table does not cover: run->exit_reason says which */
+#define PYVMM_RET_STOP 1   /* a STOP entry was written: stop_value, stop_entry */
+#define PYVMM_RET_BUFFER 2 /* the byte buffer reached its flush mark */
+#define PYVMM_RET_KICKED 3 /* pyvmm_loop_kick() was called (timeout, stop, pause) */
+#define PYVMM_RET_ERROR 4  /* KVM_RUN failed: last_errno */
+
+struct pyvmm_fast_entry {
+    uint64_t base;
+    uint64_t len;
+    uint64_t read_value;
+    uint64_t last_value;
+    uint64_t hits;
+    uint8_t space;
+    uint8_t dirs;
+    uint8_t action;
+    uint8_t enabled;
+    uint32_t pad;
+};
+
+struct pyvmm_loop {
+    int vcpu_fd;
+    int last_errno;
+    struct kvm_run *run;
+    uint64_t run_size;
+    volatile int stop_requested;
+    volatile int thread_valid;
+    pthread_t thread;
+    uint32_t n_entries;
+    uint32_t stop_entry;
+    uint64_t stop_value;
+    struct pyvmm_fast_entry entries[PYVMM_MAX_ENTRIES];
+    uint8_t *buf;
+    uint32_t buf_cap;
+    uint32_t buf_len;
+    uint32_t buf_flush_at;     /* return PYVMM_RET_BUFFER once buf_len reaches this */
+    uint32_t buf_flush_newline; /* ... or when a '\n' was appended */
+    uint64_t kvm_runs;          /* KVM_RUN ioctls issued */
+    uint64_t fast_exits;        /* exits answered from the table */
+    uint64_t slow_exits;        /* exits returned to Python */
+    uint64_t exit_counts[PYVMM_MAX_REASONS];
+};
+
+int pyvmm_loop_run(struct pyvmm_loop *l);
+int pyvmm_loop_kick(struct pyvmm_loop *l);
+void pyvmm_loop_bind_thread(struct pyvmm_loop *l);
+void pyvmm_loop_unbind_thread(struct pyvmm_loop *l);
+int pyvmm_kick_signal(void);
+int pyvmm_install_kick_handler(void);
+long pyvmm_ioctl(int fd, unsigned long request, void *arg);
+long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value);
+void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err);
+int pyvmm_munmap(void *addr, uint64_t size);
+int pyvmm_madvise(void *addr, uint64_t size, int advice);
+
+#endif

@@ -1,0 +1,97 @@
+/* entry.S - pyvmm guest entry (ELF64 convention) and the AP start-up trampoline.
+ *
+ * The VMM enters _start in 64-bit mode, paging on, RSP = top of a stack, RDI = boot info.
+ * An AP woken by INIT/SIPI starts in real mode at ap_trampoline (0x8000, SIPI vector 8)
+ * and climbs real -> 32-bit protected -> long mode in one step (paging together with
+ * EFER.LME: the only paging switch kvm_pvm accepts, see HOST-KVM.md).
+ */
+	.section .text.entry, "ax"
+	.code64
+	.globl _start
+_start:
+	xor %ebp, %ebp
+	call rt_start          /* never returns */
+1:	cli
+	hlt
+	jmp 1b
+
+/* 64-bit landing for APs: take the next per-AP stack, call ap_main(index). */
+	.globl ap_entry64
+ap_entry64:
+	mov $1, %ecx
+	lock xaddl %ecx, ap_stack_next(%rip)
+	mov %ecx, %eax
+	inc %eax
+	imul $AP_STACK_SIZE, %eax, %eax
+	lea ap_stacks(%rip), %rsp
+	add %rax, %rsp
+	mov %ecx, %edi
+	xor %ebp, %ebp
+	call ap_main
+2:	cli
+	hlt
+	jmp 2b
+
+	.equ AP_STACK_SIZE, 16384
+	.equ AP_MAX, 16
+	.globl ap_stack_next
+	.bss
+	.balign 16
+ap_stacks:
+	.skip AP_STACK_SIZE * AP_MAX
+	.data
+	.balign 4
+ap_stack_next:
+	.long 0
+
+	.section .ap_trampoline, "awx"
+	.code16
+	.globl ap_trampoline
+ap_trampoline:
+	cli
+	xor %ax, %ax
+	mov %ax, %ds
+	lgdtl ap_gdtr
+	mov %cr0, %eax
+	or $1, %eax
+	mov %eax, %cr0
+	ljmpl $0x18, $ap_pm32
+	.code32
+ap_pm32:
+	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	mov ap_cr3, %eax
+	mov %eax, %cr3
+	mov %cr4, %eax
+	or $0x20, %eax             /* PAE */
+	mov %eax, %cr4
+	mov $0xC0000080, %ecx
+	rdmsr
+	or $0x900, %eax            /* LME | NXE */
+	wrmsr
+	mov %cr0, %eax
+	or $0x80000001, %eax       /* PG | PE */
+	mov %eax, %cr0
+	ljmpl $0x08, $ap_lm64
+	.code64
+ap_lm64:
+	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %ss
+	movabs $ap_entry64, %rax
+	jmp *%rax
+
+	.balign 8
+	.globl ap_cr3
+ap_cr3:	.long 0
+	.balign 8
+ap_gdt:
+	.quad 0
+	.quad 0x00AF9B000000FFFF   /* 0x08 code64 */
+	.quad 0x00CF93000000FFFF   /* 0x10 data */
+	.quad 0x00CF9B000000FFFF   /* 0x18 code32 */
+ap_gdtr:
+	.word 4 * 8 - 1
+	.long ap_gdt

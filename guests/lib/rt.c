@@ -1,0 +1,230 @@
+/* rt.c - serial output (polled 16550), printf, exit through the debug-exit port. */
+#include "rt.h"
+
+struct boot_info *boot_info;
+static volatile uint32_t print_lock;
+
+void putc(char c)
+{
+	while (!(inb(PORT_COM1 + 5) & 0x20)) /* LSR.THRE */
+		cpu_relax();
+	outb(PORT_COM1, (uint8_t)c);
+}
+
+static void lock(void)
+{
+	while (__atomic_exchange_n(&print_lock, 1, __ATOMIC_ACQUIRE))
+		cpu_relax();
+}
+
+static void unlock(void) { __atomic_store_n(&print_lock, 0, __ATOMIC_RELEASE); }
+
+void puts(const char *s)
+{
+	lock();
+	while (*s)
+		putc(*s++);
+	unlock();
+}
+
+__attribute__((noreturn)) void exit(uint32_t code)
+{
+	outl(PORT_DEBUG_EXIT, code);
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+void *memset(void *d, int c, size_t n)
+{
+	unsigned char *p = d;
+	while (n--)
+		*p++ = (unsigned char)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+	unsigned char *p = d;
+	const unsigned char *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
+
+int memcmp(const void *a, const void *b, size_t n)
+{
+	const unsigned char *p = a, *q = b;
+	for (; n; n--, p++, q++)
+		if (*p != *q)
+			return *p - *q;
+	return 0;
+}
+
+size_t strlen(const char *s)
+{
+	size_t n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+
+int strcmp(const char *a, const char *b)
+{
+	while (*a && *a == *b)
+		a++, b++;
+	return (unsigned char)*a - (unsigned char)*b;
+}
+
+int strncmp(const char *a, const char *b, size_t n)
+{
+	for (; n; n--, a++, b++)
+		if (*a != *b || !*a)
+			return (unsigned char)*a - (unsigned char)*b;
+	return 0;
+}
+
+const char *skip_word(const char *s)
+{
+	while (*s && *s != ' ')
+		s++;
+	while (*s == ' ')
+		s++;
+	return s;
+}
+
+uint64_t parse_u64(const char *s)
+{
+	uint64_t v = 0;
+	unsigned base = 10;
+	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+		base = 16, s += 2;
+	for (;; s++) {
+		unsigned d;
+		if (*s >= '0' && *s <= '9')
+			d = *s - '0';
+		else if (base == 16 && *s >= 'a' && *s <= 'f')
+			d = *s - 'a' + 10;
+		else if (base == 16 && *s >= 'A' && *s <= 'F')
+			d = *s - 'A' + 10;
+		else
+			break;
+		v = v * base + d;
+	}
+	return v;
+}
+
+static void put_num(uint64_t v, unsigned base, int width, char pad, int neg)
+{
+	char buf[24];
+	int n = 0;
+	do {
+		unsigned d = v % base;
+		buf[n++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+		v /= base;
+	} while (v);
+	if (neg)
+		buf[n++] = '-';
+	while (n < width--)
+		putc(pad);
+	while (n)
+		putc(buf[--n]);
+}
+
+int vprintf(const char *fmt, va_list ap)
+{
+	lock();
+	for (; *fmt; fmt++) {
+		if (*fmt != '%') {
+			putc(*fmt);
+			continue;
+		}
+		fmt++;
+		char pad = ' ';
+		int width = 0, lng = 0;
+		if (*fmt == '0')
+			pad = '0', fmt++;
+		while (*fmt >= '0' && *fmt <= '9')
+			width = width * 10 + (*fmt++ - '0');
+		while (*fmt == 'l')
+			lng++, fmt++;
+		switch (*fmt) {
+		case 'd': case 'i': {
+			int64_t v = lng ? va_arg(ap, int64_t) : va_arg(ap, int);
+			put_num(v < 0 ? -(uint64_t)v : (uint64_t)v, 10, width, pad, v < 0);
+			break;
+		}
+		case 'u':
+			put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, pad, 0);
+			break;
+		case 'x':
+			put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, pad, 0);
+			break;
+		case 'p':
+			putc('0'), putc('x');
+			put_num((uint64_t)va_arg(ap, void *), 16, width, pad, 0);
+			break;
+		case 's': {
+			const char *s = va_arg(ap, const char *);
+			while (s && *s)
+				putc(*s++);
+			break;
+		}
+		case 'c':
+			putc((char)va_arg(ap, int));
+			break;
+		default:
+			putc('%');
+			putc(*fmt);
+		}
+	}
+	unlock();
+	return 0;
+}
+
+int printf(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	return 0;
+}
+
+/* ---- SMP start-up ---- */
+extern char ap_trampoline[];
+extern volatile uint32_t ap_cr3;
+volatile uint32_t ap_started;
+
+__attribute__((weak)) void ap_main(uint32_t index)
+{
+	(void)index;
+	__atomic_add_fetch(&ap_started, 1, __ATOMIC_SEQ_CST);
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+unsigned smp_start_aps(unsigned expected)
+{
+	uint64_t cr3;
+	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+	ap_cr3 = (uint32_t)cr3; /* the VMM keeps its page tables below 4 GiB */
+	mmio_write32(LAPIC_BASE + 0xF0, 0x1FF);         /* SVR: APIC software-enabled */
+	mmio_write32(LAPIC_BASE + 0x310, 0);
+	mmio_write32(LAPIC_BASE + 0x300, 0x000C4500);   /* INIT, all excluding self */
+	uint32_t vector = (uint32_t)((uint64_t)ap_trampoline >> 12);
+	mmio_write32(LAPIC_BASE + 0x300, 0x000C4600 | vector); /* SIPI */
+	for (unsigned spins = 0; spins < 200000 && ap_started < expected; spins++)
+		cpu_relax();
+	return ap_started;
+}
+
+void rt_start(struct boot_info *bi)
+{
+	/* no bss clearing: the loader zero-fills p_memsz beyond p_filesz, and a byte loop
+	 * would cost ~1 us per byte where CPL0 code is emulated (HOST-KVM.md) */
+	boot_info = bi;
+	const char *cmdline = "";
+	if (bi && bi->magic == BOOT_MAGIC && bi->cmdline_addr)
+		cmdline = (const char *)bi->cmdline_addr;
+	exit((uint32_t)main(bi, cmdline));
+}

@@ -1,0 +1,22 @@
+"""QEMU's isa-debug-exit: a 1/2/4-byte write ends the run; the value is the exit status."""
+
+from __future__ import annotations
+
+from pyvmm.devices.bus import WRITE, Action, FastEntry, GuestStop, Space
+
+DEBUG_EXIT_PORT = 0xF4
+
+
+class DebugExit:
+    def __init__(self, port: int = DEBUG_EXIT_PORT, name: str = "debug-exit") -> None:
+        self.name = name
+        self.port = port
+
+    def fast_entries(self) -> list[FastEntry]:
+        return [FastEntry(Space.PIO, self.port, 4, WRITE, Action.STOP, self)]
+
+    def read(self, addr: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        raise GuestStop(value, "debug-exit")

@@ -1,0 +1,92 @@
+"""``Kvm``: the system fd (``/dev/kvm``) and its ioctls."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cached_property
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from pyvmm._native import ffi, lib
+from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.fd import FdObject
+
+if TYPE_CHECKING:
+    from pyvmm.kvm.vm import Vm
+
+DEFAULT_PATH = "/dev/kvm"
+
+#: The capabilities pyvmm looks at, by their KVM_CAP_* name (without the prefix).
+CAPABILITIES = sorted(n[len("KVM_CAP_"):] for n in dir(lib) if n.startswith("KVM_CAP_"))
+
+
+class Kvm(FdObject):
+    """``/dev/kvm``.  Creating one opens the device; ``close()`` closes it.
+
+    Raises :class:`KvmError` with a hint when the device is missing or not accessible,
+    or when its API version is not the stable 12.
+    """
+
+    def __init__(self, path: str = DEFAULT_PATH) -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise KvmError("open /dev/kvm", e.errno or 0,
+                           "" if path == DEFAULT_PATH else f"cannot open {path}") from None
+        super().__init__(fd)
+        version = self.get_api_version()
+        if version != lib.KVM_API_VERSION:
+            self.close()
+            raise KvmError("KVM_GET_API_VERSION", 22,
+                           f"API version {version}, pyvmm needs {lib.KVM_API_VERSION}")
+
+    def get_api_version(self) -> int:
+        """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
+        return self._ioctl("KVM_GET_API_VERSION", lib.KVM_GET_API_VERSION)
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the system fd: 0 if absent, else a cap-specific value."""
+        return self._ioctl_val("KVM_CHECK_EXTENSION", lib.KVM_CHECK_EXTENSION, cap)
+
+    @cached_property
+    def capabilities(self) -> Mapping[str, int]:
+        """Every KVM_CAP_* this build knows, queried once, as a read-only mapping."""
+        return MappingProxyType(
+            {name: self.check_extension(getattr(lib, "KVM_CAP_" + name)) for name in CAPABILITIES}
+        )
+
+    def get_vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd (kvm_run + PIO data + rings)."""
+        return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", lib.KVM_GET_VCPU_MMAP_SIZE)
+
+    def get_supported_cpuid(self, max_entries: int = 256) -> list[dict[str, int]]:
+        """KVM_GET_SUPPORTED_CPUID: the leaves KVM can expose, as dicts of the entry fields."""
+        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
+        self._ioctl("KVM_GET_SUPPORTED_CPUID", lib.KVM_GET_SUPPORTED_CPUID, cpuid)
+        return [_cpuid_entry(cpuid.entries[i]) for i in range(cpuid.nent)]
+
+    def get_msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU."""
+        return self._msr_list("KVM_GET_MSR_INDEX_LIST", lib.KVM_GET_MSR_INDEX_LIST)
+
+    def get_msr_feature_index_list(self) -> list[int]:
+        """KVM_GET_MSR_FEATURE_INDEX_LIST: the feature MSRs readable from the system fd."""
+        return self._msr_list("KVM_GET_MSR_FEATURE_INDEX_LIST", lib.KVM_GET_MSR_FEATURE_INDEX_LIST)
+
+    def _msr_list(self, name: str, request: int) -> list[int]:
+        n = 1024
+        lst = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
+        self._ioctl(name, request, lst)
+        return [lst.indices[i] for i in range(lst.nmsrs)]
+
+    def create_vm(self, vm_type: int = 0) -> Vm:
+        """KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs)."""
+        from pyvmm.kvm.vm import Vm
+
+        fd = self._ioctl_val("KVM_CREATE_VM", lib.KVM_CREATE_VM, vm_type)
+        return Vm(fd, self)
+
+
+def _cpuid_entry(e: object) -> dict[str, int]:
+    return {k: getattr(e, k) for k in ("function", "index", "flags", "eax", "ebx", "ecx", "edx")}

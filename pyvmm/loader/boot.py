@@ -1,0 +1,183 @@
+"""pyvmm's ELF64 boot convention: where the VMM's structures go and what they contain.
+
+The vCPU starts at ``e_entry`` in 64-bit mode with paging on; the page tables identity-map
+the first 4 GiB (RAM and MMIO holes; the hole 3-4 GiB uncached) and all RAM above it.
+CS/DS/SS are flat (GDT: 0x08 code64, 0x10 data, 0x18 code32), interrupts are off, RSP is
+the 16-byte-aligned top of a stack of at least 64 KiB, and RDI holds the guest-physical
+address of the boot-info block below.
+
+The VMM's own block (GDT, boot info, memory map, command line, page tables) and the stack
+are placed in the highest free RAM below 4 GiB that no segment uses, leaving low memory
+to the guest.  The memory map reports them as type 2 (reserved).
+
+Boot info (little-endian)::
+
+    0  u32 magic = 0x4D565950 ("PYVM")   4  u32 version = 1
+    8  u64 ram_size                      16 u64 mmap_addr
+    24 u32 mmap_count                    28 u32 ncpus
+    32 u64 cmdline_addr (NUL-terminated) 40 u32 cmdline_len    44 u32 reserved
+    48 u64 stack_base                    56 u64 stack_size
+    64 u64 vmm_base                      72 u64 vmm_size       (80 bytes)
+
+Memory-map entry (24 bytes): u64 base, u64 length, u32 type (1 RAM, 2 reserved), u32 0.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from pyvmm.loader.elf import GuestImageError, LoadSegment
+from pyvmm.x86.layout import MMIO_HOLE_END, MMIO_HOLE_START, GiB
+from pyvmm.x86.paging import PAGE_2M, PAGE_4K, PTE_P, PTE_PCD, PTE_PWT, PTE_RW, PageTableBuilder
+from pyvmm.x86.segments import GDT_SIZE, gdt_bytes
+
+BOOT_MAGIC = 0x4D565950
+BOOT_VERSION = 1
+BOOT_INFO = struct.Struct("<IIQQIIQIIQQQQ")
+MMAP_ENTRY = struct.Struct("<QQII")
+E820_RAM = 1
+E820_RESERVED = 2
+MIN_STACK = 64 * 1024
+DEFAULT_STACK = 256 * 1024
+MAX_CMDLINE = 4096
+MAX_MMAP = 32
+
+
+def _up(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+def _down(x: int, a: int) -> int:
+    return x // a * a
+
+
+@dataclass
+class BootPlan:
+    """Where everything goes, and the bytes to write there."""
+
+    vmm_base: int
+    vmm_size: int
+    stack_base: int
+    stack_size: int
+    gdt_addr: int
+    info_addr: int
+    cmdline_addr: int
+    tables: PageTableBuilder
+    writes: list[tuple[int, bytes]] = field(default_factory=list)
+    memory_map: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def stack_top(self) -> int:
+        return self.stack_base + self.stack_size
+
+    @property
+    def cr3(self) -> int:
+        return self.tables.cr3
+
+
+def _free_ranges(ram: list[tuple[int, int]], used: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """RAM minus ``used`` (both as (start, end)), page-aligned, sorted."""
+    free = []
+    for start, size in ram:
+        pieces = [(start, start + size)]
+        for us, ue in used:
+            nxt = []
+            for a, b in pieces:
+                if ue <= a or us >= b:
+                    nxt.append((a, b))
+                else:
+                    if a < us:
+                        nxt.append((a, us))
+                    if ue < b:
+                        nxt.append((ue, b))
+            pieces = nxt
+        free += [(_up(a, PAGE_4K), _down(b, PAGE_4K)) for a, b in pieces]
+    return sorted((a, b) for a, b in free if b > a)
+
+
+def _table_count(ram: list[tuple[int, int]], segments: list[LoadSegment]) -> int:
+    top = max(MMIO_HOLE_END, max(s + z for s, z in ram))
+    pds = _up(top, GiB) // GiB
+    pdpts = _up(top, 512 * GiB) // (512 * GiB)
+    extra = sum(3 + _up(s.memsz, PAGE_2M) // PAGE_2M for s in segments if s.vaddr != s.paddr)
+    return 1 + pdpts + pds + extra
+
+
+def plan_boot(ram: list[tuple[int, int]], segments: list[LoadSegment], cmdline: bytes,
+              ncpus: int, name: str = "guest") -> BootPlan:
+    """Check the segments against RAM and place the VMM's structures around them.
+
+    ``ram`` is ``[(gpa, size)]``.  Raises :class:`GuestImageError` when a segment is not
+    wholly inside RAM or when the segments leave no room for the structures.
+    """
+    for s in segments:
+        if not any(a <= s.paddr and s.end <= a + z for a, z in ram):
+            ram_desc = ", ".join(f"{a:#x}-{a + z:#x}" for a, z in ram)
+            raise GuestImageError(
+                f"{name}: segment {s.index} ({s.paddr:#x}-{s.end:#x}) lies outside guest RAM "
+                f"({ram_desc}); give the guest more memory (--mem) or relink it")
+    if len(cmdline) >= MAX_CMDLINE:
+        raise GuestImageError(f"command line too long ({len(cmdline)} bytes, max {MAX_CMDLINE - 1})")
+    ntables = _table_count(ram, segments)
+    # page 0: GDT + boot info + memory map; page 1: command line; then the page tables
+    vmm_size = (2 + ntables) * PAGE_4K
+    used = [(s.paddr, s.end) for s in segments]
+    low = [(a, min(b, MMIO_HOLE_START)) for a, b in _free_ranges(ram, used) if a < MMIO_HOLE_START]
+    low = [(a, b) for a, b in low if b > a]
+    # the highest free range wins: low memory stays free for the guest
+    for a, b in reversed(low):
+        room = b - a - vmm_size
+        if room >= MIN_STACK:
+            stack = min(DEFAULT_STACK, _down(room, PAGE_4K))
+            stack_base = b - stack
+            vmm_base = stack_base - vmm_size
+            break
+    else:
+        raise GuestImageError(
+            f"{name}: the segments leave no free RAM below 3 GiB for the VMM's structures "
+            f"({vmm_size // 1024} KiB) and a {MIN_STACK // 1024} KiB stack; give the guest "
+            "more memory (--mem)")
+    tables = PageTableBuilder(vmm_base + 2 * PAGE_4K, max_tables=ntables)
+    tables.identity_map(0, MMIO_HOLE_START, page_size=PAGE_2M)
+    tables.identity_map(MMIO_HOLE_START, MMIO_HOLE_END - MMIO_HOLE_START, page_size=PAGE_2M,
+                        flags=PTE_P | PTE_RW | PTE_PCD | PTE_PWT)
+    for a, z in ram:
+        if a >= MMIO_HOLE_END:
+            tables.identity_map(a, _up(z, PAGE_2M), page_size=PAGE_2M)
+    for s in segments:
+        if s.vaddr != s.paddr:
+            _map_high(tables, s, name)
+    plan = BootPlan(vmm_base, vmm_size, stack_base, stack, vmm_base, vmm_base + GDT_SIZE,
+                    vmm_base + PAGE_4K, tables)
+    plan.memory_map = memory_map(ram, [(vmm_base, vmm_base + vmm_size + stack)])
+    mmap_addr = plan.info_addr + BOOT_INFO.size
+    info = BOOT_INFO.pack(BOOT_MAGIC, BOOT_VERSION, sum(z for _, z in ram), mmap_addr,
+                          len(plan.memory_map), ncpus, plan.cmdline_addr, len(cmdline), 0,
+                          stack_base, stack, vmm_base, vmm_size)
+    mm = b"".join(MMAP_ENTRY.pack(b, n, t, 0) for b, n, t in plan.memory_map)
+    plan.writes = [(plan.gdt_addr, gdt_bytes()), (plan.info_addr, info), (mmap_addr, mm),
+                   (plan.cmdline_addr, cmdline + b"\0"), (tables.base, tables.to_bytes())]
+    return plan
+
+
+def _map_high(tables: PageTableBuilder, s: LoadSegment, name: str) -> None:
+    """A segment linked at a virtual address other than its physical one (a higher-half
+    kernel): map its pages there too."""
+    if (s.vaddr - s.paddr) % PAGE_4K or s.vaddr < MMIO_HOLE_END:
+        raise GuestImageError(
+            f"{name}: segment {s.index} has p_vaddr {s.vaddr:#x} != p_paddr {s.paddr:#x}; "
+            "pyvmm maps such segments only above 4 GiB and 4 KiB-congruent")
+    start = _down(s.vaddr, PAGE_4K)
+    tables.map(start, _down(s.paddr, PAGE_4K), _up(s.vaddr + s.memsz, PAGE_4K) - start,
+               page_size=PAGE_4K)
+
+
+def memory_map(ram: list[tuple[int, int]], reserved: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """e820-style map: RAM split around ``reserved`` ranges (type 2)."""
+    out = [(a, b - a, E820_RAM) for a, b in _free_ranges(ram, reserved)]
+    out += [(a, b - a, E820_RESERVED) for a, b in reserved]
+    out.sort()
+    if len(out) > MAX_MMAP:
+        raise GuestImageError("memory map too large")
+    return out

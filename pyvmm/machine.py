@@ -1,0 +1,366 @@
+"""``Machine``: memory + vCPUs + devices + loader -> ``run()`` -> ``RunResult``.
+
+This is the embedding API.  A machine owns every fd and mapping it creates and releases
+them in :meth:`Machine.close` (or at the end of a ``with`` block)::
+
+    with Machine(mem="64M", cpus=1) as m:
+        m.load_elf("guests/build/hello.elf")
+        result = m.run(timeout=10)
+    print(result.exit_code, result.serial)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from pyvmm._native import lib
+from pyvmm.crash import GuestCrash, capture
+from pyvmm.devices.bus import Bus, Device, Space
+from pyvmm.devices.debug_exit import DebugExit
+from pyvmm.devices.post import PostPort
+from pyvmm.devices.uart import Uart16550
+from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.stats import StatsReader, StatValue, delta
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.loader.boot import plan_boot
+from pyvmm.loader.elf import ElfImage, GuestImageError, load_elf64
+from pyvmm.memory import GuestMemory, MemoryRegion
+from pyvmm.runloop import Outcome, VcpuLoop
+from pyvmm.x86 import layout
+from pyvmm.x86.cpuid import vcpu_cpuid
+from pyvmm.x86.modes import set_long_mode
+from pyvmm.x86.msrs import RESET_MSRS
+
+APIC_LVT_LINT0 = 0x350
+APIC_LVT_LINT1 = 0x360
+LVT_EXTINT = 0x700
+LVT_NMI = 0x400
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    ``status``: ``exit`` (the guest wrote the debug-exit port; ``exit_code`` is the value),
+    ``shutdown``, ``timeout``, ``crash`` (see ``crash``), ``io-error``, ``interrupted``,
+    ``error`` (KVM or the VMM failed; ``message`` says why).
+    """
+
+    status: str
+    exit_code: int | None
+    serial: bytes
+    message: str = ""
+    exit_counts: dict[str, int] = field(default_factory=dict)
+    vcpu_exit_counts: list[dict[str, int]] = field(default_factory=list)
+    fast_hits: dict[str, int] = field(default_factory=dict)
+    kvm_runs: int = 0
+    stats: dict[str, dict[str, StatValue]] = field(default_factory=dict)
+    crash: GuestCrash | None = None
+    unclaimed: list[str] = field(default_factory=list)
+    duration: float = 0.0
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "exit" and self.exit_code == 0
+
+    @property
+    def text(self) -> str:
+        return self.serial.decode("utf-8", "replace")
+
+
+class PortHandler:
+    """Adapts two callables to the :class:`Device` protocol for :meth:`Machine.add_handler`."""
+
+    def __init__(self, name: str, read: Callable[[int, int], int] | None,
+                 write: Callable[[int, int, int], None] | None) -> None:
+        self.name = name
+        self._read = read
+        self._write = write
+
+    def read(self, addr: int, size: int) -> int:
+        return self._read(addr, size) if self._read else (1 << (8 * size)) - 1
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        if self._write:
+            self._write(addr, size, value)
+
+
+class Machine:
+    """A VM with ``mem`` bytes of RAM, ``cpus`` vCPUs, the in-kernel irqchip, a 16550 at
+    0x3f8, debug-exit at 0xf4 and the POST port 0x80."""
+
+    def __init__(self, *, mem: int | str = "64M", cpus: int = 1, strict_io: bool = False,
+                 kvm_path: str = "/dev/kvm", serial: Callable[[bytes], None] | None = None,
+                 cmdline: str = "") -> None:
+        self.mem_size = layout.parse_size(mem) if isinstance(mem, str) else int(mem)
+        if self.mem_size % 4096:
+            raise ValueError("memory size must be a multiple of 4 KiB")
+        self.cpus = cpus
+        self.cmdline = cmdline
+        self._serial = bytearray()
+        self._serial_sink = serial
+        self.image: ElfImage | None = None
+        self.vcpus: list[Vcpu] = []
+        self.loops: list[VcpuLoop] = []
+        self._stats: list[tuple[str, StatsReader]] = []
+        self.kvm: Kvm | None = None
+        self.vm = None
+        self.memory: GuestMemory | None = None
+        try:
+            self._build(kvm_path, strict_io)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- construction ----------------------------------------------------------
+    def _build(self, kvm_path: str, strict_io: bool) -> None:
+        if not 1 <= self.cpus <= 64:
+            raise ValueError(f"--cpus must be 1..64, not {self.cpus}")
+        self.kvm = Kvm(kvm_path)
+        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or 1
+        if self.cpus > max_vcpus:
+            raise KvmError("KVM_CREATE_VCPU", 22, f"this KVM allows {max_vcpus} vCPUs")
+        self.vm = self.kvm.create_vm()
+        if self.kvm.check_extension(lib.KVM_CAP_SET_TSS_ADDR):
+            self.vm.set_tss_addr(layout.TSS_ADDR)
+        if self.kvm.check_extension(lib.KVM_CAP_SET_IDENTITY_MAP_ADDR):
+            self.vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.memory = GuestMemory(self.vm)
+        for gpa, size in layout.ram_ranges(self.mem_size):
+            self.memory.add_ram(gpa, size, name="ram" if gpa == 0 else "ram-high")
+        self.bus = Bus(strict=strict_io)
+        self.uart = Uart16550(self._serial_out)
+        self.uart.on_fast_change = self._sync_fast
+        self.debug_exit = DebugExit()
+        self.post = PostPort()
+        for dev, port, n in ((self.uart, 0x3F8, 8), (self.debug_exit, 0xF4, 4), (self.post, 0x80, 1)):
+            self.bus.register(Space.PIO, port, n, dev)
+        supported = self.kvm.get_supported_cpuid()
+        self._stats.append(("vm", self.vm.get_stats_fd()))
+        for i in range(self.cpus):
+            vcpu = self.vm.create_vcpu(i)
+            self.vcpus.append(vcpu)
+            self._reset_vcpu(vcpu, supported)
+            self._stats.append((f"vcpu{i}", vcpu.get_stats_fd()))
+
+    def _reset_vcpu(self, vcpu: Vcpu, supported: list[dict[str, int]]) -> None:
+        vcpu.set_cpuid2(vcpu_cpuid(supported, vcpu.id, self.cpus))
+        vcpu.set_msrs(RESET_MSRS)
+        fpu = vcpu.get_fpu()
+        fpu.fcw = 0x37F
+        fpu.mxcsr = 0x1F80
+        vcpu.set_fpu(fpu)
+        lapic = vcpu.get_lapic()  # virtual-wire mode, as firmware leaves it
+        lapic[APIC_LVT_LINT0:APIC_LVT_LINT0 + 4] = LVT_EXTINT.to_bytes(4, "little")
+        lapic[APIC_LVT_LINT1:APIC_LVT_LINT1 + 4] = LVT_NMI.to_bytes(4, "little")
+        vcpu.set_lapic(bytes(lapic))
+        vcpu.enable_sync_regs()
+
+    @classmethod
+    def from_elf(cls, path: str | Path, *, cmdline: str = "", **kw: Any) -> Machine:
+        """Parse the guest first (so a bad file costs no VM), then build and load."""
+        image = load_elf64(path)
+        m = cls(cmdline=cmdline, **kw)
+        try:
+            m.load(image)
+        except BaseException:
+            m.close()
+            raise
+        return m
+
+    # --- devices and memory ----------------------------------------------------
+    def add_device(self, space: Space, base: int, length: int, device: Device) -> None:
+        """Put ``device`` on the bus; its fast entries (if any) reach every vCPU's table."""
+        before = len(self.bus.fast_entries)
+        self.bus.register(space, base, length, device)
+        for fe in self.bus.fast_entries[before:]:
+            for loop in self.loops:
+                loop.add_fast_entry(fe)
+
+    def add_handler(self, space: Space, base: int, length: int, *,
+                    read: Callable[[int, int], int] | None = None,
+                    write: Callable[[int, int, int], None] | None = None,
+                    name: str = "handler") -> None:
+        """A Python handler for a port or MMIO range: ``read(addr, size) -> int`` and
+        ``write(addr, size, value)``; ``addr`` is absolute.  Called on the vCPU's thread."""
+        self.add_device(space, base, length, PortHandler(name, read, write))
+
+    def add_ram(self, gpa: int, size: int, **kw: Any) -> MemoryRegion:
+        """Another memslot (``readonly=True`` for ROM, ``log_dirty=True`` for dirty logging)."""
+        assert self.memory is not None
+        return self.memory.add_ram(gpa, size, **kw)
+
+    def _sync_fast(self, fe: Any) -> None:
+        for loop in self.loops:
+            loop.sync_fast_entry(fe)
+
+    def _serial_out(self, data: bytes) -> None:
+        self._serial += data
+        if self._serial_sink is not None:
+            self._serial_sink(data)
+
+    # --- loading ---------------------------------------------------------------
+    def load_elf(self, path: str | Path, cmdline: str | None = None) -> ElfImage:
+        image = load_elf64(path)
+        self.load(image, cmdline)
+        return image
+
+    def load(self, image: ElfImage, cmdline: str | None = None) -> None:
+        """Copy the segments to RAM, build the boot structures, set the BSP's entry state."""
+        assert self.memory is not None
+        if cmdline is not None:
+            self.cmdline = cmdline
+        ram = [(r.gpa, r.size) for r in self.memory.regions if not r.readonly]
+        plan = plan_boot(ram, image.segments, self.cmdline.encode(), self.cpus, image.path)
+        for seg in image.segments:
+            self.memory.write(seg.paddr, seg.data)
+        for gpa, data in plan.writes:
+            self.memory.write(gpa, data)
+        bsp = self.vcpus[0]
+        sregs = bsp.get_sregs()
+        set_long_mode(sregs, cr3=plan.cr3, gdt_base=plan.gdt_addr)
+        bsp.set_sregs(sregs)
+        regs = bsp.get_regs()
+        for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rbp", "r8", "r9", "r10", "r11",
+                     "r12", "r13", "r14", "r15"):
+            setattr(regs, name, 0)
+        regs.rip = image.entry
+        regs.rsp = plan.stack_top
+        regs.rdi = plan.info_addr
+        regs.rflags = 0x2  # IF=0
+        bsp.set_regs(regs)
+        self.image = image
+        self.boot_plan = plan
+
+    # --- running ---------------------------------------------------------------
+    def _ensure_loops(self) -> None:
+        if not self.loops:
+            self.loops = [VcpuLoop(v, self.bus) for v in self.vcpus]
+
+    def stats(self) -> dict[str, dict[str, StatValue]]:
+        """A snapshot of the VM's and every vCPU's KVM binary stats."""
+        return {name: r.read() for name, r in self._stats}
+
+    def run(self, timeout: float | None = None, *, python_loop: bool = False) -> RunResult:
+        """Run every vCPU on its own thread until the guest stops, crashes or ``timeout``
+        seconds pass (None: no limit).  Ctrl-C stops the vCPUs and returns ``interrupted``.
+        May be called again to continue."""
+        if self.image is None:
+            raise GuestImageError("no guest loaded")
+        self._ensure_loops()
+        for loop in self.loops:
+            loop.reset_kick()
+        before = self.stats()
+        serial_start = len(self._serial)
+        done = threading.Event()
+        outcomes: list[Outcome] = []
+        crash_box: list[GuestCrash] = []
+        lock = threading.Lock()
+
+        def vcpu_thread(loop: VcpuLoop) -> None:
+            try:
+                out = loop.run_python() if python_loop else loop.run()
+            except Exception as e:  # a VMM bug or a device handler's error
+                out = Outcome("error", loop.vcpu.id, reason=f"{type(e).__name__}: {e}",
+                              details={"traceback": traceback.format_exc()})
+            if out.kind == "crash":
+                c = capture(loop.vcpu, self.memory, self.image.symbols if self.image else None,
+                            out.reason, out.details)
+                with lock:
+                    crash_box.append(c)
+            with lock:
+                outcomes.append(out)
+            if out.kind != "kicked":
+                done.set()
+
+        threads = [threading.Thread(target=vcpu_thread, args=(lp,), name=f"vcpu{lp.vcpu.id}",
+                                    daemon=True) for lp in self.loops]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        interrupted = False
+        try:
+            deadline = None if timeout is None else t0 + timeout
+            while not done.is_set():
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                done.wait(left)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self._stop_all(threads)
+        duration = time.monotonic() - t0
+        result = self._result(outcomes, crash_box, timeout, interrupted, duration)
+        result.serial = bytes(self._serial[serial_start:])
+        after = self.stats()
+        result.stats = {k: delta(dict(r.descriptors), before[k], after[k]) for k, r in self._stats}
+        return result
+
+    def _stop_all(self, threads: list[threading.Thread]) -> None:
+        """Kick until every vCPU thread has left KVM_RUN (a kick can race with a thread
+        that is just entering the loop, so it is repeated)."""
+        while any(t.is_alive() for t in threads):
+            for loop in self.loops:
+                loop.kick()
+            for t in threads:
+                t.join(0.05)
+        for loop in self.loops:
+            loop.drain()
+
+    def _result(self, outcomes: list[Outcome], crashes: list[GuestCrash], timeout: float | None,
+                interrupted: bool, duration: float) -> RunResult:
+        final = [o for o in outcomes if o.kind != "kicked"]
+        counts: Counter[str] = Counter()
+        per_vcpu = []
+        hits: Counter[str] = Counter()
+        for loop in self.loops:
+            c = loop.exit_counts()
+            per_vcpu.append(c)
+            counts.update(c)
+            hits.update(loop.fast_hits())
+        res = RunResult("timeout", None, b"", exit_counts=dict(counts), vcpu_exit_counts=per_vcpu,
+                        fast_hits=dict(hits), kvm_runs=sum(lp.c.kvm_runs for lp in self.loops),
+                        unclaimed=self.bus.unclaimed_summary(), duration=duration,
+                        outcomes=outcomes)
+        if final:
+            first = final[0]
+            res.status, res.exit_code, res.message = first.kind, first.code, first.reason
+            if first.kind == "crash" and crashes:
+                res.crash = crashes[0]
+        elif interrupted:
+            res.status, res.message = "interrupted", "interrupted (Ctrl-C)"
+        else:
+            res.message = f"guest did not stop within {timeout:g} s" if timeout else "stopped"
+        return res
+
+    # --- teardown --------------------------------------------------------------
+    def close(self) -> None:
+        """Close every fd and unmap all memory (vCPUs, then the VM, then RAM)."""
+        for _, reader in self._stats:
+            reader.close()
+        self._stats.clear()
+        if self.vm is not None:
+            self.vm.close()  # closes its vCPUs and their kvm_run mappings
+        if self.memory is not None:
+            self.memory.close()
+        if self.kvm is not None:
+            self.kvm.close()
+        self.loops.clear()
+        self.vcpus.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

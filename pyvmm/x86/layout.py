@@ -1,0 +1,44 @@
+"""The guest-physical address map pyvmm gives every VM (the standard PC places).
+
+RAM starts at 0.  The 1 GiB below 4 GiB is the MMIO hole, where the LAPIC (0xFEE00000),
+the IOAPIC (0xFEC00000) and device windows live; RAM beyond 3 GiB continues at 4 GiB.
+"""
+
+from __future__ import annotations
+
+GiB = 1 << 30
+MiB = 1 << 20
+KiB = 1 << 10
+
+MMIO_HOLE_START = 3 * GiB
+MMIO_HOLE_END = 4 * GiB
+HIGH_RAM_START = 4 * GiB
+
+IOAPIC_BASE = 0xFEC00000
+LAPIC_BASE = 0xFEE00000
+#: Intel-only KVM scratch areas (real-mode TSS, EPT identity map), inside the hole as QEMU
+TSS_ADDR = 0xFFFBD000
+IDENTITY_MAP_ADDR = 0xFFFBC000
+
+
+def ram_ranges(mem_size: int) -> list[tuple[int, int]]:
+    """``[(gpa, size), ...]`` of RAM for a VM with ``mem_size`` bytes."""
+    low = min(mem_size, MMIO_HOLE_START)
+    ranges = [(0, low)]
+    if mem_size > low:
+        ranges.append((HIGH_RAM_START, mem_size - low))
+    return ranges
+
+
+def parse_size(text: str) -> int:
+    """``"64M"`` -> 67108864; accepts K, M, G (binary) and plain bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": KiB, "M": MiB, "G": GiB}.get(t[-1:], 1)
+    digits = t[:-1] if mult != 1 else t
+    try:
+        value = int(digits, 0)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 64M or 1G)") from None
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value * mult

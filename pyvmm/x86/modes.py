@@ -1,0 +1,41 @@
+"""Entry states: the control registers and segments for starting a vCPU in a CPU mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyvmm.x86.msrs import EFER_LMA, EFER_LME, EFER_NXE
+from pyvmm.x86.segments import CODE64, DATA, GDT_SIZE
+
+CR0_PE = 1 << 0
+CR0_MP = 1 << 1
+CR0_ET = 1 << 4
+CR0_NE = 1 << 5
+CR0_WP = 1 << 16
+CR0_AM = 1 << 18
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5
+CR4_OSFXSR = 1 << 9
+CR4_OSXMMEXCPT = 1 << 10
+
+LONG_MODE_CR0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
+LONG_MODE_CR4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+LONG_MODE_EFER = EFER_LME | EFER_LMA | EFER_NXE
+
+
+def set_long_mode(sregs: Any, *, cr3: int, gdt_base: int) -> None:
+    """64-bit mode with 4-level paging rooted at ``cr3``, flat segments from our GDT.
+
+    Paging is on together with EFER.LME, the only paging setup kvm_pvm accepts.
+    """
+    CODE64.fill(sregs.cs)
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        DATA.fill(seg)
+    sregs.gdt.base = gdt_base
+    sregs.gdt.limit = GDT_SIZE - 1
+    sregs.idt.base = 0
+    sregs.idt.limit = 0
+    sregs.cr0 = LONG_MODE_CR0
+    sregs.cr3 = cr3
+    sregs.cr4 = LONG_MODE_CR4
+    sregs.efer = LONG_MODE_EFER

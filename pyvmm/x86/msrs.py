@@ -1,0 +1,51 @@
+"""MSR numbers (Intel SDM vol. 4) and the values a guest expects at reset."""
+
+from __future__ import annotations
+
+IA32_TSC = 0x10
+IA32_APIC_BASE = 0x1B
+IA32_MISC_ENABLE = 0x1A0
+IA32_SYSENTER_CS = 0x174
+IA32_SYSENTER_ESP = 0x175
+IA32_SYSENTER_EIP = 0x176
+IA32_PAT = 0x277
+IA32_MTRRCAP = 0xFE
+IA32_MTRR_DEF_TYPE = 0x2FF
+IA32_TSC_DEADLINE = 0x6E0
+IA32_EFER = 0xC0000080
+IA32_STAR = 0xC0000081
+IA32_LSTAR = 0xC0000082
+IA32_CSTAR = 0xC0000083
+IA32_FMASK = 0xC0000084
+IA32_FS_BASE = 0xC0000100
+IA32_GS_BASE = 0xC0000101
+IA32_KERNEL_GS_BASE = 0xC0000102
+
+EFER_SCE = 1 << 0
+EFER_LME = 1 << 8
+EFER_LMA = 1 << 10
+EFER_NXE = 1 << 11
+
+APIC_BASE_BSP = 1 << 8
+APIC_BASE_ENABLE = 1 << 11
+
+#: Power-on PAT (SDM 11.12.4): WB, WT, UC-, UC, repeated.
+PAT_RESET = 0x0007040600070406
+#: MTRRs enabled, default type write-back: all RAM cacheable, as firmware leaves it.
+MTRR_DEF_TYPE_WB = (1 << 11) | 6
+#: Fast-string operations enabled, as after firmware.
+MISC_ENABLE_FAST_STRING = 1
+
+RESET_MSRS: dict[int, int] = {
+    IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRING,
+    IA32_PAT: PAT_RESET,
+    IA32_MTRR_DEF_TYPE: MTRR_DEF_TYPE_WB,
+    IA32_SYSENTER_CS: 0,
+    IA32_SYSENTER_ESP: 0,
+    IA32_SYSENTER_EIP: 0,
+    IA32_STAR: 0,
+    IA32_LSTAR: 0,
+    IA32_CSTAR: 0,
+    IA32_FMASK: 0,
+    IA32_KERNEL_GS_BASE: 0,
+}

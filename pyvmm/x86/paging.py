@@ -1,0 +1,119 @@
+"""4-level (IA-32e) page-table builder, Intel SDM vol. 3A ch. 4.5.
+
+The builder lays tables out in one contiguous block at a guest-physical base, so the
+loader can place the block anywhere free and write it with one bounds-checked copy.  It
+maps 4 KiB pages (PTE) and 2 MiB pages (PDE with PS); 1 GiB pages are deliberately not
+offered (kvm_pvm rejects them, HOST-KVM.md).
+"""
+
+from __future__ import annotations
+
+import struct
+
+PAGE_4K = 1 << 12
+PAGE_2M = 1 << 21
+
+PTE_P = 1 << 0
+PTE_RW = 1 << 1
+PTE_US = 1 << 2
+PTE_PWT = 1 << 3
+PTE_PCD = 1 << 4
+PTE_A = 1 << 5
+PTE_D = 1 << 6
+PTE_PS = 1 << 7
+PTE_G = 1 << 8
+PTE_NX = 1 << 63
+ADDR_MASK = 0x000F_FFFF_FFFF_F000
+
+_LEVEL_SHIFT = {4: 39, 3: 30, 2: 21, 1: 12}
+
+
+class PagingError(ValueError):
+    """A mapping request that 4-level paging cannot express, or a full table block."""
+
+
+class PageTableBuilder:
+    """Builds identity or arbitrary mappings into a table block at ``base``.
+
+    ``max_tables`` bounds the block (each table is one 4 KiB page); :attr:`cr3` is the
+    guest-physical address of the PML4.
+    """
+
+    def __init__(self, base: int, max_tables: int = 64) -> None:
+        if base % PAGE_4K:
+            raise PagingError(f"table base {base:#x} is not 4 KiB aligned")
+        self.base = base
+        self.max_tables = max_tables
+        self._tables: list[bytearray] = [bytearray(PAGE_4K)]  # [0] = PML4
+
+    @property
+    def cr3(self) -> int:
+        return self.base
+
+    @property
+    def size(self) -> int:
+        return len(self._tables) * PAGE_4K
+
+    def _entry(self, table: int, index: int) -> int:
+        return struct.unpack_from("<Q", self._tables[table], index * 8)[0]
+
+    def _set(self, table: int, index: int, value: int) -> None:
+        struct.pack_into("<Q", self._tables[table], index * 8, value)
+
+    def _child(self, table: int, index: int) -> int:
+        """Index of the next-level table under ``table[index]``, creating it if needed."""
+        e = self._entry(table, index)
+        if e & PTE_P:
+            if e & PTE_PS:
+                raise PagingError("a large page is already mapped over this range")
+            return ((e & ADDR_MASK) - self.base) // PAGE_4K
+        if len(self._tables) >= self.max_tables:
+            raise PagingError(f"page-table block full ({self.max_tables} tables)")
+        self._tables.append(bytearray(PAGE_4K))
+        child = len(self._tables) - 1
+        # upper levels are permissive; the leaf decides the access rights
+        self._set(table, index, (self.base + child * PAGE_4K) | PTE_P | PTE_RW | PTE_US)
+        return child
+
+    def map(self, va: int, pa: int, size: int, *, page_size: int = PAGE_2M,
+            flags: int = PTE_P | PTE_RW) -> None:
+        """Map ``[va, va+size)`` to ``[pa, pa+size)`` with pages of ``page_size``."""
+        if page_size not in (PAGE_4K, PAGE_2M):
+            raise PagingError("page size must be 4 KiB or 2 MiB")
+        if va % page_size or pa % page_size or size % page_size:
+            raise PagingError(f"{va:#x}->{pa:#x}+{size:#x} not aligned to {page_size:#x}")
+        if va + size > 1 << 47 or pa + size > 1 << 52:
+            raise PagingError("address beyond 4-level paging's 48-bit range")
+        leaf_level = 2 if page_size == PAGE_2M else 1
+        for off in range(0, size, page_size):
+            v, p = va + off, pa + off
+            table = 0
+            for level in range(4, leaf_level, -1):
+                table = self._child(table, (v >> _LEVEL_SHIFT[level]) & 511)
+            idx = (v >> _LEVEL_SHIFT[leaf_level]) & 511
+            leaf = p | flags | PTE_P | (PTE_PS if leaf_level == 2 else 0)
+            if self._entry(table, idx) & PTE_P:
+                raise PagingError(f"{v:#x} is already mapped")
+            self._set(table, idx, leaf)
+
+    def identity_map(self, start: int, size: int, **kw: int) -> None:
+        self.map(start, start, size, **kw)
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self._tables)
+
+
+def walk(read_u64, cr3: int, va: int) -> int | None:
+    """Translate ``va`` through tables reachable from ``cr3``; ``read_u64(gpa)`` reads
+    memory.  Returns the physical address or None (not present).  Used by tests and by the
+    crash report to find the code at RIP."""
+    table = cr3 & ADDR_MASK
+    for level in (4, 3, 2, 1):
+        e = read_u64(table + ((va >> _LEVEL_SHIFT[level]) & 511) * 8)
+        if not e & PTE_P:
+            return None
+        if level in (3, 2) and e & PTE_PS:
+            span = 1 << _LEVEL_SHIFT[level]
+            return (e & ADDR_MASK & ~(span - 1)) | (va & (span - 1))
+        table = e & ADDR_MASK
+    return table | (va & 0xFFF)
