@@ -54,7 +54,7 @@ PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_R
 PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER
 PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
 MADV_HUGEPAGE MADV_DONTNEED
-""".split()
+""".split()  # noqa: SIM905 - one name per word reads best
 
 EXIT_REASONS = [
     "UNKNOWN", "EXCEPTION", "IO", "HYPERCALL", "DEBUG", "HLT", "MMIO", "IRQ_WINDOW_OPEN",
@@ -176,6 +176,7 @@ struct pyvmm_loop {
     ...;
 };
 int pyvmm_loop_run(struct pyvmm_loop *l);
+int pyvmm_loop_dispatch(struct pyvmm_loop *l);
 int pyvmm_loop_kick(struct pyvmm_loop *l);
 void pyvmm_loop_bind_thread(struct pyvmm_loop *l);
 void pyvmm_loop_unbind_thread(struct pyvmm_loop *l);

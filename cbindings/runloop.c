@@ -160,7 +160,7 @@ static int answer(struct pyvmm_loop *l, struct pyvmm_fast_entry *e, uint8_t *dat
 }
 
 /* The fast path for one exit; -1 = handled, else a PYVMM_RET_* code. */
-static int fast_exit(struct pyvmm_loop *l)
+int pyvmm_loop_dispatch(struct pyvmm_loop *l)
 {
     struct kvm_run *run = l->run;
     if (run->exit_reason == KVM_EXIT_IO) {
@@ -210,7 +210,7 @@ int pyvmm_loop_run(struct pyvmm_loop *l)
         }
         uint32_t reason = l->run->exit_reason;
         l->exit_counts[reason < PYVMM_MAX_REASONS ? reason : 0]++;
-        int r = fast_exit(l);
+        int r = pyvmm_loop_dispatch(l);
         if (r < 0) {
             l->fast_exits++;
             continue;

@@ -74,6 +74,9 @@ struct pyvmm_loop {
 };
 
 int pyvmm_loop_run(struct pyvmm_loop *l);
+/* Answer the exit now in l->run from the table: -1 handled, else PYVMM_RET_*.
+ * pyvmm_loop_run() uses it after every KVM_RUN; unit tests call it on a fake kvm_run. */
+int pyvmm_loop_dispatch(struct pyvmm_loop *l);
 int pyvmm_loop_kick(struct pyvmm_loop *l);
 void pyvmm_loop_bind_thread(struct pyvmm_loop *l);
 void pyvmm_loop_unbind_thread(struct pyvmm_loop *l);

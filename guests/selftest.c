@@ -12,6 +12,7 @@
  *   bootinfo          print the boot-info block and the memory map
  *   smp               start every AP by INIT/SIPI; each reports in; exit 0 if all did
  *   post N            write N codes to port 0x80 (fast counter) then exit 0
+ *   touch ADDR N      write one byte in each of N pages from ADDR (for the dirty log)
  */
 #include "rt.h"
 
@@ -123,6 +124,12 @@ int main(struct boot_info *bi, const char *cmdline)
 	if (!strncmp(cmdline, "post ", 5)) {
 		for (uint64_t i = parse_u64(arg); i; i--)
 			outb(0x80, (uint8_t)i);
+		return 0;
+	}
+	if (!strncmp(cmdline, "touch ", 6)) {
+		volatile uint8_t *p = (volatile uint8_t *)parse_u64(arg);
+		for (uint64_t i = parse_u64(skip_word(arg)); i; i--, p += 4096)
+			*p = 1;
 		return 0;
 	}
 	printf("selftest: unknown mode \"%s\"\n", cmdline);

@@ -99,7 +99,7 @@ class Machine:
     0x3f8, debug-exit at 0xf4 and the POST port 0x80."""
 
     def __init__(self, *, mem: int | str = "64M", cpus: int = 1, strict_io: bool = False,
-                 kvm_path: str = "/dev/kvm", serial: Callable[[bytes], None] | None = None,
+                 kvm_path: str | None = None, serial: Callable[[bytes], None] | None = None,
                  cmdline: str = "") -> None:
         self.mem_size = layout.parse_size(mem) if isinstance(mem, str) else int(mem)
         if self.mem_size % 4096:
@@ -122,7 +122,7 @@ class Machine:
             raise
 
     # --- construction ----------------------------------------------------------
-    def _build(self, kvm_path: str, strict_io: bool) -> None:
+    def _build(self, kvm_path: str | None, strict_io: bool) -> None:
         if not 1 <= self.cpus <= 64:
             raise ValueError(f"--cpus must be 1..64, not {self.cpus}")
         self.kvm = Kvm(kvm_path)

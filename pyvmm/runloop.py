@@ -183,7 +183,7 @@ class VcpuLoop:
         """The same loop with every exit handled in Python (for comparison)."""
         fd = self.vcpu.fd
         run = self.vcpu.kvm_run
-        ioctl, KVM_RUN, NULL = lib.pyvmm_ioctl, lib.KVM_RUN, ffi.NULL  # noqa: N806
+        ioctl, KVM_RUN, NULL = lib.pyvmm_ioctl, lib.KVM_RUN, ffi.NULL
         counts = self.py_exit_counts
         lib.pyvmm_loop_bind_thread(self.c)
         try:

@@ -73,7 +73,7 @@ class UnclaimedIoError(RuntimeError):
         self.space, self.addr, self.size, self.is_write = space, addr, size, is_write
 
 
-class GuestStop(Exception):  # noqa: N818 - a signal, not an error
+class GuestStop(Exception):
     """Raised by a device write to end the run with ``code`` (debug-exit, shutdown)."""
 
     def __init__(self, code: int, reason: str = "debug-exit") -> None:

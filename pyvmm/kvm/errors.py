@@ -10,13 +10,16 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+#: Hints for a failed open of the KVM device; "{path}" is filled in.
+OPEN_HINTS: dict[int, str] = {
+    _errno.ENOENT: "no {path}: load kvm_intel/kvm_amd or run on a KVM-enabled runner",
+    _errno.EACCES: "no permission on {path}: add yourself to the 'kvm' group or run as root",
+    _errno.EPERM: "no permission on {path}: add yourself to the 'kvm' group or run as root",
+    _errno.ENODEV: "{path} exists but KVM is not loaded: modprobe kvm_intel or kvm_amd",
+    _errno.ENXIO: "{path} exists but KVM is not loaded: modprobe kvm_intel or kvm_amd",
+}
+
 _HINTS: dict[tuple[str, int], str] = {
-    ("open /dev/kvm", _errno.ENOENT): "no /dev/kvm: load kvm_intel/kvm_amd or run on a "
-    "KVM-enabled runner",
-    ("open /dev/kvm", _errno.EACCES): "no permission on /dev/kvm: add yourself to the 'kvm' "
-    "group or run as root",
-    ("open /dev/kvm", _errno.EPERM): "no permission on /dev/kvm: add yourself to the 'kvm' "
-    "group or run as root",
     ("KVM_CREATE_VCPU", _errno.EEXIST): "a vCPU with this id already exists",
     ("KVM_CREATE_VCPU", _errno.EINVAL): "vCPU id out of range (see KVM_CAP_MAX_VCPU_ID)",
     ("KVM_CREATE_IRQCHIP", _errno.EEXIST): "the VM already has an irqchip",

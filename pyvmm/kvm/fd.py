@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Self
 
@@ -44,7 +45,5 @@ class FdObject:
         self.close()
 
     def __del__(self) -> None:  # last resort; callers should close()
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

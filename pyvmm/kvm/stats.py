@@ -132,7 +132,7 @@ class StatsReader:
         head = reader(fd, _HEADER.size, 0)
         if len(head) < _HEADER.size:
             raise StatsFormatError("stats header truncated")
-        _f, name_size, num_desc, id_off, desc_off, data_off = _HEADER.unpack(head)
+        _f, name_size, num_desc, id_off, desc_off, _data = _HEADER.unpack(head)
         span = max(id_off + name_size, desc_off + num_desc * (_DESC.size + name_size))
         self.id, descs, self._data_off = parse_descriptors(reader(fd, span, 0))
         self.descriptors: dict[str, StatDesc] = {d.name: d for d in descs}

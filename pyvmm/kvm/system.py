@@ -9,13 +9,18 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from pyvmm._native import ffi, lib
-from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.errors import OPEN_HINTS, KvmError
 from pyvmm.kvm.fd import FdObject
 
 if TYPE_CHECKING:
     from pyvmm.kvm.vm import Vm
 
 DEFAULT_PATH = "/dev/kvm"
+
+
+def default_path() -> str:
+    """``/dev/kvm``, or ``$PYVMM_KVM_DEVICE`` (tests use it to simulate a missing device)."""
+    return os.environ.get("PYVMM_KVM_DEVICE", DEFAULT_PATH)
 
 #: The capabilities pyvmm looks at, by their KVM_CAP_* name (without the prefix).
 CAPABILITIES = sorted(n[len("KVM_CAP_"):] for n in dir(lib) if n.startswith("KVM_CAP_"))
@@ -28,12 +33,13 @@ class Kvm(FdObject):
     or when its API version is not the stable 12.
     """
 
-    def __init__(self, path: str = DEFAULT_PATH) -> None:
+    def __init__(self, path: str | None = None) -> None:
+        path = path or default_path()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise KvmError("open /dev/kvm", e.errno or 0,
-                           "" if path == DEFAULT_PATH else f"cannot open {path}") from None
+            err = e.errno or 0
+            raise KvmError(f"open {path}", err, OPEN_HINTS.get(err, "").format(path=path)) from None
         super().__init__(fd)
         version = self.get_api_version()
         if version != lib.KVM_API_VERSION:

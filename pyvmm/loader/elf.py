@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def _segments(elf: ELFFile, data: bytes, name: str) -> list[LoadSegment]:
     if not out:
         raise GuestImageError(f"{name}: no loadable (PT_LOAD) segments")
     out.sort(key=lambda s: s.paddr)
-    for a, b in zip(out, out[1:], strict=False):
+    for a, b in itertools.pairwise(out):
         if b.paddr < a.end:
             raise GuestImageError(f"{name}: segments {a.index} and {b.index} overlap in "
                                   f"physical memory at {b.paddr:#x}")

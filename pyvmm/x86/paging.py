@@ -28,6 +28,11 @@ ADDR_MASK = 0x000F_FFFF_FFFF_F000
 _LEVEL_SHIFT = {4: 39, 3: 30, 2: 21, 1: 12}
 
 
+def canonical(va: int) -> bool:
+    """48-bit canonical: bits 63:47 all equal (the lower or the upper half)."""
+    return 0 <= va < 1 << 47 or 0xFFFF_8000_0000_0000 <= va < 1 << 64
+
+
 class PagingError(ValueError):
     """A mapping request that 4-level paging cannot express, or a full table block."""
 
@@ -82,8 +87,9 @@ class PageTableBuilder:
             raise PagingError("page size must be 4 KiB or 2 MiB")
         if va % page_size or pa % page_size or size % page_size:
             raise PagingError(f"{va:#x}->{pa:#x}+{size:#x} not aligned to {page_size:#x}")
-        if va + size > 1 << 47 or pa + size > 1 << 52:
-            raise PagingError("address beyond 4-level paging's 48-bit range")
+        if not (canonical(va) and canonical(va + size - 1)) or pa + size > 1 << 52:
+            raise PagingError(f"{va:#x}+{size:#x} is not canonical for 4-level paging "
+                              "(or the physical range exceeds 52 bits)")
         leaf_level = 2 if page_size == PAGE_2M else 1
         for off in range(0, size, page_size):
             v, p = va + off, pa + off

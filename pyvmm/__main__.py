@@ -1,0 +1,5 @@
+"""``python -m pyvmm`` is the ``pyvmm`` command."""
+
+from pyvmm.cli import main
+
+main()

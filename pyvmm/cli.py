@@ -1,0 +1,176 @@
+"""``pyvmm`` command line: ``run`` a guest, ``info`` about the host's KVM.
+
+Every failure ends as one line on stderr and a documented exit status (pyvmm/status.py),
+never a Python traceback (``-v`` adds one for VMM bugs).  Guest output is flushed first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from pyvmm import status
+from pyvmm.devices.bus import BusError
+from pyvmm.kvm.errors import KvmError
+from pyvmm.loader.elf import GuestImageError
+from pyvmm.machine import Machine, RunResult
+from pyvmm.memory import GuestMemoryError
+from pyvmm.x86.layout import parse_size
+
+
+def _fail(code: int, message: str) -> None:
+    sys.stdout.flush()
+    click.echo(f"pyvmm: {message}", err=True)
+    sys.exit(code)
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _write_serial(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pyvmm")
+def main() -> None:
+    """pyvmm: run small guest kernels on /dev/kvm and see what KVM did."""
+
+
+@main.command()
+@click.argument("guest", type=click.Path(dir_okay=False))
+@click.option("--mem", default="64M", show_default=True, callback=_size,
+              help="Guest RAM (K/M/G suffixes).")
+@click.option("--cpus", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="vCPUs; APs wait for INIT/SIPI.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop the guest after SECONDS (exit status 124).")
+@click.option("--append", "cmdline", default="", help="Guest command line (boot info).")
+@click.option("--strict-io", is_flag=True, help="Unclaimed port/MMIO accesses are fatal.")
+@click.option("--stats", is_flag=True, help="Print the exit histogram and KVM stats deltas.")
+@click.option("--python-loop", is_flag=True, help="Handle every exit in Python (for comparison).")
+@click.option("-v", "--verbose", is_flag=True, help="Describe the set-up; tracebacks for VMM bugs.")
+def run(guest: str, mem: int, cpus: int, timeout: float | None, cmdline: str, strict_io: bool,
+        stats: bool, python_loop: bool, verbose: bool) -> None:
+    """Boot GUEST (an ELF64 image) and stream its serial output.
+
+    The exit status is the value the guest wrote to the debug-exit port (0xf4); see the
+    README for the statuses pyvmm itself uses (120-125, 130).
+    """
+    machine = None
+    try:
+        machine = Machine.from_elf(guest, mem=mem, cpus=cpus, strict_io=strict_io,
+                                   cmdline=cmdline, serial=_write_serial)
+        if verbose:
+            _describe(machine)
+        result = machine.run(timeout=timeout, python_loop=python_loop)
+    except GuestImageError as e:
+        _fail(status.GUEST_IMAGE, str(e))
+    except KvmError as e:
+        _fail(status.KVM_UNAVAILABLE, str(e))
+    except (GuestMemoryError, BusError, ValueError) as e:
+        _fail(status.GUEST_IMAGE, str(e))
+    except Exception as e:
+        if verbose:
+            traceback.print_exc()
+        _fail(status.VMM_ERROR, f"internal error: {type(e).__name__}: {e} (run with -v for "
+              "the traceback)")
+    finally:
+        if machine is not None:
+            machine.close()
+    sys.stdout.flush()
+    if stats:
+        _print_stats(result)
+    sys.exit(_report(result, verbose))
+
+
+def _report(result: RunResult, verbose: bool) -> int:
+    if result.status == "exit":
+        code = result.exit_code or 0
+        if code > 255:
+            click.echo(f"pyvmm: guest exit value {code:#x} does not fit an exit status; "
+                       "exiting with 255", err=True)
+            return 255
+        return code
+    if result.status == "crash" and result.crash is not None:
+        click.echo(f"pyvmm: {result.crash.format()}", err=True)
+    elif result.status == "error" and verbose:
+        for o in result.outcomes:
+            if "traceback" in o.details:
+                click.echo(o.details["traceback"], err=True)
+        click.echo(f"pyvmm: VMM error: {result.message}", err=True)
+    elif result.status == "error":
+        click.echo(f"pyvmm: VMM error: {result.message} (run with -v for details)", err=True)
+    elif result.status != "shutdown":
+        click.echo(f"pyvmm: {result.message}", err=True)
+    return status.BY_RUN_STATUS.get(result.status, status.VMM_ERROR)
+
+
+def _describe(m: Machine) -> None:
+    p = m.boot_plan
+    img = m.image
+    assert img is not None
+    e = click.echo
+    e(f"pyvmm: {img.path}: entry {img.entry:#x}, {len(img.segments)} segment(s)", err=True)
+    for s in img.segments:
+        e(f"pyvmm:   segment {s.index}: {s.paddr:#x}-{s.end:#x} flags {s.flags:#x}", err=True)
+    e(f"pyvmm: RAM {m.mem_size >> 20} MiB, {m.cpus} vCPU(s); VMM block {p.vmm_base:#x}+"
+      f"{p.vmm_size:#x} (GDT, boot info {p.info_addr:#x}, page tables, CR3 {p.cr3:#x}), "
+      f"stack {p.stack_base:#x}-{p.stack_top:#x}", err=True)
+
+
+def _print_stats(r: RunResult) -> None:
+    e = lambda s: click.echo(s, err=True)  # noqa: E731
+    e(f"--- exits ({r.kvm_runs} KVM_RUN calls, {r.duration * 1000:.1f} ms)")
+    for name, n in sorted(r.exit_counts.items(), key=lambda kv: -kv[1]):
+        e(f"  {name:<16} {n}")
+    if any(r.fast_hits.values()):
+        e("--- answered in C (fast exit table)")
+        for name, n in r.fast_hits.items():
+            if n:
+                e(f"  {name:<16} {n}")
+    e("--- KVM stats that moved")
+    for scope, moved in r.stats.items():
+        for name, v in sorted(moved.items()):
+            e(f"  {scope:<6} {name:<24} {v if isinstance(v, tuple) else f'{v:+d}'}")
+    if r.unclaimed:
+        e("--- unclaimed I/O (ignored)")
+        for line in r.unclaimed:
+            e(f"  {line}")
+
+
+@main.command()
+def info() -> None:
+    """KVM API version, vendor module, MMU kind and the capabilities pyvmm uses."""
+    from pyvmm.hostinfo import USED_CAPS, detect
+    from pyvmm.kvm.system import Kvm
+
+    try:
+        kvm = Kvm()
+    except KvmError as e:
+        _fail(status.KVM_UNAVAILABLE, str(e))
+    with kvm:
+        host = detect()
+        click.echo(f"KVM API version: {kvm.get_api_version()}")
+        click.echo(f"kernel:          {os.uname().release}")
+        click.echo(f"module:          {host.module}")
+        click.echo(f"MMU:             {host.describe()}")
+        click.echo(f"vCPU mmap size:  {kvm.get_vcpu_mmap_size()}")
+        click.echo("capabilities:")
+        caps = kvm.capabilities
+        for name in USED_CAPS:
+            v = caps.get(name, 0)
+            click.echo(f"  {name:<26} {v if v else 'no'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""``pyvmm`` as a user runs it: statuses, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pyvmm import status
+
+
+def pyvmm(*args, env=None, timeout=60):
+    import os
+
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "pyvmm", *args], capture_output=True, text=True,
+                          env=e, timeout=timeout)
+
+
+def one_line_error(p):
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def test_hello(guests):
+    p = pyvmm("run", str(guests / "hello.elf"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "Hello from a pyvmm guest: 1 vCPU(s), 64 MiB RAM\n"
+
+
+def test_exit_status_and_append(guests):
+    p = pyvmm("run", str(guests / "selftest.elf"), "--append", "exit 9")
+    assert p.returncode == 9
+
+
+def test_timeout_status(guests):
+    p = pyvmm("run", str(guests / "selftest.elf"), "--append", "spin", "--timeout", "0.5")
+    assert p.returncode == status.TIMEOUT
+    assert "did not stop within 0.5 s" in one_line_error(p)
+
+
+def test_triple_fault_status_and_report(guests):
+    p = pyvmm("run", str(guests / "selftest.elf"), "--append", "triple")
+    assert p.returncode == status.GUEST_CRASH
+    assert "triple fault" in p.stderr and "<main" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_strict_io(guests):
+    p = pyvmm("run", str(guests / "selftest.elf"), "--append", "unclaimed", "--strict-io")
+    assert p.returncode == status.GUEST_IO
+    assert "port 0x2f0" in one_line_error(p)
+
+
+def test_stats_output(guests):
+    p = pyvmm("run", str(guests / "hello.elf"), "--stats")
+    assert p.returncode == 0
+    assert "KVM_RUN calls" in p.stderr and "uart@0x3f8" in p.stderr
+    assert "KVM stats that moved" in p.stderr and "vcpu0" in p.stderr
+
+
+def test_smp_and_output_flushed(guests):
+    p = pyvmm("run", str(guests / "selftest.elf"), "--append", "smp", "--cpus", "2")
+    assert p.returncode == 0, p.stderr
+    assert "1 of 1 APs started" in p.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not an elf", "not an ELF file"),
+    (b"\x7fELF\x01\x01\x01" + bytes(60), "ELFCLASS32"),
+])
+def test_bad_guest_files(tmp_path, content, message):
+    f = tmp_path / "g.elf"
+    f.write_bytes(content)
+    p = pyvmm("run", str(f))
+    assert p.returncode == status.GUEST_IMAGE
+    assert message in one_line_error(p)
+
+
+def test_guest_too_big_for_ram(guests):
+    p = pyvmm("run", str(guests / "hello.elf"), "--mem", "1M")
+    assert p.returncode == status.GUEST_IMAGE
+    assert "outside guest RAM" in one_line_error(p)
+
+
+def test_missing_kvm_device(guests):
+    p = pyvmm("run", str(guests / "hello.elf"), env={"PYVMM_KVM_DEVICE": "/nonexistent/kvm"})
+    assert p.returncode == status.KVM_UNAVAILABLE
+    assert "no /nonexistent/kvm" in one_line_error(p)
+
+
+def test_usage_errors():
+    assert pyvmm("run").returncode == status.USAGE
+    assert pyvmm("run", "x.elf", "--mem", "lots").returncode == status.USAGE
+
+
+def test_info():
+    p = pyvmm("info")
+    assert p.returncode == 0
+    assert "KVM API version: 12" in p.stdout and "SYNC_REGS" in p.stdout and "MMU:" in p.stdout

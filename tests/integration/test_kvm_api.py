@@ -1,0 +1,146 @@
+"""The ioctl wrappers against the real KVM: each round-trips or reports what KVM did."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pyvmm._native import lib
+
+from pyvmm import Machine
+from pyvmm.kvm import Kvm, KvmError
+from pyvmm.x86.msrs import IA32_PAT, PAT_RESET
+
+
+@pytest.fixture
+def vm():
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    vm.create_irqchip()
+    yield vm
+    vm.close()
+    kvm.close()
+
+
+def test_system_ioctls():
+    with Kvm() as kvm:
+        assert kvm.get_api_version() == 12
+        assert kvm.get_vcpu_mmap_size() >= 4096
+        assert kvm.capabilities["SYNC_REGS"] & lib.KVM_SYNC_X86_REGS
+        with pytest.raises(TypeError):
+            kvm.capabilities["X"] = 1  # read-only mapping
+        leaves = {e["function"] for e in kvm.get_supported_cpuid()}
+        assert {0, 1, 0x80000000} <= leaves
+        assert IA32_PAT in kvm.get_msr_index_list()
+
+
+def test_vcpu_state_round_trips(vm):
+    v = vm.create_vcpu(0)
+    regs = v.get_regs()
+    regs.rax, regs.rip = 0x1234, 0x100000
+    v.set_regs(regs)
+    assert (v.get_regs().rax, v.get_regs().rip) == (0x1234, 0x100000)
+    sregs = v.get_sregs()
+    sregs.cr0 |= 1
+    v.set_sregs(sregs)
+    assert v.get_sregs().cr0 & 1
+    assert v.get_msrs([IA32_PAT]) == {IA32_PAT: PAT_RESET}
+    assert v.set_msrs({IA32_PAT: 0x0606060606060606}) == 1
+    assert v.get_msrs([IA32_PAT])[IA32_PAT] == 0x0606060606060606
+    fpu = v.get_fpu()
+    fpu.fcw = 0x37F
+    v.set_fpu(fpu)
+    assert v.get_fpu().fcw == 0x37F
+    lapic = v.get_lapic()
+    lapic[0x80:0x84] = (0x20).to_bytes(4, "little")  # TPR
+    v.set_lapic(bytes(lapic))
+    assert v.get_lapic()[0x80] == 0x20
+    assert v.get_mp_state() == lib.KVM_MP_STATE_RUNNABLE
+    ev = v.get_vcpu_events()
+    v.set_vcpu_events(ev)
+    area = v.get_xsave()
+    v.set_xsave(area)
+    assert len(area) >= 4096
+    xcrs = v.get_xcrs()
+    assert xcrs.get(0, 1) & 1  # x87 is always enabled in XCR0
+    v.set_xcrs(xcrs)
+    v.set_guest_debug(lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_SINGLESTEP)
+    v.set_guest_debug(0)
+    assert v.get_tsc_khz() > 0
+    assert {e["function"] for e in v.get_cpuid2()} == set()  # nothing set yet
+
+
+def test_ap_waits_for_sipi(vm):
+    vm.create_vcpu(0)
+    ap = vm.create_vcpu(1)
+    assert ap.get_mp_state() == lib.KVM_MP_STATE_UNINITIALIZED
+
+
+def test_errors_name_the_ioctl(vm):
+    vm.create_vcpu(0)
+    with pytest.raises(KvmError) as e:
+        vm.create_vcpu(0)
+    assert e.value.ioctl == "KVM_CREATE_VCPU" and "already exists" in str(e.value)
+    with pytest.raises(KvmError, match="KVM_CREATE_IRQCHIP"):
+        vm.create_irqchip()
+
+
+def test_vm_ioctls(vm):
+    vm.create_pit2()
+    assert vm.check_extension(lib.KVM_CAP_IRQCHIP)
+    assert vm.irq_line(4, 1) is not None
+    vm.irq_line(4, 0)
+    efd = os.eventfd(0)
+    try:
+        vm.ioeventfd(efd, 0x600, 2, pio=True)
+        vm.ioeventfd(efd, 0x600, 2, pio=True, deassign=True)
+        vm.irqfd(efd, 10)
+        vm.irqfd(efd, 10, deassign=True)
+    finally:
+        os.close(efd)
+    stats = vm.get_stats_fd()
+    try:
+        assert stats.id.startswith("kvm-") and "remote_tlb_flush" in stats.read()
+    finally:
+        stats.close()
+
+
+def test_dirty_log_shows_exactly_the_pages_written(guests):
+    with Machine.from_elf(guests / "selftest.elf", cmdline="touch 0x20002000 3") as m:
+        region = m.add_ram(0x20000000, 16 * 4096, log_dirty=True, name="logged")
+        assert m.memory.dirty_pages(region) == []
+        m.memory.write(0x2000F000, b"x")  # host writes are not logged: only the guest's
+        r = m.run(timeout=30)
+        assert r.ok
+        assert m.memory.dirty_pages(region) == [0x20002000, 0x20003000, 0x20004000]
+        assert m.memory.dirty_pages(region) == []  # reading the log cleared it
+
+
+def test_sync_regs_show_the_exit_state(guests):
+    with Machine.from_elf(guests / "selftest.elf", cmdline="exit 3") as m:
+        r = m.run(timeout=30)
+        regs = m.vcpus[0].sync_regs.regs
+        assert regs.rax == 3  # the value the guest wrote with OUT
+        assert m.image.symbols.lookup(regs.rip).startswith(("do_exit_sized", "main"))
+    assert r.exit_code == 3
+
+
+def test_leak_1000_create_destroy_cycles():
+    def fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    def rss_kib():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    for _ in range(20):  # warm up allocator caches
+        Machine(mem="2M").close()
+    fd0, rss0 = fds(), rss_kib()
+    for _ in range(1000):
+        with Machine(mem="2M"):
+            pass
+    assert fds() == fd0
+    assert rss_kib() - rss0 < 8 * 1024, "RSS grew by more than 8 MiB over 1000 cycles"

@@ -1,0 +1,78 @@
+import pytest
+
+from pyvmm.devices.bus import Bus, BusError, GuestStop, Space, UnclaimedIoError
+from pyvmm.devices.debug_exit import DebugExit
+from pyvmm.devices.uart import LCR_DLAB, Uart16550
+
+
+class Reg:
+    def __init__(self, name="reg"):
+        self.name = name
+        self.writes = []
+
+    def read(self, addr, size):
+        return 0x1122334455667788
+
+    def write(self, addr, size, value):
+        self.writes.append((addr, size, value))
+
+
+def test_dispatch_and_masking():
+    bus = Bus()
+    dev = Reg()
+    bus.register(Space.PIO, 0x100, 4, dev)
+    assert bus.read(Space.PIO, 0x102, 2) == 0x7788
+    bus.write(Space.PIO, 0x103, 1, 5)
+    assert dev.writes == [(0x103, 1, 5)]
+
+
+def test_overlap_refused_and_spaces_apart():
+    bus = Bus()
+    bus.register(Space.PIO, 0x100, 8, Reg("a"))
+    with pytest.raises(BusError, match="overlaps a"):
+        bus.register(Space.PIO, 0x107, 2, Reg("b"))
+    bus.register(Space.MMIO, 0x100, 8, Reg("c"))  # other space: fine
+    with pytest.raises(BusError):
+        bus.register(Space.PIO, 0xFFFF, 2, Reg("d"))  # past the 64 KiB port space
+    with pytest.raises(BusError):
+        bus.register(Space.PIO, 0x200, 0, Reg("e"))
+
+
+def test_access_straddling_a_device_end_is_unclaimed():
+    bus = Bus()
+    bus.register(Space.PIO, 0x100, 2, Reg())
+    assert bus.read(Space.PIO, 0x101, 2) == 0xFFFF
+    assert bus.unclaimed_summary() == ["port 0x101: 1"]
+
+
+def test_unclaimed_lax_counts_strict_raises():
+    bus = Bus()
+    assert bus.read(Space.MMIO, 0xD0000000, 4) == 0xFFFFFFFF
+    bus.write(Space.MMIO, 0xD0000000, 4, 1)
+    assert bus.unclaimed[(Space.MMIO, 0xD0000000)] == 2
+    strict = Bus(strict=True)
+    with pytest.raises(UnclaimedIoError, match="port 0x2f0"):
+        strict.read(Space.PIO, 0x2F0, 1)
+
+
+def test_debug_exit_raises_stop():
+    bus = Bus()
+    bus.register(Space.PIO, 0xF4, 4, DebugExit())
+    with pytest.raises(GuestStop) as e:
+        bus.write(Space.PIO, 0xF4, 2, 0x1234)
+    assert e.value.code == 0x1234
+
+
+def test_uart_dlab_switches_fast_path_off():
+    out = []
+    u = Uart16550(out.append)
+    changes = []
+    u.on_fast_change = lambda fe: changes.append(fe.enabled)
+    u.write(0x3F8, 1, ord("A"))
+    u.write(0x3FB, 1, LCR_DLAB | 3)
+    u.write(0x3F8, 1, 12)  # divisor latch, not output
+    assert u.read(0x3F8, 1) == 12
+    u.write(0x3FB, 1, 3)
+    assert out == [b"A"]
+    assert changes == [False, True]
+    assert u.read(0x3FD, 1) & 0x60 == 0x60

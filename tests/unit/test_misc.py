@@ -1,0 +1,56 @@
+import pytest
+
+from pyvmm.hostinfo import detect
+from pyvmm.x86.cpuid import vcpu_cpuid
+from pyvmm.x86.layout import GiB, MiB, parse_size, ram_ranges
+from pyvmm.x86.segments import CODE64, DATA, gdt_bytes
+
+
+@pytest.mark.parametrize("text, value", [("64M", 64 * MiB), ("1G", GiB), ("4096", 4096),
+                                         ("512k", 512 * 1024), ("2GiB", 2 * GiB)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "M", "-1M", "abc", "0"])
+def test_parse_size_refused(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_ram_ranges_split_around_the_hole():
+    assert ram_ranges(64 * MiB) == [(0, 64 * MiB)]
+    assert ram_ranges(5 * GiB) == [(0, 3 * GiB), (4 * GiB, 2 * GiB)]
+
+
+def test_gdt_descriptors_are_the_textbook_ones():
+    assert CODE64.descriptor() == 0x00AF9B000000FFFF
+    assert DATA.descriptor() == 0x00CF93000000FFFF
+    assert len(gdt_bytes()) == 32
+
+
+def test_cpuid_apic_ids():
+    sup = [{"function": 1, "index": 0, "flags": 0, "eax": 0, "ebx": 0xFF00FFFF, "ecx": 0, "edx": 0},
+           {"function": 0xB, "index": 0, "flags": 1, "eax": 0, "ebx": 0, "ecx": 0, "edx": 0}]
+    out = vcpu_cpuid(sup, 3, 4)
+    assert out[0]["ebx"] >> 24 == 3 and (out[0]["ebx"] >> 16) & 0xFF == 4
+    assert out[0]["ecx"] & (1 << 31) and out[1]["edx"] == 3
+    assert sup[0]["ebx"] == 0xFF00FFFF  # the input is not modified
+
+
+def fake_sys(tmp_path, modules):
+    for mod, params in modules.items():
+        d = tmp_path / mod / "parameters"
+        d.mkdir(parents=True)
+        for k, v in params.items():
+            (d / k).write_text(v + "\n")
+    return tmp_path
+
+
+def test_detect_mmu_kinds(tmp_path):
+    ept = fake_sys(tmp_path / "a", {"kvm": {"tdp_mmu": "Y"}, "kvm_intel": {"ept": "Y"}})
+    assert detect(ept).mmu == "tdp-ept"
+    assert detect(fake_sys(tmp_path / "b", {"kvm": {}, "kvm_amd": {"npt": "1"}})).tdp
+    assert detect(fake_sys(tmp_path / "c", {"kvm": {}, "kvm_intel": {"ept": "N"}})).mmu == "shadow"
+    pvm = detect(fake_sys(tmp_path / "d", {"kvm": {"tdp_mmu": "N"}, "kvm_pvm": {}}))
+    assert pvm.module == "kvm_pvm" and not pvm.tdp
