@@ -26,6 +26,9 @@ def default_path() -> str:
 CAPABILITIES = sorted(n[len("KVM_CAP_"):] for n in dir(lib) if n.startswith("KVM_CAP_"))
 
 
+_SUPPORTED_CPUID: dict[tuple[str, int], list[dict[str, int]]] = {}
+
+
 class Kvm(FdObject):
     """``/dev/kvm``.  Creating one opens the device; ``close()`` closes it.
 
@@ -41,6 +44,7 @@ class Kvm(FdObject):
             err = e.errno or 0
             raise KvmError(f"open {path}", err, OPEN_HINTS.get(err, "").format(path=path)) from None
         super().__init__(fd)
+        self.path = path
         version = self.get_api_version()
         if version != lib.KVM_API_VERSION:
             self.close()
@@ -67,10 +71,19 @@ class Kvm(FdObject):
         return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", lib.KVM_GET_VCPU_MMAP_SIZE)
 
     def get_supported_cpuid(self, max_entries: int = 256) -> list[dict[str, int]]:
-        """KVM_GET_SUPPORTED_CPUID: the leaves KVM can expose, as dicts of the entry fields."""
-        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
-        self._ioctl("KVM_GET_SUPPORTED_CPUID", lib.KVM_GET_SUPPORTED_CPUID, cpuid)
-        return [_cpuid_entry(cpuid.entries[i]) for i in range(cpuid.nent)]
+        """KVM_GET_SUPPORTED_CPUID: the leaves KVM can expose, as dicts of the entry fields.
+
+        The answer depends only on the host and the module, so it is asked once per process
+        and device and copied out afterwards (machines are often created by the thousand).
+        """
+        key = (self.path, max_entries)
+        cached = _SUPPORTED_CPUID.get(key)
+        if cached is None:
+            cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
+            self._ioctl("KVM_GET_SUPPORTED_CPUID", lib.KVM_GET_SUPPORTED_CPUID, cpuid)
+            cached = _SUPPORTED_CPUID[key] = [_cpuid_entry(cpuid.entries[i])
+                                              for i in range(cpuid.nent)]
+        return [dict(e) for e in cached]
 
     def get_msr_index_list(self) -> list[int]:
         """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU."""

@@ -109,11 +109,8 @@ class Vcpu(FdObject):
     def set_cpuid2(self, entries: Iterable[Mapping[str, int]]) -> None:
         """KVM_SET_CPUID2: the CPUID leaves the guest sees (on kvm_pvm the guest still sees
         host-like CPUID; see HOST-KVM.md)."""
-        ents = list(entries)
-        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": len(ents), "entries": len(ents)})
-        for i, e in enumerate(ents):
-            for k, v in e.items():
-                setattr(cpuid.entries[i], k, v)
+        ents = [dict(e) for e in entries]
+        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": len(ents), "entries": ents})
         self._ioctl("KVM_SET_CPUID2", lib.KVM_SET_CPUID2, cpuid)
 
     def get_cpuid2(self, max_entries: int = 256) -> list[dict[str, int]]:

@@ -9,6 +9,7 @@ offered (kvm_pvm rejects them, HOST-KVM.md).
 from __future__ import annotations
 
 import struct
+from array import array
 
 PAGE_4K = 1 << 12
 PAGE_2M = 1 << 21
@@ -91,16 +92,24 @@ class PageTableBuilder:
             raise PagingError(f"{va:#x}+{size:#x} is not canonical for 4-level paging "
                               "(or the physical range exceeds 52 bits)")
         leaf_level = 2 if page_size == PAGE_2M else 1
-        for off in range(0, size, page_size):
-            v, p = va + off, pa + off
+        shift = _LEVEL_SHIFT[leaf_level]
+        flags |= PTE_P | (PTE_PS if leaf_level == 2 else 0)
+        off = 0
+        while off < size:
+            # one leaf table at a time: find it once, then fill its run of entries in bulk
+            v = va + off
             table = 0
             for level in range(4, leaf_level, -1):
                 table = self._child(table, (v >> _LEVEL_SHIFT[level]) & 511)
-            idx = (v >> _LEVEL_SHIFT[leaf_level]) & 511
-            leaf = p | flags | PTE_P | (PTE_PS if leaf_level == 2 else 0)
-            if self._entry(table, idx) & PTE_P:
+            first = (v >> shift) & 511
+            count = min(512 - first, (size - off) // page_size)
+            entries = memoryview(self._tables[table]).cast("Q")
+            if any(entries[first:first + count]):
                 raise PagingError(f"{v:#x} is already mapped")
-            self._set(table, idx, leaf)
+            start = (pa + off) | flags
+            entries[first:first + count] = array("Q", range(start, start + count * page_size,
+                                                            page_size))
+            off += count * page_size
 
     def identity_map(self, start: int, size: int, **kw: int) -> None:
         self.map(start, start, size, **kw)

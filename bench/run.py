@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""pyvmm benchmarks: every figure is a ratio against a reference measured in the same run.
+
+1. PIO exit cost: pyvmm's C loop, pyvmm's Python loop and the raw C reference VMM
+   (bench/raw_vmm.c), interleaved round by round, on the same guest bytes.
+2. In-process create -> first exit -> destroy: pyvmm's Machine against raw C.
+3. Whole-process ``pyvmm run hello``: wall time and peak RSS, against the raw C VMM
+   process (the floor for any VMM) and QEMU ``-M microvm`` where it is installed.
+
+Run with ``make bench``.  Medians over the rounds; the spread is printed too, because this
+host's timings vary by about 2x from run to run (HOST-KVM.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyvmm import Machine
+from pyvmm.loader.elf import ElfImage, load_elf64
+
+HERE = Path(__file__).resolve().parent
+B = HERE / "build"
+ELF = B / "pio_loop.elf"
+BIN = B / "pio_loop.bin"
+RAW = B / "raw_vmm"
+HELLO = HERE.parent / "guests" / "build" / "hello.elf"
+EXITS = int(os.environ.get("BENCH_EXITS", "20000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+
+
+def raw(mode: str, n: int, irqchip: str = "kernel") -> float:
+    img = load_elf64(ELF)
+    count = img.symbols.address_of("bench_count")
+    out = subprocess.run([str(RAW), mode, str(BIN), "0x100000", hex(img.entry), hex(count), str(n)],
+                         check=True, capture_output=True, text=True,
+                         env=dict(os.environ, RAW_IRQCHIP=irqchip)).stdout.split()
+    return float(out[1])
+
+
+def pyvmm_exits(python_loop: bool) -> float:
+    with Machine.from_elf(ELF, mem="64M") as m:
+        assert m.image is not None
+        m.memory.write_int(m.image.symbols.address_of("bench_count"), 8, EXITS)
+        loop = m.vcpu_loop(0)
+        t0 = time.perf_counter_ns()
+        out = loop.run_python() if python_loop else loop.run()
+        dt = time.perf_counter_ns() - t0
+        assert out.kind == "exit" and out.code == 0, out
+        exits = sum(loop.py_exit_counts.values()) if python_loop else loop.c.kvm_runs
+        assert exits == EXITS + 1, exits
+    return dt / exits
+
+
+def pyvmm_lifecycle(image: ElfImage, irqchip: str) -> float:
+    """One Machine from an already-parsed image (as a fuzzer or test harness reuses it)."""
+    t0 = time.perf_counter_ns()
+    with Machine(mem="64M", irqchip=irqchip) as m:
+        m.load(image)
+        m.memory.write_int(image.symbols.address_of("bench_count"), 8, 0)
+        out = m.vcpu_loop(0).run()
+    dt = time.perf_counter_ns() - t0
+    assert out.kind == "exit"
+    return dt
+
+
+def process(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one child process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[0]} failed")
+    return dt, ru.ru_maxrss
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float]) -> str:
+    return f"[{min(xs):.2f}-{max(xs):.2f}]"
+
+
+def main() -> int:
+    for f in (ELF, BIN, RAW, HELLO):
+        if not f.exists():
+            print(f"missing {f}: run `make bench` (it builds everything first)", file=sys.stderr)
+            return 2
+    results: dict[str, object] = {}
+    print(f"pyvmm bench: {EXITS} PIO exits per measurement, {ROUNDS} interleaved rounds")
+
+    # 1. exit cost, interleaved
+    c_ref, c_loop, py_loop = [], [], []
+    pyvmm_exits(False)  # warm-up: imports, first-VM costs
+    for _ in range(ROUNDS):
+        c_ref.append(raw("exits", EXITS) / 1000)
+        c_loop.append(pyvmm_exits(False) / 1000)
+        py_loop.append(pyvmm_exits(True) / 1000)
+    r_c = [a / b for a, b in zip(c_loop, c_ref, strict=True)]
+    r_py = [a / b for a, b in zip(py_loop, c_ref, strict=True)]
+    print("\n1. PIO exit round trip (us per exit, median [min-max])")
+    print(f"   raw C reference      {med(c_ref):7.2f} us {spread(c_ref)}")
+    print(f"   pyvmm C loop         {med(c_loop):7.2f} us {spread(c_loop)}   ratio {med(r_c):.3f}x "
+          f"{spread(r_c)}  (target <= 1.03x)")
+    print(f"   pyvmm Python loop    {med(py_loop):7.2f} us {spread(py_loop)}   ratio {med(r_py):.3f}x "
+          f"{spread(r_py)}  (target <= 1.25x)")
+    results["exit_us"] = {"raw_c": c_ref, "c_loop": c_loop, "python_loop": py_loop,
+                          "ratio_c_loop": med(r_c), "ratio_python_loop": med(r_py)}
+
+    # 2. create -> first exit -> destroy, in-process, per interrupt-controller set-up
+    n = 30
+    image = load_elf64(ELF)
+    print("\n2. create VM + vCPU + 64 MiB -> first exit -> destroy, in-process (ms, median)")
+    results["lifecycle_ms"] = {}
+    for irqchip in ("kernel", "split", "none"):
+        pyvmm_lifecycle(image, irqchip)
+        ref_ms, ours_ms = [], []
+        for _ in range(3):  # interleaved
+            ref_ms.append(raw("lifecycle", n // 3, irqchip) / 1e6)
+            ours_ms += [pyvmm_lifecycle(image, irqchip) / 1e6 for _ in range(n // 3)]
+        ratio = med(ours_ms) / med(ref_ms)
+        print(f"   irqchip={irqchip:<6}  raw C {med(ref_ms):6.3f} ms   pyvmm {med(ours_ms):6.3f} ms   "
+              f"ratio {ratio:.2f}x  (target <= 1.5x)")
+        results["lifecycle_ms"][irqchip] = {"raw_c": med(ref_ms), "pyvmm": med(ours_ms), "ratio": ratio}
+
+    # 3. whole process
+    pyvmm_cmd = [sys.executable, "-m", "pyvmm", "run", str(HELLO)]
+    exe = shutil.which("pyvmm")
+    if exe:
+        pyvmm_cmd = [exe, "run", str(HELLO)]
+    img = load_elf64(ELF)
+    raw_cmd = [str(RAW), "lifecycle", str(BIN), "0x100000", hex(img.entry),
+               hex(img.symbols.address_of("bench_count")), "1"]
+    ours = [process(pyvmm_cmd) for _ in range(10)]
+    ref = [process(raw_cmd) for _ in range(10)]
+    t_ours, t_ref = med([t for t, _ in ours]) * 1000, med([t for t, _ in ref]) * 1000
+    m_ours, m_ref = med([m for _, m in ours]) / 1024, med([m for _, m in ref]) / 1024
+    print("\n3. whole process, `pyvmm run hello` (median of 10)")
+    print(f"   raw C VMM process    {t_ref:7.1f} ms   peak RSS {m_ref:6.1f} MiB")
+    print(f"   pyvmm run hello      {t_ours:7.1f} ms   peak RSS {m_ours:6.1f} MiB   "
+          f"({t_ours / t_ref:.1f}x time, {m_ours / m_ref:.1f}x RSS of raw C)")
+    results["process"] = {"pyvmm_ms": t_ours, "pyvmm_rss_mib": m_ours, "raw_c_ms": t_ref,
+                          "raw_c_rss_mib": m_ref}
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        print("   QEMU microvm         not installed (apt-get install qemu-system-x86 to compare)")
+    else:
+        print("   QEMU microvm         installed, but hello has no PVH/multiboot entry yet; "
+              "not compared")
+    (B / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nself: peak RSS of this bench process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB;"
+          f" raw numbers in {B / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
