@@ -120,6 +120,9 @@ def delta(
     return moved
 
 
+_PARSED: dict[bytes, tuple[list[StatDesc], int]] = {}
+
+
 class StatsReader:
     """Reads a VM's or vCPU's stats fd: descriptors once, values on every :meth:`read`.
 
@@ -134,7 +137,14 @@ class StatsReader:
             raise StatsFormatError("stats header truncated")
         _f, name_size, num_desc, id_off, desc_off, _data = _HEADER.unpack(head)
         span = max(id_off + name_size, desc_off + num_desc * (_DESC.size + name_size))
-        self.id, descs, self._data_off = parse_descriptors(reader(fd, span, 0))
+        blob = reader(fd, span, 0)
+        self.id = blob[id_off:id_off + name_size].split(b"\0", 1)[0].decode("ascii", "replace")
+        # every VM (and every vCPU) of a module has the same descriptors: parse them once
+        key = blob[:id_off] + blob[id_off + name_size:]
+        parsed = _PARSED.get(key)
+        if parsed is None:
+            parsed = _PARSED[key] = parse_descriptors(blob)[1:]
+        descs, self._data_off = parsed
         self.descriptors: dict[str, StatDesc] = {d.name: d for d in descs}
         self._descs = descs
         self._data_size = data_size(descs)
