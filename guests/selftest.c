@@ -13,6 +13,8 @@
  *   smp               start every AP by INIT/SIPI; each reports in; exit 0 if all did
  *   post N            write N codes to port 0x80 (fast counter) then exit 0
  *   touch ADDR N      write one byte in each of N pages from ADDR (for the dirty log)
+ *   popcnt            execute popcnt: native on VMX/SVM (exit 0), an emulation failure
+ *                     where KVM emulates CPL0 code (kvm_pvm)
  */
 #include "rt.h"
 
@@ -125,6 +127,11 @@ int main(struct boot_info *bi, const char *cmdline)
 		for (uint64_t i = parse_u64(arg); i; i--)
 			outb(0x80, (uint8_t)i);
 		return 0;
+	}
+	if (!strcmp(cmdline, "popcnt")) {
+		uint64_t v = 0xF0F0, n;
+		__asm__ volatile("popcnt %1, %0" : "=r"(n) : "r"(v));
+		return n == 8 ? 0 : 1;
 	}
 	if (!strncmp(cmdline, "touch ", 6)) {
 		volatile uint8_t *p = (volatile uint8_t *)parse_u64(arg);

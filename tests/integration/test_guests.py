@@ -135,3 +135,34 @@ def test_python_loop_gives_the_same_run(guests):
         r = m.run(timeout=TIMEOUT, python_loop=True)
     assert r.ok and r.text.startswith("Hello from a pyvmm guest")
     assert sum(r.fast_hits.values()) == 0 and r.exit_counts["IO"] == 2 * len(r.text) + 1
+
+
+def test_emulation_failure_is_a_crash_with_the_instruction(guests):
+    from pyvmm.hostinfo import detect
+
+    host = detect()
+    r = run(guests, "popcnt")
+    if host.module != "kvm_pvm":
+        # VMX/SVM run CPL0 code natively: popcnt just works
+        assert r.ok, r.message
+        pytest.skip(f"{host.module} runs CPL0 code natively; no emulation failure to show")
+    assert r.status == "crash" and "emulation failure" in r.message
+    assert r.crash.insn[:4] == bytes.fromhex("f3480fb8")  # popcnt r64, r/m64
+    assert r.crash.symbol.startswith("main")
+
+
+def test_guest_memory_access_is_bounds_checked(guests):
+    from pyvmm.memory import GuestMemoryError
+
+    with Machine.from_elf(guests / "hello.elf", mem="4M") as m:
+        mem = m.memory
+        assert len(mem.read(0x3FF000, 0x1000)) == 0x1000  # the last page is readable
+        for gpa, n in ((0x3FF001, 0x1000), (0x400000, 1), (-1, 4), (0xFEE00000, 4), (1 << 60, 8)):
+            with pytest.raises(GuestMemoryError):
+                mem.read(gpa, n)
+            with pytest.raises(GuestMemoryError):
+                mem.write(gpa, b"\0" * max(n, 1))
+        with pytest.raises(GuestMemoryError):
+            m.add_ram(0x200000, 0x1000)  # overlaps RAM
+        with pytest.raises(GuestMemoryError):
+            m.add_ram(0x10000000, 0x1234)  # not page-aligned
