@@ -31,8 +31,8 @@ $(B)/%.elf: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
 	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -o $@ $(RT_OBJS) $<
 
 test: guests
-	$(PYTHON) -m pytest -q
 	$(PYTHON) -m ruff check pyvmm tests bench cbindings
+	$(PYTHON) -m pytest -q
 
 unit:
 	$(PYTHON) -m pytest -q tests/unit
