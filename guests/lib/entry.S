@@ -15,6 +15,45 @@ _start:
 	hlt
 	jmp 1b
 
+/* PVH entry (x86/HVM direct boot ABI, as QEMU's -kernel uses it): 32-bit protected mode,
+ * paging off, EBX = hvm_start_info.  Climb to long mode with our own tables and the AP
+ * trampoline's GDT, then call rt_start_pvh(start_info). */
+	.code32
+	.globl pvh_start32
+pvh_start32:
+	cli
+	mov %ebx, %esi
+	lgdtl ap_gdtr
+	ljmpl $0x18, $1f
+1:	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	mov $pvh_pml4, %eax
+	mov %eax, %cr3
+	mov %cr4, %eax
+	or $0x20, %eax             /* PAE */
+	mov %eax, %cr4
+	mov $0xC0000080, %ecx
+	rdmsr
+	or $0x900, %eax            /* LME | NXE */
+	wrmsr
+	mov %cr0, %eax
+	or $0x80000001, %eax       /* PG | PE */
+	mov %eax, %cr0
+	ljmpl $0x08, $2f
+	.code64
+2:	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %ss
+	lea pvh_stack_top(%rip), %rsp
+	mov %esi, %edi
+	xor %ebp, %ebp
+	call rt_start_pvh
+3:	cli
+	hlt
+	jmp 3b
+
 /* 64-bit landing for APs: take the next per-AP stack, call ap_main(index). */
 	.globl ap_entry64
 ap_entry64:
@@ -32,6 +71,32 @@ ap_entry64:
 	hlt
 	jmp 2b
 
+	.section .note.pvh, "a"
+	.balign 4
+	.long 4, 4, 18             /* namesz, descsz, XEN_ELFNOTE_PHYS32_ENTRY */
+	.asciz "Xen"
+	.long pvh_start32
+
+	.data
+	.balign 4096
+pvh_pml4:
+	.quad pvh_pdpt + 3
+	.fill 511, 8, 0
+pvh_pdpt:
+	.quad pvh_pd + 3, pvh_pd + 0x1003, pvh_pd + 0x2003, pvh_pd + 0x3003
+	.fill 508, 8, 0
+pvh_pd:                            /* identity map of 4 GiB with 2 MiB pages */
+	.set i, 0
+	.rept 2048
+	.quad (i << 21) | 0x83
+	.set i, i + 1
+	.endr
+	.bss
+	.balign 16
+	.skip 65536
+pvh_stack_top:
+
+	.text
 	.equ AP_STACK_SIZE, 16384
 	.equ AP_MAX, 16
 	.globl ap_stack_next

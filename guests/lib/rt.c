@@ -218,6 +218,39 @@ unsigned smp_start_aps(unsigned expected)
 	return ap_started;
 }
 
+/* PVH start info (xen/include/public/arch-x86/hvm/start_info.h) */
+struct hvm_start_info {
+	uint32_t magic, version, flags, nr_modules;
+	uint64_t modlist_paddr, cmdline_paddr, rsdp_paddr, memmap_paddr;
+	uint32_t memmap_entries, reserved;
+};
+struct hvm_memmap_entry {
+	uint64_t addr, size;
+	uint32_t type, reserved;
+};
+#define HVM_START_MAGIC 0x336ec578u
+
+static struct boot_info pvh_boot_info;
+
+/* Entered from pvh_start32: turn the PVH start info into pyvmm's boot info. */
+void rt_start_pvh(struct hvm_start_info *si)
+{
+	struct boot_info *bi = &pvh_boot_info;
+	bi->magic = BOOT_MAGIC;
+	bi->version = 1;
+	bi->ncpus = 1;
+	if (si && si->magic == HVM_START_MAGIC) {
+		bi->cmdline_addr = si->cmdline_paddr;
+		if (si->version >= 1) {
+			struct hvm_memmap_entry *e = (struct hvm_memmap_entry *)si->memmap_paddr;
+			for (uint32_t i = 0; i < si->memmap_entries; i++)
+				if (e[i].type == 1)
+					bi->ram_size += e[i].size;
+		}
+	}
+	rt_start(bi);
+}
+
 void rt_start(struct boot_info *bi)
 {
 	/* no bss clearing: the loader zero-fills p_memsz beyond p_filesz, and a byte loop

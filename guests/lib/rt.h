@@ -58,6 +58,7 @@ unsigned smp_start_aps(unsigned expected);
 extern volatile uint32_t ap_started;
 
 int main(struct boot_info *bi, const char *cmdline);
+void rt_start(struct boot_info *bi);
 void ap_main(uint32_t index);
 
 #endif
