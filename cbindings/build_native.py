@@ -8,6 +8,8 @@ real ``<linux/kvm.h>``: nothing about the ABI is written by hand in Python.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cffi import FFI
 
 # Ioctl numbers and constants, taken from <linux/kvm.h> by the C compiler.
@@ -62,6 +64,20 @@ EXIT_REASONS = [
     "SYSTEM_EVENT", "IOAPIC_EOI", "X86_RDMSR", "X86_WRMSR", "DIRTY_RING_FULL",
     "X86_BUS_LOCK", "NOTIFY",
 ]
+
+# Views of kvm_run's anonymous union members, declared once for cdef and C source alike.
+VIEWS = """
+struct pyvmm_run_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count;
+                      uint64_t data_offset; };
+struct pyvmm_run_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
+struct pyvmm_run_internal { uint32_t suberror; uint32_t ndata; uint64_t data[16]; };
+struct pyvmm_run_system_event { uint32_t type; uint32_t ndata; uint64_t data[16]; };
+struct pyvmm_run_msr { uint8_t error; uint8_t pad[7]; uint32_t reason; uint32_t index;
+                       uint64_t data; };
+struct pyvmm_run_debug { uint32_t exception; uint32_t pad; uint64_t pc; uint64_t dr6;
+                         uint64_t dr7; };
+struct pyvmm_run_fail_entry { uint64_t hardware_entry_failure_reason; uint32_t cpu; };
+"""
 
 CDEF = """
 struct kvm_userspace_memory_region {
@@ -134,7 +150,7 @@ struct kvm_stats_desc {
 struct kvm_sync_regs { struct kvm_regs regs; struct kvm_sregs sregs;
                        struct kvm_vcpu_events events; ...; };
 
-/* kvm_run: its anonymous unions are reached through these accessor views. */
+/* kvm_run: its anonymous unions are reached through the VIEWS below. */
 struct kvm_run {
     uint8_t request_interrupt_window; uint8_t immediate_exit;
     uint32_t exit_reason; uint8_t ready_for_interrupt_injection; uint8_t if_flag;
@@ -142,16 +158,7 @@ struct kvm_run {
     uint64_t kvm_valid_regs; uint64_t kvm_dirty_regs;
     ...;
 };
-struct pyvmm_run_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count;
-                      uint64_t data_offset; };
-struct pyvmm_run_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
-struct pyvmm_run_internal { uint32_t suberror; uint32_t ndata; uint64_t data[16]; };
-struct pyvmm_run_system_event { uint32_t type; uint32_t ndata; uint64_t data[16]; };
-struct pyvmm_run_msr { uint8_t error; uint8_t pad[7]; uint32_t reason; uint32_t index;
-                       uint64_t data; };
-struct pyvmm_run_debug { uint32_t exception; uint32_t pad; uint64_t pc; uint64_t dr6;
-                         uint64_t dr7; };
-struct pyvmm_run_fail_entry { uint64_t hardware_entry_failure_reason; uint32_t cpu; };
+""" + VIEWS + """
 struct pyvmm_run_io *pyvmm_run_io(struct kvm_run *run);
 struct pyvmm_run_mmio *pyvmm_run_mmio(struct kvm_run *run);
 struct pyvmm_run_internal *pyvmm_run_internal(struct kvm_run *run);
@@ -175,18 +182,6 @@ struct pyvmm_loop {
     uint64_t exit_counts[...];
     ...;
 };
-int pyvmm_loop_run(struct pyvmm_loop *l);
-int pyvmm_loop_dispatch(struct pyvmm_loop *l);
-int pyvmm_loop_kick(struct pyvmm_loop *l);
-void pyvmm_loop_bind_thread(struct pyvmm_loop *l);
-void pyvmm_loop_unbind_thread(struct pyvmm_loop *l);
-int pyvmm_kick_signal(void);
-int pyvmm_install_kick_handler(void);
-long pyvmm_ioctl(int fd, unsigned long request, void *arg);
-long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value);
-void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err);
-int pyvmm_munmap(void *addr, uint64_t size);
-int pyvmm_madvise(void *addr, uint64_t size, int advice);
 """
 
 # C side of the kvm_run views: each view is checked against the header's layout at
@@ -197,20 +192,11 @@ SOURCE = r"""
 #include <sys/mman.h>
 #include "runloop.h"
 
+""" + VIEWS + r"""
 #define VIEW(name, member, type)                                                         \
     _Static_assert(sizeof(type) <= sizeof(((struct kvm_run *)0)->member), #name);         \
     static type *pyvmm_run_##name(struct kvm_run *run) { return (type *)&run->member; }
 
-struct pyvmm_run_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count;
-                      uint64_t data_offset; };
-struct pyvmm_run_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
-struct pyvmm_run_internal { uint32_t suberror; uint32_t ndata; uint64_t data[16]; };
-struct pyvmm_run_system_event { uint32_t type; uint32_t ndata; uint64_t data[16]; };
-struct pyvmm_run_msr { uint8_t error; uint8_t pad[7]; uint32_t reason; uint32_t index;
-                       uint64_t data; };
-struct pyvmm_run_debug { uint32_t exception; uint32_t pad; uint64_t pc; uint64_t dr6;
-                         uint64_t dr7; };
-struct pyvmm_run_fail_entry { uint64_t hardware_entry_failure_reason; uint32_t cpu; };
 
 #define SAME(view, member, field) \
     _Static_assert(offsetof(struct view, field) == offsetof(struct kvm_run, member.field) - \
@@ -235,10 +221,16 @@ static struct kvm_sync_regs *pyvmm_run_sync_regs(struct kvm_run *run) { return &
 """
 
 
+def _prototypes() -> str:
+    """The function prototypes between the cdef markers of runloop.h."""
+    text = (Path(__file__).resolve().parent / "runloop.h").read_text()
+    return text.split("/* cdef-begin", 1)[1].split("*/", 1)[1].split("/* cdef-end */", 1)[0]
+
+
 def _cdef() -> str:
     consts = "\n".join(f"#define {name} ..." for name in CONSTANTS)
     exits = "\n".join(f"#define KVM_EXIT_{name} ..." for name in EXIT_REASONS)
-    return CDEF + consts + "\n" + exits + "\n"
+    return CDEF + _prototypes() + consts + "\n" + exits + "\n"
 
 
 ffibuilder = FFI()

@@ -73,6 +73,7 @@ struct pyvmm_loop {
     uint64_t exit_counts[PYVMM_MAX_REASONS];
 };
 
+/* cdef-begin: build_native.py hands these prototypes to cffi as they are */
 int pyvmm_loop_run(struct pyvmm_loop *l);
 /* Answer the exit now in l->run from the table: -1 handled, else PYVMM_RET_*.
  * pyvmm_loop_run() uses it after every KVM_RUN; unit tests call it on a fake kvm_run. */
@@ -87,5 +88,6 @@ long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value);
 void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err);
 int pyvmm_munmap(void *addr, uint64_t size);
 int pyvmm_madvise(void *addr, uint64_t size, int advice);
+/* cdef-end */
 
 #endif

@@ -5,6 +5,29 @@
  * and climbs real -> 32-bit protected -> long mode in one step (paging together with
  * EFER.LME: the only paging switch kvm_pvm accepts, see HOST-KVM.md).
  */
+/* From 32-bit protected mode (flat 0x10 data) to long mode: CR3 from \cr3src, PAE,
+ * EFER.LME|NXE, then paging together with LME (the one paging switch kvm_pvm accepts)
+ * and a far jump to \target in the 64-bit code segment 0x08. */
+	.macro ENTER_LONG_MODE cr3src, target
+	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	mov \cr3src, %eax
+	mov %eax, %cr3
+	mov %cr4, %eax
+	or $0x20, %eax
+	mov %eax, %cr4
+	mov $0xC0000080, %ecx
+	rdmsr
+	or $0x900, %eax
+	wrmsr
+	mov %cr0, %eax
+	or $0x80000001, %eax
+	mov %eax, %cr0
+	ljmpl $0x08, $\target
+	.endm
+
 	.section .text.entry, "ax"
 	.code64
 	.globl _start
@@ -25,23 +48,7 @@ pvh_start32:
 	mov %ebx, %esi
 	lgdtl ap_gdtr
 	ljmpl $0x18, $1f
-1:	mov $0x10, %ax
-	mov %ax, %ds
-	mov %ax, %es
-	mov %ax, %ss
-	mov $pvh_pml4, %eax
-	mov %eax, %cr3
-	mov %cr4, %eax
-	or $0x20, %eax             /* PAE */
-	mov %eax, %cr4
-	mov $0xC0000080, %ecx
-	rdmsr
-	or $0x900, %eax            /* LME | NXE */
-	wrmsr
-	mov %cr0, %eax
-	or $0x80000001, %eax       /* PG | PE */
-	mov %eax, %cr0
-	ljmpl $0x08, $2f
+1:	ENTER_LONG_MODE $pvh_pml4, 2f
 	.code64
 2:	mov $0x10, %ax
 	mov %ax, %ds
@@ -123,23 +130,7 @@ ap_trampoline:
 	ljmpl $0x18, $ap_pm32
 	.code32
 ap_pm32:
-	mov $0x10, %ax
-	mov %ax, %ds
-	mov %ax, %es
-	mov %ax, %ss
-	mov ap_cr3, %eax
-	mov %eax, %cr3
-	mov %cr4, %eax
-	or $0x20, %eax             /* PAE */
-	mov %eax, %cr4
-	mov $0xC0000080, %ecx
-	rdmsr
-	or $0x900, %eax            /* LME | NXE */
-	wrmsr
-	mov %cr0, %eax
-	or $0x80000001, %eax       /* PG | PE */
-	mov %eax, %cr0
-	ljmpl $0x08, $ap_lm64
+	ENTER_LONG_MODE ap_cr3, ap_lm64
 	.code64
 ap_lm64:
 	mov $0x10, %ax
