@@ -6,9 +6,9 @@ GUEST_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra -ffreestanding -fno-builtin -nos
 	-fcf-protection=none -fno-asynchronous-unwind-tables -fno-omit-frame-pointer -Iguests/lib
 GUEST_LDFLAGS := -static -no-pie -nostdlib -Wl,--build-id=none -Wl,-z,max-page-size=4096 \
 	-Wl,-z,noexecstack -Wl,--no-warn-rwx-segments -T guests/lib/guest.ld
-GUESTS := hello selftest
+GUESTS := hello selftest protocol
 B := guests/build
-RT_OBJS := $(B)/entry.o $(B)/rt.o
+RT_OBJS := $(B)/entry.o $(B)/rt.o $(B)/ucall.o $(B)/idt.o $(B)/isr.o
 
 .PHONY: all install guests test unit lint bench clean
 .SECONDARY:
@@ -23,9 +23,9 @@ $(B):
 	mkdir -p $@
 $(B)/%.o: guests/lib/%.S | $(B)
 	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
-$(B)/%.o: guests/lib/%.c guests/lib/rt.h | $(B)
+$(B)/%.o: guests/lib/%.c $(wildcard guests/lib/*.h) | $(B)
 	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
-$(B)/%.main.o: guests/%.c guests/lib/rt.h | $(B)
+$(B)/%.main.o: guests/%.c $(wildcard guests/lib/*.h) | $(B)
 	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
 $(B)/%.elf: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
 	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -o $@ $(RT_OBJS) $<

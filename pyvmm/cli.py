@@ -113,7 +113,7 @@ def _report(result: RunResult, verbose: bool) -> int:
         click.echo(f"pyvmm: VMM error: {result.message}", err=True)
     elif result.status == "error":
         click.echo(f"pyvmm: VMM error: {result.message} (run with -v for details)", err=True)
-    elif result.status != "shutdown":
+    elif result.status not in ("shutdown", "done"):
         click.echo(f"pyvmm: {result.message}", err=True)
     return status.BY_RUN_STATUS.get(result.status, status.VMM_ERROR)
 

@@ -11,6 +11,7 @@ them in :meth:`Machine.close` (or at the end of a ``with`` block)::
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import traceback
@@ -34,6 +35,7 @@ from pyvmm.loader.boot import plan_boot
 from pyvmm.loader.elf import ElfImage, GuestImageError, load_elf64
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.runloop import Outcome, VcpuLoop
+from pyvmm.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import vcpu_cpuid
 from pyvmm.x86.modes import set_long_mode
@@ -54,8 +56,9 @@ class RunResult:
     """What a run produced.
 
     ``status``: ``exit`` (the guest wrote the debug-exit port; ``exit_code`` is the value),
-    ``shutdown``, ``timeout``, ``crash`` (see ``crash``), ``io-error``, ``interrupted``,
-    ``error`` (KVM or the VMM failed; ``message`` says why).
+    ``done`` (GUEST_DONE), ``assert`` (GUEST_ASSERT failed or an unhandled guest exception:
+    see ``assertion``), ``shutdown``, ``timeout``, ``crash`` (see ``crash``), ``io-error``,
+    ``interrupted``, ``error`` (KVM or the VMM failed; ``message`` says why).
     """
 
     status: str
@@ -71,10 +74,21 @@ class RunResult:
     unclaimed: list[str] = field(default_factory=list)
     duration: float = 0.0
     outcomes: list[Outcome] = field(default_factory=list)
+    events: list[GuestEvent] = field(default_factory=list)
+    assertion: GuestEvent | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status == "exit" and self.exit_code == 0
+        """The guest exited with status 0 or said GUEST_DONE."""
+        return (self.status == "exit" and self.exit_code == 0) or self.status == "done"
+
+    def syncs(self, stage: int | None = None) -> list[GuestEvent]:
+        """The GUEST_SYNC events, optionally only those of one stage."""
+        return [e for e in self.events if e.kind == "sync" and (stage is None or e.stage == stage)]
+
+    @property
+    def prints(self) -> list[str]:
+        return [e.text for e in self.events if e.kind == "print"]
 
     @property
     def text(self) -> str:
@@ -158,7 +172,12 @@ class Machine:
         self.uart.on_fast_change = self._sync_fast
         self.debug_exit = DebugExit()
         self.post = PostPort()
-        for dev, port, n in ((self.uart, 0x3F8, 8), (self.debug_exit, 0xF4, 4), (self.post, 0x80, 1)):
+        self.events: list[GuestEvent] = []
+        self.event_queue: queue.Queue[GuestEvent] = queue.Queue()
+        self.ucall = UcallDevice(self.memory, lambda: self.image.symbols if self.image else None,
+                                 self._emit)
+        for dev, port, n in ((self.uart, 0x3F8, 8), (self.debug_exit, 0xF4, 4), (self.post, 0x80, 1),
+                             (self.ucall, UCALL_PORT, 4)):
             self.bus.register(Space.PIO, port, n, dev)
         supported = self.kvm.get_supported_cpuid()
         for i in range(self.cpus):
@@ -213,6 +232,24 @@ class Machine:
         """Another memslot (``readonly=True`` for ROM, ``log_dirty=True`` for dirty logging)."""
         assert self.memory is not None
         return self.memory.add_ram(gpa, size, **kw)
+
+    def on_sync(self, handler: SyncHandler) -> None:
+        """Call ``handler(event)`` at every GUEST_SYNC, on the vCPU's thread, while that vCPU
+        waits: the place to inspect or change the VM at a known point of the guest."""
+        self.ucall.sync_handlers.append(handler)
+
+    def next_event(self, timeout: float | None = None) -> GuestEvent | None:
+        """The next guest event (for a run started with :meth:`start`), or None on timeout."""
+        try:
+            return self.event_queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _emit(self, event: GuestEvent) -> None:
+        self.events.append(event)
+        self.event_queue.put(event)
+        if event.kind == "print":
+            self._serial_out(event.text.encode() + (b"" if event.text.endswith("\n") else b"\n"))
 
     def _sync_fast(self, fe: Any) -> None:
         for loop in self.loops:
@@ -280,6 +317,7 @@ class Machine:
             loop.reset_kick()
         before = self.stats()
         serial_start = len(self._serial)
+        events_start = len(self.events)
         done = threading.Event()
         outcomes: list[Outcome] = []
         crash_box: list[GuestCrash] = []
@@ -321,6 +359,7 @@ class Machine:
         duration = time.monotonic() - t0
         result = self._result(outcomes, crash_box, timeout, interrupted, duration)
         result.serial = bytes(self._serial[serial_start:])
+        result.events = self.events[events_start:]
         after = self.stats()
         result.stats = {k: delta(dict(r.descriptors), before[k], after[k]) for k, r in self._stats}
         return result
@@ -356,6 +395,7 @@ class Machine:
             res.status, res.exit_code, res.message = first.kind, first.code, first.reason
             if first.kind == "crash" and crashes:
                 res.crash = crashes[0]
+            res.assertion = first.details.get("event")
         elif interrupted:
             res.status, res.message = "interrupted", "interrupted (Ctrl-C)"
         else:

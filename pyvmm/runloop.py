@@ -21,6 +21,15 @@ from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.exits import exit_name
 from pyvmm.kvm.vcpu import Vcpu
 
+_current = threading.local()
+
+
+def current_loop() -> VcpuLoop | None:
+    """The VcpuLoop running on this thread: lets a device handler see which vCPU exited
+    (and its registers in kvm_run->s.regs)."""
+    return getattr(_current, "loop", None)
+
+
 _kick_installed = False
 _kick_lock = threading.Lock()
 
@@ -51,6 +60,19 @@ class Outcome:
     reason: str = ""
     exit_reason: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def stop_outcome(stop: GuestStop, vcpu: int) -> Outcome:
+    """A device ended the run: debug-exit -> ``exit``; ``done``/``assert``/``exception``
+    (test protocol) keep their name; anything else is a ``shutdown``."""
+    kind = {"debug-exit": "exit", "done": "done", "assert": "assert", "exception": "assert",
+            "error": "assert"}.get(stop.reason, "shutdown")
+    out = Outcome(kind, vcpu, stop.code, stop.reason)
+    event = getattr(stop, "event", None)
+    if event is not None:
+        out.reason = event.describe()
+        out.details["event"] = event
+    return out
 
 
 _CRASH_EXITS = {
@@ -156,6 +178,7 @@ class VcpuLoop:
         """Run in C until an outcome; slow exits are handled here in between."""
         c = self.c
         lib.pyvmm_loop_bind_thread(c)
+        _current.loop = self
         try:
             while True:
                 r = lib.pyvmm_loop_run(c)
@@ -178,6 +201,7 @@ class VcpuLoop:
                 return Outcome("error", self.vcpu.id, reason=str(err))
         finally:
             lib.pyvmm_loop_unbind_thread(c)
+            _current.loop = None
 
     def run_python(self) -> Outcome:
         """The same loop with KVM_RUN issued from Python and every exit handled here.
@@ -195,6 +219,7 @@ class VcpuLoop:
         ports: dict[int, Any] = {}
         bus, c, lock, vid = self.bus, self.c, self.bus.lock, self.vcpu.id
         lib.pyvmm_loop_bind_thread(c)
+        _current.loop = self
         try:
             while True:
                 if c.stop_requested:
@@ -221,14 +246,14 @@ class VcpuLoop:
                                     window[off:off + size] = (dev.read(port, size) & (
                                         (1 << (8 * size)) - 1)).to_bytes(size, "little")
                         except GuestStop as stop:
-                            return Outcome("exit" if stop.reason == "debug-exit" else "shutdown",
-                                           vid, stop.code, stop.reason)
+                            return stop_outcome(stop, vid)
                         continue
                 out = self.handle_exit()
                 if out is not None:
                     return out
         finally:
             lib.pyvmm_loop_unbind_thread(c)
+            _current.loop = None
             for reason, n in enumerate(counts):
                 if n:
                     self.py_exit_counts[reason] += n
@@ -243,8 +268,7 @@ class VcpuLoop:
             if reason == lib.KVM_EXIT_MMIO:
                 return self._mmio(lib.pyvmm_run_mmio(run))
         except GuestStop as stop:
-            return Outcome("exit" if stop.reason == "debug-exit" else "shutdown",
-                           self.vcpu.id, stop.code, stop.reason)
+            return stop_outcome(stop, self.vcpu.id)
         except UnclaimedIoError as e:
             return Outcome("io-error", self.vcpu.id, reason=str(e))
         return self._terminal(reason)

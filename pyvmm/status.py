@@ -13,10 +13,13 @@ GUEST_IO = 122  # --strict-io saw an unclaimed access, or the guest's I/O was ma
 GUEST_CRASH = 123  # triple fault, emulation failure, internal error, failed VM entry
 TIMEOUT = 124  # --timeout passed (as timeout(1))
 VMM_ERROR = 125  # a bug in pyvmm or a device handler (run with -v for the traceback)
+GUEST_ASSERT = 126  # GUEST_ASSERT failed, or a guest exception had no handler
 INTERRUPTED = 130  # Ctrl-C
 
 BY_RUN_STATUS = {
     "shutdown": 0,
+    "done": 0,
+    "assert": GUEST_ASSERT,
     "timeout": TIMEOUT,
     "crash": GUEST_CRASH,
     "io-error": GUEST_IO,

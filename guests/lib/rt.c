@@ -113,7 +113,23 @@ uint64_t parse_u64(const char *s)
 	return v;
 }
 
-static void put_num(uint64_t v, unsigned base, int width, char pad, int neg)
+/* One formatter, two sinks: the serial port (printf) and a buffer (vsnprintf). */
+struct sink {
+	void (*put)(struct sink *, char);
+	char *buf;
+	size_t len, cap;
+};
+
+static void put_serial(struct sink *s, char c) { (void)s; putc(c); }
+
+static void put_buf(struct sink *s, char c)
+{
+	if (s->len + 1 < s->cap)
+		s->buf[s->len] = c;
+	s->len++;
+}
+
+static void put_num(struct sink *o, uint64_t v, unsigned base, int width, char pad, int neg)
 {
 	char buf[24];
 	int n = 0;
@@ -125,17 +141,16 @@ static void put_num(uint64_t v, unsigned base, int width, char pad, int neg)
 	if (neg)
 		buf[n++] = '-';
 	while (n < width--)
-		putc(pad);
+		o->put(o, pad);
 	while (n)
-		putc(buf[--n]);
+		o->put(o, buf[--n]);
 }
 
-int vprintf(const char *fmt, va_list ap)
+static void format(struct sink *o, const char *fmt, va_list ap)
 {
-	lock();
 	for (; *fmt; fmt++) {
 		if (*fmt != '%') {
-			putc(*fmt);
+			o->put(o, *fmt);
 			continue;
 		}
 		fmt++;
@@ -150,35 +165,51 @@ int vprintf(const char *fmt, va_list ap)
 		switch (*fmt) {
 		case 'd': case 'i': {
 			int64_t v = lng ? va_arg(ap, int64_t) : va_arg(ap, int);
-			put_num(v < 0 ? -(uint64_t)v : (uint64_t)v, 10, width, pad, v < 0);
+			put_num(o, v < 0 ? -(uint64_t)v : (uint64_t)v, 10, width, pad, v < 0);
 			break;
 		}
 		case 'u':
-			put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, pad, 0);
+			put_num(o, lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, pad, 0);
 			break;
 		case 'x':
-			put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, pad, 0);
+			put_num(o, lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, pad, 0);
 			break;
 		case 'p':
-			putc('0'), putc('x');
-			put_num((uint64_t)va_arg(ap, void *), 16, width, pad, 0);
+			o->put(o, '0'), o->put(o, 'x');
+			put_num(o, (uint64_t)va_arg(ap, void *), 16, width, pad, 0);
 			break;
 		case 's': {
 			const char *s = va_arg(ap, const char *);
 			while (s && *s)
-				putc(*s++);
+				o->put(o, *s++);
 			break;
 		}
 		case 'c':
-			putc((char)va_arg(ap, int));
+			o->put(o, (char)va_arg(ap, int));
 			break;
 		default:
-			putc('%');
-			putc(*fmt);
+			o->put(o, '%');
+			o->put(o, *fmt);
 		}
 	}
+}
+
+int vprintf(const char *fmt, va_list ap)
+{
+	struct sink o = { .put = put_serial };
+	lock();
+	format(&o, fmt, ap);
 	unlock();
 	return 0;
+}
+
+int vsnprintf(char *buf, size_t cap, const char *fmt, va_list ap)
+{
+	struct sink o = { .put = put_buf, .buf = buf, .cap = cap };
+	format(&o, fmt, ap);
+	if (cap)
+		buf[o.len < cap ? o.len : cap - 1] = 0;
+	return (int)o.len;
 }
 
 int printf(const char *fmt, ...)

@@ -42,6 +42,7 @@ void putc(char c);
 void puts(const char *s);
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int vprintf(const char *fmt, va_list ap);
+int vsnprintf(char *buf, size_t cap, const char *fmt, va_list ap);
 __attribute__((noreturn)) void exit(uint32_t code);
 
 void *memset(void *d, int c, size_t n);

@@ -1,0 +1,144 @@
+"""The host side of pyvmm's guest-host test protocol (guests/lib/ucall.h).
+
+A guest executes one OUT to :data:`UCALL_PORT` with the address of a ``struct ucall`` in
+RDI.  The vCPU's GPRs are already in ``kvm_run->s.regs`` (KVM_CAP_SYNC_REGS), so reading
+RDI costs no ioctl; the struct and the strings it points to are read with bounds-checked
+guest-memory reads (any address in RAM, above 4 GiB too; a bad pointer becomes an error
+event, never a host fault).  Each message becomes a :class:`GuestEvent`:
+
+- ``sync``: the registered sync handlers run on the vCPU's thread, then the guest goes on;
+- ``print``: the formatted text (also echoed to the serial sink);
+- ``assert``: GUEST_ASSERT failed: file, line, expression and the two values; ends the run;
+- ``exception``: an exception with no guest handler: vector, error code, CR2, RIP; ends it;
+- ``done``: GUEST_DONE; ends the run successfully.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pyvmm.devices.bus import GuestStop
+from pyvmm.memory import GuestMemory, GuestMemoryError
+from pyvmm.runloop import current_loop
+
+if TYPE_CHECKING:
+    from pyvmm.loader.elf import Symbols
+
+UCALL_PORT = 0x1000
+MAX_ARGS = 6
+BUF = 256
+_HEAD = struct.Struct(f"<QQ{MAX_ARGS}QQQQ")  # cmd nargs args[6] file line expr
+UCALL_SIZE = _HEAD.size + BUF
+CMDS = {1: "sync", 2: "assert", 3: "print", 4: "done", 5: "exception"}
+EXCEPTIONS = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+              8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+              17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP"}
+
+
+@dataclass
+class GuestEvent:
+    """One message from the guest."""
+
+    kind: str
+    vcpu: int
+    args: tuple[int, ...] = ()
+    file: str = ""
+    line: int = 0
+    expr: str = ""
+    text: str = ""
+    rip: int = 0
+    symbol: str | None = None
+    regs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stage(self) -> int | None:
+        return self.args[0] if self.kind == "sync" and self.args else None
+
+    def describe(self) -> str:
+        if self.kind == "assert":
+            vals = f" ({self.args[0]:#x} != {self.args[1]:#x})" if len(self.args) >= 2 else ""
+            return f"guest assertion failed at {self.file}:{self.line}: {self.expr}{vals}"
+        if self.kind == "exception":
+            vec, err, cr2, rip = (*self.args, 0, 0, 0, 0)[:4]
+            name = EXCEPTIONS.get(vec, f"vector {vec}")
+            where = f" <{self.symbol}>" if self.symbol else ""
+            return (f"unhandled guest exception {name} (vector {vec}, error code {err:#x}) at "
+                    f"RIP {rip:#x}{where}, CR2 {cr2:#x}")
+        if self.kind == "print":
+            return self.text
+        return f"{self.kind} {list(self.args)}"
+
+
+class GuestAssertion(GuestStop):
+    """GUEST_ASSERT failed or an exception had no handler: ends the run with the event."""
+
+    def __init__(self, event: GuestEvent) -> None:
+        super().__init__(1, event.kind)
+        self.event = event
+
+
+SyncHandler = Callable[[GuestEvent], None]
+
+
+class UcallDevice:
+    """The protocol port.  ``symbols`` names guest RIPs in exception events."""
+
+    def __init__(self, memory: GuestMemory, symbols: Callable[[], Symbols | None],
+                 emit: Callable[[GuestEvent], None], name: str = "ucall") -> None:
+        self.name = name
+        self.memory = memory
+        self._symbols = symbols
+        self._emit = emit
+        self.sync_handlers: list[SyncHandler] = []
+
+    def read(self, addr: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        loop = current_loop()
+        if loop is None:
+            return  # not from a vCPU thread (a test poking the bus)
+        regs = loop.vcpu.sync_regs.regs
+        event = self.decode(regs.rdi, loop.vcpu.id)
+        event.rip = regs.rip
+        self._emit(event)
+        if event.kind == "sync":
+            for handler in list(self.sync_handlers):
+                handler(event)
+        elif event.kind == "done":
+            raise GuestStop(0, "done")
+        elif event.kind in ("assert", "exception", "error"):
+            raise GuestAssertion(event)
+
+    def decode(self, gpa: int, vcpu: int) -> GuestEvent:
+        """Read and check the ``struct ucall`` at ``gpa``.  Every field is untrusted."""
+        try:
+            raw = self.memory.read(gpa, UCALL_SIZE)
+        except GuestMemoryError as e:
+            return GuestEvent("error", vcpu, text=f"ucall struct at {gpa:#x} is not in RAM: {e}")
+        cmd, nargs, *rest = _HEAD.unpack_from(raw)
+        args, (file_p, line, expr_p) = rest[:MAX_ARGS], rest[MAX_ARGS:]
+        kind = CMDS.get(cmd)
+        if kind is None:
+            return GuestEvent("error", vcpu, text=f"unknown ucall command {cmd}")
+        ev = GuestEvent(kind, vcpu, tuple(args[:min(nargs, MAX_ARGS)]), line=line)
+        if kind == "assert":
+            ev.args = tuple(args[:2]) if nargs >= 2 else ()
+            ev.file = self._string(file_p)
+            ev.expr = self._string(expr_p)
+        elif kind == "print":
+            ev.text = raw[_HEAD.size:].split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif kind == "exception":
+            syms = self._symbols()
+            if syms is not None and len(ev.args) >= 4:
+                ev.symbol = syms.lookup(ev.args[3])
+        return ev
+
+    def _string(self, gpa: int) -> str:
+        try:
+            return self.memory.read_cstring(gpa, 512).decode("utf-8", "replace")
+        except GuestMemoryError:
+            return f"<bad pointer {gpa:#x}>"
