@@ -152,6 +152,33 @@ def _print_stats(r: RunResult) -> None:
 
 
 @main.command()
+@click.option("--refresh", is_flag=True, help="Probe again instead of using the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def doctor(refresh: bool, as_json: bool) -> None:
+    """Probe which features this KVM host supports (cached per host)."""
+    from pyvmm.doctor import cache_path, guest_dir, host_features
+
+    if not (guest_dir() / "probe.elf").exists():
+        _fail(status.GUEST_IMAGE, f"probe guests not found in {guest_dir()}: run `make guests` "
+              "or set PYVMM_GUESTS")
+    try:
+        found = host_features(refresh=refresh)
+    except KvmError as e:
+        _fail(status.KVM_UNAVAILABLE, str(e))
+    if as_json:
+        click.echo(found.to_json())
+        return
+    click.echo(f"host: {found.host}")
+    group = ""
+    for f in found.features.values():
+        if f.group != group:
+            group = f.group
+            click.echo(f"{group}:")
+        click.echo(f"  {f.name:<16} {'yes' if f.works else 'NO ':<4} {f.detail}")
+    click.echo(f"(cached in {cache_path(found.key)}; --refresh to probe again)")
+
+
+@main.command()
 def info() -> None:
     """KVM API version, vendor module, MMU kind and the capabilities pyvmm uses."""
     from pyvmm.hostinfo import USED_CAPS, detect

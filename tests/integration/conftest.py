@@ -1,10 +1,8 @@
-from __future__ import annotations
-
 import pytest
 
-from tests.conftest import require_kvm
 
-
-@pytest.fixture(autouse=True)
-def _kvm() -> None:
-    require_kvm()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration runs real guests: mark it ``kvm``."""
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.kvm)

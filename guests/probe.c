@@ -1,0 +1,118 @@
+/* probe - one host-feature probe per command line, for `pyvmm doctor`.
+ * Each mode ends with GUEST_SYNC(1, result) (1 = works) then GUEST_DONE, or the run
+ * ends otherwise (emulation failure, no interrupt, timeout): that is the answer too.
+ *
+ *   insn NAME     execute one instruction class at CPL0 (#UD/#GP caught: result 0)
+ *   pcid          set CR4.PCIDE                  1g-pages  read through a 1 GiB page
+ *   xapic-timer   one-shot LAPIC timer, xAPIC    x2apic    enable x2APIC, read its ID MSR
+ *   tsc-deadline  TSC-deadline timer             nop       GUEST_DONE at once
+ */
+#include "apic.h"
+#include "idt.h"
+#include "rt.h"
+#include "ucall.h"
+
+static volatile int faulted, ticks;
+static volatile uint64_t fault_vector;
+
+static void catch_fault(struct ex_regs *r)
+{
+	faulted = 1;
+	fault_vector = r->vector;
+	r->rip = (uint64_t)r->rbx; /* the probe put its resume address in RBX */
+}
+
+static void timer_isr(struct ex_regs *r)
+{
+	(void)r;
+	ticks++;
+	apic_eoi();
+}
+
+static void skip_one_byte(struct ex_regs *r) { (void)r; } /* int3 already points past itself */
+
+/* run `insn` with a resume label; returns 1 when it ran without a fault */
+#define TRY(insn)                                                                       \
+	({                                                                              \
+		faulted = 0;                                                            \
+		__asm__ volatile("lea 1f(%%rip), %%rbx\n\t" insn "\n1:" ::: "rbx", "rax", \
+				 "rcx", "rdx", "memory");                               \
+		!faulted;                                                               \
+	})
+
+static int insn(const char *name)
+{
+	if (!strcmp(name, "popcnt"))
+		return TRY("mov $0xff, %%eax; popcnt %%eax, %%ecx");
+	if (!strcmp(name, "sse"))
+		return TRY("pxor %%xmm0, %%xmm0");
+	if (!strcmp(name, "xgetbv"))
+		return TRY("mov %%cr4, %%rax; bts $18, %%rax; mov %%rax, %%cr4; xor %%ecx, %%ecx; xgetbv");
+	if (!strcmp(name, "int3")) {
+		idt_set_handler(3, skip_one_byte);
+		return TRY("int3");
+	}
+	if (!strcmp(name, "int-n")) {
+		idt_set_handler(0x80, skip_one_byte);
+		return TRY("int $0x80");
+	}
+	if (!strcmp(name, "vmcall"))
+		return TRY("vmcall");
+	if (!strcmp(name, "rdtscp"))
+		return TRY("rdtscp");
+	return -1;
+}
+
+static int wait_ticks(int n)
+{
+	uint64_t end = rdtsc() + 2600000000ull / 10; /* ~100 ms at this host's 2.6 GHz */
+	while (ticks < n && rdtsc() < end)
+		safe_halt();
+	cli();
+	return ticks >= n;
+}
+
+int main(struct boot_info *bi, const char *cmdline)
+{
+	(void)bi;
+	idt_install();
+	idt_set_handler(6, catch_fault);
+	idt_set_handler(13, catch_fault);
+	idt_set_handler(14, catch_fault);
+	idt_set_handler(0x40, timer_isr);
+	int res = -1;
+	if (!strncmp(cmdline, "insn ", 5))
+		res = insn(cmdline + 5);
+	else if (!strcmp(cmdline, "pcid"))
+		res = TRY("mov %%cr4, %%rax; bts $17, %%rax; mov %%rax, %%cr4");
+	else if (!strcmp(cmdline, "1g-pages")) {
+		uint64_t *pml4 = (uint64_t *)(read_cr3() & ~0xFFFul);
+		uint64_t *pdpt = (uint64_t *)(pml4[0] & 0x000FFFFFFFFFF000ul);
+		pdpt[8] = 0x83; /* VA 8 GiB -> PA 0, one 1 GiB page */
+		volatile uint64_t *probe = (volatile uint64_t *)(0x200000000ul + 0x1000);
+		*(volatile uint64_t *)0x1000 = 0x1122334455667788ul;
+		faulted = 0;
+		uint64_t v = 0;
+		__asm__ volatile("lea 1f(%%rip), %%rbx\n\tmov (%1), %0\n1:" : "+r"(v) : "r"(probe) : "rbx", "memory");
+		res = !faulted && v == 0x1122334455667788ul;
+		pdpt[8] = 0;
+	} else if (!strcmp(cmdline, "xapic-timer") || !strcmp(cmdline, "x2apic-timer")) {
+		apic_enable(cmdline[1] == '2');
+		apic_write(APIC_TDCR, 0xB); /* divide by 1 */
+		apic_write(APIC_LVTT, 0x40);
+		apic_write(APIC_TMICT, 1000000); /* 1 ms at the 1 GHz KVM APIC bus */
+		res = wait_ticks(1);
+	} else if (!strcmp(cmdline, "tsc-deadline")) {
+		apic_enable(0);
+		apic_write(APIC_LVTT, 0x40 | LVTT_TSC_DEADLINE);
+		wrmsr(MSR_TSC_DEADLINE, rdtsc() + 2600000);
+		res = wait_ticks(1);
+	} else if (!strcmp(cmdline, "x2apic")) {
+		apic_enable(1);
+		res = apic_read(APIC_VERSION) != 0;
+	} else if (!strcmp(cmdline, "nop")) {
+		res = 1;
+	}
+	GUEST_SYNC(1, (uint64_t)res, fault_vector);
+	GUEST_DONE();
+}

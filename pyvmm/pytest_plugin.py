@@ -1,0 +1,142 @@
+"""pytest plugin for guest tests (registered through the ``pytest11`` entry point).
+
+Fixtures
+    ``pyvmm_machine(guest, **kw)``: a :class:`~pyvmm.Machine` from a guest file, closed
+    after the test.  ``run_guest(guest, cmdline="", **kw)``: build, run and check in one
+    call; a guest assertion, unhandled exception, crash, timeout or VMM error fails the
+    test with the guest's own words (file:line, expression, values; vector and RIP).
+
+Markers
+    ``@pytest.mark.kvm``: needs a usable /dev/kvm.  Skips with the reason, unless
+    ``PYVMM_REQUIRE_KVM=1``, which turns the skip into a failure.
+    ``@pytest.mark.requires("feature", ..., caps=("CAP", ...))``: host features as
+    ``pyvmm doctor`` finds them, or KVM capabilities; skips naming what is missing.
+    ``@pytest.mark.guest_timeout(seconds)``: the limit for every guest run in the test
+    (default 30 s); the vCPUs are always stopped when it passes.
+
+The stats delta of a run is on the result: ``result.stats["vcpu0"]["insn_emulation"]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyvmm.machine import Machine, RunResult
+
+DEFAULT_TIMEOUT = 30.0
+FAILED = {"assert", "crash", "timeout", "error", "io-error", "interrupted"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kvm: needs a usable /dev/kvm (PYVMM_REQUIRE_KVM=1: "
+                            "fail instead of skip)")
+    config.addinivalue_line("markers", "requires(*features, caps=()): host features found by "
+                            "`pyvmm doctor` and KVM capabilities the test needs")
+    config.addinivalue_line("markers", "guest_timeout(seconds): limit for each guest run")
+
+
+def kvm_unavailable_reason() -> str | None:
+    """None when /dev/kvm opens and answers, else why not."""
+    from pyvmm.kvm import Kvm, KvmError
+
+    try:
+        Kvm().close()
+    except KvmError as e:
+        return str(e)
+    return None
+
+
+def require_kvm() -> None:
+    """Skip (or, with PYVMM_REQUIRE_KVM=1, fail) when KVM is unusable."""
+    reason = kvm_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("PYVMM_REQUIRE_KVM") == "1":
+        pytest.fail(f"PYVMM_REQUIRE_KVM=1 but KVM is unusable: {reason}", pytrace=False)
+    pytest.skip(f"needs /dev/kvm: {reason}")
+
+
+def require(features: tuple[str, ...] = (), caps: tuple[str, ...] = ()) -> None:
+    """Skip unless the host has every feature and capability, naming the first missing."""
+    require_kvm()
+    if caps:
+        from pyvmm.kvm import Kvm
+
+        with Kvm() as kvm:
+            for cap in caps:
+                if not kvm.capabilities.get(cap):
+                    pytest.skip(f"host KVM lacks KVM_CAP_{cap}")
+    if features:
+        from pyvmm.doctor import host_features
+
+        found = host_features()
+        for feat in features:
+            if feat not in found.features:
+                raise pytest.UsageError(f"unknown host feature {feat!r} (see `pyvmm doctor`)")
+            if not found.features[feat].works:
+                pytest.skip(f"host lacks {feat}: {found.features[feat].detail}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kvm"):
+        require_kvm()
+    for marker in item.iter_markers("requires"):
+        require(tuple(marker.args), tuple(marker.kwargs.get("caps", ())))
+
+
+def check(result: RunResult, expect: str = "ok") -> RunResult:
+    """Fail the test, in the guest's own words, unless the run ended as ``expect``
+    (``ok``: exit 0 or GUEST_DONE; or a status name such as ``crash``)."""
+    good = result.ok if expect == "ok" else result.status == expect
+    if not good:
+        detail = result.message
+        if result.crash is not None:
+            detail = result.crash.format()
+        tail = result.text[-2000:]
+        pytest.fail(f"guest run ended with status {result.status!r}, expected {expect!r}: "
+                    f"{detail}" + (f"\n--- guest output ---\n{tail}" if tail else ""),
+                    pytrace=False)
+    return result
+
+
+def _timeout(request: pytest.FixtureRequest) -> float:
+    marker = request.node.get_closest_marker("guest_timeout")
+    return float(marker.args[0]) if marker else DEFAULT_TIMEOUT
+
+
+@pytest.fixture
+def pyvmm_machine(request: pytest.FixtureRequest) -> Iterator[Callable[..., Machine]]:
+    """Factory for machines that are closed when the test ends."""
+    require_kvm()
+    made: list[Machine] = []
+
+    def make(guest: str | Path, **kw: Any) -> Machine:
+        m = Machine.from_elf(guest, **kw)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+@pytest.fixture
+def run_guest(request: pytest.FixtureRequest,
+              pyvmm_machine: Callable[..., Machine]) -> Callable[..., RunResult]:
+    """``run_guest(guest, cmdline="", expect="ok", setup=None, **machine_kw)``: build,
+    optionally ``setup(machine)``, run under the test's guest timeout and check."""
+    limit = _timeout(request)
+
+    def run(guest: str | Path, cmdline: str = "", *, expect: str = "ok",
+            setup: Callable[[Machine], None] | None = None, **kw: Any) -> RunResult:
+        m = pyvmm_machine(guest, cmdline=cmdline, **kw)
+        if setup is not None:
+            setup(m)
+        return check(m.run(timeout=limit), expect)
+
+    return run
