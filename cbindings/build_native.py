@@ -56,6 +56,9 @@ PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_R
 PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER
 PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
 MADV_HUGEPAGE MADV_DONTNEED
+KVM_MSR_FILTER_READ KVM_MSR_FILTER_WRITE KVM_MSR_FILTER_DEFAULT_ALLOW KVM_MSR_FILTER_DEFAULT_DENY
+KVM_MSR_FILTER_MAX_RANGES KVM_MSR_EXIT_REASON_INVAL KVM_MSR_EXIT_REASON_UNKNOWN
+KVM_MSR_EXIT_REASON_FILTER
 """.split()  # noqa: SIM905 - one name per word reads best
 
 EXIT_REASONS = [
@@ -139,6 +142,8 @@ struct kvm_translation {
     uint64_t linear_address; uint64_t physical_address; uint8_t valid; uint8_t writeable;
     uint8_t usermode; ...;
 };
+struct kvm_msr_filter_range { uint32_t flags; uint32_t nmsrs; uint32_t base; uint8_t *bitmap; ...; };
+struct kvm_msr_filter { uint32_t flags; struct kvm_msr_filter_range ranges[...]; ...; };
 struct kvm_stats_header {
     uint32_t flags; uint32_t name_size; uint32_t num_desc; uint32_t id_offset;
     uint32_t desc_offset; uint32_t data_offset; ...;

@@ -12,15 +12,7 @@
 #include "rt.h"
 #include "ucall.h"
 
-static volatile int faulted, ticks;
-static volatile uint64_t fault_vector;
-
-static void catch_fault(struct ex_regs *r)
-{
-	faulted = 1;
-	fault_vector = r->vector;
-	r->rip = (uint64_t)r->rbx; /* the probe put its resume address in RBX */
-}
+static volatile int ticks;
 
 static void timer_isr(struct ex_regs *r)
 {
@@ -31,14 +23,7 @@ static void timer_isr(struct ex_regs *r)
 
 static void skip_one_byte(struct ex_regs *r) { (void)r; } /* int3 already points past itself */
 
-/* run `insn` with a resume label; returns 1 when it ran without a fault */
-#define TRY(insn)                                                                       \
-	({                                                                              \
-		faulted = 0;                                                            \
-		__asm__ volatile("lea 1f(%%rip), %%rbx\n\t" insn "\n1:" ::: "rbx", "rax", \
-				 "rcx", "rdx", "memory");                               \
-		!faulted;                                                               \
-	})
+#define TRY(insn) GUEST_TRY(insn, ::: "rbx", "rax", "rcx", "rdx", "memory")
 
 static int insn(const char *name)
 {
@@ -76,9 +61,7 @@ int main(struct boot_info *bi, const char *cmdline)
 {
 	(void)bi;
 	idt_install();
-	idt_set_handler(6, catch_fault);
-	idt_set_handler(13, catch_fault);
-	idt_set_handler(14, catch_fault);
+	idt_catch_faults();
 	idt_set_handler(0x40, timer_isr);
 	int res = -1;
 	if (!strncmp(cmdline, "insn ", 5))

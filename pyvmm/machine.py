@@ -228,6 +228,19 @@ class Machine:
         ``write(addr, size, value)``; ``addr`` is absolute.  Called on the vCPU's thread."""
         self.add_device(space, base, length, PortHandler(name, read, write))
 
+    def add_msr_handler(self, index: int, *, read: Callable[[], int] | None = None,
+                        write: Callable[[int], None] | None = None) -> None:
+        """Send guest RDMSR/WRMSR of ``index`` to Python: KVM's MSR filter denies the MSR
+        and KVM_CAP_X86_USER_SPACE_MSR turns the denial into a KVM_EXIT_X86_RDMSR/WRMSR.
+        A direction with no handler gives the guest #GP."""
+        assert self.vm is not None
+        if not self.bus.msr_handlers:
+            self.vm.enable_cap(lib.KVM_CAP_X86_USER_SPACE_MSR, lib.KVM_MSR_EXIT_REASON_FILTER)
+        self.bus.msr_handlers[index] = (read, write)
+        ranges = [(i, 1, lib.KVM_MSR_FILTER_READ | lib.KVM_MSR_FILTER_WRITE, b"\0")
+                  for i in sorted(self.bus.msr_handlers)]
+        self.vm.set_msr_filter(ranges)
+
     def add_ram(self, gpa: int, size: int, **kw: Any) -> MemoryRegion:
         """Another memslot (``readonly=True`` for ROM, ``log_dirty=True`` for dirty logging)."""
         assert self.memory is not None

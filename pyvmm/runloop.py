@@ -267,6 +267,8 @@ class VcpuLoop:
                 return self._pio(lib.pyvmm_run_io(run))
             if reason == lib.KVM_EXIT_MMIO:
                 return self._mmio(lib.pyvmm_run_mmio(run))
+            if reason in (lib.KVM_EXIT_X86_RDMSR, lib.KVM_EXIT_X86_WRMSR):
+                return self._msr(lib.pyvmm_run_msr(run), reason == lib.KVM_EXIT_X86_WRMSR)
         except GuestStop as stop:
             return stop_outcome(stop, self.vcpu.id)
         except UnclaimedIoError as e:
@@ -301,6 +303,22 @@ class VcpuLoop:
         else:
             value = self.bus.read(Space.MMIO, mmio.phys_addr, n)
             ffi.memmove(mmio.data, value.to_bytes(n, "little"), n)
+        return None
+
+    def _msr(self, msr: Any, is_write: bool) -> Outcome | None:
+        """A userspace MSR exit: call the bus's handler, or make the guest take #GP
+        (``error = 1``), as hardware does for an MSR nobody implements."""
+        with self.bus.lock:
+            read, write = self.bus.msr_handlers.get(msr.index, (None, None))
+            handler = write if is_write else read
+            if handler is None:
+                msr.error = 1
+            elif is_write:
+                handler(int(msr.data))
+                msr.error = 0
+            else:
+                msr.data = handler() & 0xFFFF_FFFF_FFFF_FFFF
+                msr.error = 0
         return None
 
     def _terminal(self, reason: int) -> Outcome:

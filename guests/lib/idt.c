@@ -27,6 +27,25 @@ void idt_install(void)
 
 void idt_set_handler(int vector, ex_handler_t handler) { handlers[vector & 255] = handler; }
 
+volatile uint64_t fault_vector, fault_error_code, fault_cr2;
+volatile int faulted;
+
+static void resume_at_rbx(struct ex_regs *r)
+{
+	faulted = 1;
+	fault_vector = r->vector;
+	fault_error_code = r->error_code;
+	fault_cr2 = read_cr2();
+	r->rip = r->rbx;
+}
+
+void idt_catch_faults(void)
+{
+	idt_set_handler(6, resume_at_rbx);
+	idt_set_handler(13, resume_at_rbx);
+	idt_set_handler(14, resume_at_rbx);
+}
+
 void idt_dispatch(struct ex_regs *r)
 {
 	ex_handler_t h = handlers[r->vector & 255];

@@ -14,6 +14,19 @@ typedef void (*ex_handler_t)(struct ex_regs *);
 void idt_install(void);
 void idt_set_handler(int vector, ex_handler_t handler);
 
+/* Expecting a fault: idt_catch_faults() makes #UD, #GP and #PF resume at the address the
+ * faulting code left in RBX; GUEST_TRY(insn) runs `insn` that way and is 1 when it did not
+ * fault.  fault_vector / fault_error_code / fault_cr2 describe the last fault caught. */
+extern volatile uint64_t fault_vector, fault_error_code, fault_cr2;
+extern volatile int faulted;
+void idt_catch_faults(void);
+#define GUEST_TRY(insn, ...)                                                               \
+	({                                                                                 \
+		faulted = 0;                                                               \
+		__asm__ volatile("lea 1f(%%rip), %%rbx\n\t" insn "\n1:" __VA_ARGS__);     \
+		!faulted;                                                                  \
+	})
+
 static inline uint64_t read_cr2(void) { uint64_t v; __asm__ volatile("mov %%cr2, %0" : "=r"(v)); return v; }
 static inline uint64_t read_cr3(void) { uint64_t v; __asm__ volatile("mov %%cr3, %0" : "=r"(v)); return v; }
 static inline void write_cr3(uint64_t v) { __asm__ volatile("mov %0, %%cr3" :: "r"(v) : "memory"); }

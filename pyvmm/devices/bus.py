@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -91,6 +92,9 @@ class Bus:
         self._ranges: dict[Space, list[tuple[int, int, Device]]] = {Space.PIO: [], Space.MMIO: []}
         self.unclaimed: Counter[tuple[Space, int]] = Counter()
         self.fast_entries: list[FastEntry] = []
+        #: MSR index -> (read() -> value, write(value)); reached through userspace MSR exits
+        self.msr_handlers: dict[int, tuple[Callable[[], int] | None,
+                                           Callable[[int], None] | None]] = {}
         self.lock = threading.RLock()
 
     def register(self, space: Space, base: int, length: int, device: Device) -> None:

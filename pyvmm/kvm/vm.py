@@ -90,6 +90,23 @@ class Vm(FdObject):
                                           "address_hi": address >> 32, "data": data})
         return self._ioctl("KVM_SIGNAL_MSI", lib.KVM_SIGNAL_MSI, msi)
 
+    def set_msr_filter(self, ranges: list[tuple[int, int, int, bytes]], *,
+                       default_allow: bool = True) -> None:
+        """KVM_X86_SET_MSR_FILTER: ``ranges`` of ``(base, nmsrs, flags, bitmap)``; a 0 bit
+        denies the accesses in ``flags`` (KVM_MSR_FILTER_READ/WRITE).  A denied access exits
+        to userspace when KVM_CAP_X86_USER_SPACE_MSR has KVM_MSR_EXIT_REASON_FILTER."""
+        if len(ranges) > lib.KVM_MSR_FILTER_MAX_RANGES:
+            raise ValueError("too many MSR filter ranges")
+        f = ffi.new("struct kvm_msr_filter *")
+        f.flags = lib.KVM_MSR_FILTER_DEFAULT_ALLOW if default_allow else lib.KVM_MSR_FILTER_DEFAULT_DENY
+        keep = []
+        for i, (base, nmsrs, flags, bitmap) in enumerate(ranges):
+            buf = ffi.new("uint8_t[]", bytes(bitmap))
+            keep.append(buf)
+            f.ranges[i].base, f.ranges[i].nmsrs, f.ranges[i].flags = base, nmsrs, flags
+            f.ranges[i].bitmap = buf
+        self._ioctl("KVM_X86_SET_MSR_FILTER", lib.KVM_X86_SET_MSR_FILTER, f)
+
     def register_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
         """KVM_REGISTER_COALESCED_MMIO: writes to the zone are queued in a ring, not exited."""
         z = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size,
