@@ -37,9 +37,13 @@ __attribute__((noreturn)) void guest_done(void);
 #define UCALL_NARGS(...) UCALL_NARGS_(0, ##__VA_ARGS__, 6, 5, 4, 3, 2, 1, 0)
 
 /* GUEST_SYNC(stage, args...): stop at a sync point; the host's handler runs, then the
- * guest continues.  Up to 6 integer arguments. */
-#define GUEST_SYNC(stage, ...) \
-	guest_sync((uint64_t)(stage), UCALL_NARGS(__VA_ARGS__), ##__VA_ARGS__)
+ * guest continues.  Up to 5 integer arguments after the stage (a compile error beyond). */
+#define GUEST_SYNC(stage, ...)                                                            \
+	do {                                                                              \
+		_Static_assert(UCALL_NARGS(__VA_ARGS__) < UCALL_MAX_ARGS,                  \
+			       "GUEST_SYNC carries at most 5 values after the stage");      \
+		guest_sync((uint64_t)(stage), UCALL_NARGS(__VA_ARGS__), ##__VA_ARGS__);   \
+	} while (0)
 #define GUEST_ASSERT(cond) \
 	do { if (!(cond)) guest_assert_fail(__FILE__, __LINE__, #cond, 0, 0, 0); } while (0)
 #define GUEST_ASSERT_EQ(a, b)                                                            \
