@@ -57,12 +57,13 @@ def main() -> None:
 @click.option("--append", "cmdline", default="", help="Guest command line (boot info).")
 @click.option("--irqchip", type=click.Choice(["kernel", "split", "none"]), default="kernel",
               show_default=True, help="In-kernel PIC+IOAPIC+LAPIC, LAPIC only, or none.")
+@click.option("--pit", is_flag=True, help="Add KVM's in-kernel i8254 PIT (KVM_CREATE_PIT2).")
 @click.option("--strict-io", is_flag=True, help="Unclaimed port/MMIO accesses are fatal.")
 @click.option("--stats", is_flag=True, help="Print the exit histogram and KVM stats deltas.")
 @click.option("--python-loop", is_flag=True, help="Handle every exit in Python (for comparison).")
 @click.option("-v", "--verbose", is_flag=True, help="Describe the set-up; tracebacks for VMM bugs.")
 def run(guest: str, mem: int, cpus: int, timeout: float | None, cmdline: str, irqchip: str,
-        strict_io: bool,
+        pit: bool, strict_io: bool,
         stats: bool, python_loop: bool, verbose: bool) -> None:
     """Boot GUEST (an ELF64 image) and stream its serial output.
 
@@ -72,7 +73,8 @@ def run(guest: str, mem: int, cpus: int, timeout: float | None, cmdline: str, ir
     machine = None
     try:
         machine = Machine.from_elf(guest, mem=mem, cpus=cpus, strict_io=strict_io,
-                                   cmdline=cmdline, serial=_write_serial, irqchip=irqchip)
+                                   cmdline=cmdline, serial=_write_serial, irqchip=irqchip,
+                                   pit=pit)
         if verbose:
             _describe(machine)
         result = machine.run(timeout=timeout, python_loop=python_loop)

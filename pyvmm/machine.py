@@ -118,7 +118,7 @@ class Machine:
 
     def __init__(self, *, mem: int | str = "64M", cpus: int = 1, strict_io: bool = False,
                  kvm_path: str | None = None, serial: Callable[[bytes], None] | None = None,
-                 cmdline: str = "", irqchip: str = "kernel") -> None:
+                 cmdline: str = "", irqchip: str = "kernel", pit: bool = False) -> None:
         self.mem_size = layout.parse_size(mem) if isinstance(mem, str) else int(mem)
         if self.mem_size % 4096:
             raise ValueError("memory size must be a multiple of 4 KiB")
@@ -127,6 +127,9 @@ class Machine:
         if irqchip not in IRQCHIP_MODES:
             raise ValueError(f"irqchip must be one of {', '.join(IRQCHIP_MODES)}, not {irqchip!r}")
         self.irqchip = irqchip
+        if pit and irqchip != "kernel":
+            raise ValueError("the in-kernel PIT needs the in-kernel irqchip (irqchip='kernel')")
+        self.pit = pit
         self._serial = bytearray()
         self._serial_sink = serial
         self.image: ElfImage | None = None
@@ -160,6 +163,8 @@ class Machine:
             # PIC/IOAPIC waits for an SRCU grace period (~6 ms); this order pays it once, at
             # creation, instead of ~15 ms at destruction
             self.vm.create_irqchip()
+            if self.pit:
+                self.vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)  # port 0x61 handled in KVM
         elif self.irqchip == "split":
             self.vm.enable_cap(lib.KVM_CAP_SPLIT_IRQCHIP, SPLIT_IRQCHIP_PINS)
         elif self.cpus > 1:
