@@ -38,7 +38,7 @@ from pyvmm.runloop import Outcome, VcpuLoop
 from pyvmm.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import vcpu_cpuid
-from pyvmm.x86.modes import set_long_mode
+from pyvmm.x86.modes import set_long_mode, set_real_mode
 from pyvmm.x86.msrs import RESET_MSRS
 
 #: "kernel": KVM_CREATE_IRQCHIP (PIC, IOAPIC and LAPICs in KVM); "split": only the LAPICs in
@@ -304,6 +304,17 @@ class Machine:
                                                    "rdi": plan.info_addr, "rflags": 0x2}))
         self.image = image
         self.boot_plan = plan
+
+    def enter_real_mode(self, address: int) -> None:
+        """Start the BSP in real mode at ``address`` (below 1 MiB, 16-byte aligned) instead
+        of the ELF64 entry: for guests that bring themselves up from real mode."""
+        if address % 16 or not 0 <= address < 0x100000:
+            raise ValueError(f"real-mode entry {address:#x} must be 16-byte aligned below 1 MiB")
+        bsp = self.vcpus[0]
+        sregs = bsp.get_sregs()
+        set_real_mode(sregs, address >> 4)
+        bsp.set_sregs(sregs)
+        bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": 0, "rflags": 0x2}))
 
     # --- running ---------------------------------------------------------------
     def _ensure_loops(self) -> None:

@@ -123,6 +123,8 @@ ap_trampoline:
 	cli
 	xor %ax, %ax
 	mov %ax, %ds
+	mov %cr0, %eax
+	movl %eax, ap_boot_cr0     /* proof of where we started: PE clear in real mode */
 	lgdtl ap_gdtr
 	mov %cr0, %eax
 	or $1, %eax
@@ -140,8 +142,9 @@ ap_lm64:
 	jmp *%rax
 
 	.balign 8
-	.globl ap_cr3
+	.globl ap_cr3, ap_boot_cr0
 ap_cr3:	.long 0
+ap_boot_cr0: .long 0
 	.balign 8
 ap_gdt:
 	.quad 0

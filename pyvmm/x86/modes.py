@@ -39,3 +39,19 @@ def set_long_mode(sregs: Any, *, cr3: int, gdt_base: int) -> None:
     sregs.cr3 = cr3
     sregs.cr4 = LONG_MODE_CR4
     sregs.efer = LONG_MODE_EFER
+
+
+def set_real_mode(sregs: Any, cs: int) -> None:
+    """Real mode as after INIT/SIPI: CS = ``cs`` (base cs << 4), other segments 0, 64 KiB
+    limits, paging and protection off, IDT at 0 with the real-mode limit."""
+    segs = (sregs.cs, sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss)
+    for i, seg in enumerate(segs):
+        seg.selector = cs if i == 0 else 0
+        seg.base = seg.selector << 4
+        seg.limit = 0xFFFF
+        seg.type = 0xB if i == 0 else 0x3
+        seg.present, seg.s, seg.dpl, seg.db, seg.l, seg.g, seg.avl, seg.unusable = 1, 1, 0, 0, 0, 0, 0, 0
+    sregs.gdt.base, sregs.gdt.limit = 0, 0xFFFF
+    sregs.idt.base, sregs.idt.limit = 0, 0x3FF
+    sregs.cr0 = CR0_ET | (1 << 29) | (1 << 30)  # CD | NW, as at reset
+    sregs.cr3 = sregs.cr4 = sregs.efer = 0
