@@ -82,8 +82,8 @@ static int bootinfo(struct boot_info *bi)
 
 void ap_main(uint32_t index)
 {
-	__atomic_add_fetch(&ap_started, 1, __ATOMIC_SEQ_CST);
 	printf("smp: AP %u running in long mode\n", index + 1);
+	__atomic_add_fetch(&ap_started, 1, __ATOMIC_SEQ_CST); /* after the line is out */
 	for (;;)
 		__asm__ volatile("cli; hlt");
 }
