@@ -56,9 +56,10 @@ class RunResult:
     """What a run produced.
 
     ``status``: ``exit`` (the guest wrote the debug-exit port; ``exit_code`` is the value),
-    ``done`` (GUEST_DONE), ``assert`` (GUEST_ASSERT failed or an unhandled guest exception:
-    see ``assertion``), ``shutdown``, ``timeout``, ``crash`` (see ``crash``), ``io-error``,
-    ``interrupted``, ``error`` (KVM or the VMM failed; ``message`` says why).
+    ``done`` (GUEST_DONE), ``stopped`` (:meth:`Machine.stop`), ``assert`` (GUEST_ASSERT
+    failed or an unhandled guest exception: see ``assertion``), ``shutdown``, ``timeout``,
+    ``crash`` (see ``crash``), ``io-error``, ``interrupted``, ``error`` (KVM or the VMM
+    failed; ``message`` says why).
     """
 
     status: str
@@ -138,6 +139,10 @@ class Machine:
         self._stats: list[tuple[str, StatsReader]] = []
         self.kvm: Kvm | None = None
         self.vm = None
+        self._runner: threading.Thread | None = None
+        self._bg_result: RunResult | None = None
+        self._done: threading.Event | None = None
+        self._stopped_by_host = False
         self.memory: GuestMemory | None = None
         try:
             self._build(kvm_path, strict_io)
@@ -347,7 +352,8 @@ class Machine:
         before = self.stats()
         serial_start = len(self._serial)
         events_start = len(self.events)
-        done = threading.Event()
+        done = self._done = threading.Event()
+        self._stopped_by_host = False
         outcomes: list[Outcome] = []
         crash_box: list[GuestCrash] = []
         lock = threading.Lock()
@@ -393,6 +399,48 @@ class Machine:
         result.stats = {k: delta(dict(r.descriptors), before[k], after[k]) for k, r in self._stats}
         return result
 
+    def start(self, timeout: float | None = None, *, python_loop: bool = False) -> None:
+        """:meth:`run` on a background thread: follow it with :meth:`wait_event`, end it
+        with :meth:`join` (or :meth:`stop` first)."""
+        if self._runner is not None and self._runner.is_alive():
+            raise RuntimeError("the machine is already running")
+        self._bg_result = None
+
+        def body() -> None:
+            self._bg_result = self.run(timeout, python_loop=python_loop)
+
+        self._runner = threading.Thread(target=body, name="pyvmm-run", daemon=True)
+        self._runner.start()
+
+    def wait_event(self, kind: str | None = None, stage: int | None = None,
+                   timeout: float | None = None) -> GuestEvent | None:
+        """The next guest event of ``kind`` (and sync ``stage``), or None after ``timeout``
+        seconds; events that do not match are skipped (they stay in :attr:`events`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ev = self.next_event(left)
+            if ev is None:
+                return None
+            if (kind is None or ev.kind == kind) and (stage is None or ev.stage == stage):
+                return ev
+
+    def stop(self) -> None:
+        """Ask a running :meth:`run`/:meth:`start` to stop every vCPU now."""
+        self._stopped_by_host = True
+        if self._done is not None:
+            self._done.set()
+
+    def join(self, timeout: float | None = None) -> RunResult:
+        """Wait for a :meth:`start`-ed run and return its result."""
+        if self._runner is None:
+            raise RuntimeError("start() was not called")
+        self._runner.join(timeout)
+        if self._runner.is_alive():
+            raise TimeoutError("the run is still going; call stop() first")
+        assert self._bg_result is not None
+        return self._bg_result
+
     def _stop_all(self, threads: list[threading.Thread]) -> None:
         """Kick until every vCPU thread has left KVM_RUN (a kick can race with a thread
         that is just entering the loop, so it is repeated)."""
@@ -427,6 +475,8 @@ class Machine:
             res.assertion = first.details.get("event")
         elif interrupted:
             res.status, res.message = "interrupted", "interrupted (Ctrl-C)"
+        elif self._stopped_by_host:
+            res.status, res.message = "stopped", "stopped by Machine.stop()"
         else:
             res.message = f"guest did not stop within {timeout:g} s" if timeout else "stopped"
         return res
@@ -434,6 +484,9 @@ class Machine:
     # --- teardown --------------------------------------------------------------
     def close(self) -> None:
         """Close every fd and unmap all memory (vCPUs, then the VM, then RAM)."""
+        if self._runner is not None and self._runner.is_alive():
+            self.stop()
+            self._runner.join()
         for _, reader in self._stats:
             reader.close()
         self._stats.clear()

@@ -47,3 +47,8 @@ def test_ipis_both_ways(run_guest, guests):
     r = run_guest(guests / "irq.elf", "ipi", cpus=2)
     pongs, per_round_trip, pings = r.syncs(2)[0].args[1:]
     assert pongs == 5 and pings == 5 and per_round_trip > 0
+    # 10 IPIs, INIT and SIPI all stayed in KVM: the BSP's sync and DONE are the only exits
+    # (INTR counts the VMM's own kick that stops the halted AP at the end)
+    assert r.exit_counts.get("IO") == 2 and set(r.exit_counts) <= {"IO", "INTR"}, r.exit_counts
+    assert set(r.vcpu_exit_counts[1]) <= {"INTR"}, r.vcpu_exit_counts
+    assert r.stats["vcpu1"].get("halt_wakeup", 0) >= 5  # the AP slept in HLT between pings

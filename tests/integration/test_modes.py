@@ -20,6 +20,8 @@ def test_real_mode_to_long_mode(pyvmm_machine, guests):
     assert r.syncs(2) and r.syncs(3)  # and an AP took the same way after SIPI
     ap_entry_cr0, ap_cr0 = r.syncs(3)[0].args[1:]
     assert ap_entry_cr0 & 1 == 0 and ap_cr0 & 0x80000001 == 0x80000001
+    # the climb (CR0/CR4/EFER writes, far jumps) never left KVM: only the 3 syncs and DONE
+    assert r.exit_counts.get("IO") == 4 and set(r.exit_counts) <= {"IO", "INTR"}, r.exit_counts
 
 
 def test_real_mode_entry_is_checked(pyvmm_machine, guests):

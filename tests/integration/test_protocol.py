@@ -68,3 +68,22 @@ def test_every_vcpu_can_sync(guests):
     r, seen = run(guests, "smp", cpus=2)
     assert r.status == "done", r.message
     assert sorted(seen) == [(0, (100,)), (1, (101,))]
+
+
+def test_wait_for_events_while_the_guest_runs(guests):
+    with Machine.from_elf(guests / "protocol.elf", cmdline="sync") as m:
+        m.start(timeout=T)
+        ev = m.wait_event("sync", stage=2, timeout=T)
+        assert ev is not None and ev.args == (2,)
+        assert m.wait_event("print", timeout=T).text.startswith("hello from the guest")
+        r = m.join(T)
+    assert r.status == "done"
+
+
+def test_stop_a_running_guest(guests):
+    with Machine.from_elf(guests / "selftest.elf", cmdline="spin") as m:
+        m.start()
+        assert m.wait_event(timeout=0.2) is None  # spinning: nothing to say
+        m.stop()
+        r = m.join(T)
+    assert r.status == "stopped"
