@@ -1,7 +1,8 @@
 /* msrs - the MSRs a guest expects (seed: rdmsrl_safe(MSR_IA32_CR_PAT), IA32_EFER, MTRRs)
  * and one MSR that KVM's MSR filter sends to a Python handler (userspace MSR exit).
  *
- * Syncs: 1 PAT at entry; 2 PAT after the guest's write; 3 EFER; 4 MTRRcap, MTRRdefType;
+ * Syncs: 1 PAT at entry; 2 PAT after the guest's write; 3 EFER, EFER with SCE toggled;
+ * 4 MTRRcap, MTRRdefType;
  * 5 the userspace MSR's value as read back; 6 whether reading a write-only userspace MSR
  * raised #GP.  The host checks the guest's view against KVM_GET_MSRS at the same points.
  */
@@ -30,7 +31,10 @@ int main(struct boot_info *bi, const char *cmdline)
 
 	uint64_t efer = rdmsr(MSR_EFER);
 	GUEST_ASSERT((efer & 0xD00) == 0xD00); /* LME | LMA | NXE, as the VMM entered us */
-	GUEST_SYNC(3, efer);
+	wrmsr(MSR_EFER, efer ^ 1);             /* toggle SCE (SYSCALL enable) */
+	uint64_t toggled = rdmsr(MSR_EFER);
+	GUEST_SYNC(3, efer, toggled);
+	wrmsr(MSR_EFER, efer);
 
 	uint64_t cap = rdmsr(MSR_MTRRCAP), def = rdmsr(MSR_MTRR_DEF_TYPE);
 	GUEST_SYNC(4, cap, def);

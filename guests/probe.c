@@ -14,6 +14,13 @@
 
 static volatile int ticks;
 
+/* Entered by the host in 32-bit protected mode, paging off, CR3/CR4 prepared (pyvmm
+ * doctor's paging32-pse and pae32 probes): turn paging on; debug-exit 1 if that worked.
+ * A #GP here has no IDT to go to, so a refusal ends as a triple fault. */
+__asm__(".text\n.code32\n.globl pg32_probe\npg32_probe:\n"
+	"mov %cr0, %eax\nor $0x80000000, %eax\nmov %eax, %cr0\njmp 1f\n"
+	"1: mov $1, %eax\nout %eax, $0xf4\n2: hlt\njmp 2b\n.code64\n");
+
 static void timer_isr(struct ex_regs *r)
 {
 	(void)r;

@@ -106,6 +106,40 @@ def _la57() -> tuple[bool, str]:
     return True, "KVM_SET_SREGS accepts CR4.LA57"
 
 
+def _paging32(pae: bool) -> tuple[bool, str]:
+    """Start in 32-bit protected mode (paging off) and let the guest set CR0.PG with
+    32-bit PSE paging or PAE paging, tables prepared here: HOST-KVM.md found both refused
+    on kvm_pvm, where only long-mode paging works."""
+    import struct
+
+    from pyvmm._native import ffi
+    from pyvmm.x86.segments import CODE32, DATA
+
+    tables = 0x3000000
+    with Machine.from_elf(guest_dir() / "probe.elf", cmdline="nop") as m:
+        if pae:  # PDPT (4 entries) + 4 PDs of 2 MiB pages: identity 4 GiB
+            m.memory.write(tables, struct.pack("<4Q", *[(tables + 0x1000 * (i + 1)) | 1
+                                                       for i in range(4)]))
+            for i in range(4):
+                pd = struct.pack("<512Q", *[((i * 512 + j) << 21) | 0x83 for j in range(512)])
+                m.memory.write(tables + 0x1000 * (i + 1), pd)
+        else:  # one page directory of 4 MiB PSE pages: identity 4 GiB
+            m.memory.write(tables, struct.pack("<1024I", *[(i << 22) | 0x83 for i in range(1024)]))
+        bsp = m.vcpus[0]
+        s = bsp.get_sregs()
+        CODE32.fill(s.cs)
+        for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
+            DATA.fill(seg)
+        s.cr0, s.cr3, s.cr4, s.efer = 0x11, tables, 0x20 if pae else 0x10, 0
+        bsp.set_sregs(s)
+        rip = m.image.symbols.address_of("pg32_probe")
+        bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": rip, "rflags": 2}))
+        r = m.run(timeout=PROBE_TIMEOUT)
+    what = "PAE paging outside long mode" if pae else "32-bit paging (PSE 4 MiB pages)"
+    ok = r.status == "exit" and r.exit_code == 1
+    return ok, f"{what}: {'works' if ok else r.message}"
+
+
 def _smp() -> tuple[bool, str]:
     with Machine.from_elf(guest_dir() / "protocol.elf", cmdline="smp", cpus=2) as m:
         r = m.run(timeout=PROBE_TIMEOUT)
@@ -165,6 +199,8 @@ PROBES: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = [
     ("insn-int-n", "cpu", _insn("int-n")),
     ("insn-rdtscp", "cpu", _insn("rdtscp")),
     ("insn-vmcall", "cpu", _insn("vmcall", timeout=0.5)),  # on kvm_pvm it never completes
+    ("paging32-pse", "paging", lambda: _paging32(False)),
+    ("pae32", "paging", lambda: _paging32(True)),
     ("pcid", "paging", lambda: _guest("pcid", "CR4.PCIDE")),
     ("1g-pages", "paging", lambda: _guest("1g-pages", "a 1 GiB page")),
     ("la57", "paging", _la57),

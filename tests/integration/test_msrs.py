@@ -23,7 +23,9 @@ def test_msrs(run_guest, guests):
     s = {e.stage: e.args[1:] for e in r.syncs()}
     assert s[1] == (PAT_RESET,)  # the power-on PAT the VMM set
     assert s[2] == (PAT_GUEST,) and host_view[2][IA32_PAT] == PAT_GUEST  # KVM agrees
-    assert s[3][0] & 0xD00 == 0xD00 and host_view[3][IA32_EFER] == s[3][0]
+    efer, toggled = s[3]
+    assert efer & 0xD00 == 0xD00 and toggled == efer ^ 1  # SCE written and read back
+    assert host_view[3][IA32_EFER] == toggled  # KVM holds the guest's write
     cap, def_type = s[4]
     assert cap & 0xFF >= 1 and def_type == host_view[4][0x2FF] == (1 << 11) | 6
     assert s[5] == (0xABCDEF + 1,) and writes == [0xABCDEF]  # went through Python
