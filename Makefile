@@ -17,7 +17,8 @@ all: install guests
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
-guests: $(GUESTS:%=$(B)/%.elf)
+MB_GUESTS := hello selftest mbtest
+guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat)
 
 $(B):
 	mkdir -p $@
@@ -29,6 +30,13 @@ $(B)/%.main.o: guests/%.c $(wildcard guests/lib/*.h) | $(B)
 	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
 $(B)/%.elf: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
 	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -o $@ $(RT_OBJS) $<
+
+# the same objects linked with the multiboot entry, then turned into ELF32 (EM_386), the
+# form QEMU's -kernel (and kvm-unit-tests' .flat files) use
+$(B)/%.flat: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
+	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -Wl,-e,mb_start32 -o $@.64 $(RT_OBJS) $<
+	objcopy -O elf32-i386 $@.64 $@
+	rm -f $@.64
 
 test: guests
 	$(PYTHON) -m ruff check pyvmm tests bench cbindings

@@ -33,17 +33,22 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.loader.boot import plan_boot
 from pyvmm.loader.elf import ElfImage, GuestImageError, load_elf64
+from pyvmm.loader.multiboot import BOOT_MAGIC as MB_BOOT_MAGIC
+from pyvmm.loader.multiboot import INFO_ADDR, Module, MultibootImage, plan_multiboot
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.runloop import Outcome, VcpuLoop
 from pyvmm.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import vcpu_cpuid
-from pyvmm.x86.modes import set_long_mode, set_real_mode
+from pyvmm.x86.modes import set_long_mode, set_protected_mode, set_real_mode
+from pyvmm.x86.segments import gdt_bytes
 from pyvmm.x86.msrs import RESET_MSRS
 
 #: "kernel": KVM_CREATE_IRQCHIP (PIC, IOAPIC and LAPICs in KVM); "split": only the LAPICs in
 #: KVM (KVM_CAP_SPLIT_IRQCHIP; IOAPIC/PIC accesses exit); "none": no interrupt controller.
 IRQCHIP_MODES = ("kernel", "split", "none")
+#: the flat GDT for multiboot entry, in the info area's spare space
+MB_GDT = INFO_ADDR + 0x380
 SPLIT_IRQCHIP_PINS = 24
 APIC_LVT_LINT0 = 0x350
 APIC_LVT_LINT1 = 0x360
@@ -309,6 +314,29 @@ class Machine:
                                                    "rdi": plan.info_addr, "rflags": 0x2}))
         self.image = image
         self.boot_plan = plan
+
+    def load_multiboot(self, image: MultibootImage, cmdline: str = "",
+                       modules: list[Module] | None = None) -> None:
+        """Load a multiboot v1 kernel as QEMU's -kernel does: the command line the kernel
+        sees is ``"<path> <cmdline>"``; ``modules`` (``--initrd``) follow the kernel."""
+        assert self.memory is not None
+        full = f"{image.path} {cmdline}".rstrip()
+        ram = [(r.gpa, r.size) for r in self.memory.regions if not r.readonly]
+        plan = plan_multiboot(ram, image, full, modules or [])
+        for seg in image.segments:
+            self.memory.write(seg.paddr, seg.data)
+        for gpa, data in plan.writes:
+            self.memory.write(gpa, data)
+        self.memory.write(MB_GDT, gdt_bytes())
+        bsp = self.vcpus[0]
+        sregs = bsp.get_sregs()
+        set_protected_mode(sregs, gdt_base=MB_GDT)
+        bsp.set_sregs(sregs)
+        bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": image.entry, "rax": MB_BOOT_MAGIC,
+                                                   "rbx": plan.info_addr, "rflags": 0x2}))
+        self.image = image
+        self.cmdline = full
+        self.multiboot_plan = plan
 
     def enter_real_mode(self, address: int) -> None:
         """Start the BSP in real mode at ``address`` (below 1 MiB, 16-byte aligned) instead

@@ -61,6 +61,30 @@ pvh_start32:
 	hlt
 	jmp 3b
 
+/* Multiboot v1 entry (the .flat builds: e_entry = mb_start32, objcopy'd to ELF32): 32-bit
+ * protected mode, paging off, EAX = 0x2BADB002, EBX = the multiboot info.  Same climb as
+ * the PVH entry, then rt_start_multiboot(info, magic). */
+	.code32
+	.globl mb_start32
+mb_start32:
+	cli
+	mov %ebx, %esi
+	mov %eax, %edi
+	lgdtl ap_gdtr
+	ljmpl $0x18, $1f
+1:	ENTER_LONG_MODE $pvh_pml4, 2f
+	.code64
+2:	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %ss
+	lea pvh_stack_top(%rip), %rsp
+	xchg %esi, %edi            /* rdi = info, rsi = magic */
+	xor %ebp, %ebp
+	call rt_start_multiboot
+3:	cli
+	hlt
+	jmp 3b
+
 /* 64-bit landing for APs: take the next per-AP stack, call ap_main(index). */
 	.globl ap_entry64
 ap_entry64:
@@ -77,6 +101,10 @@ ap_entry64:
 2:	cli
 	hlt
 	jmp 2b
+
+	.section .multiboot, "a"
+	.balign 4
+	.long 0x1BADB002, 0x3, -(0x1BADB002 + 0x3)   /* magic, page-align + memory info, checksum */
 
 	.section .note.pvh, "a"
 	.balign 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyvmm.x86.msrs import EFER_LMA, EFER_LME, EFER_NXE
-from pyvmm.x86.segments import CODE64, DATA, GDT_SIZE
+from pyvmm.x86.segments import CODE32, CODE64, DATA, GDT_SIZE
 
 CR0_PE = 1 << 0
 CR0_MP = 1 << 1
@@ -54,4 +54,16 @@ def set_real_mode(sregs: Any, cs: int) -> None:
     sregs.gdt.base, sregs.gdt.limit = 0, 0xFFFF
     sregs.idt.base, sregs.idt.limit = 0, 0x3FF
     sregs.cr0 = CR0_ET | (1 << 29) | (1 << 30)  # CD | NW, as at reset
+    sregs.cr3 = sregs.cr4 = sregs.efer = 0
+
+
+def set_protected_mode(sregs: Any, *, gdt_base: int) -> None:
+    """32-bit protected mode, paging off, flat segments (the multiboot entry state)."""
+    CODE32.fill(sregs.cs)
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        DATA.fill(seg)
+    sregs.gdt.base = gdt_base
+    sregs.gdt.limit = GDT_SIZE - 1
+    sregs.idt.base, sregs.idt.limit = 0, 0x3FF
+    sregs.cr0 = CR0_PE | CR0_ET
     sregs.cr3 = sregs.cr4 = sregs.efer = 0

@@ -1,0 +1,220 @@
+"""Multiboot v1 kernels, loaded the way QEMU's ``-kernel`` does (multiboot spec 0.6.96).
+
+The header (magic 0x1BADB002, flags, checksum) must lie 4-byte aligned in the first 8 KiB.
+With flags bit 16 clear the file must be ELF32 (EM_386; the code inside may switch to
+64-bit, as kvm-unit-tests' ``.flat`` files do) and is loaded by its program headers; with
+bit 16 set the header's own addresses say what to load where.
+
+Entry (:func:`plan_multiboot` gives the values): 32-bit protected mode, paging off, flat
+CS/DS/ES/FS/GS/SS, A20 on, IF=0, EAX=0x2BADB002, EBX = the info block.  Placement, as in
+QEMU: the info block, memory map, module list and strings at 0x9000-0xFFFF; modules
+page-aligned after the kernel's last byte; the command line is ``"<kernel path> <append>"``.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from pyvmm.loader.elf import GuestImageError, LoadSegment, Symbols, _symbols
+
+HEADER_MAGIC = 0x1BADB002
+BOOT_MAGIC = 0x2BADB002
+SEARCH = 8192
+FLAG_PAGE_ALIGN = 1 << 0
+FLAG_MEMORY_INFO = 1 << 1
+FLAG_VIDEO = 1 << 2
+FLAG_ADDRESSES = 1 << 16
+SUPPORTED_REQUIRED = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO | FLAG_VIDEO  # video: ignored, as QEMU
+
+INFO_ADDR = 0x9000
+INFO_END = 0x10000
+INFO_SIZE = 88
+MBI_MEM, MBI_CMDLINE, MBI_MODS, MBI_MMAP, MBI_LOADER = 1 << 0, 1 << 2, 1 << 3, 1 << 6, 1 << 9
+LOW_RAM_END = 0x9FC00  # 639 KiB: what a BIOS reports below the EBDA
+E820_RAM, E820_RESERVED = 1, 2
+BIOS_AREA = (0x9FC00, 0x100000)  # EBDA, VGA hole, option ROMs and the BIOS (ACPI lives here)
+
+
+@dataclass(frozen=True)
+class MultibootHeader:
+    offset: int
+    flags: int
+    header_addr: int = 0
+    load_addr: int = 0
+    load_end_addr: int = 0
+    bss_end_addr: int = 0
+    entry_addr: int = 0
+
+
+@dataclass
+class MultibootImage:
+    path: str
+    header: MultibootHeader
+    entry: int
+    segments: list[LoadSegment]
+    symbols: Symbols = field(default_factory=Symbols)
+
+    @property
+    def end(self) -> int:
+        return max(s.end for s in self.segments)
+
+
+def find_header(data: bytes) -> MultibootHeader | None:
+    """The multiboot header in the first 8 KiB, or None."""
+    for off in range(0, min(len(data), SEARCH) - 11, 4):
+        magic, flags, csum = struct.unpack_from("<III", data, off)
+        if magic == HEADER_MAGIC and (magic + flags + csum) & 0xFFFFFFFF == 0:
+            if flags & FLAG_ADDRESSES:
+                if off + 32 > len(data):
+                    return None
+                return MultibootHeader(off, flags, *struct.unpack_from("<5I", data, off + 12))
+            return MultibootHeader(off, flags)
+    return None
+
+
+def is_multiboot(data: bytes) -> bool:
+    return find_header(data) is not None
+
+
+def parse_multiboot(data: bytes, name: str = "<kernel>") -> MultibootImage:
+    """Validate and collect what to load.  Raises :class:`GuestImageError`."""
+    hdr = find_header(data)
+    if hdr is None:
+        raise GuestImageError(f"{name}: no multiboot header (magic 0x1BADB002) in the first 8 KiB")
+    unknown = hdr.flags & 0xFFFF & ~SUPPORTED_REQUIRED
+    if unknown:
+        raise GuestImageError(f"{name}: multiboot header requires features {unknown:#x} "
+                              "that pyvmm does not provide")
+    if hdr.flags & FLAG_ADDRESSES:
+        return _by_header(data, hdr, name)
+    return _by_elf(data, hdr, name)
+
+
+def _by_header(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
+    if hdr.header_addr < hdr.load_addr or hdr.offset < hdr.header_addr - hdr.load_addr:
+        raise GuestImageError(f"{name}: multiboot header addresses are inconsistent "
+                              f"(header_addr {hdr.header_addr:#x} < load_addr {hdr.load_addr:#x})")
+    file_off = hdr.offset - (hdr.header_addr - hdr.load_addr)
+    load_end = hdr.load_end_addr or hdr.load_addr + len(data) - file_off
+    if load_end < hdr.load_addr or file_off + (load_end - hdr.load_addr) > len(data):
+        raise GuestImageError(f"{name}: multiboot load_end_addr {load_end:#x} is past the file")
+    bss_end = max(hdr.bss_end_addr, load_end)
+    seg = LoadSegment(0, hdr.load_addr, hdr.load_addr, bss_end - hdr.load_addr,
+                      data[file_off:file_off + load_end - hdr.load_addr], 7)
+    if not hdr.load_addr <= hdr.entry_addr < bss_end:
+        raise GuestImageError(f"{name}: multiboot entry {hdr.entry_addr:#x} is outside the image")
+    return MultibootImage(name, hdr, hdr.entry_addr, [seg])
+
+
+def _by_elf(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
+    if data[:4] != b"\x7fELF":
+        raise GuestImageError(f"{name}: multiboot header without load addresses (flag 16) "
+                              "needs an ELF file")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        if elf.elfclass != 32 or elf.header["e_machine"] != "EM_386":
+            raise GuestImageError(f"{name}: a multiboot ELF must be ELF32 EM_386 (as QEMU "
+                                  "requires; objcopy -O elf32-i386 converts a 64-bit build)")
+        segs = []
+        for i, seg in enumerate(elf.iter_segments()):
+            ph = seg.header
+            if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
+                continue
+            if ph["p_filesz"] > ph["p_memsz"] or ph["p_offset"] + ph["p_filesz"] > len(data):
+                raise GuestImageError(f"{name}: segment {i} is malformed or truncated")
+            segs.append(LoadSegment(i, ph["p_paddr"], ph["p_vaddr"], ph["p_memsz"],
+                                    data[ph["p_offset"]:ph["p_offset"] + ph["p_filesz"]],
+                                    ph["p_flags"]))
+        symbols = _symbols(elf)
+        entry = elf.header["e_entry"]
+    except ELFError as e:
+        raise GuestImageError(f"{name}: malformed ELF: {e}") from None
+    if not segs:
+        raise GuestImageError(f"{name}: no loadable segments")
+    segs.sort(key=lambda s: s.paddr)
+    for a, b in zip(segs, segs[1:], strict=False):
+        if b.paddr < a.end:
+            raise GuestImageError(f"{name}: segments {a.index} and {b.index} overlap")
+    if not any(s.paddr <= entry < s.end for s in segs):
+        raise GuestImageError(f"{name}: entry {entry:#x} is not inside a loaded segment")
+    return MultibootImage(name, hdr, entry, segs, symbols)
+
+
+def load_multiboot(path: str | Path) -> MultibootImage:
+    p = Path(path)
+    try:
+        return parse_multiboot(p.read_bytes(), str(p))
+    except OSError as e:
+        raise GuestImageError(f"{p}: {e.strerror}") from None
+
+
+@dataclass
+class Module:
+    data: bytes
+    cmdline: str
+
+
+@dataclass
+class MultibootPlan:
+    info_addr: int
+    writes: list[tuple[int, bytes]]
+    memory_map: list[tuple[int, int, int]]
+    modules: list[tuple[int, int]]  # (start, end) of each module
+
+
+def plan_multiboot(ram: list[tuple[int, int]], image: MultibootImage, cmdline: str,
+                   modules: list[Module]) -> MultibootPlan:
+    """Check the image against RAM and lay out the info block, strings and modules."""
+    name = image.path
+    for s in image.segments:
+        if not any(a <= s.paddr and s.end <= a + z for a, z in ram):
+            raise GuestImageError(f"{name}: segment {s.index} ({s.paddr:#x}-{s.end:#x}) lies "
+                                  "outside guest RAM; give the guest more memory (--mem)")
+        if s.paddr < INFO_END and s.end > INFO_ADDR:
+            raise GuestImageError(f"{name}: segment {s.index} ({s.paddr:#x}-{s.end:#x}) "
+                                  f"overlaps the multiboot info area {INFO_ADDR:#x}-{INFO_END:#x}")
+    low_end = next(a + z for a, z in ram if a == 0)
+    mmap = [(0, LOW_RAM_END, E820_RAM), (BIOS_AREA[0], BIOS_AREA[1] - BIOS_AREA[0], E820_RESERVED),
+            (0x100000, low_end - 0x100000, E820_RAM)]
+    mmap += [(a, z, E820_RAM) for a, z in ram if a >= 1 << 32]
+    writes: list[tuple[int, bytes]] = []
+    strings = bytearray()
+    str_base = INFO_ADDR + 0x400
+
+    def string(text: str) -> int:
+        addr = str_base + len(strings)
+        strings.extend(text.encode() + b"\0")
+        return addr
+
+    cmd_addr = string(cmdline)
+    loader_addr = string("pyvmm")
+    mods = []
+    cursor = (image.end + 0xFFF) & ~0xFFF
+    for mod in modules:
+        start, end = cursor, cursor + len(mod.data)
+        if end > low_end:
+            raise GuestImageError(f"module {mod.cmdline!r} ({len(mod.data)} bytes) does not fit "
+                                  "in RAM after the kernel; give the guest more memory (--mem)")
+        writes.append((start, mod.data))
+        mods.append((start, end, string(mod.cmdline)))
+        cursor = (end + 0xFFF) & ~0xFFF
+    if str_base + len(strings) > INFO_END:
+        raise GuestImageError("command line and module names are too long for the info area")
+    mods_addr = INFO_ADDR + 0x200
+    mmap_addr = INFO_ADDR + 0x100
+    mmap_bytes = b"".join(struct.pack("<IQQI", 20, b, n, t) for b, n, t in mmap)
+    info = struct.pack("<IIIIIII16xII", MBI_MEM | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_LOADER,
+                       LOW_RAM_END // 1024, (low_end - 0x100000) // 1024, 0, cmd_addr,
+                       len(mods), mods_addr, len(mmap_bytes), mmap_addr)
+    info += bytes(INFO_SIZE - len(info))
+    info = info[:64] + struct.pack("<I", loader_addr) + info[68:]  # boot_loader_name
+    writes += [(INFO_ADDR, info), (mmap_addr, mmap_bytes),
+               (mods_addr, b"".join(struct.pack("<IIII", s, e, c, 0) for s, e, c in mods)),
+               (str_base, bytes(strings))]
+    return MultibootPlan(INFO_ADDR, writes, mmap, [(s, e) for s, e, _ in mods])
