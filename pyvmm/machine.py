@@ -41,8 +41,8 @@ from pyvmm.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import vcpu_cpuid
 from pyvmm.x86.modes import set_long_mode, set_protected_mode, set_real_mode
-from pyvmm.x86.segments import gdt_bytes
 from pyvmm.x86.msrs import RESET_MSRS
+from pyvmm.x86.segments import gdt_bytes
 
 #: "kernel": KVM_CREATE_IRQCHIP (PIC, IOAPIC and LAPICs in KVM); "split": only the LAPICs in
 #: KVM (KVM_CAP_SPLIT_IRQCHIP; IOAPIC/PIC accesses exit); "none": no interrupt controller.

@@ -14,6 +14,7 @@ page-aligned after the kernel's last byte; the command line is ``"<kernel path> 
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,7 @@ def _by_elf(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
     if not segs:
         raise GuestImageError(f"{name}: no loadable segments")
     segs.sort(key=lambda s: s.paddr)
-    for a, b in zip(segs, segs[1:], strict=False):
+    for a, b in itertools.pairwise(segs):
         if b.paddr < a.end:
             raise GuestImageError(f"{name}: segments {a.index} and {b.index} overlap")
     if not any(s.paddr <= entry < s.end for s in segs):
