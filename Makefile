@@ -6,7 +6,7 @@ GUEST_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra -ffreestanding -fno-builtin -nos
 	-fcf-protection=none -fno-asynchronous-unwind-tables -fno-omit-frame-pointer -Iguests/lib
 GUEST_LDFLAGS := -static -no-pie -nostdlib -Wl,--build-id=none -Wl,-z,max-page-size=4096 \
 	-Wl,-z,noexecstack -Wl,--no-warn-rwx-segments -T guests/lib/guest.ld
-GUESTS := hello selftest protocol probe msrs cr3 paging timer irq realmode
+GUESTS := hello selftest protocol probe msrs cr3 paging timer irq realmode mbtest
 B := guests/build
 RT_OBJS := $(B)/entry.o $(B)/rt.o $(B)/ucall.o $(B)/idt.o $(B)/isr.o $(B)/apic.o $(B)/pt.o
 

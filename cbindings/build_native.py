@@ -25,7 +25,8 @@ KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS KVM_GET_FPU KVM_SET_FPU
 KVM_GET_MSRS KVM_SET_MSRS KVM_SET_CPUID2 KVM_GET_CPUID2 KVM_GET_LAPIC KVM_SET_LAPIC
 KVM_GET_MP_STATE KVM_SET_MP_STATE KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS
 KVM_GET_XSAVE KVM_SET_XSAVE KVM_GET_XSAVE2 KVM_GET_XCRS KVM_SET_XCRS KVM_SET_GUEST_DEBUG
-KVM_RUN KVM_TRANSLATE
+KVM_RUN KVM_TRANSLATE KVM_GET_IRQCHIP KVM_SET_IRQCHIP
+KVM_IRQCHIP_PIC_MASTER KVM_IRQCHIP_PIC_SLAVE KVM_IRQCHIP_IOAPIC
 KVM_CAP_IRQCHIP KVM_CAP_HLT KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR KVM_CAP_EXT_CPUID
 KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_NR_MEMSLOTS KVM_CAP_PIT2 KVM_CAP_IOEVENTFD
 KVM_CAP_IRQFD KVM_CAP_SYNC_REGS KVM_CAP_READONLY_MEM KVM_CAP_IMMEDIATE_EXIT
@@ -142,6 +143,13 @@ struct kvm_translation {
     uint64_t linear_address; uint64_t physical_address; uint8_t valid; uint8_t writeable;
     uint8_t usermode; ...;
 };
+struct kvm_pic_state {
+    uint8_t last_irr, irr, imr, isr, priority_add, irq_base, read_reg_select, poll,
+    special_mask, init_state, auto_eoi, rotate_on_auto_eoi, special_fully_nested_mode,
+    init4, elcr, elcr_mask; ...;
+};
+struct kvm_irqchip { uint32_t chip_id; uint32_t pad; ...; };
+struct kvm_pic_state *pyvmm_irqchip_pic(struct kvm_irqchip *chip);
 struct kvm_msr_filter_range { uint32_t flags; uint32_t nmsrs; uint32_t base; uint8_t *bitmap; ...; };
 struct kvm_msr_filter { uint32_t flags; struct kvm_msr_filter_range ranges[...]; ...; };
 struct kvm_stats_header {
@@ -223,6 +231,7 @@ VIEW(msr, msr, struct pyvmm_run_msr)
 VIEW(debug, debug.arch, struct pyvmm_run_debug)
 VIEW(fail_entry, fail_entry, struct pyvmm_run_fail_entry)
 static struct kvm_sync_regs *pyvmm_run_sync_regs(struct kvm_run *run) { return &run->s.regs; }
+static struct kvm_pic_state *pyvmm_irqchip_pic(struct kvm_irqchip *chip) { return &chip->chip.pic; }
 """
 
 

@@ -55,6 +55,15 @@ int pyvmm_madvise(void *addr, uint64_t size, int advice)
     return madvise(addr, size, advice) < 0 ? -errno : 0;
 }
 
+int pyvmm_flush_page(void *addr)
+{
+    /* PROT_NONE and back: the MMU notifier makes KVM drop its mapping of the page, so the
+     * guest's next access faults into KVM again (QEMU pc-testdev's "flush page") */
+    if (mprotect(addr, 4096, PROT_NONE) < 0)
+        return -errno;
+    return mprotect(addr, 4096, PROT_READ | PROT_WRITE) < 0 ? -errno : 0;
+}
+
 static void kick_handler(int sig)
 {
     (void)sig; /* only here so that KVM_RUN returns EINTR */

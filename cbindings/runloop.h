@@ -88,6 +88,7 @@ long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value);
 void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err);
 int pyvmm_munmap(void *addr, uint64_t size);
 int pyvmm_madvise(void *addr, uint64_t size, int advice);
+int pyvmm_flush_page(void *addr);
 /* cdef-end */
 
 #endif

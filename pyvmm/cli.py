@@ -27,7 +27,9 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
     try:
         return parse_size(value)
     except ValueError as e:
@@ -48,13 +50,18 @@ def main() -> None:
 
 @main.command()
 @click.argument("guest", type=click.Path(dir_okay=False))
-@click.option("--mem", default="64M", show_default=True, callback=_size,
-              help="Guest RAM (K/M/G suffixes).")
+@click.option("--mem", default=None, callback=_size,
+              help="Guest RAM (K/M/G suffixes); 64M, or 128M for multiboot kernels as QEMU.")
 @click.option("--cpus", default=1, show_default=True, type=click.IntRange(1, 64),
               help="vCPUs; APs wait for INIT/SIPI.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop the guest after SECONDS (exit status 124).")
-@click.option("--append", "cmdline", default="", help="Guest command line (boot info).")
+@click.option("--append", "cmdline", default="", help="Guest command line (boot info, or "
+              "the multiboot command line after the kernel's path).")
+@click.option("--initrd", type=click.Path(dir_okay=False), default=None,
+              help="Multiboot: pass FILE as the single module, as QEMU does.")
+@click.option("--exit-code", "exit_code_mode", type=click.Choice(["raw", "qemu"]), default="raw",
+              show_default=True, help="qemu: exit with (value << 1) | 1, like isa-debug-exit.")
 @click.option("--irqchip", type=click.Choice(["kernel", "split", "none"]), default="kernel",
               show_default=True, help="In-kernel PIC+IOAPIC+LAPIC, LAPIC only, or none.")
 @click.option("--pit", is_flag=True, help="Add KVM's in-kernel i8254 PIT (KVM_CREATE_PIT2).")
@@ -62,8 +69,8 @@ def main() -> None:
 @click.option("--stats", is_flag=True, help="Print the exit histogram and KVM stats deltas.")
 @click.option("--python-loop", is_flag=True, help="Handle every exit in Python (for comparison).")
 @click.option("-v", "--verbose", is_flag=True, help="Describe the set-up; tracebacks for VMM bugs.")
-def run(guest: str, mem: int, cpus: int, timeout: float | None, cmdline: str, irqchip: str,
-        pit: bool, strict_io: bool,
+def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: str,
+        initrd: str | None, exit_code_mode: str, irqchip: str, pit: bool, strict_io: bool,
         stats: bool, python_loop: bool, verbose: bool) -> None:
     """Boot GUEST (an ELF64 image) and stream its serial output.
 
@@ -72,9 +79,18 @@ def run(guest: str, mem: int, cpus: int, timeout: float | None, cmdline: str, ir
     """
     machine = None
     try:
-        machine = Machine.from_elf(guest, mem=mem, cpus=cpus, strict_io=strict_io,
-                                   cmdline=cmdline, serial=_write_serial, irqchip=irqchip,
-                                   pit=pit)
+        kind = guest_format(guest)
+        common = {"cpus": cpus, "strict_io": strict_io, "serial": _write_serial,
+                  "irqchip": irqchip, "cmdline": cmdline}
+        if mem is not None:
+            common["mem"] = mem
+        if kind == "multiboot":
+            machine = Machine.from_multiboot(guest, initrd=initrd, pit=pit or irqchip == "kernel",
+                                             **common)
+        else:
+            if initrd is not None:
+                raise GuestImageError("--initrd is for multiboot kernels")
+            machine = Machine.from_elf(guest, pit=pit, **common)
         if verbose:
             _describe(machine)
         result = machine.run(timeout=timeout, python_loop=python_loop)
@@ -95,12 +111,36 @@ def run(guest: str, mem: int, cpus: int, timeout: float | None, cmdline: str, ir
     sys.stdout.flush()
     if stats:
         _print_stats(result)
-    sys.exit(_report(result, verbose))
+    sys.exit(_report(result, verbose, exit_code_mode))
 
 
-def _report(result: RunResult, verbose: bool) -> int:
+def guest_format(path: str) -> str:
+    """``elf64`` (pyvmm's own convention) or ``multiboot`` (an ELF32 or a.out-kludge kernel
+    with a multiboot header); GuestImageError for anything else."""
+    from pyvmm.loader.multiboot import is_multiboot
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except FileNotFoundError:
+        raise GuestImageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise GuestImageError(f"{path}: {e.strerror}") from None
+    if head[:4] == b"\x7fELF" and head[4:5] == b"\x02":
+        return "elf64"
+    if is_multiboot(head):
+        return "multiboot"
+    if head[:4] == b"\x7fELF":
+        raise GuestImageError(f"{path}: ELF32 image without a multiboot header; pyvmm runs "
+                              "ELF64 guests and multiboot kernels")
+    raise GuestImageError(f"{path}: not an ELF file and no multiboot header (bad magic)")
+
+
+def _report(result: RunResult, verbose: bool, exit_code_mode: str = "raw") -> int:
     if result.status == "exit":
         code = result.exit_code or 0
+        if exit_code_mode == "qemu":
+            return ((code << 1) | 1) & 0xFF  # what QEMU's isa-debug-exit makes of it
         if code > 255:
             click.echo(f"pyvmm: guest exit value {code:#x} does not fit an exit status; "
                        "exiting with 255", err=True)

@@ -25,8 +25,31 @@ from pyvmm._native import ffi, lib
 from pyvmm.crash import GuestCrash, capture
 from pyvmm.devices.bus import Bus, Device, Space
 from pyvmm.devices.debug_exit import DebugExit
+from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg
+from pyvmm.devices.legacy import (
+    BOCHS_SHUTDOWN_PORT,
+    PCI_CONFIG_ADDRESS,
+    PM_BASE,
+    AcpiPm,
+    BochsShutdown,
+    PciConfigMech1,
+)
+from pyvmm.devices.pc_testdev import (
+    FLUSH_PORT,
+    IOMEM_BASE,
+    IOMEM_LEN,
+    IRQ_LINES,
+    IRQ_PORT,
+    SCRATCH_PORT,
+    PcTestFlush,
+    PcTestIomem,
+    PcTestIrq,
+    PcTestScratch,
+)
 from pyvmm.devices.post import PostPort
+from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.uart import Uart16550
+from pyvmm.firmware import acpi, bios
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.stats import StatsReader, StatValue, delta
 from pyvmm.kvm.system import Kvm
@@ -34,7 +57,13 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.loader.boot import plan_boot
 from pyvmm.loader.elf import ElfImage, GuestImageError, load_elf64
 from pyvmm.loader.multiboot import BOOT_MAGIC as MB_BOOT_MAGIC
-from pyvmm.loader.multiboot import INFO_ADDR, Module, MultibootImage, plan_multiboot
+from pyvmm.loader.multiboot import (
+    INFO_ADDR,
+    Module,
+    MultibootImage,
+    load_multiboot,
+    plan_multiboot,
+)
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.runloop import Outcome, VcpuLoop
 from pyvmm.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
@@ -314,6 +343,60 @@ class Machine:
                                                    "rdi": plan.info_addr, "rflags": 0x2}))
         self.image = image
         self.boot_plan = plan
+
+    def add_pc_platform(self) -> None:
+        """What QEMU's PC gives a ``-kernel`` guest, without firmware: fw_cfg, pc-testdev,
+        the Bochs shutdown port, PCI configuration mechanism #1 (no devices), the ACPI PM
+        timer and tables (RSDP/RSDT/FADT/MADT), RTC/CMOS, an IVT of IRETs and the PICs
+        initialised as a BIOS leaves them.  The PIT comes with ``Machine(pit=True)``."""
+        assert self.memory is not None and self.vm is not None
+        low = sum(r.size for r in self.memory.regions if r.gpa < 1 << 32 and not r.readonly)
+        high = sum(r.size for r in self.memory.regions if r.gpa >= 1 << 32)
+        self.fw_cfg = FwCfg(self.mem_size, self.cpus)
+        self.testdev = PcTestScratch()
+        self.testdev_flush = PcTestFlush(self.memory)
+        self.testdev_iomem = PcTestIomem()
+        self.rtc = Rtc(low, high)
+        self.acpi_pm = AcpiPm()
+        for space, base, n, dev in (
+                (Space.PIO, FW_CFG_PORT_SEL, 2, self.fw_cfg),
+                (Space.PIO, SCRATCH_PORT, 4, self.testdev),
+                (Space.PIO, FLUSH_PORT, 4, self.testdev_flush),
+                (Space.PIO, IRQ_PORT, IRQ_LINES, PcTestIrq(self.vm.irq_line)),
+                (Space.MMIO, IOMEM_BASE, IOMEM_LEN, self.testdev_iomem),
+                (Space.PIO, BOCHS_SHUTDOWN_PORT, 1, BochsShutdown()),
+                (Space.PIO, PCI_CONFIG_ADDRESS, 8, PciConfigMech1()),
+                (Space.PIO, PM_BASE, 12, self.acpi_pm),
+                (Space.PIO, 0x70, 2, self.rtc)):
+            self.add_device(space, base, n, dev)
+        addr, tables = acpi.build(self.cpus)
+        self.memory.write(addr, tables)
+        bios.write_ivt(self.memory)
+        if self.irqchip == "kernel":
+            bios.init_pics(self.vm)
+
+    @classmethod
+    def from_multiboot(cls, path: str | Path, *, cmdline: str = "",
+                       initrd: str | Path | None = None, **kw: Any) -> Machine:
+        """A PC with the PIT and :meth:`add_pc_platform`, running a multiboot kernel as
+        ``qemu-system-x86_64 -kernel PATH -append CMDLINE -initrd INITRD`` would."""
+        image = load_multiboot(path)
+        modules = []
+        if initrd is not None:
+            try:
+                modules.append(Module(Path(initrd).read_bytes(), str(initrd)))
+            except OSError as e:
+                raise GuestImageError(f"{initrd}: {e.strerror}") from None
+        kw.setdefault("mem", "128M")
+        kw.setdefault("pit", True)
+        m = cls(**kw)
+        try:
+            m.add_pc_platform()
+            m.load_multiboot(image, cmdline, modules)
+        except BaseException:
+            m.close()
+            raise
+        return m
 
     def load_multiboot(self, image: MultibootImage, cmdline: str = "",
                        modules: list[Module] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyvmm._native import ffi, lib
 from pyvmm.kvm.fd import FdObject
@@ -55,6 +55,17 @@ class Vm(FdObject):
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and per-vCPU LAPICs (before any vCPU)."""
         self._ioctl("KVM_CREATE_IRQCHIP", lib.KVM_CREATE_IRQCHIP)
+
+    def get_irqchip_pic(self, chip_id: int) -> Any:
+        """KVM_GET_IRQCHIP for a PIC (KVM_IRQCHIP_PIC_MASTER/SLAVE): the whole struct
+        ``kvm_irqchip``; :func:`pic_state` reaches the PIC fields inside it."""
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        self._ioctl("KVM_GET_IRQCHIP", lib.KVM_GET_IRQCHIP, chip)
+        return chip
+
+    def set_irqchip(self, chip: Any) -> None:
+        """KVM_SET_IRQCHIP: replace one in-kernel interrupt controller's state."""
+        self._ioctl("KVM_SET_IRQCHIP", lib.KVM_SET_IRQCHIP, chip)
 
     def create_pit2(self, flags: int = 0) -> None:
         """KVM_CREATE_PIT2: in-kernel i8254 PIT; IRQ0 arrives through the irqchip."""

@@ -1,0 +1,42 @@
+"""QEMU's fw_cfg, legacy I/O interface: a 16-bit selector write to 0x510, then byte reads
+from 0x511 stream the selected item.  Items: signature, id, RAM size, CPU counts; any
+other key reads as zeros."""
+
+from __future__ import annotations
+
+import struct
+
+FW_CFG_PORT_SEL = 0x510
+FW_CFG_PORT_DATA = 0x511
+SIGNATURE, ID, RAM_SIZE, NB_CPUS, MAX_CPUS = 0x00, 0x01, 0x03, 0x05, 0x0F
+
+
+class FwCfg:
+    def __init__(self, ram_size: int, ncpus: int, max_cpus: int | None = None,
+                 name: str = "fw_cfg") -> None:
+        self.name = name
+        self.items: dict[int, bytes] = {
+            SIGNATURE: b"QEMU",
+            ID: struct.pack("<I", 1),  # bit 0: the traditional interface
+            RAM_SIZE: struct.pack("<Q", ram_size),
+            NB_CPUS: struct.pack("<H", ncpus),
+            MAX_CPUS: struct.pack("<H", max_cpus or ncpus),
+        }
+        self.key = 0
+        self.offset = 0
+
+    def read(self, addr: int, size: int) -> int:
+        if addr != FW_CFG_PORT_DATA:
+            return self.key
+        item = self.items.get(self.key, b"")
+        out = 0
+        for i in range(size):
+            b = item[self.offset] if self.offset < len(item) else 0
+            out |= b << (8 * i)
+            self.offset += 1
+        return out
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        if addr == FW_CFG_PORT_SEL:
+            self.key = value & 0xFFFF
+            self.offset = 0
