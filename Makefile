@@ -18,7 +18,7 @@ install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 MB_GUESTS := hello selftest mbtest
-guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat)
+guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat) $(B)/mb_rmpit.flat
 
 $(B):
 	mkdir -p $@
@@ -33,10 +33,15 @@ $(B)/%.elf: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
 
 # the same objects linked with the multiboot entry, then turned into ELF32 (EM_386), the
 # form QEMU's -kernel (and kvm-unit-tests' .flat files) use
-$(B)/%.flat: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
-	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -Wl,-e,mb_start32 -o $@.64 $(RT_OBJS) $<
+FLAT_LDFLAGS := $(subst guests/lib/guest.ld,guests/lib/flat.ld,$(GUEST_LDFLAGS))
+$(B)/%.flat: $(B)/%.main.o $(RT_OBJS) guests/lib/flat.ld
+	$(CC) $(GUEST_CFLAGS) $(FLAT_LDFLAGS) -o $@.64 $(RT_OBJS) $<
 	objcopy -O elf32-i386 $@.64 $@
 	rm -f $@.64
+
+$(B)/mb_rmpit.flat: guests/mb_rmpit.S guests/lib/mb16.ld | $(B)
+	as --32 -o $(B)/mb_rmpit.o $<
+	ld -m elf_i386 --build-id=none -T guests/lib/mb16.ld -o $@ $(B)/mb_rmpit.o
 
 test: guests
 	$(PYTHON) -m ruff check pyvmm tests bench cbindings

@@ -46,7 +46,7 @@ _start:
 pvh_start32:
 	cli
 	mov %ebx, %esi
-	lgdtl ap_gdtr
+	lgdtl boot_gdtr
 	ljmpl $0x18, $1f
 1:	ENTER_LONG_MODE $pvh_pml4, 2f
 	.code64
@@ -70,7 +70,7 @@ mb_start32:
 	cli
 	mov %ebx, %esi
 	mov %eax, %edi
-	lgdtl ap_gdtr
+	lgdtl boot_gdtr
 	ljmpl $0x18, $1f
 1:	ENTER_LONG_MODE $pvh_pml4, 2f
 	.code64
@@ -113,6 +113,15 @@ ap_entry64:
 	.long pvh_start32
 
 	.data
+	.balign 8
+boot_gdt:                          /* for the 32-bit entries: the trampoline (and its GDT) */
+	.quad 0                        /* may not be at 0x8000 yet in .flat builds */
+	.quad 0x00AF9B000000FFFF
+	.quad 0x00CF93000000FFFF
+	.quad 0x00CF9B000000FFFF
+boot_gdtr:
+	.word 4 * 8 - 1
+	.long boot_gdt
 	.balign 4096
 pvh_pml4:
 	.quad pvh_pdpt + 3

@@ -234,8 +234,13 @@ __attribute__((weak)) void ap_main(uint32_t index)
 		__asm__ volatile("cli; hlt");
 }
 
+extern char __ap_tramp_lma[], __ap_tramp_size[];
+
 unsigned smp_start_aps(unsigned expected)
 {
+	/* .flat builds load the trampoline above 1 MiB: put it where SIPI can start it */
+	if ((uintptr_t)__ap_tramp_lma != (uintptr_t)ap_trampoline)
+		memcpy(ap_trampoline, __ap_tramp_lma, (size_t)__ap_tramp_size);
 	uint64_t cr3;
 	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
 	ap_cr3 = (uint32_t)cr3; /* the VMM keeps its page tables below 4 GiB */
