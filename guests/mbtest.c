@@ -49,7 +49,9 @@ static int fwcfg(void)
 	printf("fwcfg: id %lx ram %lu MiB cpus %lu max %lu unknown %lx\n", id, ram >> 20, ncpus,
 	       maxcpus, unknown);
 	CHECK(id & 1, "id %lx", id);
-	CHECK(ram == boot_info->ram_size, "fw_cfg RAM %lu vs multiboot %lu", ram, boot_info->ram_size);
+	/* multiboot's mem_upper may leave out a reserved tail (QEMU's does): within 1 MiB */
+	CHECK(ram >= boot_info->ram_size && ram - boot_info->ram_size < (1ul << 20),
+	      "fw_cfg RAM %lu vs multiboot %lu", ram, boot_info->ram_size);
 	CHECK(ncpus >= 1 && maxcpus >= ncpus && unknown == 0, "cpus %lu max %lu", ncpus, maxcpus);
 	return 0;
 }
