@@ -53,7 +53,7 @@ KVM_STATS_TYPE_LINEAR_HIST KVM_STATS_TYPE_LOG_HIST
 KVM_STATS_UNIT_MASK KVM_STATS_UNIT_NONE KVM_STATS_UNIT_BYTES KVM_STATS_UNIT_SECONDS
 KVM_STATS_UNIT_CYCLES KVM_STATS_UNIT_BOOLEAN
 KVM_STATS_BASE_MASK KVM_STATS_BASE_POW10 KVM_STATS_BASE_POW2
-PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_READ
+PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_MAX_UNCLAIMED PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_READ
 PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER
 PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
 MADV_HUGEPAGE MADV_DONTNEED
@@ -191,6 +191,9 @@ struct pyvmm_loop {
     struct pyvmm_fast_entry entries[...];
     uint8_t *buf; uint32_t buf_cap; uint32_t buf_len; uint32_t buf_flush_at;
     uint32_t buf_flush_newline;
+    uint32_t answer_unclaimed; uint32_t n_claimed_mmio; uint8_t *claimed_ports;
+    uint32_t *unclaimed_pio; uint64_t claimed_mmio[...][2]; uint32_t n_unclaimed_mmio;
+    uint64_t unclaimed_mmio[...][2];
     uint64_t kvm_runs; uint64_t fast_exits; uint64_t slow_exits;
     uint64_t exit_counts[...];
     ...;

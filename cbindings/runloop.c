@@ -168,6 +168,34 @@ static int answer(struct pyvmm_loop *l, struct pyvmm_fast_entry *e, uint8_t *dat
     return PYVMM_RET_EXIT;
 }
 
+static void fill_ones(uint8_t *data, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        data[i] = 0xFF;
+}
+
+static int mmio_claimed(struct pyvmm_loop *l, uint64_t addr, unsigned len)
+{
+    for (uint32_t i = 0; i < l->n_claimed_mmio; i++)
+        if (addr + len > l->claimed_mmio[i][0] && addr < l->claimed_mmio[i][0] + l->claimed_mmio[i][1])
+            return 1;
+    return 0;
+}
+
+static int count_unclaimed_mmio(struct pyvmm_loop *l, uint64_t addr)
+{
+    for (uint32_t i = 0; i < l->n_unclaimed_mmio; i++)
+        if (l->unclaimed_mmio[i][0] == addr) {
+            l->unclaimed_mmio[i][1]++;
+            return 1;
+        }
+    if (l->n_unclaimed_mmio == PYVMM_MAX_UNCLAIMED)
+        return 0; /* table full: Python counts this address */
+    l->unclaimed_mmio[l->n_unclaimed_mmio][0] = addr;
+    l->unclaimed_mmio[l->n_unclaimed_mmio++][1] = 1;
+    return 1;
+}
+
 /* The fast path for one exit; -1 = handled, else a PYVMM_RET_* code. */
 int pyvmm_loop_dispatch(struct pyvmm_loop *l)
 {
@@ -182,9 +210,19 @@ int pyvmm_loop_dispatch(struct pyvmm_loop *l)
         int is_write = run->io.direction == KVM_EXIT_IO_OUT;
         struct pyvmm_fast_entry *e = lookup(l, PYVMM_SPACE_PIO, run->io.port, size,
                                             is_write ? PYVMM_DIR_WRITE : PYVMM_DIR_READ);
-        if (!e)
-            return PYVMM_RET_EXIT;
-        return answer(l, e, (uint8_t *)run + off, size, count, is_write);
+        if (e)
+            return answer(l, e, (uint8_t *)run + off, size, count, is_write);
+        uint16_t port = run->io.port;
+        if (l->answer_unclaimed && l->claimed_ports && l->unclaimed_pio &&
+            !(l->claimed_ports[port >> 3] & (1u << (port & 7))) &&
+            (port + size - 1 > 0xFFFF ||
+             !(l->claimed_ports[(port + size - 1) >> 3] & (1u << ((port + size - 1) & 7))))) {
+            l->unclaimed_pio[port] += count;
+            if (!is_write)
+                fill_ones((uint8_t *)run + off, size * count);
+            return -1;
+        }
+        return PYVMM_RET_EXIT;
     }
     if (run->exit_reason == KVM_EXIT_MMIO) {
         unsigned len = run->mmio.len;
@@ -193,9 +231,15 @@ int pyvmm_loop_dispatch(struct pyvmm_loop *l)
         struct pyvmm_fast_entry *e =
             lookup(l, PYVMM_SPACE_MMIO, run->mmio.phys_addr, len,
                    run->mmio.is_write ? PYVMM_DIR_WRITE : PYVMM_DIR_READ);
-        if (!e)
-            return PYVMM_RET_EXIT;
-        return answer(l, e, run->mmio.data, len, 1, run->mmio.is_write);
+        if (e)
+            return answer(l, e, run->mmio.data, len, 1, run->mmio.is_write);
+        if (l->answer_unclaimed && !mmio_claimed(l, run->mmio.phys_addr, len) &&
+            count_unclaimed_mmio(l, run->mmio.phys_addr)) {
+            if (!run->mmio.is_write)
+                fill_ones(run->mmio.data, len);
+            return -1;
+        }
+        return PYVMM_RET_EXIT;
     }
     return PYVMM_RET_EXIT;
 }

@@ -17,6 +17,7 @@
 
 #define PYVMM_MAX_ENTRIES 64
 #define PYVMM_MAX_REASONS 64
+#define PYVMM_MAX_UNCLAIMED 16
 
 /* address spaces */
 #define PYVMM_SPACE_PIO 0
@@ -67,6 +68,19 @@ struct pyvmm_loop {
     uint32_t buf_len;
     uint32_t buf_flush_at;     /* return PYVMM_RET_BUFFER once buf_len reaches this */
     uint32_t buf_flush_newline; /* ... or when a '\n' was appended */
+    /* Unclaimed I/O answered in C (reads all-ones, writes dropped) when answer_unclaimed
+     * is set: a port is claimed when its bit in claimed_ports is set; an MMIO address is
+     * claimed when it falls in one of claimed_mmio[0..n_claimed_mmio).  Each unclaimed
+     * port access bumps unclaimed_pio[port] (65536 counters, owned by Python); MMIO ones
+     * are counted per address in unclaimed_mmio (the first PYVMM_MAX_UNCLAIMED addresses;
+     * any others go to Python, which counts them itself). */
+    uint32_t answer_unclaimed;
+    uint32_t n_claimed_mmio;
+    uint8_t *claimed_ports;
+    uint32_t *unclaimed_pio;
+    uint64_t claimed_mmio[PYVMM_MAX_ENTRIES][2];
+    uint32_t n_unclaimed_mmio;
+    uint64_t unclaimed_mmio[PYVMM_MAX_UNCLAIMED][2]; /* address, count */
     uint64_t kvm_runs;          /* KVM_RUN ioctls issued */
     uint64_t fast_exits;        /* exits answered from the table */
     uint64_t slow_exits;        /* exits returned to Python */

@@ -260,9 +260,10 @@ class Machine:
         """Put ``device`` on the bus; its fast entries (if any) reach every vCPU's table."""
         before = len(self.bus.fast_entries)
         self.bus.register(space, base, length, device)
-        for fe in self.bus.fast_entries[before:]:
-            for loop in self.loops:
+        for loop in self.loops:
+            for fe in self.bus.fast_entries[before:]:
                 loop.add_fast_entry(fe)
+            loop.sync_claims()
 
     def add_handler(self, space: Space, base: int, length: int, *,
                     read: Callable[[int, int], int] | None = None,
@@ -562,6 +563,7 @@ class Machine:
                 t.join(0.05)
         for loop in self.loops:
             loop.drain()
+            loop.collect_unclaimed()
 
     def _result(self, outcomes: list[Outcome], crashes: list[GuestCrash], timeout: float | None,
                 interrupted: bool, duration: float) -> RunResult:

@@ -10,6 +10,7 @@ exit, so the two paths can be benchmarked against each other.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from pyvmm.kvm.exits import exit_name
 from pyvmm.kvm.vcpu import Vcpu
 
 _current = threading.local()
+_NO_COUNTS = bytes(65536 * 4)
+_NONZERO = re.compile(b"[^\x00]")
 
 
 def current_loop() -> VcpuLoop | None:
@@ -115,6 +118,40 @@ class VcpuLoop:
         self.py_exit_counts: Counter[int] = Counter()
         for fe in bus.fast_entries:
             self.add_fast_entry(fe)
+        self._claimed_ports = ffi.new("uint8_t[]", 65536 // 8)
+        self._unclaimed_pio = ffi.new("uint32_t[]", 65536)
+        self.c.claimed_ports = self._claimed_ports
+        self.c.unclaimed_pio = self._unclaimed_pio
+        self.sync_claims()
+
+    def sync_claims(self) -> None:
+        """Tell the C loop which ports and MMIO ranges have devices, so that it can answer
+        accesses to the others itself (all-ones, counted) unless the bus is strict."""
+        ffi.memmove(self._claimed_ports, bytes(65536 // 8), 65536 // 8)
+        for base, length in self.bus.claimed(Space.PIO):
+            for port in range(base, min(base + length, 65536)):
+                self._claimed_ports[port >> 3] |= 1 << (port & 7)
+        mmio = self.bus.claimed(Space.MMIO)
+        if len(mmio) > lib.PYVMM_MAX_ENTRIES:
+            self.c.answer_unclaimed = 0  # too many ranges to mirror: Python decides
+            return
+        for i, (base, length) in enumerate(mmio):
+            self.c.claimed_mmio[i][0], self.c.claimed_mmio[i][1] = base, length
+        self.c.n_claimed_mmio = len(mmio)
+        self.c.answer_unclaimed = 0 if self.bus.strict else 1
+
+    def collect_unclaimed(self) -> None:
+        """Move the C loop's unclaimed-access counts into the bus's tally (and reset them)."""
+        counts = self._unclaimed_pio
+        raw = bytes(ffi.buffer(counts, 65536 * 4))
+        if raw != _NO_COUNTS:  # C-speed compare; the scan below only runs when needed
+            for port in sorted({m.start() // 4 for m in _NONZERO.finditer(raw)}):
+                self.bus.count_unclaimed(Space.PIO, port, counts[port])
+                counts[port] = 0
+        for i in range(self.c.n_unclaimed_mmio):
+            addr, n = self.c.unclaimed_mmio[i][0], self.c.unclaimed_mmio[i][1]
+            self.bus.count_unclaimed(Space.MMIO, addr, n)
+        self.c.n_unclaimed_mmio = 0
 
     # --- the fast table --------------------------------------------------------
     def add_fast_entry(self, fe: FastEntry) -> int:

@@ -114,6 +114,15 @@ class Bus:
         for fe in getattr(device, "fast_entries", lambda: [])():
             self.fast_entries.append(fe)
 
+    def claimed(self, space: Space) -> list[tuple[int, int]]:
+        """``[(base, length)]`` of every registered range in ``space``."""
+        return [(s, e - s) for s, e, _ in self._ranges[space]]
+
+    def count_unclaimed(self, space: Space, addr: int, n: int) -> None:
+        """Add ``n`` accesses the C loop answered for nobody (lax mode)."""
+        with self.lock:
+            self.unclaimed[(space, addr)] += n
+
     def find(self, space: Space, addr: int, size: int = 1) -> Device | None:
         i = bisect.bisect_right(self._starts[space], addr) - 1
         if i >= 0:
