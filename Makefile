@@ -17,7 +17,7 @@ all: install guests
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
-MB_GUESTS := hello selftest mbtest
+MB_GUESTS := hello selftest mbtest vmexit
 guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat) $(B)/mb_rmpit.flat
 
 $(B):

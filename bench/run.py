@@ -32,6 +32,9 @@ ELF = B / "pio_loop.elf"
 BIN = B / "pio_loop.bin"
 RAW = B / "raw_vmm"
 HELLO = HERE.parent / "guests" / "build" / "hello.elf"
+#: the same program as a multiboot .flat: QEMU's -kernel takes multiboot before PVH and
+#: refuses an ELF64 multiboot image, so QEMU boots this build of hello
+HELLO_FLAT = HERE.parent / "guests" / "build" / "hello.flat"
 EXITS = int(os.environ.get("BENCH_EXITS", "20000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 
@@ -81,17 +84,67 @@ def process(cmd: list[str], expect: int = 0) -> tuple[float, int]:
 
 
 def qemu_command(qemu: str) -> list[str] | None:
-    """QEMU microvm booting hello.elf through its PVH note, with the first CPU model this
-    KVM accepts (kvm_pvm refuses -cpu host's ARCH_CAPABILITIES MSR)."""
+    """QEMU microvm booting hello.flat (multiboot), with the first CPU model this KVM
+    accepts (kvm_pvm refuses -cpu host's ARCH_CAPABILITIES MSR)."""
     base = [qemu, "-M", "microvm,x-option-roms=off,rtc=off", "-accel", "kvm", "-m", "64M",
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", str(HELLO)]
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", str(HELLO_FLAT)]
     for cpu in ("host", "kvm64", "qemu64"):
         cmd = [*base, "-cpu", cpu]
         p = subprocess.run(cmd, capture_output=True, timeout=60)
         if p.returncode == 1 and b"Hello from a pyvmm guest" in p.stdout:  # (0 << 1) | 1
             return cmd
     return None
+
+
+VMEXIT = HERE.parent / "guests" / "build" / "vmexit.flat"
+USERSPACE_ROWS = ("inl_unassigned", "outl_unassigned", "mmio_write")
+
+
+def parse_vmexit(out: str) -> dict[str, float]:
+    rows = dict(line.split()[1:3] for line in out.splitlines() if line.startswith("vmexit: "))
+    return {k: float(v) for k, v in rows.items()}
+
+
+def vmexit_rows(results: dict[str, object], qemu_microvm: list[str] | None) -> None:
+    """4. The in-guest exit microbenchmark (guests/vmexit.c), the same .flat under pyvmm and
+    QEMU's pc machine, interleaved; cycles per operation minus the empty-loop baseline."""
+    qemu = shutil.which("qemu-system-x86_64")
+    script = Path(sys.executable).parent / "pyvmm"
+    ours_cmd = [str(script), "run", str(VMEXIT), "--cpus", "2", "--timeout", "120"]
+    theirs_cmd = None
+    if qemu and qemu_microvm:
+        cpu = qemu_microvm[qemu_microvm.index("-cpu") + 1]
+        theirs_cmd = [qemu, "-accel", "kvm", "-cpu", cpu, "-M", "pc", "-nodefaults",
+                      "-no-user-config", "-display", "none", "-serial", "stdio", "-m", "128",
+                      "-smp", "2", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                      "-kernel", str(VMEXIT)]
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
+    for _ in range(5):
+        ours.append(parse_vmexit(subprocess.run(ours_cmd, capture_output=True, text=True,
+                                                timeout=300).stdout))
+        if theirs_cmd:
+            theirs.append(parse_vmexit(subprocess.run(theirs_cmd, capture_output=True,
+                                                      text=True, timeout=300).stdout))
+    print("\n4. in-guest exit costs, guests/vmexit.c (TSC cycles per operation minus the "
+          "empty loop; median of 5 interleaved runs)")
+    names = [n for n in ours[0] if n != "loop"]
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        o = med([r[name] - r["loop"] for r in ours])
+        line = f"   {name:<16} pyvmm {o:9.0f}"
+        out[name] = {"pyvmm": o}
+        if theirs:
+            t = med([r[name] - r["loop"] for r in theirs])
+            ratio = o / t if t > 0 else float("nan")
+            target = "  (target <= 1.00)" if name in USERSPACE_ROWS else ""
+            line += f"   QEMU {t:9.0f}   ratio {ratio:.3f}{target}"
+            out[name].update(qemu=t, ratio=ratio)
+        print(line)
+    if not theirs:
+        print("   (QEMU not installed: pyvmm's figures only)")
+    results["vmexit_cycles"] = out
 
 
 def med(xs: list[float]) -> float:
@@ -103,7 +156,7 @@ def spread(xs: list[float]) -> str:
 
 
 def main() -> int:
-    for f in (ELF, BIN, RAW, HELLO):
+    for f in (ELF, BIN, RAW, HELLO, HELLO_FLAT, VMEXIT):
         if not f.exists():
             print(f"missing {f}: run `make bench` (it builds everything first)", file=sys.stderr)
             return 2
@@ -170,7 +223,7 @@ def main() -> int:
     if qcmd:
         t_q, m_q = med([t for t, _ in theirs]) * 1000, med([m for _, m in theirs]) / 1024
         print(f"   QEMU microvm hello   {t_q:7.1f} ms   peak RSS {m_q:6.1f} MiB   "
-              f"(-cpu {qcmd[-1]}, PVH entry)")
+              f"(-cpu {qcmd[-1]}, hello.flat)")
         print(f"   pyvmm / QEMU         {t_ours / t_q:.2f}x time, {m_ours / m_q:.2f}x RSS  "
               "(target <= 0.5x both)")
         results["process"].update(qemu_ms=t_q, qemu_rss_mib=m_q, ratio_time=t_ours / t_q,
@@ -179,6 +232,7 @@ def main() -> int:
         print("   QEMU microvm         installed, but did not boot hello with any CPU model")
     else:
         print("   QEMU microvm         not installed (apt-get install qemu-system-x86 to compare)")
+    vmexit_rows(results, qcmd)
     (B / "results.json").write_text(json.dumps(results, indent=1))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"\nself: peak RSS of this bench process {rss} MiB; raw numbers in {B / 'results.json'}")

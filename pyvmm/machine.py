@@ -19,51 +19,20 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pyvmm._native import ffi, lib
 from pyvmm.crash import GuestCrash, capture
 from pyvmm.devices.bus import Bus, Device, Space
 from pyvmm.devices.debug_exit import DebugExit
-from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg
-from pyvmm.devices.legacy import (
-    BOCHS_SHUTDOWN_PORT,
-    PCI_CONFIG_ADDRESS,
-    PM_BASE,
-    AcpiPm,
-    BochsShutdown,
-    PciConfigMech1,
-)
-from pyvmm.devices.pc_testdev import (
-    FLUSH_PORT,
-    IOMEM_BASE,
-    IOMEM_LEN,
-    IRQ_LINES,
-    IRQ_PORT,
-    SCRATCH_PORT,
-    PcTestFlush,
-    PcTestIomem,
-    PcTestIrq,
-    PcTestScratch,
-)
 from pyvmm.devices.post import PostPort
-from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.uart import Uart16550
-from pyvmm.firmware import acpi, bios
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.stats import StatsReader, StatValue, delta
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.loader.boot import plan_boot
 from pyvmm.loader.elf import ElfImage, GuestImageError, load_elf64
-from pyvmm.loader.multiboot import BOOT_MAGIC as MB_BOOT_MAGIC
-from pyvmm.loader.multiboot import (
-    INFO_ADDR,
-    Module,
-    MultibootImage,
-    load_multiboot,
-    plan_multiboot,
-)
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.runloop import Outcome, VcpuLoop
 from pyvmm.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
@@ -71,13 +40,16 @@ from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import vcpu_cpuid
 from pyvmm.x86.modes import set_long_mode, set_protected_mode, set_real_mode
 from pyvmm.x86.msrs import RESET_MSRS
+
+if TYPE_CHECKING:
+    from pyvmm.loader.multiboot import Module, MultibootImage
 from pyvmm.x86.segments import gdt_bytes
 
 #: "kernel": KVM_CREATE_IRQCHIP (PIC, IOAPIC and LAPICs in KVM); "split": only the LAPICs in
 #: KVM (KVM_CAP_SPLIT_IRQCHIP; IOAPIC/PIC accesses exit); "none": no interrupt controller.
 IRQCHIP_MODES = ("kernel", "split", "none")
-#: the flat GDT for multiboot entry, in the info area's spare space
-MB_GDT = INFO_ADDR + 0x380
+#: the flat GDT for multiboot entry, in the multiboot info area's spare space
+MB_GDT_OFFSET = 0x380
 SPLIT_IRQCHIP_PINS = 24
 APIC_LVT_LINT0 = 0x350
 APIC_LVT_LINT1 = 0x360
@@ -350,6 +322,31 @@ class Machine:
         the Bochs shutdown port, PCI configuration mechanism #1 (no devices), the ACPI PM
         timer and tables (RSDP/RSDT/FADT/MADT), RTC/CMOS, an IVT of IRETs and the PICs
         initialised as a BIOS leaves them.  The PIT comes with ``Machine(pit=True)``."""
+        # imported here: ELF64 guests never need the PC platform, and start-up time counts
+        from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg
+        from pyvmm.devices.legacy import (
+            BOCHS_SHUTDOWN_PORT,
+            PCI_CONFIG_ADDRESS,
+            PM_BASE,
+            AcpiPm,
+            BochsShutdown,
+            PciConfigMech1,
+        )
+        from pyvmm.devices.pc_testdev import (
+            FLUSH_PORT,
+            IOMEM_BASE,
+            IOMEM_LEN,
+            IRQ_LINES,
+            IRQ_PORT,
+            SCRATCH_PORT,
+            PcTestFlush,
+            PcTestIomem,
+            PcTestIrq,
+            PcTestScratch,
+        )
+        from pyvmm.devices.rtc import Rtc
+        from pyvmm.firmware import acpi, bios
+
         assert self.memory is not None and self.vm is not None
         low = sum(r.size for r in self.memory.regions if r.gpa < 1 << 32 and not r.readonly)
         high = sum(r.size for r in self.memory.regions if r.gpa >= 1 << 32)
@@ -381,6 +378,8 @@ class Machine:
                        initrd: str | Path | None = None, **kw: Any) -> Machine:
         """A PC with the PIT and :meth:`add_pc_platform`, running a multiboot kernel as
         ``qemu-system-x86_64 -kernel PATH -append CMDLINE -initrd INITRD`` would."""
+        from pyvmm.loader.multiboot import Module, load_multiboot
+
         image = load_multiboot(path)
         modules = []
         if initrd is not None:
@@ -403,6 +402,8 @@ class Machine:
                        modules: list[Module] | None = None) -> None:
         """Load a multiboot v1 kernel as QEMU's -kernel does: the command line the kernel
         sees is ``"<path> <cmdline>"``; ``modules`` (``--initrd``) follow the kernel."""
+        from pyvmm.loader.multiboot import BOOT_MAGIC, INFO_ADDR, plan_multiboot
+
         assert self.memory is not None
         full = f"{image.path} {cmdline}".rstrip()
         ram = [(r.gpa, r.size) for r in self.memory.regions if not r.readonly]
@@ -411,12 +412,13 @@ class Machine:
             self.memory.write(seg.paddr, seg.data)
         for gpa, data in plan.writes:
             self.memory.write(gpa, data)
-        self.memory.write(MB_GDT, gdt_bytes())
+        gdt = INFO_ADDR + MB_GDT_OFFSET
+        self.memory.write(gdt, gdt_bytes())
         bsp = self.vcpus[0]
         sregs = bsp.get_sregs()
-        set_protected_mode(sregs, gdt_base=MB_GDT)
+        set_protected_mode(sregs, gdt_base=gdt)
         bsp.set_sregs(sregs)
-        bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": image.entry, "rax": MB_BOOT_MAGIC,
+        bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": image.entry, "rax": BOOT_MAGIC,
                                                    "rbx": plan.info_addr, "rflags": 0x2}))
         self.image = image
         self.cmdline = full
