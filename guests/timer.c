@@ -26,16 +26,6 @@ static void isr(struct ex_regs *r)
 	apic_eoi();
 }
 
-static void sort(uint64_t *v, unsigned n)
-{
-	for (unsigned i = 1; i < n; i++)
-		for (unsigned j = i; j && v[j - 1] > v[j]; j--) {
-			uint64_t t = v[j];
-			v[j] = v[j - 1];
-			v[j - 1] = t;
-		}
-}
-
 static void wait_for(unsigned n)
 {
 	while (ticks < n)
@@ -84,7 +74,7 @@ int main(struct boot_info *bi, const char *cmdline)
 			v[i] = stamps[i] > expiry ? stamps[i] - expiry : 0;
 		}
 	}
-	sort(v, n);
+	sort_u64(v, n);
 	GUEST_SYNC(1, mode, n, v[0], v[n / 2], v[n - 1]);
 	GUEST_DONE();
 }

@@ -33,16 +33,6 @@ void ap_main(uint32_t index)
 		safe_halt();
 }
 
-static void sort(uint64_t *v, unsigned n)
-{
-	for (unsigned i = 1; i < n; i++)
-		for (unsigned j = i; j && v[j - 1] > v[j]; j--) {
-			uint64_t t = v[j];
-			v[j] = v[j - 1];
-			v[j - 1] = t;
-		}
-}
-
 static uint64_t op_nop(void) { __asm__ volatile("" ::: "memory"); return 0; }
 static uint64_t op_cpuid(void)
 {
@@ -73,7 +63,7 @@ static void row(const char *name, uint64_t (*op)(void), unsigned n, unsigned div
 			op();
 		r[k] = (rdtsc() - t0) / n / div;
 	}
-	sort(r, ROUNDS);
+	sort_u64(r, ROUNDS);
 	printf("vmexit: %s %lu\n", name, r[ROUNDS / 2]);
 }
 

@@ -28,6 +28,19 @@
 	ljmpl $0x08, $\target
 	.endm
 
+/* The 64-bit landing of the 32-bit entries: data segments, the boot stack, then \fn(rdi, rsi). */
+	.macro BOOT64 fn
+	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %ss
+	lea pvh_stack_top(%rip), %rsp
+	xor %ebp, %ebp
+	call \fn
+9:	cli
+	hlt
+	jmp 9b
+	.endm
+
 	.section .text.entry, "ax"
 	.code64
 	.globl _start
@@ -50,16 +63,8 @@ pvh_start32:
 	ljmpl $0x18, $1f
 1:	ENTER_LONG_MODE $pvh_pml4, 2f
 	.code64
-2:	mov $0x10, %ax
-	mov %ax, %ds
-	mov %ax, %ss
-	lea pvh_stack_top(%rip), %rsp
-	mov %esi, %edi
-	xor %ebp, %ebp
-	call rt_start_pvh
-3:	cli
-	hlt
-	jmp 3b
+2:	mov %esi, %edi
+	BOOT64 rt_start_pvh
 
 /* Multiboot v1 entry (the .flat builds: e_entry = mb_start32, objcopy'd to ELF32): 32-bit
  * protected mode, paging off, EAX = 0x2BADB002, EBX = the multiboot info.  Same climb as
@@ -74,16 +79,8 @@ mb_start32:
 	ljmpl $0x18, $1f
 1:	ENTER_LONG_MODE $pvh_pml4, 2f
 	.code64
-2:	mov $0x10, %ax
-	mov %ax, %ds
-	mov %ax, %ss
-	lea pvh_stack_top(%rip), %rsp
-	xchg %esi, %edi            /* rdi = info, rsi = magic */
-	xor %ebp, %ebp
-	call rt_start_multiboot
-3:	cli
-	hlt
-	jmp 3b
+2:	xchg %esi, %edi            /* rdi = info, rsi = magic */
+	BOOT64 rt_start_multiboot
 
 /* 64-bit landing for APs: take the next per-AP stack, call ap_main(index). */
 	.globl ap_entry64

@@ -83,6 +83,16 @@ int strncmp(const char *a, const char *b, size_t n)
 	return 0;
 }
 
+void sort_u64(uint64_t *v, unsigned n)
+{
+	for (unsigned i = 1; i < n; i++) /* insertion sort: n is small, code stays tiny */
+		for (unsigned j = i; j && v[j - 1] > v[j]; j--) {
+			uint64_t t = v[j];
+			v[j] = v[j - 1];
+			v[j - 1] = t;
+		}
+}
+
 const char *skip_word(const char *s)
 {
 	while (*s && *s != ' ')

@@ -58,6 +58,7 @@ size_t strlen(const char *s);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
 const char *skip_word(const char *s);
+void sort_u64(uint64_t *v, unsigned n);
 uint64_t parse_u64(const char *s);
 
 /* SMP: start every AP with INIT + SIPI (trampoline at 0x8000); returns how many came up. */
