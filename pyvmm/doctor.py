@@ -113,7 +113,7 @@ def _paging32(pae: bool) -> tuple[bool, str]:
     import struct
 
     from pyvmm._native import ffi
-    from pyvmm.x86.segments import CODE32, DATA
+    from pyvmm.x86.modes import set_protected_mode
 
     tables = 0x3000000
     with Machine.from_elf(guest_dir() / "probe.elf", cmdline="nop") as m:
@@ -127,10 +127,8 @@ def _paging32(pae: bool) -> tuple[bool, str]:
             m.memory.write(tables, struct.pack("<1024I", *[(i << 22) | 0x83 for i in range(1024)]))
         bsp = m.vcpus[0]
         s = bsp.get_sregs()
-        CODE32.fill(s.cs)
-        for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
-            DATA.fill(seg)
-        s.cr0, s.cr3, s.cr4, s.efer = 0x11, tables, 0x20 if pae else 0x10, 0
+        set_protected_mode(s, gdt_base=m.boot_plan.gdt_addr)
+        s.cr3, s.cr4 = tables, 0x20 if pae else 0x10  # PAE, or PSE for 4 MiB pages
         bsp.set_sregs(s)
         rip = m.image.symbols.address_of("pg32_probe")
         bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": rip, "rflags": 2}))

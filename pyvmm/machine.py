@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pyvmm._native import ffi, lib
 from pyvmm.crash import GuestCrash, capture
-from pyvmm.devices.bus import Bus, Device, Space
+from pyvmm.devices.bus import Bus, Device, Space, all_ones
 from pyvmm.devices.debug_exit import DebugExit
 from pyvmm.devices.post import PostPort
 from pyvmm.devices.uart import Uart16550
@@ -112,7 +112,7 @@ class PortHandler:
         self._write = write
 
     def read(self, addr: int, size: int) -> int:
-        return self._read(addr, size) if self._read else (1 << (8 * size)) - 1
+        return self._read(addr, size) if self._read else all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         if self._write:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyvmm._native import ffi, lib
-from pyvmm.devices.bus import Action, Bus, FastEntry, GuestStop, Space, UnclaimedIoError
+from pyvmm.devices.bus import Action, Bus, FastEntry, GuestStop, Space, UnclaimedIoError, all_ones
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.exits import exit_name
 from pyvmm.kvm.vcpu import Vcpu
@@ -281,7 +281,7 @@ class VcpuLoop:
                                     dev.write(port, size, int.from_bytes(window[off:off + size], "little"))
                                 else:
                                     window[off:off + size] = (dev.read(port, size) & (
-                                        (1 << (8 * size)) - 1)).to_bytes(size, "little")
+                                        all_ones(size))).to_bytes(size, "little")
                         except GuestStop as stop:
                             return stop_outcome(stop, vid)
                         continue

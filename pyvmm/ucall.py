@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyvmm.devices.bus import GuestStop
+from pyvmm.devices.bus import GuestStop, all_ones
 from pyvmm.memory import GuestMemory, GuestMemoryError
 from pyvmm.runloop import current_loop
 
@@ -95,7 +95,7 @@ class UcallDevice:
         self.sync_handlers: list[SyncHandler] = []
 
     def read(self, addr: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         loop = current_loop()

@@ -19,6 +19,11 @@ from typing import Protocol
 from pyvmm._native import lib
 
 
+def all_ones(size: int) -> int:
+    """What an access of ``size`` bytes to nothing reads: every bit set."""
+    return (1 << (8 * size)) - 1
+
+
 class Space(IntEnum):
     PIO = lib.PYVMM_SPACE_PIO
     MMIO = lib.PYVMM_SPACE_MMIO
@@ -135,9 +140,9 @@ class Bus:
         dev = self.find(space, addr, size)
         if dev is None:
             self._unclaimed(space, addr, size, False)
-            return (1 << (8 * size)) - 1
+            return all_ones(size)
         with self.lock:
-            return dev.read(addr, size) & ((1 << (8 * size)) - 1)
+            return dev.read(addr, size) & (all_ones(size))
 
     def write(self, space: Space, addr: int, size: int, value: int) -> None:
         dev = self.find(space, addr, size)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyvmm.devices.bus import WRITE, Action, FastEntry, GuestStop, Space
+from pyvmm.devices.bus import WRITE, Action, FastEntry, GuestStop, Space, all_ones
 
 DEBUG_EXIT_PORT = 0xF4
 
@@ -16,7 +16,7 @@ class DebugExit:
         return [FastEntry(Space.PIO, self.port, 4, WRITE, Action.STOP, self)]
 
     def read(self, addr: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         raise GuestStop(value, "debug-exit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from pyvmm.devices.bus import GuestStop
+from pyvmm.devices.bus import GuestStop, all_ones
 
 BOCHS_SHUTDOWN_PORT = 0x8900
 PCI_CONFIG_ADDRESS = 0xCF8
@@ -25,7 +25,7 @@ class BochsShutdown:
         self.matched = 0
 
     def read(self, addr: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         c = value & 0xFF
@@ -48,7 +48,7 @@ class PciConfigMech1:
     def read(self, addr: int, size: int) -> int:
         if addr == PCI_CONFIG_ADDRESS and size == 4:
             return self.address
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         if addr == PCI_CONFIG_ADDRESS and size == 4:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pyvmm._native import lib
+from pyvmm.devices.bus import all_ones
 from pyvmm.memory import GuestMemory, GuestMemoryError
 
 SCRATCH_PORT = 0xE0
@@ -29,10 +30,10 @@ class PcTestScratch:
         self.value = 0
 
     def read(self, addr: int, size: int) -> int:
-        return self.value & ((1 << (8 * size)) - 1)
+        return self.value & (all_ones(size))
 
     def write(self, addr: int, size: int, value: int) -> None:
-        self.value = value & ((1 << (8 * size)) - 1)
+        self.value = value & (all_ones(size))
 
 
 class PcTestFlush:
@@ -42,7 +43,7 @@ class PcTestFlush:
         self.flushed: list[int] = []
 
     def read(self, addr: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         page = value & ~0xFFF
@@ -60,7 +61,7 @@ class PcTestIrq:
         self.set_level = set_level
 
     def read(self, addr: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         self.set_level(addr - IRQ_PORT, 1 if value & 0xFF else 0)

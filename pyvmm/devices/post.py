@@ -6,7 +6,7 @@ ever returning to Python.
 
 from __future__ import annotations
 
-from pyvmm.devices.bus import READ, WRITE, Action, FastEntry, Space
+from pyvmm.devices.bus import READ, WRITE, Action, FastEntry, Space, all_ones
 
 POST_PORT = 0x80
 
@@ -24,7 +24,7 @@ class PostPort:
         return [self.entry]
 
     def read(self, addr: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         self.last = value

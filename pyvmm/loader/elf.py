@@ -89,9 +89,6 @@ class ElfImage:
                 return s
         return None
 
-    def section_address(self, name: str) -> int | None:
-        return self.symbols.address_of(name)
-
 
 def load_elf64(path: str | Path) -> ElfImage:
     p = Path(path)
@@ -122,8 +119,8 @@ def parse_elf64(data: bytes, name: str = "<guest>") -> ElfImage:
             raise GuestImageError(
                 f"{name}: type {elf.header['e_type']}; link the guest as a static executable "
                 "(-static -no-pie)")
-        segments = _segments(elf, data, name)
-        symbols = _symbols(elf)
+        segments = load_segments(elf, data, name)
+        symbols = symbols_of(elf)
         entry = elf.header["e_entry"]
     except ELFError as e:
         raise GuestImageError(f"{name}: malformed ELF: {e}") from None
@@ -139,7 +136,8 @@ def parse_elf64(data: bytes, name: str = "<guest>") -> ElfImage:
     return image
 
 
-def _segments(elf: ELFFile, data: bytes, name: str) -> list[LoadSegment]:
+def load_segments(elf: ELFFile, data: bytes, name: str) -> list[LoadSegment]:
+    """The PT_LOAD segments, checked against the file and each other, sorted by paddr."""
     out: list[LoadSegment] = []
     for i in range(elf.num_segments()):
         seg = elf.get_segment(i)
@@ -166,7 +164,7 @@ def _segments(elf: ELFFile, data: bytes, name: str) -> list[LoadSegment]:
     return out
 
 
-def _symbols(elf: ELFFile) -> Symbols:
+def symbols_of(elf: ELFFile) -> Symbols:
     tab = elf.get_section_by_name(".symtab")
     syms: list[tuple[int, int, str]] = []
     if tab is not None:

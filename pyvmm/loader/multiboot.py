@@ -14,7 +14,6 @@ page-aligned after the kernel's last byte; the command line is ``"<kernel path> 
 from __future__ import annotations
 
 import io
-import itertools
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from pyvmm.loader.elf import GuestImageError, LoadSegment, Symbols, _symbols
+from pyvmm.loader.elf import GuestImageError, LoadSegment, Symbols, load_segments, symbols_of
 
 HEADER_MAGIC = 0x1BADB002
 BOOT_MAGIC = 0x2BADB002
@@ -122,26 +121,11 @@ def _by_elf(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
         if elf.elfclass != 32 or elf.header["e_machine"] != "EM_386":
             raise GuestImageError(f"{name}: a multiboot ELF must be ELF32 EM_386 (as QEMU "
                                   "requires; objcopy -O elf32-i386 converts a 64-bit build)")
-        segs = []
-        for i, seg in enumerate(elf.iter_segments()):
-            ph = seg.header
-            if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
-                continue
-            if ph["p_filesz"] > ph["p_memsz"] or ph["p_offset"] + ph["p_filesz"] > len(data):
-                raise GuestImageError(f"{name}: segment {i} is malformed or truncated")
-            segs.append(LoadSegment(i, ph["p_paddr"], ph["p_vaddr"], ph["p_memsz"],
-                                    data[ph["p_offset"]:ph["p_offset"] + ph["p_filesz"]],
-                                    ph["p_flags"]))
-        symbols = _symbols(elf)
+        segs = load_segments(elf, data, name)
+        symbols = symbols_of(elf)
         entry = elf.header["e_entry"]
     except ELFError as e:
         raise GuestImageError(f"{name}: malformed ELF: {e}") from None
-    if not segs:
-        raise GuestImageError(f"{name}: no loadable segments")
-    segs.sort(key=lambda s: s.paddr)
-    for a, b in itertools.pairwise(segs):
-        if b.paddr < a.end:
-            raise GuestImageError(f"{name}: segments {a.index} and {b.index} overlap")
     if not any(s.paddr <= entry < s.end for s in segs):
         raise GuestImageError(f"{name}: entry {entry:#x} is not inside a loaded segment")
     return MultibootImage(name, hdr, entry, segs, symbols)
