@@ -13,6 +13,7 @@ host's timings vary by about 2x from run to run (HOST-KVM.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -39,8 +40,13 @@ EXITS = int(os.environ.get("BENCH_EXITS", "20000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 
 
+@functools.cache
+def bench_image() -> ElfImage:
+    return load_elf64(ELF)
+
+
 def raw(mode: str, n: int, irqchip: str = "kernel") -> float:
-    img = load_elf64(ELF)
+    img = bench_image()
     count = img.symbols.address_of("bench_count")
     out = subprocess.run([str(RAW), mode, str(BIN), "0x100000", hex(img.entry), hex(count), str(n)],
                          check=True, capture_output=True, text=True,
@@ -183,7 +189,7 @@ def main() -> int:
 
     # 2. create -> first exit -> destroy, in-process, per interrupt-controller set-up
     n = 30
-    image = load_elf64(ELF)
+    image = bench_image()
     print("\n2. create VM + vCPU + 64 MiB -> first exit -> destroy, in-process (ms, median)")
     results["lifecycle_ms"] = {}
     for irqchip in ("kernel", "split", "none"):
@@ -202,7 +208,7 @@ def main() -> int:
     script = Path(sys.executable).parent / "pyvmm"
     pyvmm_cmd = [str(script) if script.exists() else sys.executable, *([] if script.exists()
                  else ["-m", "pyvmm"]), "run", str(HELLO)]
-    img = load_elf64(ELF)
+    img = bench_image()
     raw_cmd = [str(RAW), "lifecycle", str(BIN), "0x100000", hex(img.entry),
                hex(img.symbols.address_of("bench_count")), "1"]
     qemu = shutil.which("qemu-system-x86_64")

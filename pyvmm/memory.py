@@ -121,9 +121,6 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.view(gpa, len(data))[:] = data
 
-    def fill(self, gpa: int, n: int, byte: int = 0) -> None:
-        self.view(gpa, n)[:] = bytes([byte]) * n
-
     def read_int(self, gpa: int, size: int) -> int:
         return struct.unpack(_U[size], self.view(gpa, size))[0]
 
@@ -151,10 +148,6 @@ class GuestMemory:
                 out.append(region.gpa + (i * 8 + bit) * PAGE_SIZE)
                 byte &= byte - 1
         return out
-
-    @property
-    def ram_size(self) -> int:
-        return sum(r.size for r in self.regions if not r.readonly)
 
     def close(self) -> None:
         for r in self.regions:
