@@ -1,61 +1,81 @@
-# pyvmm - `make` installs the package (editable) and builds the guests; `make test` tests.
+# pyvmm - `make` builds the sdist and the wheel (from the sdist, as users get it), installs
+# the wheel into .venv and builds the guests with the installed `pyvmm guest build`;
+# `make test` lints, type-checks and runs the suite and the example project against that
+# installed package (never the source tree).
 PYTHON ?= python3
-CC ?= gcc
-GUEST_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra -ffreestanding -fno-builtin -nostdlib \
-	-fno-pic -fno-pie -mno-red-zone -mgeneral-regs-only -march=x86-64 -fno-stack-protector \
-	-fcf-protection=none -fno-asynchronous-unwind-tables -fno-omit-frame-pointer -Iguests/lib
-GUEST_LDFLAGS := -static -no-pie -nostdlib -Wl,--build-id=none -Wl,-z,max-page-size=4096 \
-	-Wl,-z,noexecstack -Wl,--no-warn-rwx-segments -T guests/lib/guest.ld
-GUESTS := hello selftest protocol probe msrs cr3 paging timer irq realmode mbtest
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYVMM := $(VENV)/bin/pyvmm
+STAMP := $(VENV)/.pyvmm-installed
+# everything that goes into the wheel: a change reinstalls it
+PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -type f \
+	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
+	-not -name '*.elf' -not -name '_native.c' -not -name '*.o')
+GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest
+MB_GUESTS := hello selftest mbtest vmexit
 B := guests/build
-RT_OBJS := $(B)/entry.o $(B)/rt.o $(B)/ucall.o $(B)/idt.o $(B)/isr.o $(B)/apic.o $(B)/pt.o
 
-.PHONY: all install guests test unit lint bench clean
+.PHONY: all install dev guests test unit lint types examples bench clean
 .SECONDARY:
 all: install guests
 
-install:
-	$(PYTHON) -m pip install -q -e '.[test]'
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip build
 
-MB_GUESTS := hello selftest mbtest vmexit
+$(STAMP): $(PKG_FILES) | $(PY)
+	rm -rf dist
+	$(PY) -m build -q --outdir dist . >/dev/null
+	$(PY) -m pip install -q --force-reinstall --no-deps dist/*.whl
+	$(PY) -m pip install -q "$$(ls dist/*.whl)[test]"
+	touch $@
+
+install: $(STAMP)
+
+# an editable install for quick iteration (`make dev unit`); `make install` returns to the wheel
+dev: | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(STAMP)
+
 guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat) $(B)/mb_rmpit.flat
 
-$(B):
-	mkdir -p $@
-$(B)/%.o: guests/lib/%.S | $(B)
-	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
-$(B)/%.o: guests/lib/%.c $(wildcard guests/lib/*.h) | $(B)
-	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
-$(B)/%.main.o: guests/%.c $(wildcard guests/lib/*.h) | $(B)
-	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
-$(B)/%.elf: $(B)/%.main.o $(RT_OBJS) guests/lib/guest.ld
-	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -o $@ $(RT_OBJS) $<
-
-# the same objects linked with the multiboot entry, then turned into ELF32 (EM_386), the
-# form QEMU's -kernel (and kvm-unit-tests' .flat files) use
-FLAT_LDFLAGS := $(subst guests/lib/guest.ld,guests/lib/flat.ld,$(GUEST_LDFLAGS))
-$(B)/%.flat: $(B)/%.main.o $(RT_OBJS) guests/lib/flat.ld
-	$(CC) $(GUEST_CFLAGS) $(FLAT_LDFLAGS) -o $@.64 $(RT_OBJS) $<
-	objcopy -O elf32-i386 $@.64 $@
-	rm -f $@.64
-
-$(B)/mb_rmpit.flat: guests/mb_rmpit.S guests/lib/mb16.ld | $(B)
+# pyvmm's own guests go through the same path as users' guests: `pyvmm guest build`
+$(B)/%.elf: guests/%.c $(STAMP)
+	$(PYVMM) guest build -o $@ $<
+$(B)/%.flat: guests/%.c $(STAMP)
+	$(PYVMM) guest build --multiboot -o $@ $<
+# a hand-written real-mode kernel with its own linker script, as third-party kernels are
+$(B)/mb_rmpit.flat: guests/mb_rmpit.S guests/mb16.ld
+	mkdir -p $(B)
 	as --32 -o $(B)/mb_rmpit.o $<
-	ld -m elf_i386 --build-id=none -T guests/lib/mb16.ld -o $@ $(B)/mb_rmpit.o
+	ld -m elf_i386 --build-id=none -T guests/mb16.ld -o $@ $(B)/mb_rmpit.o
 
-test: guests
-	$(PYTHON) -m ruff check pyvmm tests bench cbindings
-	$(PYTHON) -m pytest -q
+lint: | $(STAMP)
+	$(PY) -m ruff check pyvmm tests bench cbindings examples setup.py
 
-unit:
-	$(PYTHON) -m pytest -q tests/unit
+types: | $(STAMP)
+	$(PY) -m mypy
+	$(PY) -m mypy --strict examples/hello-project/embed.py
 
-lint:
-	$(PYTHON) -m ruff check pyvmm tests bench cbindings
+# the suite imports the installed pyvmm: the venv's pytest runs with the repository root
+# off sys.path, and tests/conftest.py checks where pyvmm came from
+test: all lint types
+	PYVMM_TEST_INSTALLED=1 $(VENV)/bin/pytest -q tests
+	$(MAKE) --no-print-directory examples
 
-bench: guests
+unit: | $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+# the example project, copied outside the repository and built as a user would
+examples: $(STAMP)
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	cp -r examples/hello-project "$$tmp/"; \
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -C "$$tmp/hello-project" test
+
+bench: all
 	$(MAKE) -C bench
-	$(PYTHON) bench/run.py
+	$(PY) bench/run.py
 
 clean:
-	rm -rf $(B) build *.egg-info pyvmm/_native*.so pyvmm/_native.c
+	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \
+		pyvmm/probes/*.elf $(VENV)

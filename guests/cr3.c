@@ -5,10 +5,7 @@
  * KVM_GET_SREGS at the same point.  Sync 2: after retargeting space 0's PTE and INVLPG,
  * the value read through the new mapping.
  */
-#include "idt.h"
-#include "pt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 #define SPACES 3
 #define VA 0x8000000000ul /* PML4 slot 1: outside the VMM's identity map */

@@ -1,5 +1,5 @@
 /* hello - the smallest pyvmm guest: one line on the serial port, exit status 0. */
-#include "rt.h"
+#include <pyvmm/guest.h>
 
 int main(struct boot_info *bi, const char *cmdline)
 {

@@ -9,10 +9,7 @@
  *
  * Sync 2: interrupts taken, TSC cycles from the trigger (or for the whole ping-pong).
  */
-#include "apic.h"
-#include "idt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 #define IOAPIC 0xFEC00000ul
 static volatile unsigned got, pongs, pings;

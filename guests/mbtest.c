@@ -13,9 +13,7 @@
  *
  * Prints "PASS <mode>" or "FAIL <mode>: why" and exits 0 or 1 through the debug-exit port.
  */
-#include "apic.h"
-#include "idt.h"
-#include "rt.h"
+#include <pyvmm/guest.h>
 
 static int failures;
 #define CHECK(cond, ...) do { if (!(cond)) { printf("FAIL: " __VA_ARGS__); printf("\n"); failures++; } } while (0)

@@ -6,9 +6,7 @@
  * 5 the userspace MSR's value as read back; 6 whether reading a write-only userspace MSR
  * raised #GP.  The host checks the guest's view against KVM_GET_MSRS at the same points.
  */
-#include "idt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 #define MSR_PAT 0x277
 #define MSR_EFER 0xC0000080
@@ -46,7 +44,7 @@ int main(struct boot_info *bi, const char *cmdline)
 	GUEST_SYNC(5, rdmsr(MSR_USER));
 
 	uint64_t v = 0;
-	int ok = GUEST_TRY("rdmsr", : "=a"(v) : "c"(MSR_USER_WO) : "rbx", "rdx", "memory");
+	int ok = GUEST_TRY("rdmsr", "=a"(v) : "c"(MSR_USER_WO) : "rdx", "memory");
 	GUEST_SYNC(6, !ok, fault_vector);
 	GUEST_DONE();
 }

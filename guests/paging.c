@@ -7,10 +7,7 @@
  *           MMIO and the host adds a memslot there (demand mapping); the second is RAM.
  *   Sync 6/7: the host clears the dirty log, the guest writes 3 pages, the host reads it.
  */
-#include "idt.h"
-#include "pt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 #define TOUCH_BASE 0x2000000ul   /* 32 MiB: RAM nobody has touched yet */
 #define VA 0x8000000000ul

@@ -9,9 +9,7 @@
  *   badptr     RDI pointing outside RAM: the host reports it, nothing breaks
  *   smp        every vCPU says GUEST_SYNC(its index) once
  */
-#include "idt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 static void skip_ud2(struct ex_regs *r) { r->rip += 2; }
 

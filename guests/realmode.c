@@ -6,9 +6,7 @@
  * page tables; the trampoline is the one APs use after SIPI.  Sync 1: CR0 at entry, CR0,
  * CR4 and EFER in long mode.  Sync 2: the same path again on an AP started by SIPI.
  */
-#include "idt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 extern volatile uint32_t ap_boot_cr0;
 

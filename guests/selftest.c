@@ -16,7 +16,7 @@
  *   popcnt            execute popcnt: native on VMX/SVM (exit 0), an emulation failure
  *                     where KVM emulates CPL0 code (kvm_pvm)
  */
-#include "rt.h"
+#include <pyvmm/guest.h>
 
 static void do_exit_sized(const char *arg, int size)
 {

@@ -6,10 +6,7 @@
  * deadline, the interval between ticks for periodic.  The host writes the TSC rate
  * (KVM_GET_TSC_KHZ / 1000) into tsc_per_us before the run.
  */
-#include "apic.h"
-#include "idt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 #define MAXN 64
 #define VEC 0x40

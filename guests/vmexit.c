@@ -11,9 +11,7 @@
  *   loop         the same loop with an empty operation: the baseline to subtract
  *                (guest code is emulated on kvm_pvm, so the loop itself costs microseconds)
  */
-#include "apic.h"
-#include "idt.h"
-#include "rt.h"
+#include <pyvmm/guest.h>
 
 #define N 200
 #define ROUNDS 5

@@ -1,12 +1,38 @@
 """pyvmm: a userspace virtual machine monitor in Python over /dev/kvm.
 
-``Machine`` is the embedding API; ``pyvmm.kvm`` holds the raw ioctl wrappers.
+``Machine`` is the embedding API; ``pyvmm.kvm`` holds the raw ioctl wrappers and
+``pyvmm.guest`` the SDK for building guests.  The names below are imported on first use,
+so ``import pyvmm.guest`` (or the CLI's ``guest`` and ``--help`` paths) never loads the
+native extension or the loaders.
 """
 
-from pyvmm.devices.bus import Space
-from pyvmm.kvm.errors import KvmError
-from pyvmm.loader.elf import GuestImageError
-from pyvmm.machine import Machine, RunResult
+from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = ["GuestImageError", "KvmError", "Machine", "RunResult", "Space", "__version__"]
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+#: the distribution's name on PyPI (``pip install pyvmm-kvm``); ``pyvmm`` there is another project
+DISTRIBUTION = "pyvmm-kvm"
+__all__ = ["DISTRIBUTION", "GuestImageError", "KvmError", "Machine", "RunResult", "Space",
+           "__version__"]
+
+if TYPE_CHECKING:
+    from pyvmm.devices.bus import Space
+    from pyvmm.kvm.errors import KvmError
+    from pyvmm.loader.elf import GuestImageError
+    from pyvmm.machine import Machine, RunResult
+
+_LAZY = {"Space": "pyvmm.devices.bus", "KvmError": "pyvmm.kvm.errors",
+         "GuestImageError": "pyvmm.loader.elf", "Machine": "pyvmm.machine",
+         "RunResult": "pyvmm.machine"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyvmm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

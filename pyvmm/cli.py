@@ -43,7 +43,7 @@ def _write_serial(data: bytes) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pyvmm")
+@click.version_option(package_name="pyvmm-kvm")
 def main() -> None:
     """pyvmm: run small guest kernels on /dev/kvm and see what KVM did."""
 
@@ -197,27 +197,92 @@ def _print_stats(r: RunResult) -> None:
 @click.option("--refresh", is_flag=True, help="Probe again instead of using the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def doctor(refresh: bool, as_json: bool) -> None:
-    """Probe which features this KVM host supports (cached per host)."""
-    from pyvmm.doctor import cache_path, guest_dir, host_features
+    """Probe which features this KVM host supports (cached per host).
 
-    if not (guest_dir() / "probe.elf").exists():
-        _fail(status.GUEST_IMAGE, f"probe guests not found in {guest_dir()}: run `make guests` "
-              "or set PYVMM_GUESTS")
+    Exits 121 when /dev/kvm cannot be used (nothing is probed or cached) and 125 when a
+    probe could not run (that answer is shown but not cached).
+    """
+    from pyvmm.doctor import cache_path, host_features
+
     try:
         found = host_features(refresh=refresh)
     except KvmError as e:
         _fail(status.KVM_UNAVAILABLE, str(e))
     if as_json:
         click.echo(found.to_json())
-        return
-    click.echo(f"host: {found.host}")
-    group = ""
-    for f in found.features.values():
-        if f.group != group:
-            group = f.group
-            click.echo(f"{group}:")
-        click.echo(f"  {f.name:<16} {'yes' if f.works else 'NO ':<4} {f.detail}")
-    click.echo(f"(cached in {cache_path(found.key)}; --refresh to probe again)")
+    else:
+        click.echo(f"host: {found.host}")
+        group = ""
+        for f in found.features.values():
+            if f.group != group:
+                group = f.group
+                click.echo(f"{group}:")
+            word = "ERROR" if f.works is None else "yes" if f.works else "NO"
+            click.echo(f"  {f.name:<16} {word:<5} {f.detail}")
+        if not found.errors:
+            click.echo(f"(cached in {cache_path(found.key)}; --refresh to probe again)")
+    if found.errors:
+        names = ", ".join(f.name for f in found.errors)
+        _fail(status.VMM_ERROR, f"{len(found.errors)} probe(s) could not run ({names}); "
+              "nothing was cached")
+
+
+@main.group()
+def guest() -> None:
+    """Build guests of your own against pyvmm's guest runtime (docs/guests.md)."""
+
+
+@guest.command("build")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The guest file to write (ELF64, or ELF32 with --multiboot).")
+@click.option("--multiboot", is_flag=True,
+              help="A multiboot .flat kernel (ELF32, loaded at or above 1 MiB), as "
+              "kvm-unit-tests build them; QEMU's -kernel boots it too.")
+@click.option("-I", "includes", multiple=True, metavar="DIR", help="Add an include directory.")
+@click.option("-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="Define a macro.")
+@click.option("--cflag", "extra_cflags", multiple=True, help="Another compiler flag.")
+@click.option("--ldflag", "extra_ldflags", multiple=True, help="Another linker flag.")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines: tuple[str, ...],
+                extra_cflags: tuple[str, ...], extra_ldflags: tuple[str, ...],
+                sources: tuple[str, ...]) -> None:
+    """Compile and link SOURCES (C, GNU as .S) with the guest runtime into OUTPUT.
+
+    The guest's entry is ``int main(struct boot_info *bi, const char *cmdline)``; its
+    return value is the exit status.  Exits 1 with the compiler's output when it fails.
+    """
+    from pyvmm.guest.toolchain import GuestBuildError, build
+
+    cflags = [*(f"-I{d}" for d in includes), *(f"-D{d}" for d in defines), *extra_cflags]
+    try:
+        build(sources, output, multiboot=multiboot, extra_cflags=cflags,
+              extra_ldflags=extra_ldflags)
+    except GuestBuildError as e:
+        _fail(status.GUEST_BUILD, str(e))
+
+
+@guest.command("flags")
+@click.option("--multiboot", is_flag=True, help="Flags for a multiboot .flat kernel (link, "
+              "then objcopy -O elf32-i386).")
+@click.option("--cflags", "only", flag_value="CFLAGS", help="Print only the compiler flags.")
+@click.option("--ldflags", "only", flag_value="LDFLAGS", help="Print only the linker flags.")
+@click.option("--libs", "only", flag_value="LIBS", help="Print only the runtime library.")
+def guest_flags(multiboot: bool, only: str | None) -> None:
+    """Print CFLAGS=, LDFLAGS= and LIBS= lines for a Makefile of your own.
+
+    Link with ``$(CC) $(CFLAGS) $(LDFLAGS) -o guest.elf your.o ... $(LIBS)``.
+    """
+    from pyvmm.guest import GuestBuildError, flags
+
+    try:
+        found = flags(multiboot)
+    except GuestBuildError as e:
+        _fail(status.GUEST_BUILD, str(e))
+    for name, value in found.items():
+        if only is None:
+            click.echo(f"{name}={value}")
+        elif only == name:
+            click.echo(value)
 
 
 @main.command()

@@ -1,9 +1,15 @@
 """``pyvmm doctor``: which features this KVM host really has, found by running tiny probes.
 
-Each feature is decided by doing it (a probe guest from ``guests/probe.c``, or a host-side
-ioctl), never by what CPUID or a capability claims: on kvm_pvm the guest's CPUID advertises
-features its CPL0 emulator cannot execute.  The answers are cached per host (kernel
-release, vendor module, CPU model, pyvmm version) in ``$XDG_CACHE_HOME/pyvmm`` so that
+Each feature is decided by doing it (the probe guest ``pyvmm/probes/probe.c``, built with
+the wheel, or a host-side ioctl), never by what CPUID or a capability claims: on kvm_pvm the
+guest's CPUID advertises features its CPL0 emulator cannot execute.
+
+A probe has three answers: the host has the feature, the host lacks it (the guest saw the
+instruction fail, the ioctl refused, the vCPU hung), or the probe could not run (the probe
+guest is missing, /dev/kvm cannot be opened, pyvmm itself failed).  Only the first two are
+facts about the host; the third is an error, reported as one and never cached.  Answers
+are cached per host and per probe set in ``$XDG_CACHE_HOME/pyvmm`` (the key covers the
+kernel release, vendor module, CPU model, pyvmm's version and the probe guest's bytes), so
 test runs consult them for free; ``pyvmm doctor --refresh`` probes again.
 """
 
@@ -14,25 +20,43 @@ import hashlib
 import json
 import os
 import platform
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pyvmm._native import lib
+from pyvmm._native import ffi, lib
 from pyvmm.hostinfo import detect
 from pyvmm.kvm import Kvm, KvmError
 from pyvmm.machine import Machine, RunResult
+from pyvmm.x86.modes import set_protected_mode
 
 PROBE_TIMEOUT = 3.0
+#: bump when a probe's meaning changes: old cached answers are then probed again
+PROBE_SET_VERSION = 2
+#: run statuses that are the host's answer (the guest saw the feature fail); any other
+#: status means the probe itself did not run properly
+HOST_ANSWERS = ("done", "exit", "crash", "assert", "timeout", "debug")
+
+
+class ProbeError(RuntimeError):
+    """A probe could not run (pyvmm's fault or the set-up's, not the host's answer)."""
 
 
 @dataclass
 class Feature:
+    """One feature: ``works`` is True/False when probed, None when the probe errored."""
+
     name: str
-    works: bool
+    works: bool | None
     detail: str
     group: str = ""
+
+    @property
+    def error(self) -> bool:
+        return self.works is None
 
 
 @dataclass
@@ -41,6 +65,10 @@ class HostFeatures:
     host: str
     created: float
     features: dict[str, Feature] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Feature]:
+        return [f for f in self.features.values() if f.error]
 
     def to_json(self) -> str:
         return json.dumps({"key": self.key, "host": self.host, "created": self.created,
@@ -53,15 +81,17 @@ class HostFeatures:
         return cls(d["key"], d["host"], d["created"], feats)
 
 
-def guest_dir() -> Path:
-    """Where the built guests are: $PYVMM_GUESTS, else the source tree's guests/build."""
-    env = os.environ.get("PYVMM_GUESTS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "guests" / "build"
+def probe_guest() -> Path:
+    """The probe guest shipped with this install; ProbeError when it is missing."""
+    path = Path(__file__).resolve().parent / "probes" / "probe.elf"
+    if not path.is_file():
+        raise ProbeError(f"the probe guest {path} is missing from this pyvmm install; "
+                         "reinstall pyvmm (the wheel builds it)")
+    return path
 
 
 def host_key() -> tuple[str, str]:
+    """``(key, description)``: the cache key covers the host and this exact probe set."""
     from pyvmm import __version__
 
     cpu = ""
@@ -70,24 +100,34 @@ def host_key() -> tuple[str, str]:
                     if line.startswith("model name")), "")
     host = detect()
     text = f"{platform.release()} {host.module} {host.mmu} {cpu} {__version__}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16], text
+    h = hashlib.sha256(f"{text} probes-v{PROBE_SET_VERSION} {[p[0] for p in PROBES]}".encode())
+    with contextlib.suppress(ProbeError, OSError):
+        h.update(probe_guest().read_bytes())
+    return h.hexdigest()[:16], text
 
 
-def _probe(mode: str, timeout: float = PROBE_TIMEOUT, **kw: object) -> RunResult:
-    with Machine.from_elf(guest_dir() / "probe.elf", cmdline=mode, **kw) as m:
+def _probe(mode: str, timeout: float = PROBE_TIMEOUT, **kw: Any) -> RunResult:
+    with Machine.from_elf(probe_guest(), cmdline=mode, **kw) as m:
         return m.run(timeout=timeout)
 
 
-def _guest(mode: str, what: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
-    r = _probe(mode, timeout)
+def _answer(r: RunResult, what: str) -> tuple[bool, str]:
+    """A run that ended another way than GUEST_DONE: the host's "no", or a probe error."""
+    if r.status not in HOST_ANSWERS:
+        raise ProbeError(f"{what}: the probe run ended with {r.status}: {r.message}")
+    if r.status == "timeout":
+        return False, f"{what}: the vCPU never got past it ({r.message})"
+    return False, f"{what}: {r.message}"
+
+
+def _guest(mode: str, what: str, timeout: float = PROBE_TIMEOUT, **kw: Any) -> tuple[bool, str]:
+    r = _probe(mode, timeout, **kw)
     sync = r.syncs(1)
     if r.status == "done" and sync:
         ok = sync[0].args[1] == 1
         vec = sync[0].args[2] if len(sync[0].args) > 2 else 0
         return ok, f"{what} works" if ok else f"{what} raised vector {vec} in the guest"
-    if r.status == "timeout":
-        return False, f"{what}: the vCPU never got past it ({r.message})"
-    return False, f"{what}: {r.message}"
+    return _answer(r, what)
 
 
 def _insn(name: str, timeout: float = PROBE_TIMEOUT) -> Callable[[], tuple[bool, str]]:
@@ -110,13 +150,9 @@ def _paging32(pae: bool) -> tuple[bool, str]:
     """Start in 32-bit protected mode (paging off) and let the guest set CR0.PG with
     32-bit PSE paging or PAE paging, tables prepared here: HOST-KVM.md found both refused
     on kvm_pvm, where only long-mode paging works."""
-    import struct
-
-    from pyvmm._native import ffi
-    from pyvmm.x86.modes import set_protected_mode
-
     tables = 0x3000000
-    with Machine.from_elf(guest_dir() / "probe.elf", cmdline="nop") as m:
+    what = "PAE paging outside long mode" if pae else "32-bit paging (PSE 4 MiB pages)"
+    with Machine.from_elf(probe_guest(), cmdline="nop") as m:
         if pae:  # PDPT (4 entries) + 4 PDs of 2 MiB pages: identity 4 GiB
             m.memory.write(tables, struct.pack("<4Q", *[(tables + 0x1000 * (i + 1)) | 1
                                                        for i in range(4)]))
@@ -130,39 +166,46 @@ def _paging32(pae: bool) -> tuple[bool, str]:
         set_protected_mode(s, gdt_base=m.boot_plan.gdt_addr)
         s.cr3, s.cr4 = tables, 0x20 if pae else 0x10  # PAE, or PSE for 4 MiB pages
         bsp.set_sregs(s)
+        assert m.image is not None
         rip = m.image.symbols.address_of("pg32_probe")
+        if rip is None:
+            raise ProbeError("the probe guest has no pg32_probe symbol")
         bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": rip, "rflags": 2}))
         r = m.run(timeout=PROBE_TIMEOUT)
-    what = "PAE paging outside long mode" if pae else "32-bit paging (PSE 4 MiB pages)"
-    ok = r.status == "exit" and r.exit_code == 1
-    return ok, f"{what}: {'works' if ok else r.message}"
+    if r.status == "exit" and r.exit_code == 1:
+        return True, f"{what}: works"
+    return _answer(r, what)
 
 
 def _smp() -> tuple[bool, str]:
-    with Machine.from_elf(guest_dir() / "protocol.elf", cmdline="smp", cpus=2) as m:
-        r = m.run(timeout=PROBE_TIMEOUT)
-    return r.status == "done", "2 vCPUs: AP started by INIT/SIPI" if r.status == "done" \
-        else f"2 vCPUs: {r.message}"
+    return _guest("smp", "2 vCPUs, the AP started by INIT/SIPI,", cpus=2)
 
 
 def _dirty_log() -> tuple[bool, str]:
-    with Machine.from_elf(guest_dir() / "selftest.elf", cmdline="touch 0x20001000 2") as m:
+    with Machine.from_elf(probe_guest(), cmdline="touch 0x20001000 2") as m:
         region = m.add_ram(0x20000000, 4 * 4096, log_dirty=True)
         r = m.run(timeout=PROBE_TIMEOUT)
         pages = m.memory.dirty_pages(region)
-    ok = r.ok and pages == [0x20001000, 0x20002000]
+    if not r.ok:
+        return _answer(r, "writing 2 pages")
+    ok = pages == [0x20001000, 0x20002000]
     return ok, f"KVM_GET_DIRTY_LOG reported {[hex(p) for p in pages]} for 2 written pages"
 
 
-def _debug(control: int, debugreg: tuple[int, ...] = ()) -> tuple[bool, str]:
-    with Machine.from_elf(guest_dir() / "probe.elf", cmdline="nop") as m:
-        if debugreg:
+def _debug(control: int, hw_breakpoint: bool = False) -> tuple[bool, str]:
+    with Machine.from_elf(probe_guest(), cmdline="nop") as m:
+        debugreg: tuple[int, ...] = ()
+        if hw_breakpoint:
+            assert m.image is not None
             main = m.image.symbols.address_of("main")
+            if main is None:
+                raise ProbeError("the probe guest has no main symbol")
             debugreg = (main, 0, 0, 0, 0, 0, 0, 0x1)
         m.vcpus[0].set_guest_debug(lib.KVM_GUESTDBG_ENABLE | control, debugreg)
         r = m.run(timeout=PROBE_TIMEOUT)
-    ok = r.status == "debug"
-    return ok, r.message
+    if r.status == "debug":
+        return True, r.message
+    return _answer(r, "KVM_SET_GUEST_DEBUG")
 
 
 def _set_tsc() -> tuple[bool, str]:
@@ -210,28 +253,33 @@ PROBES: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = [
     ("dirty-log", "memory", _dirty_log),
     ("readonly-mem", "memory", _cap("READONLY_MEM")),
     ("singlestep", "debug", lambda: _debug(lib.KVM_GUESTDBG_SINGLESTEP)),
-    ("hw-breakpoint", "debug", lambda: _debug(lib.KVM_GUESTDBG_USE_HW_BP, (1,))),
+    ("hw-breakpoint", "debug", lambda: _debug(lib.KVM_GUESTDBG_USE_HW_BP, hw_breakpoint=True)),
     ("split-irqchip", "irq", _cap("SPLIT_IRQCHIP")),
     ("msr-filter", "msr", _cap("X86_MSR_FILTER")),
 ]
 
 
 def probe_all(progress: Callable[[str], None] | None = None) -> HostFeatures:
+    """Run every probe.  Raises KvmError when /dev/kvm itself is unusable (then nothing
+    can be probed); a probe that fails for any other reason of pyvmm's becomes an error
+    feature (``works`` None) with the reason."""
+    Kvm().close()  # no access to /dev/kvm: say so once, probe nothing
     key, host = host_key()
     out = HostFeatures(key, host, time.time())
     for name, group, fn in PROBES:
         if progress:
             progress(name)
+        works: bool | None
         try:
             works, detail = fn()
-        except (KvmError, OSError, ValueError) as e:
-            works, detail = False, f"probe failed: {e}"
+        except Exception as e:  # a probe that could not run is never "the host lacks it"
+            works, detail = None, f"probe could not run: {type(e).__name__}: {e}"
         out.features[name] = Feature(name, works, detail, group)
     return out
 
 
 def cache_path(key: str) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "pyvmm" / f"doctor-{key}.json"
 
 
@@ -239,7 +287,8 @@ _MEMO: HostFeatures | None = None
 
 
 def host_features(refresh: bool = False) -> HostFeatures:
-    """The cached answer for this host, probing (and caching) when there is none."""
+    """The cached answer for this host, probing (and caching) when there is none.  An
+    answer with probe errors is returned but never cached, so the next call probes again."""
     global _MEMO
     key, _ = host_key()
     if _MEMO is not None and _MEMO.key == key and not refresh:
@@ -247,14 +296,21 @@ def host_features(refresh: bool = False) -> HostFeatures:
     path = cache_path(key)
     if not refresh and path.exists():
         try:
-            _MEMO = HostFeatures.from_json(path.read_text())
-            return _MEMO
+            cached = HostFeatures.from_json(path.read_text())
+            if cached.key == key and not cached.errors:
+                _MEMO = cached
+                return cached
         except (ValueError, KeyError, TypeError):
             pass  # a corrupt cache is probed again
-    _MEMO = probe_all()
+    found = probe_all()
+    if found.errors:
+        return found
+    _MEMO = found
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_MEMO.to_json())
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(found.to_json())
+        tmp.replace(path)
     except OSError:
         pass  # a read-only home still gets the answer, just not cached
-    return _MEMO
+    return found

@@ -72,14 +72,23 @@ def require(features: tuple[str, ...] = (), caps: tuple[str, ...] = ()) -> None:
                 if not kvm.capabilities.get(cap):
                     pytest.skip(f"host KVM lacks KVM_CAP_{cap}")
     if features:
-        from pyvmm.doctor import host_features
+        from pyvmm.doctor import PROBES, host_features
 
+        known = {name for name, _, _ in PROBES}
+        for feat in features:
+            if feat not in known:
+                raise pytest.UsageError(f"unknown host feature {feat!r} (see `pyvmm doctor`)")
         found = host_features()
         for feat in features:
-            if feat not in found.features:
-                raise pytest.UsageError(f"unknown host feature {feat!r} (see `pyvmm doctor`)")
-            if not found.features[feat].works:
-                pytest.skip(f"host lacks {feat}: {found.features[feat].detail}")
+            f = found.features[feat]
+            if f.works is None:
+                # the probe itself failed: that says nothing about the host
+                msg = f"could not probe host feature {feat}: {f.detail}"
+                if os.environ.get("PYVMM_REQUIRE_KVM") == "1":
+                    pytest.fail(f"PYVMM_REQUIRE_KVM=1 but {msg}", pytrace=False)
+                pytest.skip(msg)
+            if not f.works:
+                pytest.skip(f"host lacks {feat}: {f.detail}")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -6,6 +6,7 @@ guests should keep to 0-119 so that the VMM's statuses below stay distinguishabl
 
 from __future__ import annotations
 
+GUEST_BUILD = 1  # pyvmm guest build: the compiler, linker or objcopy failed
 USAGE = 2  # bad command-line arguments (click)
 GUEST_IMAGE = 120  # the guest file cannot be loaded: not ELF, wrong kind, does not fit
 KVM_UNAVAILABLE = 121  # /dev/kvm missing or unusable, or a KVM ioctl failed

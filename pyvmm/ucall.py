@@ -1,4 +1,4 @@
-"""The host side of pyvmm's guest-host test protocol (guests/lib/ucall.h).
+"""The host side of pyvmm's guest-host test protocol (pyvmm/guest/include/pyvmm/ucall.h).
 
 A guest executes one OUT to :data:`UCALL_PORT` with the address of a ``struct ucall`` in
 RDI.  The vCPU's GPRs are already in ``kvm_run->s.regs`` (KVM_CAP_SYNC_REGS), so reading

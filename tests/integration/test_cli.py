@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from cli import pyvmm
 
 from pyvmm import status
-
-
-def pyvmm(*args, env=None, timeout=60):
-    import os
-
-    e = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "pyvmm", *args], capture_output=True, text=True,
-                          env=e, timeout=timeout)
 
 
 def one_line_error(p):

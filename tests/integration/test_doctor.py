@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from cli import pyvmm
 
-from pyvmm.doctor import HostFeatures, host_features
+from pyvmm.doctor import HostFeatures, host_features, probe_guest
 from pyvmm.hostinfo import detect
 
 
@@ -32,8 +31,7 @@ def test_cache_round_trip(found, tmp_path, monkeypatch):
 
 
 def test_cli_json(guests, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "pyvmm", "doctor", "--json"], capture_output=True,
-                       text=True, timeout=120)
+    p = pyvmm("doctor", "--json", timeout=120)
     assert p.returncode == 0, p.stderr
     names = {f["name"] for f in json.loads(p.stdout)["features"]}
     assert {"tdp", "pcid", "1g-pages", "xapic-timer", "smp"} <= names
@@ -47,5 +45,5 @@ def test_popcnt_runs_natively(run_guest, guests):
 
 @pytest.mark.requires("xapic-timer", caps=("TSC_DEADLINE_TIMER",))
 def test_requires_passes_when_present(run_guest, guests):
-    r = run_guest(guests / "probe.elf", "tsc-deadline")
+    r = run_guest(probe_guest(), "tsc-deadline")
     assert r.syncs(1)[0].args[1] == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 
+import cli
 import pytest
 
 from pyvmm import Machine
@@ -22,8 +22,7 @@ def env_file(tmp_path_factory):
 
 
 def pyvmm(*args):
-    return subprocess.run([sys.executable, "-m", "pyvmm", "run", *args], capture_output=True,
-                          text=True, timeout=120)
+    return cli.pyvmm("run", *args, timeout=120)
 
 
 @pytest.mark.parametrize("mode", ["fwcfg", "env", "smp", "acpi", "testdev", "pci", "cmos"])

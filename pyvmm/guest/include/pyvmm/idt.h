@@ -14,18 +14,30 @@ typedef void (*ex_handler_t)(struct ex_regs *);
 void idt_install(void);
 void idt_set_handler(int vector, ex_handler_t handler);
 
-/* Expecting a fault: idt_catch_faults() makes #UD, #GP and #PF resume at the address the
- * faulting code left in RBX; GUEST_TRY(insn) runs `insn` that way and is 1 when it did not
- * fault.  fault_vector / fault_error_code / fault_cr2 describe the last fault caught. */
-extern volatile uint64_t fault_vector, fault_error_code, fault_cr2;
+/* Expecting a fault: after idt_catch_faults(), an instruction run through GUEST_TRY that
+ * raises #UD, #GP or #PF resumes right after itself, and GUEST_TRY is 0 (1 when it did not
+ * fault); fault_vector / fault_error_code / fault_cr2 describe the last fault caught.
+ * The second argument is the rest of an extended asm statement, starting after its first
+ * colon: outputs : inputs : clobbers (add "memory" when the instruction touches memory).
+ *
+ *   uint64_t v;
+ *   int ok = GUEST_TRY("rdmsr", "=a"(v) : "c"(0x1234) : "rdx", "memory");
+ *
+ * A fault outside GUEST_TRY is reported like any unhandled exception (vector, RIP).  One
+ * GUEST_TRY at a time per guest: fault_resume is global, not per vCPU. */
+extern volatile uint64_t fault_vector, fault_error_code, fault_cr2, fault_resume;
 extern volatile int faulted;
 void idt_catch_faults(void);
 #define GUEST_TRY(insn, ...)                                                               \
 	({                                                                                 \
 		faulted = 0;                                                               \
-		__asm__ volatile("lea 1f(%%rip), %%rbx\n\t" insn "\n1:" __VA_ARGS__);     \
+		__asm__ volatile("movq $.Lguest_try_%=, fault_resume(%%rip)\n\t" insn        \
+				 "\n.Lguest_try_%=:\tmovq $0, fault_resume(%%rip)"           \
+				 : __VA_ARGS__);                                            \
 		!faulted;                                                                  \
 	})
+/* Report an exception as unhandled (the host ends the run naming vector and RIP). */
+__attribute__((noreturn)) void idt_report_unhandled(struct ex_regs *r);
 
 static inline uint64_t read_cr2(void) { uint64_t v; __asm__ volatile("mov %%cr2, %0" : "=r"(v)); return v; }
 static inline uint64_t read_cr3(void) { uint64_t v; __asm__ volatile("mov %%cr3, %0" : "=r"(v)); return v; }

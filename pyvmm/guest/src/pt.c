@@ -1,6 +1,6 @@
-#include "idt.h"
-#include "pt.h"
-#include "rt.h"
+#include <pyvmm/idt.h>
+#include <pyvmm/pt.h>
+#include <pyvmm/rt.h>
 
 #define POOL 64
 static uint64_t pool[POOL][512] __attribute__((aligned(4096)));

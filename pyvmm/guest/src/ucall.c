@@ -1,8 +1,8 @@
 /* ucall.c - GUEST_SYNC / GUEST_ASSERT / GUEST_PRINTF / GUEST_DONE over one port. */
 #include <stdarg.h>
 
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/rt.h>
+#include <pyvmm/ucall.h>
 
 void ucall(struct ucall *uc)
 {

@@ -1,7 +1,7 @@
 /* idt.c - IDT set-up and dispatch (Intel SDM vol. 3A ch. 6.14: 64-bit interrupt gates). */
-#include "idt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/idt.h>
+#include <pyvmm/rt.h>
+#include <pyvmm/ucall.h>
 
 struct idt_gate {
 	uint16_t off0, selector;
@@ -27,23 +27,42 @@ void idt_install(void)
 
 void idt_set_handler(int vector, ex_handler_t handler) { handlers[vector & 255] = handler; }
 
-volatile uint64_t fault_vector, fault_error_code, fault_cr2;
+volatile uint64_t fault_vector, fault_error_code, fault_cr2, fault_resume;
 volatile int faulted;
 
-static void resume_at_rbx(struct ex_regs *r)
+/* #UD/#GP/#PF after idt_catch_faults(): inside GUEST_TRY, resume after the instruction;
+ * anywhere else it is a real fault, reported like any unhandled exception (resuming at a
+ * stale address would fault again and again until the vCPU triple-faults) */
+static void resume_after_try(struct ex_regs *r)
 {
+	uint64_t to = fault_resume;
+	if (!to)
+		idt_report_unhandled(r);
+	fault_resume = 0;
 	faulted = 1;
 	fault_vector = r->vector;
 	fault_error_code = r->error_code;
 	fault_cr2 = read_cr2();
-	r->rip = r->rbx;
+	r->rip = to;
 }
 
 void idt_catch_faults(void)
 {
-	idt_set_handler(6, resume_at_rbx);
-	idt_set_handler(13, resume_at_rbx);
-	idt_set_handler(14, resume_at_rbx);
+	idt_set_handler(6, resume_after_try);
+	idt_set_handler(13, resume_after_try);
+	idt_set_handler(14, resume_after_try);
+}
+
+__attribute__((noreturn)) void idt_report_unhandled(struct ex_regs *r)
+{
+	struct ucall uc = { .cmd = UCALL_EXCEPTION, .nargs = 4 };
+	uc.args[0] = r->vector;
+	uc.args[1] = r->error_code;
+	uc.args[2] = read_cr2();
+	uc.args[3] = r->rip;
+	ucall(&uc);
+	for (;;)
+		__asm__ volatile("cli; hlt");
 }
 
 void idt_dispatch(struct ex_regs *r)
@@ -53,12 +72,5 @@ void idt_dispatch(struct ex_regs *r)
 		h(r);
 		return;
 	}
-	struct ucall uc = { .cmd = UCALL_EXCEPTION, .nargs = 4 };
-	uc.args[0] = r->vector;
-	uc.args[1] = r->error_code;
-	uc.args[2] = read_cr2();
-	uc.args[3] = r->rip;
-	ucall(&uc);
-	for (;;)
-		__asm__ volatile("cli; hlt");
+	idt_report_unhandled(r);
 }

@@ -1,5 +1,5 @@
 /* rt.c - serial output (polled 16550), printf, exit through the debug-exit port. */
-#include "rt.h"
+#include <pyvmm/rt.h>
 
 struct boot_info *boot_info;
 static volatile uint32_t print_lock;

@@ -1,4 +1,4 @@
-#include "apic.h"
+#include <pyvmm/apic.h>
 
 int apic_x2;
 

@@ -6,11 +6,11 @@
  *   pcid          set CR4.PCIDE                  1g-pages  read through a 1 GiB page
  *   xapic-timer   one-shot LAPIC timer, xAPIC    x2apic    enable x2APIC, read its ID MSR
  *   tsc-deadline  TSC-deadline timer             nop       GUEST_DONE at once
+ *   smp           start every AP by INIT/SIPI    touch ADDR N  write one byte in N pages
+ *
+ * `pyvmm doctor` runs only this guest; it ships in the wheel (pyvmm/probes/probe.elf).
  */
-#include "apic.h"
-#include "idt.h"
-#include "rt.h"
-#include "ucall.h"
+#include <pyvmm/guest.h>
 
 static volatile int ticks;
 
@@ -30,7 +30,7 @@ static void timer_isr(struct ex_regs *r)
 
 static void skip_one_byte(struct ex_regs *r) { (void)r; } /* int3 already points past itself */
 
-#define TRY(insn) GUEST_TRY(insn, ::: "rbx", "rax", "rcx", "rdx", "memory")
+#define TRY(insn) GUEST_TRY(insn, : : "rax", "rcx", "rdx", "memory")
 
 static int insn(const char *name)
 {
@@ -66,7 +66,6 @@ static int wait_ticks(int n)
 
 int main(struct boot_info *bi, const char *cmdline)
 {
-	(void)bi;
 	idt_install();
 	idt_catch_faults();
 	idt_set_handler(0x40, timer_isr);
@@ -81,10 +80,9 @@ int main(struct boot_info *bi, const char *cmdline)
 		pdpt[8] = 0x83; /* VA 8 GiB -> PA 0, one 1 GiB page */
 		volatile uint64_t *probe = (volatile uint64_t *)(0x200000000ul + 0x1000);
 		*(volatile uint64_t *)0x1000 = 0x1122334455667788ul;
-		faulted = 0;
 		uint64_t v = 0;
-		__asm__ volatile("lea 1f(%%rip), %%rbx\n\tmov (%1), %0\n1:" : "+r"(v) : "r"(probe) : "rbx", "memory");
-		res = !faulted && v == 0x1122334455667788ul;
+		res = GUEST_TRY("mov (%1), %0", "+r"(v) : "r"(probe) : "memory") &&
+		      v == 0x1122334455667788ul;
 		pdpt[8] = 0;
 	} else if (!strcmp(cmdline, "xapic-timer") || !strcmp(cmdline, "x2apic-timer")) {
 		apic_enable(cmdline[1] == '2');
@@ -101,6 +99,13 @@ int main(struct boot_info *bi, const char *cmdline)
 		apic_enable(1);
 		res = apic_read(APIC_VERSION) != 0;
 	} else if (!strcmp(cmdline, "nop")) {
+		res = 1;
+	} else if (!strcmp(cmdline, "smp")) {
+		res = smp_start_aps(bi->ncpus - 1) == bi->ncpus - 1;
+	} else if (!strncmp(cmdline, "touch ", 6)) {
+		volatile uint8_t *p = (volatile uint8_t *)parse_u64(cmdline + 6);
+		for (uint64_t i = parse_u64(skip_word(cmdline + 6)); i; i--, p += 4096)
+			*p = 1;
 		res = 1;
 	}
 	GUEST_SYNC(1, (uint64_t)res, fault_vector);

@@ -1,0 +1,6 @@
+# Type stub for the cffi extension built from cbindings/ (build_native.py).  cffi objects
+# carry no static types: the kvm layer wraps them in typed methods.
+from typing import Any
+
+ffi: Any
+lib: Any

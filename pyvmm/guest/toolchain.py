@@ -1,0 +1,155 @@
+"""How pyvmm guests are compiled and linked: the one place the flags live.
+
+pyvmm's own guests, the doctor's probe guest (built with the wheel) and users' guests all
+go through :func:`build`.  This module imports nothing from pyvmm (setup.py loads it by
+path to build the guest runtime and the probe guest at wheel-build time, before the
+package itself is importable) and nothing outside the standard library.
+
+Why the flags are what they are (see docs/guests.md):
+
+- freestanding, no libc, static, not position-independent, linked by our linker script
+  (``ld/guest.ld``: ELF64 at 1 MiB with the AP trampoline at 0x8000; ``ld/flat.ld``:
+  everything at or above 1 MiB, for multiboot ``.flat`` kernels that QEMU loads as one blob);
+- ``-mgeneral-regs-only`` and ``-fcf-protection=none``: no SSE/x87 and no ``endbr64``.  On
+  kvm_pvm every CPL0 instruction goes through KVM's emulator, which knows neither;
+- ``-mno-red-zone``: interrupt handlers run on the same stack;
+- frame pointers and ``-g``: crash reports and gdb can walk the guest's stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+INCLUDE = HERE / "include"
+SRC = HERE / "src"
+LD = HERE / "ld"
+LIB = HERE / "lib"
+LIBRARY_NAME = "libpyvmm-guest.a"
+RUNTIME_SOURCES = ("entry.S", "rt.c", "ucall.c", "idt.c", "isr.S", "apic.c", "pt.c")
+
+CFLAGS = (
+    "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-ffreestanding", "-fno-builtin",
+    "-nostdlib", "-fno-pic", "-fno-pie", "-mno-red-zone", "-mgeneral-regs-only",
+    "-march=x86-64", "-fno-stack-protector", "-fcf-protection=none",
+    "-fno-asynchronous-unwind-tables", "-fno-omit-frame-pointer",
+)
+LDFLAGS = (
+    "-static", "-no-pie", "-nostdlib", "-Wl,--build-id=none", "-Wl,-z,max-page-size=4096",
+    "-Wl,-z,noexecstack", "-Wl,--no-warn-rwx-segments",
+)
+
+
+class GuestBuildError(RuntimeError):
+    """The compiler, linker or objcopy failed, or is missing; the message says which and
+    carries the tool's own output."""
+
+
+def tool(name: str, env_var: str, default: str) -> list[str]:
+    """The command for a tool (``$CC``/``$OBJCOPY`` may name another, with arguments)."""
+    cmd = shlex.split(os.environ.get(env_var, default))
+    if not cmd or shutil.which(cmd[0]) is None:
+        raise GuestBuildError(f"{cmd[0] if cmd else env_var}: not found; building guests needs "
+                              "gcc and binutils (Debian: apt-get install gcc binutils)")
+    return cmd
+
+
+def cflags(include: Path = INCLUDE) -> list[str]:
+    """Compiler flags for guest sources, with ``#include <pyvmm/guest.h>`` resolvable."""
+    return [*CFLAGS, f"-I{include}"]
+
+
+def ldflags(multiboot: bool = False, ld_dir: Path = LD) -> list[str]:
+    """Linker flags, our linker script included (``flat.ld`` for multiboot kernels)."""
+    return [*LDFLAGS, "-T", str(ld_dir / ("flat.ld" if multiboot else "guest.ld"))]
+
+
+def libs(library: Path) -> list[str]:
+    """The runtime archive, whole: its entry points and the multiboot/PVH headers are not
+    referenced by guest code, so the linker would otherwise leave them out."""
+    return ["-Wl,--whole-archive", str(library), "-Wl,--no-whole-archive"]
+
+
+def _run(cmd: Sequence[str], what: str) -> None:
+    p = subprocess.run(list(cmd), capture_output=True, text=True)
+    if p.returncode != 0:
+        out = (p.stdout + p.stderr).strip()
+        raise GuestBuildError(f"{what} failed (exit {p.returncode}): {shlex.join(cmd)}\n{out}")
+
+
+def build_runtime(out_dir: Path, src: Path = SRC, include: Path = INCLUDE) -> Path:
+    """Compile the guest runtime into ``out_dir/libpyvmm-guest.a``; returns its path."""
+    cc = tool("cc", "CC", "gcc")
+    ar = tool("ar", "AR", "ar")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pyvmm-rt-") as tmp:
+        objs = []
+        for name in RUNTIME_SOURCES:
+            obj = Path(tmp) / (Path(name).stem + ".o")
+            _run([*cc, *cflags(include), "-c", "-o", str(obj), str(src / name)], f"compiling {name}")
+            objs.append(str(obj))
+        library = out_dir / LIBRARY_NAME
+        partial = library.with_suffix(".a.tmp")
+        partial.unlink(missing_ok=True)
+        _run([*ar, "rcs", str(partial), *objs], "ar")
+        partial.replace(library)  # atomic: a concurrent build never sees half an archive
+    return library
+
+
+def _cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "pyvmm" / "guest-runtime"
+
+
+def runtime_library() -> Path:
+    """The prebuilt runtime archive shipped in the wheel, or (in a source checkout where
+    it was not built) one compiled once into the user's cache, keyed by the runtime's
+    sources and flags so that an edit rebuilds it."""
+    shipped = LIB / LIBRARY_NAME
+    if shipped.exists():
+        return shipped
+    h = hashlib.sha256(" ".join([*CFLAGS, os.environ.get("CC", "gcc")]).encode())
+    for d in (SRC, INCLUDE / "pyvmm"):
+        for f in sorted(d.iterdir()):
+            h.update(f.name.encode() + f.read_bytes())
+    cached = _cache_dir() / h.hexdigest()[:16]
+    library = cached / LIBRARY_NAME
+    return library if library.exists() else build_runtime(cached)
+
+
+def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool = False,
+          extra_cflags: Sequence[str] = (), extra_ldflags: Sequence[str] = (),
+          library: Path | None = None, include: Path = INCLUDE, ld_dir: Path = LD) -> Path:
+    """Compile and link ``sources`` (C and GNU as ``.S``) with the guest runtime.
+
+    ELF64 guests follow pyvmm's entry convention; ``multiboot=True`` links the multiboot
+    entry (everything at or above 1 MiB) and converts the result to ELF32 (EM_386), the
+    form QEMU's ``-kernel`` and kvm-unit-tests' ``.flat`` files use.  Raises
+    :class:`GuestBuildError` with the tool's output.
+    """
+    if not sources:
+        raise GuestBuildError("no source files to build")
+    for s in sources:
+        if not Path(s).is_file():
+            raise GuestBuildError(f"{s}: no such source file")
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lib = library if library is not None else runtime_library()
+    cc = tool("cc", "CC", "gcc")
+    linked = out.with_name(out.name + ".64") if multiboot else out
+    _run([*cc, *cflags(include), *extra_cflags, *ldflags(multiboot, ld_dir), *extra_ldflags,
+          "-o", str(linked), *map(str, sources), *libs(lib)], f"building {out.name}")
+    if multiboot:
+        try:
+            _run([*tool("objcopy", "OBJCOPY", "objcopy"), "-O", "elf32-i386", str(linked),
+                  str(out)], "objcopy")
+        finally:
+            linked.unlink(missing_ok=True)
+    return out
