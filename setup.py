@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,20 +18,13 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 
 
-def _toolchain():
-    spec = importlib.util.spec_from_file_location("_pyvmm_guest_toolchain",
-                                                  ROOT / "pyvmm" / "guest" / "toolchain.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses and friends look themselves up here
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class BuildPyWithGuests(build_py):
     def run(self) -> None:
         super().run()
-        tc = _toolchain()
+        # pure-Python modules of the package itself (pyvmm/__init__ imports nothing eagerly)
+        sys.path.insert(0, str(ROOT))
+        from pyvmm.guest import toolchain as tc
+
         target = ROOT if getattr(self, "editable_mode", False) else Path(self.build_lib)
         pkg = target / "pyvmm"
         library = tc.build_runtime(pkg / "guest" / "lib", src=tc.SRC, include=tc.INCLUDE)

@@ -56,7 +56,7 @@ KVM_STATS_BASE_MASK KVM_STATS_BASE_POW10 KVM_STATS_BASE_POW2
 PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_MAX_UNCLAIMED PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_READ
 PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER
 PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
-MADV_HUGEPAGE MADV_DONTNEED
+MADV_HUGEPAGE MADV_DONTNEED MADV_REMOVE
 KVM_MSR_FILTER_READ KVM_MSR_FILTER_WRITE KVM_MSR_FILTER_DEFAULT_ALLOW KVM_MSR_FILTER_DEFAULT_DENY
 KVM_MSR_FILTER_MAX_RANGES KVM_MSR_EXIT_REASON_INVAL KVM_MSR_EXIT_REASON_UNKNOWN
 KVM_MSR_EXIT_REASON_FILTER
@@ -187,14 +187,14 @@ struct pyvmm_fast_entry {
 };
 struct pyvmm_loop {
     int vcpu_fd; int last_errno; struct kvm_run *run; uint64_t run_size;
-    int stop_requested; uint32_t n_entries; uint32_t stop_entry; uint64_t stop_value;
+    int stop_requested; int flush_requested; uint32_t n_entries; uint32_t stop_entry; uint64_t stop_value;
     struct pyvmm_fast_entry entries[...];
     uint8_t *buf; uint32_t buf_cap; uint32_t buf_len; uint32_t buf_flush_at;
     uint32_t buf_flush_newline;
     uint32_t answer_unclaimed; uint32_t n_claimed_mmio; uint8_t *claimed_ports;
     uint32_t *unclaimed_pio; uint64_t claimed_mmio[...][2]; uint32_t n_unclaimed_mmio;
     uint64_t unclaimed_mmio[...][2];
-    uint64_t kvm_runs; uint64_t fast_exits; uint64_t slow_exits;
+    uint64_t kvm_runs;
     uint64_t exit_counts[...];
     ...;
 };

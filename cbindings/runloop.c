@@ -55,15 +55,6 @@ int pyvmm_madvise(void *addr, uint64_t size, int advice)
     return madvise(addr, size, advice) < 0 ? -errno : 0;
 }
 
-int pyvmm_flush_page(void *addr)
-{
-    /* PROT_NONE and back: the MMU notifier makes KVM drop its mapping of the page, so the
-     * guest's next access faults into KVM again (QEMU pc-testdev's "flush page") */
-    if (mprotect(addr, 4096, PROT_NONE) < 0)
-        return -errno;
-    return mprotect(addr, 4096, PROT_READ | PROT_WRITE) < 0 ? -errno : 0;
-}
-
 static void kick_handler(int sig)
 {
     (void)sig; /* only here so that KVM_RUN returns EINTR */
@@ -104,6 +95,23 @@ int pyvmm_loop_kick(struct pyvmm_loop *l)
     if (__atomic_load_n(&l->thread_valid, __ATOMIC_SEQ_CST))
         return pthread_kill(l->thread, pyvmm_kick_signal()) ? -1 : 0;
     return 0;
+}
+
+int pyvmm_loop_request_flush(struct pyvmm_loop *l)
+{
+    __atomic_store_n(&l->flush_requested, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&l->thread_valid, __ATOMIC_SEQ_CST))
+        return pthread_kill(l->thread, pyvmm_kick_signal()) ? -1 : 0;
+    return 0;
+}
+
+/* A flush was asked for: PYVMM_RET_BUFFER if there is anything to hand back. */
+static int flush_due(struct pyvmm_loop *l)
+{
+    if (!__atomic_load_n(&l->flush_requested, __ATOMIC_RELAXED))
+        return 0;
+    __atomic_store_n(&l->flush_requested, 0, __ATOMIC_SEQ_CST);
+    return l->buf_len > 0;
 }
 
 static struct pyvmm_fast_entry *lookup(struct pyvmm_loop *l, int space, uint64_t addr,
@@ -256,7 +264,9 @@ int pyvmm_loop_run(struct pyvmm_loop *l)
                 l->exit_counts[KVM_EXIT_INTR]++;
                 if (__atomic_load_n(&l->stop_requested, __ATOMIC_SEQ_CST))
                     return PYVMM_RET_KICKED;
-                continue; /* a stray signal: go back in */
+                if (flush_due(l))
+                    return PYVMM_RET_BUFFER;
+                continue; /* a stray signal, or a flush with nothing buffered: go back in */
             }
             l->last_errno = err;
             return PYVMM_RET_ERROR;
@@ -264,14 +274,9 @@ int pyvmm_loop_run(struct pyvmm_loop *l)
         uint32_t reason = l->run->exit_reason;
         l->exit_counts[reason < PYVMM_MAX_REASONS ? reason : 0]++;
         int r = pyvmm_loop_dispatch(l);
-        if (r < 0) {
-            l->fast_exits++;
-            continue;
-        }
-        if (r == PYVMM_RET_EXIT)
-            l->slow_exits++;
-        else
-            l->fast_exits++;
-        return r;
+        if (r >= 0)
+            return r;
+        if (flush_due(l))
+            return PYVMM_RET_BUFFER;
     }
 }

@@ -57,6 +57,7 @@ struct pyvmm_loop {
     struct kvm_run *run;
     uint64_t run_size;
     volatile int stop_requested;
+    volatile int flush_requested; /* pyvmm_loop_request_flush(): hand a partial buffer back */
     volatile int thread_valid;
     pthread_t thread;
     uint32_t n_entries;
@@ -82,8 +83,6 @@ struct pyvmm_loop {
     uint32_t n_unclaimed_mmio;
     uint64_t unclaimed_mmio[PYVMM_MAX_UNCLAIMED][2]; /* address, count */
     uint64_t kvm_runs;          /* KVM_RUN ioctls issued */
-    uint64_t fast_exits;        /* exits answered from the table */
-    uint64_t slow_exits;        /* exits returned to Python */
     uint64_t exit_counts[PYVMM_MAX_REASONS];
 };
 
@@ -93,6 +92,10 @@ int pyvmm_loop_run(struct pyvmm_loop *l);
  * pyvmm_loop_run() uses it after every KVM_RUN; unit tests call it on a fake kvm_run. */
 int pyvmm_loop_dispatch(struct pyvmm_loop *l);
 int pyvmm_loop_kick(struct pyvmm_loop *l);
+/* Ask the loop to return PYVMM_RET_BUFFER soon if its byte buffer holds anything (a
+ * partial line), also when the vCPU sits in HLT: a flag and the kick signal, no
+ * immediate_exit.  Called by the VMM's timer thread. */
+int pyvmm_loop_request_flush(struct pyvmm_loop *l);
 void pyvmm_loop_bind_thread(struct pyvmm_loop *l);
 void pyvmm_loop_unbind_thread(struct pyvmm_loop *l);
 int pyvmm_kick_signal(void);
@@ -102,7 +105,6 @@ long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value);
 void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err);
 int pyvmm_munmap(void *addr, uint64_t size);
 int pyvmm_madvise(void *addr, uint64_t size, int advice);
-int pyvmm_flush_page(void *addr);
 /* cdef-end */
 
 #endif

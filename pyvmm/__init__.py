@@ -13,18 +13,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 #: the distribution's name on PyPI (``pip install pyvmm-kvm``); ``pyvmm`` there is another project
 DISTRIBUTION = "pyvmm-kvm"
-__all__ = ["DISTRIBUTION", "GuestImageError", "KvmError", "Machine", "RunResult", "Space",
-           "__version__"]
+__all__ = ["DISTRIBUTION", "GuestImageError", "HistoryLimits", "KvmError", "Machine",
+           "PyvmmError", "RunResult", "RunStatus", "Space", "__version__"]
 
 if TYPE_CHECKING:
-    from pyvmm.devices.bus import Space
+    from pyvmm.errors import GuestImageError, PyvmmError
     from pyvmm.kvm.errors import KvmError
-    from pyvmm.loader.elf import GuestImageError
-    from pyvmm.machine import Machine, RunResult
+    from pyvmm.machine import Machine
+    from pyvmm.vstate.fastpath import Space
+    from pyvmm.vstate.history import HistoryLimits
+    from pyvmm.vstate.result import RunResult, RunStatus
 
-_LAZY = {"Space": "pyvmm.devices.bus", "KvmError": "pyvmm.kvm.errors",
-         "GuestImageError": "pyvmm.loader.elf", "Machine": "pyvmm.machine",
-         "RunResult": "pyvmm.machine"}
+_LAZY = {"Space": "pyvmm.vstate.fastpath", "KvmError": "pyvmm.kvm.errors",
+         "GuestImageError": "pyvmm.errors", "PyvmmError": "pyvmm.errors",
+         "Machine": "pyvmm.machine", "RunResult": "pyvmm.vstate.result",
+         "RunStatus": "pyvmm.vstate.result", "HistoryLimits": "pyvmm.vstate.history"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``python -m pyvmm`` is the ``pyvmm`` command."""
 
-from pyvmm.cli import main
+from pyvmm.entry import main
 
 main()

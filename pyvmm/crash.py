@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyvmm.memory import GuestMemoryError
+from pyvmm.errors import GuestMemoryError
 from pyvmm.x86.paging import walk
 
 if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
-    from pyvmm.loader.elf import Symbols
+    from pyvmm.loader.symbols import Symbols
     from pyvmm.memory import GuestMemory
 
+#: the order of the register dump
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 CR0_PG = 1 << 31
@@ -61,13 +62,14 @@ def capture(vcpu: Vcpu, memory: GuestMemory, symbols: Symbols | None, reason: st
         regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
     except OSError:
         return crash
-    crash.regs = {n: getattr(regs, n) for n in (*GPRS, "rip", "rflags")}
-    crash.sregs = {n: getattr(sregs, n) for n in ("cr0", "cr2", "cr3", "cr4", "efer")}
-    crash.sregs.update(cs=sregs.cs.selector, ds=sregs.ds.selector, ss=sregs.ss.selector)
-    rip = crash.regs["rip"] + (sregs.cs.base if not sregs.cr0 & CR0_PG else 0)
+    crash.regs = regs
+    crash.sregs = {n: int(getattr(sregs, n)) for n in ("cr0", "cr2", "cr3", "cr4", "efer")}
+    crash.sregs.update(cs=int(sregs.cs.selector), ds=int(sregs.ds.selector),
+                       ss=int(sregs.ss.selector))
+    rip = crash.regs["rip"] + (int(sregs.cs.base) if not sregs.cr0 & CR0_PG else 0)
     if symbols is not None:
         crash.symbol = symbols.lookup(crash.regs["rip"])
-    crash.insn = read_code(memory, sregs.cr3 if sregs.cr0 & CR0_PG else None, rip)
+    crash.insn = read_code(memory, int(sregs.cr3) if sregs.cr0 & CR0_PG else None, rip)
     return crash
 
 

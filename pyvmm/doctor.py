@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyvmm._native import ffi, lib
+from pyvmm.errors import PyvmmError
 from pyvmm.hostinfo import detect
 from pyvmm.kvm import Kvm, KvmError
+from pyvmm.kvm.vcpu import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP
 from pyvmm.machine import Machine, RunResult
 from pyvmm.x86.modes import set_protected_mode
 
@@ -41,7 +42,7 @@ PROBE_SET_VERSION = 2
 HOST_ANSWERS = ("done", "exit", "crash", "assert", "timeout", "debug")
 
 
-class ProbeError(RuntimeError):
+class ProbeError(PyvmmError):
     """A probe could not run (pyvmm's fault or the set-up's, not the host's answer)."""
 
 
@@ -163,14 +164,15 @@ def _paging32(pae: bool) -> tuple[bool, str]:
             m.memory.write(tables, struct.pack("<1024I", *[(i << 22) | 0x83 for i in range(1024)]))
         bsp = m.vcpus[0]
         s = bsp.get_sregs()
-        set_protected_mode(s, gdt_base=m.boot_plan.gdt_addr)
+        assert m.plan is not None
+        set_protected_mode(s, gdt_base=m.plan.entry.gdt_base)  # the loader's flat GDT
         s.cr3, s.cr4 = tables, 0x20 if pae else 0x10  # PAE, or PSE for 4 MiB pages
         bsp.set_sregs(s)
         assert m.image is not None
         rip = m.image.symbols.address_of("pg32_probe")
         if rip is None:
             raise ProbeError("the probe guest has no pg32_probe symbol")
-        bsp.set_regs(ffi.new("struct kvm_regs *", {"rip": rip, "rflags": 2}))
+        bsp.set_regs(rip=rip)
         r = m.run(timeout=PROBE_TIMEOUT)
     if r.status == "exit" and r.exit_code == 1:
         return True, f"{what}: works"
@@ -201,7 +203,7 @@ def _debug(control: int, hw_breakpoint: bool = False) -> tuple[bool, str]:
             if main is None:
                 raise ProbeError("the probe guest has no main symbol")
             debugreg = (main, 0, 0, 0, 0, 0, 0, 0x1)
-        m.vcpus[0].set_guest_debug(lib.KVM_GUESTDBG_ENABLE | control, debugreg)
+        m.vcpus[0].set_guest_debug(GUESTDBG_ENABLE | control, debugreg)
         r = m.run(timeout=PROBE_TIMEOUT)
     if r.status == "debug":
         return True, r.message
@@ -252,8 +254,8 @@ PROBES: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = [
     ("smp", "smp", _smp),
     ("dirty-log", "memory", _dirty_log),
     ("readonly-mem", "memory", _cap("READONLY_MEM")),
-    ("singlestep", "debug", lambda: _debug(lib.KVM_GUESTDBG_SINGLESTEP)),
-    ("hw-breakpoint", "debug", lambda: _debug(lib.KVM_GUESTDBG_USE_HW_BP, hw_breakpoint=True)),
+    ("singlestep", "debug", lambda: _debug(GUESTDBG_SINGLESTEP)),
+    ("hw-breakpoint", "debug", lambda: _debug(GUESTDBG_USE_HW_BP, hw_breakpoint=True)),
     ("split-irqchip", "irq", _cap("SPLIT_IRQCHIP")),
     ("msr-filter", "msr", _cap("X86_MSR_FILTER")),
 ]

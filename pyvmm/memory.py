@@ -1,29 +1,29 @@
-"""Guest RAM: mmap-backed regions registered as memslots, with bounds-checked access.
+"""Guest RAM: host mappings registered as memslots, with bounds-checked access.
 
 Every access the VMM makes on the guest's behalf goes through :meth:`GuestMemory.read`,
 :meth:`GuestMemory.write` or :meth:`GuestMemory.view`, which refuse any range not wholly
 inside one RAM region.  Guest-supplied addresses are untrusted: an address outside RAM is
 a :class:`GuestMemoryError`, never an out-of-bounds host access.
+
+Host mappings are never unmapped while the machine lives (only in :meth:`close`): vCPU
+threads read guest memory concurrently (the test protocol, crash reports), so a region
+that is removed keeps its (emptied) mapping until the end, and pc-testdev's "flush page"
+zaps host PTEs instead of changing protections.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from pyvmm._native import ffi, lib
-from pyvmm.kvm.errors import KvmError
+from pyvmm.errors import GuestMemoryError
+from pyvmm.kvm.hostmem import PAGE_SIZE, HostMapping
+from pyvmm.kvm.vm import MEM_LOG_DIRTY_PAGES, MEM_READONLY, Vm
 
-if TYPE_CHECKING:
-    from pyvmm.kvm.vm import Vm
+__all__ = ["PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 
-PAGE_SIZE = 4096
 _U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-
-
-class GuestMemoryError(ValueError):
-    """A guest-physical range is not (wholly) backed by guest RAM."""
 
 
 @dataclass
@@ -36,19 +36,20 @@ class MemoryRegion:
     readonly: bool = False
     log_dirty: bool = False
     name: str = "ram"
-    host: Any = field(default=None, repr=False)  # cffi uint8_t* into the mapping
-    buf: Any = field(default=None, repr=False)  # cffi buffer over the mapping
+    mapping: HostMapping | None = field(default=None, repr=False)
 
     @property
     def end(self) -> int:
         return self.gpa + self.size
 
-    @property
-    def host_addr(self) -> int:
-        return int(ffi.cast("uintptr_t", self.host))
-
     def contains(self, gpa: int, n: int = 1) -> bool:
         return n >= 0 and self.gpa <= gpa and gpa + n <= self.end
+
+    @property
+    def _map(self) -> HostMapping:
+        if self.mapping is None:
+            raise GuestMemoryError(f"region {self.name} is closed")
+        return self.mapping
 
 
 class GuestMemory:
@@ -57,7 +58,9 @@ class GuestMemory:
     def __init__(self, vm: Vm) -> None:
         self.vm = vm
         self.regions: list[MemoryRegion] = []
+        self._retired: list[HostMapping] = []
         self._next_slot = 0
+        self._lock = threading.Lock()
 
     def add_ram(self, gpa: int, size: int, *, readonly: bool = False, log_dirty: bool = False,
                 name: str = "ram", hugepages: bool = False) -> MemoryRegion:
@@ -66,36 +69,34 @@ class GuestMemory:
         Read-only slots make guest writes exit as KVM_EXIT_MMIO (and be dropped); dirty
         logging lets :meth:`dirty_pages` report what the guest wrote.
         """
-        if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0 or gpa < 0:
             raise GuestMemoryError(f"region {name} at {gpa:#x}+{size:#x} is not page-aligned")
-        for r in self.regions:
-            if gpa < r.end and r.gpa < gpa + size:
-                raise GuestMemoryError(f"region {name} at {gpa:#x}+{size:#x} overlaps {r.name}")
-        err = ffi.new("int *")
-        ptr = lib.pyvmm_mmap(size, -1, 2 | (4 if hugepages else 0), err)
-        if ptr == ffi.NULL:
-            raise KvmError("mmap guest RAM", err[0], f"cannot map {size >> 20} MiB for {name}")
-        if not hugepages:
-            lib.pyvmm_madvise(ptr, size, lib.MADV_HUGEPAGE)  # THP where the host allows it
-        region = MemoryRegion(self._next_slot, gpa, size, readonly, log_dirty, name,
-                              ffi.cast("uint8_t *", ptr), ffi.buffer(ptr, size))
-        flags = (lib.KVM_MEM_READONLY if readonly else 0) | (
-            lib.KVM_MEM_LOG_DIRTY_PAGES if log_dirty else 0)
-        try:
-            self.vm.set_user_memory_region(region.slot, gpa, size, region.host_addr, flags)
-        except KvmError:
-            lib.pyvmm_munmap(ptr, size)
-            raise
-        self._next_slot += 1
-        self.regions.append(region)
-        self.regions.sort(key=lambda r: r.gpa)
+        with self._lock:
+            for r in self.regions:
+                if gpa < r.end and r.gpa < gpa + size:
+                    raise GuestMemoryError(f"region {name} at {gpa:#x}+{size:#x} overlaps {r.name}")
+            mapping = HostMapping(size, hugepages=hugepages, what=name)
+            region = MemoryRegion(self._next_slot, gpa, size, readonly, log_dirty, name, mapping)
+            flags = (MEM_READONLY if readonly else 0) | (MEM_LOG_DIRTY_PAGES if log_dirty else 0)
+            try:
+                self.vm.set_user_memory_region(region.slot, gpa, size, mapping.address, flags)
+            except BaseException:
+                mapping.close()
+                raise
+            self._next_slot += 1
+            # a new list, never one changed in place: readers on other threads iterate it
+            self.regions = sorted([*self.regions, region], key=lambda r: r.gpa)
         return region
 
     def remove(self, region: MemoryRegion) -> None:
-        """Delete the memslot (guest accesses then exit as MMIO) and unmap its memory."""
-        self.vm.set_user_memory_region(region.slot, region.gpa, 0, region.host_addr)
-        self.regions.remove(region)
-        lib.pyvmm_munmap(region.host, region.size)
+        """Delete the memslot (guest accesses then exit as MMIO) and give its pages back.
+        The host mapping itself stays until :meth:`close`: another thread may hold a
+        view of it."""
+        with self._lock:
+            self.vm.set_user_memory_region(region.slot, region.gpa, 0, region._map.address)
+            self.regions = [r for r in self.regions if r is not region]
+            region._map.discard()
+            self._retired.append(region._map)
 
     def region_at(self, gpa: int, n: int = 1) -> MemoryRegion:
         """The region holding all of ``[gpa, gpa+n)``, or GuestMemoryError."""
@@ -109,11 +110,15 @@ class GuestMemory:
     def is_ram(self, gpa: int, n: int = 1) -> bool:
         return any(r.contains(gpa, n) for r in self.regions)
 
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        """``[(gpa, size)]`` of the writable RAM, for loaders."""
+        return [(r.gpa, r.size) for r in self.regions if not r.readonly]
+
     def view(self, gpa: int, n: int) -> memoryview:
         """A writable memoryview of guest RAM (no copy); bounds-checked."""
         r = self.region_at(gpa, n)
         off = gpa - r.gpa
-        return memoryview(r.buf)[off:off + n]
+        return memoryview(r._map.buffer)[off:off + n]
 
     def read(self, gpa: int, n: int) -> bytes:
         return bytes(self.view(gpa, n))
@@ -122,7 +127,8 @@ class GuestMemory:
         self.view(gpa, len(data))[:] = data
 
     def read_int(self, gpa: int, size: int) -> int:
-        return struct.unpack(_U[size], self.view(gpa, size))[0]
+        value: int = struct.unpack(_U[size], self.view(gpa, size))[0]
+        return value
 
     def write_int(self, gpa: int, size: int, value: int) -> None:
         self.view(gpa, size)[:] = struct.pack(_U[size], value & ((1 << (8 * size)) - 1))
@@ -133,6 +139,16 @@ class GuestMemory:
         n = min(limit, r.end - gpa)
         data = self.read(gpa, n)
         return data.split(b"\0", 1)[0]
+
+    def drop_page(self, gpa: int) -> bool:
+        """Make KVM forget its mapping of the RAM page at ``gpa`` (the guest's next access
+        faults into KVM again); False when ``gpa`` is not RAM.  The VMM keeps access."""
+        try:
+            r = self.region_at(gpa & ~(PAGE_SIZE - 1), PAGE_SIZE)
+        except GuestMemoryError:
+            return False
+        r._map.drop_page(gpa - r.gpa)
+        return True
 
     def dirty_pages(self, region: MemoryRegion) -> list[int]:
         """KVM_GET_DIRTY_LOG for ``region``: the guest-physical addresses of the pages the
@@ -151,5 +167,10 @@ class GuestMemory:
 
     def close(self) -> None:
         for r in self.regions:
-            lib.pyvmm_munmap(r.host, r.size)
-        self.regions.clear()
+            if r.mapping is not None:
+                r.mapping.close()
+                r.mapping = None
+        for m in self._retired:
+            m.close()
+        self._retired.clear()
+        self.regions = []

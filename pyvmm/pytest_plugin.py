@@ -1,10 +1,11 @@
 """pytest plugin for guest tests (registered through the ``pytest11`` entry point).
 
 Fixtures
-    ``pyvmm_machine(guest, **kw)``: a :class:`~pyvmm.Machine` from a guest file, closed
-    after the test.  ``run_guest(guest, cmdline="", **kw)``: build, run and check in one
-    call; a guest assertion, unhandled exception, crash, timeout or VMM error fails the
-    test with the guest's own words (file:line, expression, values; vector and RIP).
+    ``pyvmm_machine(guest, **kw)``: a :class:`~pyvmm.Machine` from a guest file (ELF64 or
+    multiboot, detected), closed after the test.  ``run_guest(guest, cmdline="", **kw)``:
+    build, run and check in one call; a guest assertion, unhandled exception, crash,
+    timeout or VMM error fails the test with the guest's own words (file:line,
+    expression, values; vector and RIP).
 
 Markers
     ``@pytest.mark.kvm``: needs a usable /dev/kvm.  Skips with the reason, unless
@@ -125,7 +126,7 @@ def pyvmm_machine(request: pytest.FixtureRequest) -> Iterator[Callable[..., Mach
     made: list[Machine] = []
 
     def make(guest: str | Path, **kw: Any) -> Machine:
-        m = Machine.from_elf(guest, **kw)
+        m = Machine.from_file(guest, **kw)
         made.append(m)
         return m
 

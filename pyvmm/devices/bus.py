@@ -1,9 +1,11 @@
-"""The I/O bus: port and MMIO ranges mapped to device handlers.
+"""The I/O bus: port and MMIO ranges mapped to devices.
 
-Devices implement ``read(addr, size) -> int`` and ``write(addr, size, value)``, where
-``addr`` is the absolute port or guest-physical address.  Overlapping registrations are
-refused.  Accesses nobody claims are ignored (reads give all-ones) and counted, as on
-real hardware; with ``strict=True`` they raise :class:`UnclaimedIoError` instead.
+Devices (:class:`~pyvmm.devices.base.Device`) answer ``read(addr, size, ctx)`` and
+``write(addr, size, value, ctx)``, where ``addr`` is the absolute port or guest-physical
+address.  Overlapping registrations are refused.  Accesses nobody claims are ignored
+(reads give all-ones) and counted, as on real hardware; with ``strict=True`` they raise
+:class:`UnclaimedIoError` instead.  The tally of unclaimed addresses is bounded: a guest
+that touches a million distinct addresses costs the VMM a fixed amount of memory.
 """
 
 from __future__ import annotations
@@ -11,65 +13,26 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import Protocol
 
-from pyvmm._native import lib
+from pyvmm.devices.base import HOST, Device, VcpuContext, all_ones
+from pyvmm.errors import ExitStatus, GuestIoError, PyvmmError
+from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 
+__all__ = ["READ", "WRITE", "Action", "Bus", "BusError", "Device", "FastEntry", "GuestStop",
+           "Space", "UnclaimedIoError", "all_ones"]
 
-def all_ones(size: int) -> int:
-    """What an access of ``size`` bytes to nothing reads: every bit set."""
-    return (1 << (8 * size)) - 1
-
-
-class Space(IntEnum):
-    PIO = lib.PYVMM_SPACE_PIO
-    MMIO = lib.PYVMM_SPACE_MMIO
+#: distinct unclaimed addresses tallied one by one; beyond, only a total
+MAX_UNCLAIMED = 1024
 
 
-class Action(IntEnum):
-    """What the C run loop does for a fast-table entry (see cbindings/runloop.h)."""
+class BusError(PyvmmError, ValueError):
+    """A device registration that overlaps another device or has an empty range (a bug in
+    the code setting the machine up, not the guest's doing)."""
 
-    SINK = lib.PYVMM_ACT_SINK
-    BUFFER = lib.PYVMM_ACT_BUFFER
-    STOP = lib.PYVMM_ACT_STOP
-    COUNTER = lib.PYVMM_ACT_COUNTER
+    status = ExitStatus.VMM_ERROR
 
 
-READ = lib.PYVMM_DIR_READ
-WRITE = lib.PYVMM_DIR_WRITE
-
-
-@dataclass
-class FastEntry:
-    """A request to answer some exits in C.  ``owner`` receives buffered bytes (BUFFER)
-    or the stop value (STOP) through :meth:`Device.fast_event`."""
-
-    space: Space
-    base: int
-    length: int
-    dirs: int
-    action: Action
-    owner: Device
-    read_value: int = 0
-    enabled: bool = True
-
-
-class Device(Protocol):
-    name: str
-
-    def read(self, addr: int, size: int) -> int: ...
-
-    def write(self, addr: int, size: int, value: int) -> None: ...
-
-
-class BusError(ValueError):
-    """A registration that overlaps another device or has an empty range."""
-
-
-class UnclaimedIoError(RuntimeError):
+class UnclaimedIoError(GuestIoError):
     """A strict bus saw an access no device claims."""
 
     def __init__(self, space: Space, addr: int, size: int, is_write: bool) -> None:
@@ -80,53 +43,62 @@ class UnclaimedIoError(RuntimeError):
 
 
 class GuestStop(Exception):
-    """Raised by a device write to end the run with ``code`` (debug-exit, shutdown)."""
+    """Raised by a device to end the run: ``reason`` names why (debug-exit, shutdown,
+    done, assert, ...), ``code`` is the guest's value; ``event`` the guest's message."""
 
-    def __init__(self, code: int, reason: str = "debug-exit") -> None:
+    def __init__(self, code: int, reason: str = "debug-exit", event: object = None) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+        self.event = event
 
 
 class Bus:
-    """Thread-safe registry and dispatcher (vCPU threads dispatch concurrently)."""
+    """Thread-safe registry and dispatcher (vCPU threads dispatch concurrently; device
+    handlers run one at a time under :attr:`lock`)."""
 
     def __init__(self, strict: bool = False) -> None:
         self.strict = strict
         self._starts: dict[Space, list[int]] = {Space.PIO: [], Space.MMIO: []}
         self._ranges: dict[Space, list[tuple[int, int, Device]]] = {Space.PIO: [], Space.MMIO: []}
         self.unclaimed: Counter[tuple[Space, int]] = Counter()
+        #: unclaimed accesses to addresses beyond the first MAX_UNCLAIMED distinct ones
+        self.unclaimed_other = 0
         self.fast_entries: list[FastEntry] = []
-        #: MSR index -> (read() -> value, write(value)); reached through userspace MSR exits
-        self.msr_handlers: dict[int, tuple[Callable[[], int] | None,
-                                           Callable[[int], None] | None]] = {}
         self.lock = threading.RLock()
 
-    def register(self, space: Space, base: int, length: int, device: Device) -> None:
+    def register(self, space: Space, base: int, length: int, device: Device) -> list[FastEntry]:
+        """Claim ``[base, base+length)`` for ``device``; returns its new fast entries."""
         if length <= 0:
             raise BusError(f"{device.name}: empty range at {base:#x}")
         limit = 0x10000 if space is Space.PIO else 1 << 52
         if base < 0 or base + length > limit:
             raise BusError(f"{device.name}: range {base:#x}+{length:#x} outside the {space.name} space")
-        ranges = self._ranges[space]
-        for s, e, d in ranges:
-            if base < e and s < base + length:
-                raise BusError(f"{device.name}: {space.name} {base:#x}-{base + length - 1:#x} "
-                               f"overlaps {d.name} at {s:#x}-{e - 1:#x}")
-        i = bisect.bisect(self._starts[space], base)
-        self._starts[space].insert(i, base)
-        ranges.insert(i, (base, base + length, device))
-        for fe in getattr(device, "fast_entries", lambda: [])():
-            self.fast_entries.append(fe)
+        with self.lock:
+            ranges = self._ranges[space]
+            for s, e, d in ranges:
+                if base < e and s < base + length:
+                    raise BusError(f"{device.name}: {space.name} {base:#x}-{base + length - 1:#x} "
+                                   f"overlaps {d.name} at {s:#x}-{e - 1:#x}")
+            i = bisect.bisect(self._starts[space], base)
+            self._starts[space].insert(i, base)
+            ranges.insert(i, (base, base + length, device))
+            new = [fe for fe in device.fast_entries() if fe not in self.fast_entries]
+            self.fast_entries += new
+        return new
 
     def claimed(self, space: Space) -> list[tuple[int, int]]:
         """``[(base, length)]`` of every registered range in ``space``."""
         return [(s, e - s) for s, e, _ in self._ranges[space]]
 
     def count_unclaimed(self, space: Space, addr: int, n: int) -> None:
-        """Add ``n`` accesses the C loop answered for nobody (lax mode)."""
+        """Add ``n`` accesses nobody claims (counted by the C loop or here)."""
         with self.lock:
-            self.unclaimed[(space, addr)] += n
+            key = (space, addr)
+            if key in self.unclaimed or len(self.unclaimed) < MAX_UNCLAIMED:
+                self.unclaimed[key] += n
+            else:
+                self.unclaimed_other += n
 
     def find(self, space: Space, addr: int, size: int = 1) -> Device | None:
         i = bisect.bisect_right(self._starts[space], addr) - 1
@@ -136,28 +108,30 @@ class Bus:
                 return d
         return None
 
-    def read(self, space: Space, addr: int, size: int) -> int:
+    def read(self, space: Space, addr: int, size: int, ctx: VcpuContext = HOST) -> int:
         dev = self.find(space, addr, size)
         if dev is None:
             self._unclaimed(space, addr, size, False)
             return all_ones(size)
         with self.lock:
-            return dev.read(addr, size) & (all_ones(size))
+            return dev.read(addr, size, ctx) & all_ones(size)
 
-    def write(self, space: Space, addr: int, size: int, value: int) -> None:
+    def write(self, space: Space, addr: int, size: int, value: int, ctx: VcpuContext = HOST) -> None:
         dev = self.find(space, addr, size)
         if dev is None:
             self._unclaimed(space, addr, size, True)
             return
         with self.lock:
-            dev.write(addr, size, value)
+            dev.write(addr, size, value, ctx)
 
     def _unclaimed(self, space: Space, addr: int, size: int, is_write: bool) -> None:
         if self.strict:
             raise UnclaimedIoError(space, addr, size, is_write)
-        with self.lock:
-            self.unclaimed[(space, addr)] += 1
+        self.count_unclaimed(space, addr, 1)
 
     def unclaimed_summary(self) -> list[str]:
-        return [f"{'port' if s is Space.PIO else 'mmio'} {a:#x}: {n}"
-                for (s, a), n in sorted(self.unclaimed.items())]
+        out = [f"{'port' if s is Space.PIO else 'mmio'} {a:#x}: {n}"
+               for (s, a), n in sorted(self.unclaimed.items())]
+        if self.unclaimed_other:
+            out.append(f"other addresses: {self.unclaimed_other}")
+        return out

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pyvmm.devices.bus import WRITE, Action, FastEntry, GuestStop, Space, all_ones
+from pyvmm.devices.base import Device, VcpuContext
+from pyvmm.devices.bus import WRITE, Action, FastEntry, GuestStop, Space
 
 DEBUG_EXIT_PORT = 0xF4
 
 
-class DebugExit:
+class DebugExit(Device):
     def __init__(self, port: int = DEBUG_EXIT_PORT, name: str = "debug-exit") -> None:
         self.name = name
         self.port = port
@@ -15,8 +16,5 @@ class DebugExit:
     def fast_entries(self) -> list[FastEntry]:
         return [FastEntry(Space.PIO, self.port, 4, WRITE, Action.STOP, self)]
 
-    def read(self, addr: int, size: int) -> int:
-        return all_ones(size)
-
-    def write(self, addr: int, size: int, value: int) -> None:
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         raise GuestStop(value, "debug-exit")

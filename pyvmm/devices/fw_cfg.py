@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import struct
 
+from pyvmm.devices.base import Device, VcpuContext
+
 FW_CFG_PORT_SEL = 0x510
 FW_CFG_PORT_DATA = 0x511
 SIGNATURE, ID, RAM_SIZE, NB_CPUS, MAX_CPUS = 0x00, 0x01, 0x03, 0x05, 0x0F
 
 
-class FwCfg:
+class FwCfg(Device):
     def __init__(self, ram_size: int, ncpus: int, max_cpus: int | None = None,
                  name: str = "fw_cfg") -> None:
         self.name = name
@@ -25,7 +27,7 @@ class FwCfg:
         self.key = 0
         self.offset = 0
 
-    def read(self, addr: int, size: int) -> int:
+    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
         if addr != FW_CFG_PORT_DATA:
             return self.key
         item = self.items.get(self.key, b"")
@@ -36,7 +38,7 @@ class FwCfg:
             self.offset += 1
         return out
 
-    def write(self, addr: int, size: int, value: int) -> None:
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         if addr == FW_CFG_PORT_SEL:
             self.key = value & 0xFFFF
             self.offset = 0

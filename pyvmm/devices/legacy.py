@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from pyvmm.devices.bus import GuestStop, all_ones
+from pyvmm.devices.base import Device, VcpuContext, all_ones
+from pyvmm.devices.bus import GuestStop
 
 BOCHS_SHUTDOWN_PORT = 0x8900
 PCI_CONFIG_ADDRESS = 0xCF8
@@ -15,7 +16,7 @@ PM_TIMER = PM_BASE + 8
 PM_TIMER_HZ = 3_579_545
 
 
-class BochsShutdown:
+class BochsShutdown(Device):
     """Writing the bytes of "Shutdown" to port 0x8900 powers the machine off."""
 
     WORD = b"Shutdown"
@@ -24,10 +25,7 @@ class BochsShutdown:
         self.name = name
         self.matched = 0
 
-    def read(self, addr: int, size: int) -> int:
-        return all_ones(size)
-
-    def write(self, addr: int, size: int, value: int) -> None:
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         c = value & 0xFF
         if c == self.WORD[self.matched]:
             self.matched += 1
@@ -38,24 +36,24 @@ class BochsShutdown:
             self.matched = 1 if c == self.WORD[0] else 0
 
 
-class PciConfigMech1:
+class PciConfigMech1(Device):
     """0xcf8 holds the address; 0xcfc-0xcff read all-ones: no device on any bus."""
 
     def __init__(self, name: str = "pci-config") -> None:
         self.name = name
         self.address = 0
 
-    def read(self, addr: int, size: int) -> int:
+    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
         if addr == PCI_CONFIG_ADDRESS and size == 4:
             return self.address
         return all_ones(size)
 
-    def write(self, addr: int, size: int, value: int) -> None:
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         if addr == PCI_CONFIG_ADDRESS and size == 4:
             self.address = value & 0x80FFFFFC
 
 
-class AcpiPm:
+class AcpiPm(Device):
     """PM1a event/control registers (plain storage) and the 32-bit PM timer at 3.579545 MHz
     (the FADT says TMR_VAL_EXT), counting from the host's monotonic clock."""
 
@@ -67,13 +65,13 @@ class AcpiPm:
     def timer(self) -> int:
         return ((time.monotonic_ns() - self.t0) * PM_TIMER_HZ // 1_000_000_000) & 0xFFFFFFFF
 
-    def read(self, addr: int, size: int) -> int:
+    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
         off = addr - PM_BASE
         if off >= 8:
             return self.timer() >> (8 * (off - 8))
         return int.from_bytes(self.regs[off:off + size], "little")
 
-    def write(self, addr: int, size: int, value: int) -> None:
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         off = addr - PM_BASE
         if off < 8:
             end = min(off + size, 8)

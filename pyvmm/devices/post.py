@@ -1,31 +1,38 @@
 """Port 0x80, the POST-code port: guests write it as a delay or a progress mark.
 
-A counter entry in the C fast table keeps the last code and the number of writes without
-ever returning to Python.
+Both directions are answered in C (reads 0xff; a counter entry keeps the last code), so the
+port never costs a trip to Python; the loops report their counts after every run, and
+:attr:`PostPort.writes` / :attr:`PostPort.last` add them up.
 """
 
 from __future__ import annotations
 
-from pyvmm.devices.bus import READ, WRITE, Action, FastEntry, Space, all_ones
+from pyvmm.devices.base import Device, VcpuContext
+from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 
 POST_PORT = 0x80
 
 
-class PostPort:
+class PostPort(Device):
     def __init__(self, port: int = POST_PORT, name: str = "post") -> None:
         self.name = name
         self.port = port
         self.last = 0
         self.writes = 0
-        self.entry = FastEntry(Space.PIO, port, 1, READ | WRITE, Action.COUNTER, self,
-                               read_value=0xFF)
+        self.entry = FastEntry(Space.PIO, port, 1, WRITE, Action.COUNTER, self)
+        self._reads = FastEntry(Space.PIO, port, 1, READ, Action.SINK, self, read_value=0xFF)
 
     def fast_entries(self) -> list[FastEntry]:
-        return [self.entry]
+        return [self.entry, self._reads]
 
-    def read(self, addr: int, size: int) -> int:
-        return all_ones(size)
+    def fast_hits(self, entry: FastEntry, hits: int, last_value: int) -> None:
+        if entry is self.entry:
+            self.writes += hits
+            self.last = last_value & 0xFF
 
-    def write(self, addr: int, size: int, value: int) -> None:
-        self.last = value
+    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
+        return 0xFF
+
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
+        self.last = value & 0xFF
         self.writes += 1

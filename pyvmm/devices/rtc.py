@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+from pyvmm.devices.base import Device, VcpuContext
+
 INDEX_PORT = 0x70
 DATA_PORT = 0x71
 SHUTDOWN_STATUS = 0x0F
@@ -18,7 +20,7 @@ def _bcd(v: int) -> int:
     return ((v // 10) << 4) | (v % 10)
 
 
-class Rtc:
+class Rtc(Device):
     def __init__(self, ram_below_4g: int, ram_above_4g: int = 0, name: str = "rtc") -> None:
         self.name = name
         self.index = 0
@@ -40,7 +42,7 @@ class Rtc:
                   0x07: t.tm_mday, 0x08: t.tm_mon, 0x09: t.tm_year % 100, 0x32: t.tm_year // 100}
         return _bcd(fields[reg]) if reg in fields else None
 
-    def read(self, addr: int, size: int) -> int:
+    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
         if addr == INDEX_PORT:
             return self.index
         reg = self.index
@@ -51,7 +53,7 @@ class Rtc:
             return 0
         return self.cmos[reg]
 
-    def write(self, addr: int, size: int, value: int) -> None:
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         if addr == INDEX_PORT:
             self.index = value & 0x7F  # bit 7 is the NMI mask
         elif self.index not in (0x0C, 0x0D):

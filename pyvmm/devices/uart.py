@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyvmm.devices.bus import READ, WRITE, Action, FastEntry, Space
+from pyvmm.devices.base import Device, VcpuContext
+from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 
 COM1 = 0x3F8
 THR, IER, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -22,12 +23,13 @@ IIR_NO_INT = 0x01
 MSR_IDLE = 0xB0  # DCD, DSR, CTS: a terminal is attached
 
 
-class Uart16550:
+class Uart16550(Device):
     def __init__(self, output: Callable[[bytes], None], base: int = COM1, name: str = "uart") -> None:
         self.name = name
         self.base = base
         self.output = output
-        self.regs = {IER: 0, LCR: 0x03, MCR: 0x08, SCR: 0, "dll": 1, "dlm": 0, "fcr": 0}
+        self.regs: dict[int | str, int] = {IER: 0, LCR: 0x03, MCR: 0x08, SCR: 0, "dll": 1,
+                                          "dlm": 0, "fcr": 0}
         self._thr = FastEntry(Space.PIO, base + THR, 1, WRITE, Action.BUFFER, self)
         self._lsr = FastEntry(Space.PIO, base + LSR, 1, READ, Action.SINK, self, read_value=LSR_IDLE)
         self.on_fast_change: Callable[[FastEntry], None] = lambda entry: None
@@ -38,7 +40,7 @@ class Uart16550:
     def fast_event(self, data: bytes) -> None:
         self.output(data)
 
-    def read(self, addr: int, size: int) -> int:
+    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
         off = addr - self.base
         dlab = self.regs[LCR] & LCR_DLAB
         if off == THR:
@@ -53,7 +55,7 @@ class Uart16550:
             return MSR_IDLE
         return self.regs.get(off, 0)
 
-    def write(self, addr: int, size: int, value: int) -> None:
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         off = addr - self.base
         value &= 0xFF
         dlab = self.regs[LCR] & LCR_DLAB

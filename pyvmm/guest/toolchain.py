@@ -1,9 +1,9 @@
 """How pyvmm guests are compiled and linked: the one place the flags live.
 
 pyvmm's own guests, the doctor's probe guest (built with the wheel) and users' guests all
-go through :func:`build`.  This module imports nothing from pyvmm (setup.py loads it by
-path to build the guest runtime and the probe guest at wheel-build time, before the
-package itself is importable) and nothing outside the standard library.
+go through :func:`build`.  This module needs only the standard library and
+``pyvmm.errors`` (setup.py imports it from the source tree at wheel-build time, before the
+extension exists).
 
 Why the flags are what they are (see docs/guests.md):
 
@@ -27,6 +27,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pyvmm.errors import ExitStatus, PyvmmError
+
 HERE = Path(__file__).resolve().parent
 INCLUDE = HERE / "include"
 SRC = HERE / "src"
@@ -47,9 +49,11 @@ LDFLAGS = (
 )
 
 
-class GuestBuildError(RuntimeError):
+class GuestBuildError(PyvmmError):
     """The compiler, linker or objcopy failed, or is missing; the message says which and
     carries the tool's own output."""
+
+    status = ExitStatus.GUEST_BUILD
 
 
 def tool(name: str, env_var: str, default: str) -> list[str]:

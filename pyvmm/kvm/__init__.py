@@ -1,11 +1,13 @@
 """Thin, typed wrappers over the KVM ioctls: one class per fd kind.
 
-``Kvm`` (the system fd), ``Vm`` (a VM fd) and ``Vcpu`` (a vCPU fd).  Methods are named
-after the ioctl they wrap and raise :class:`KvmError` on failure.
+``Kvm`` (the system fd, system.py), ``Vm`` (a VM fd, vm.py) and ``Vcpu`` (a vCPU fd,
+vcpu.py).  Methods are named after the ioctl they wrap and raise :class:`KvmError` on
+failure.  The modules import one way only: system -> vm -> vcpu -> (fd, stats, errors,
+native); ``native`` is the layer's one door to the cffi extension.
 """
 
 from pyvmm.kvm.errors import KvmError
-from pyvmm.kvm.exits import exit_name
+from pyvmm.kvm.run import exit_name
 from pyvmm.kvm.stats import StatsReader
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu

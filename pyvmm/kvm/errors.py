@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from pyvmm.errors import ExitStatus, PyvmmError
+
 #: Hints for a failed open of the KVM device; "{path}" is filled in.
 OPEN_HINTS: dict[int, str] = {
     _errno.ENOENT: "no {path}: load kvm_intel/kvm_amd or run on a KVM-enabled runner",
@@ -39,12 +41,14 @@ _GENERIC: dict[int, str] = {
 }
 
 
-class KvmError(OSError):
+class KvmError(PyvmmError, OSError):
     """An ioctl (or the open of /dev/kvm) failed.
 
     ``ioctl`` is the ioctl's name as in the KVM API document, ``errno`` the error number
     and ``hint`` a sentence saying what to do about it (may be empty).
     """
+
+    status = ExitStatus.KVM_UNAVAILABLE
 
     def __init__(self, ioctl: str, err: int, hint: str = "") -> None:
         self.ioctl = ioctl
@@ -55,7 +59,7 @@ class KvmError(OSError):
         super().__init__(err, msg)
 
     def __str__(self) -> str:
-        return self.args[1]
+        return str(self.args[1])
 
 
 def check(ret: int, ioctl: str) -> int:

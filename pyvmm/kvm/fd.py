@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Self
 
-from pyvmm._native import ffi, lib
 from pyvmm.kvm.errors import KvmError, check
+from pyvmm.kvm.native import ffi, lib
 
 
 class FdObject:
@@ -22,16 +23,16 @@ class FdObject:
 
     def _fd(self, what: str) -> int:
         if self.fd < 0:
-            raise KvmError(what, 9, f"{type(self).__name__} is closed")
+            raise KvmError(what, errno.EBADF, f"{type(self).__name__} is closed")
         return self.fd
 
     def _ioctl(self, name: str, request: int, arg: object = ffi.NULL) -> int:
         """Issue ``request`` with a pointer (or NULL) argument; raise KvmError on failure."""
-        return check(lib.pyvmm_ioctl(self._fd(name), request, arg), name)
+        return check(int(lib.pyvmm_ioctl(self._fd(name), request, arg)), name)
 
     def _ioctl_val(self, name: str, request: int, value: int) -> int:
         """Issue ``request`` with an integer argument."""
-        return check(lib.pyvmm_ioctl_val(self._fd(name), request, value), name)
+        return check(int(lib.pyvmm_ioctl_val(self._fd(name), request, value)), name)
 
     def close(self) -> None:
         if self.fd >= 0:

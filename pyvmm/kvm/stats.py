@@ -13,6 +13,8 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pyvmm.errors import PyvmmError
+
 _HEADER = struct.Struct("<6I")  # flags name_size num_desc id_offset desc_offset data_offset
 _DESC = struct.Struct("<IhHII")  # flags exponent size offset bucket_size (then the name)
 
@@ -50,7 +52,7 @@ class StatDesc:
 StatValue = int | tuple[int, ...]
 
 
-class StatsFormatError(ValueError):
+class StatsFormatError(PyvmmError, ValueError):
     """The stats fd's contents do not follow the documented layout."""
 
 
@@ -111,13 +113,20 @@ def delta(
             continue
         d = descs.get(name)
         if d is not None and d.cumulative:
-            if isinstance(new, tuple):
+            if isinstance(new, tuple) and isinstance(old, tuple):
                 moved[name] = tuple(a - b for a, b in zip(new, old, strict=True))
-            else:
+            elif isinstance(new, int) and isinstance(old, int):
                 moved[name] = new - old
         else:
             moved[name] = new
     return moved
+
+
+def split(values: Mapping[str, StatValue]) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """``(scalars, histograms)``: counters and gauges read as ``int``, histograms apart."""
+    scalars = {k: v for k, v in values.items() if isinstance(v, int)}
+    hists = {k: v for k, v in values.items() if isinstance(v, tuple)}
+    return scalars, hists
 
 
 _PARSED: dict[bytes, tuple[list[StatDesc], int]] = {}

@@ -6,14 +6,12 @@ import os
 from collections.abc import Mapping
 from functools import cached_property
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from pyvmm._native import ffi, lib
 from pyvmm.kvm.errors import OPEN_HINTS, KvmError
 from pyvmm.kvm.fd import FdObject
-
-if TYPE_CHECKING:
-    from pyvmm.kvm.vm import Vm
+from pyvmm.kvm.native import ffi, lib
+from pyvmm.kvm.vcpu import cpuid_entry
+from pyvmm.kvm.vm import Vm
 
 DEFAULT_PATH = "/dev/kvm"
 
@@ -21,6 +19,7 @@ DEFAULT_PATH = "/dev/kvm"
 def default_path() -> str:
     """``/dev/kvm``, or ``$PYVMM_KVM_DEVICE`` (tests use it to simulate a missing device)."""
     return os.environ.get("PYVMM_KVM_DEVICE", DEFAULT_PATH)
+
 
 #: The capabilities pyvmm looks at, by their KVM_CAP_* name (without the prefix).
 CAPABILITIES = sorted(n[len("KVM_CAP_"):] for n in dir(lib) if n.startswith("KVM_CAP_"))
@@ -81,7 +80,7 @@ class Kvm(FdObject):
         if cached is None:
             cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
             self._ioctl("KVM_GET_SUPPORTED_CPUID", lib.KVM_GET_SUPPORTED_CPUID, cpuid)
-            cached = _SUPPORTED_CPUID[key] = [_cpuid_entry(cpuid.entries[i])
+            cached = _SUPPORTED_CPUID[key] = [cpuid_entry(cpuid.entries[i])
                                               for i in range(cpuid.nent)]
         return [dict(e) for e in cached]
 
@@ -97,15 +96,14 @@ class Kvm(FdObject):
         n = 1024
         lst = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
         self._ioctl(name, request, lst)
-        return [lst.indices[i] for i in range(lst.nmsrs)]
+        return [int(lst.indices[i]) for i in range(lst.nmsrs)]
 
     def create_vm(self, vm_type: int = 0) -> Vm:
         """KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs)."""
-        from pyvmm.kvm.vm import Vm
-
         fd = self._ioctl_val("KVM_CREATE_VM", lib.KVM_CREATE_VM, vm_type)
-        return Vm(fd, self)
+        return Vm(fd, self.vcpu_mmap_size)
 
-
-def _cpuid_entry(e: object) -> dict[str, int]:
-    return {k: getattr(e, k) for k in ("function", "index", "flags", "eax", "ebx", "ecx", "edx")}
+    @cached_property
+    def vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE, asked once."""
+        return self.get_vcpu_mmap_size()

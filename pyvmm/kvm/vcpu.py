@@ -1,70 +1,87 @@
-"""``Vcpu``: a vCPU fd, its mmapped ``kvm_run`` and its ioctls."""
+"""``Vcpu``: a vCPU fd, its mmapped ``kvm_run`` and its ioctls (KVM API document, 4.x).
+
+Every cffi struct a vCPU ioctl takes is built here, from Python values: callers pass
+registers as keyword arguments or dicts and get cffi structs back only where they are the
+natural view (sregs, events), which they may change and hand back.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
-from pyvmm._native import ffi, lib
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.fd import FdObject
+from pyvmm.kvm.native import Cdata, ffi, lib
 from pyvmm.kvm.stats import StatsReader
 
-if TYPE_CHECKING:
-    from pyvmm.kvm.vm import Vm
+#: the general-purpose registers of ``struct kvm_regs``, in its order, then RIP and RFLAGS
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+REGS = (*GPRS, "rip", "rflags")
+CPUID_FIELDS = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
+#: KVM_SET_GUEST_DEBUG control bits
+GUESTDBG_ENABLE = int(lib.KVM_GUESTDBG_ENABLE)
+GUESTDBG_SINGLESTEP = int(lib.KVM_GUESTDBG_SINGLESTEP)
+GUESTDBG_USE_SW_BP = int(lib.KVM_GUESTDBG_USE_SW_BP)
+GUESTDBG_USE_HW_BP = int(lib.KVM_GUESTDBG_USE_HW_BP)
+#: KVM_GET/SET_MP_STATE values
+MP_STATE_RUNNABLE = int(lib.KVM_MP_STATE_RUNNABLE)
+MP_STATE_UNINITIALIZED = int(lib.KVM_MP_STATE_UNINITIALIZED)
+MP_STATE_HALTED = int(lib.KVM_MP_STATE_HALTED)
+#: x87 and SSE state as after reset/FNINIT (SDM vol. 1, 8.1.5 and 10.2.3)
+FPU_RESET = {"fcw": 0x37F, "mxcsr": 0x1F80}
 
-#: ``kvm_run->kvm_valid_regs`` value that makes KVM fill regs, sregs and events on every
-#: exit, so reading guest registers costs no ioctl (KVM_CAP_SYNC_REGS).
-SYNC_ALL = lib.KVM_SYNC_X86_REGS | lib.KVM_SYNC_X86_SREGS | lib.KVM_SYNC_X86_EVENTS
 
-Cdata = Any  # a cffi struct; cffi has no static types
+def cpuid_entry(e: Cdata) -> dict[str, int]:
+    """A ``struct kvm_cpuid_entry2`` as a dict of its fields."""
+    return {k: int(getattr(e, k)) for k in CPUID_FIELDS}
 
 
 class Vcpu(FdObject):
-    """A vCPU.  Holds the fd and the shared ``kvm_run`` mapping; both go in :meth:`close`."""
+    """A vCPU made by :meth:`Vm.create_vcpu`.  Holds the fd and the shared ``kvm_run``
+    mapping (``run_size`` bytes, from KVM_GET_VCPU_MMAP_SIZE); both go in :meth:`close`.
+    ``xsave_size`` is the XSAVE area's size on this VM (KVM_CAP_XSAVE2)."""
 
-    def __init__(self, fd: int, vcpu_id: int, vm: Vm) -> None:
+    def __init__(self, fd: int, vcpu_id: int, run_size: int, xsave_size: int) -> None:
         super().__init__(fd)
         self.id = vcpu_id
-        self.vm = vm
-        self.run_size = vm.kvm.get_vcpu_mmap_size()
+        self.run_size = run_size
+        self.xsave_size = max(xsave_size, ffi.sizeof("struct kvm_xsave"))
         err = ffi.new("int *")
         ptr = lib.pyvmm_mmap(self.run_size, fd, 0, err)
         if ptr == ffi.NULL:
             self.close()
             raise KvmError("mmap kvm_run", err[0])
-        self._run_ptr = ptr
+        self._run_ptr: Cdata = ptr
         #: the shared ``struct kvm_run`` (exit_reason, immediate_exit, ...)
         self.kvm_run: Cdata = ffi.cast("struct kvm_run *", ptr)
 
-    # --- running ---------------------------------------------------------------
-    def run(self) -> int:
-        """KVM_RUN once (GIL released).  Returns 0, or raises KvmError (EINTR on a kick)."""
-        return self._ioctl("KVM_RUN", lib.KVM_RUN)
-
-    def enable_sync_regs(self, mask: int = SYNC_ALL) -> None:
+    # --- kvm_run ---------------------------------------------------------------
+    def enable_sync_regs(self, mask: int = lib.KVM_SYNC_X86_REGS) -> None:
         """Ask KVM to publish registers in ``kvm_run->s.regs`` on every exit
-        (KVM_CAP_SYNC_REGS): one ioctl fewer per register read."""
+        (KVM_CAP_SYNC_REGS): no ioctl is needed to read them at an exit."""
         self.kvm_run.kvm_valid_regs = mask
 
     @property
     def sync_regs(self) -> Cdata:
-        """``kvm_run->s.regs`` (struct kvm_sync_regs), valid after an exit with sync regs on.
-        Write to it and call :meth:`mark_sync_dirty` to hand changes back to KVM."""
+        """``kvm_run->s.regs`` (struct kvm_sync_regs), valid after an exit with sync regs on."""
         return lib.pyvmm_run_sync_regs(self.kvm_run)
 
-    def mark_sync_dirty(self, mask: int = lib.KVM_SYNC_X86_REGS) -> None:
-        self.kvm_run.kvm_dirty_regs |= mask
-
     # --- registers -------------------------------------------------------------
-    def get_regs(self) -> Cdata:
-        """KVM_GET_REGS: general-purpose registers, RIP and RFLAGS."""
+    def get_regs(self) -> dict[str, int]:
+        """KVM_GET_REGS: general-purpose registers, RIP and RFLAGS, by name."""
         regs = ffi.new("struct kvm_regs *")
         self._ioctl("KVM_GET_REGS", lib.KVM_GET_REGS, regs)
-        return regs
+        return {n: int(getattr(regs, n)) for n in REGS}
 
-    def set_regs(self, regs: Cdata) -> None:
-        """KVM_SET_REGS."""
+    def set_regs(self, values: Mapping[str, int] | None = None, **kw: int) -> None:
+        """KVM_SET_REGS: registers by name; those not given are 0 (RFLAGS: 0x2, its
+        reserved bit, unless given)."""
+        given = {**(values or {}), **kw}
+        unknown = set(given) - set(REGS)
+        if unknown:
+            raise ValueError(f"not a register of struct kvm_regs: {', '.join(sorted(unknown))}")
+        regs = ffi.new("struct kvm_regs *", {"rflags": 0x2, **given})
         self._ioctl("KVM_SET_REGS", lib.KVM_SET_REGS, regs)
 
     def get_sregs(self) -> Cdata:
@@ -83,9 +100,11 @@ class Vcpu(FdObject):
         self._ioctl("KVM_GET_FPU", lib.KVM_GET_FPU, fpu)
         return fpu
 
-    def set_fpu(self, fpu: Cdata) -> None:
-        """KVM_SET_FPU."""
-        self._ioctl("KVM_SET_FPU", lib.KVM_SET_FPU, fpu)
+    def set_fpu(self, fpu: Cdata | None = None, **fields: int) -> None:
+        """KVM_SET_FPU: a struct from :meth:`get_fpu`, or fields by name (``fcw``,
+        ``mxcsr``, ...) on a zeroed state."""
+        self._ioctl("KVM_SET_FPU", lib.KVM_SET_FPU,
+                    fpu if fpu is not None else ffi.new("struct kvm_fpu *", fields))
 
     def get_msrs(self, indices: Sequence[int]) -> dict[int, int]:
         """KVM_GET_MSRS: read MSRs; KVM stops at the first it cannot read, and only the ones
@@ -94,7 +113,7 @@ class Vcpu(FdObject):
         for i, idx in enumerate(indices):
             msrs.entries[i].index = idx
         n = self._ioctl("KVM_GET_MSRS", lib.KVM_GET_MSRS, msrs)
-        return {msrs.entries[i].index: msrs.entries[i].data for i in range(n)}
+        return {int(msrs.entries[i].index): int(msrs.entries[i].data) for i in range(n)}
 
     def set_msrs(self, values: Mapping[int, int]) -> int:
         """KVM_SET_MSRS: write MSRs in order; returns how many KVM accepted (it stops at the
@@ -115,11 +134,9 @@ class Vcpu(FdObject):
 
     def get_cpuid2(self, max_entries: int = 256) -> list[dict[str, int]]:
         """KVM_GET_CPUID2: the leaves last set with KVM_SET_CPUID2."""
-        from pyvmm.kvm.system import _cpuid_entry
-
         cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
         self._ioctl("KVM_GET_CPUID2", lib.KVM_GET_CPUID2, cpuid)
-        return [_cpuid_entry(cpuid.entries[i]) for i in range(cpuid.nent)]
+        return [cpuid_entry(cpuid.entries[i]) for i in range(cpuid.nent)]
 
     def get_lapic(self) -> bytearray:
         """KVM_GET_LAPIC: the in-kernel LAPIC's 1 KiB register page."""
@@ -137,7 +154,7 @@ class Vcpu(FdObject):
         """KVM_GET_MP_STATE: RUNNABLE, UNINITIALIZED (AP waiting for INIT/SIPI), HALTED, ..."""
         st = ffi.new("struct kvm_mp_state *")
         self._ioctl("KVM_GET_MP_STATE", lib.KVM_GET_MP_STATE, st)
-        return st.mp_state
+        return int(st.mp_state)
 
     def set_mp_state(self, state: int) -> None:
         """KVM_SET_MP_STATE."""
@@ -154,12 +171,9 @@ class Vcpu(FdObject):
         """KVM_SET_VCPU_EVENTS."""
         self._ioctl("KVM_SET_VCPU_EVENTS", lib.KVM_SET_VCPU_EVENTS, events)
 
-    def _xsave_size(self) -> int:
-        return max(self.vm.check_extension(lib.KVM_CAP_XSAVE2), ffi.sizeof("struct kvm_xsave"))
-
     def get_xsave(self) -> bytes:
         """KVM_GET_XSAVE2 (or KVM_GET_XSAVE): the guest's XSAVE area, at its full size."""
-        size = self._xsave_size()
+        size = self.xsave_size
         buf = ffi.new("uint8_t[]", size)
         if size > ffi.sizeof("struct kvm_xsave"):
             self._ioctl("KVM_GET_XSAVE2", lib.KVM_GET_XSAVE2, buf)
@@ -169,8 +183,7 @@ class Vcpu(FdObject):
 
     def set_xsave(self, area: bytes) -> None:
         """KVM_SET_XSAVE: KVM reads as many bytes as KVM_CAP_XSAVE2 says."""
-        size = max(self._xsave_size(), len(area))
-        buf = ffi.new("uint8_t[]", size)
+        buf = ffi.new("uint8_t[]", max(self.xsave_size, len(area)))
         ffi.memmove(buf, area, len(area))
         self._ioctl("KVM_SET_XSAVE", lib.KVM_SET_XSAVE, buf)
 
@@ -178,7 +191,7 @@ class Vcpu(FdObject):
         """KVM_GET_XCRS: extended control registers (XCR0)."""
         x = ffi.new("struct kvm_xcrs *")
         self._ioctl("KVM_GET_XCRS", lib.KVM_GET_XCRS, x)
-        return {x.xcrs[i].xcr: x.xcrs[i].value for i in range(x.nr_xcrs)}
+        return {int(x.xcrs[i].xcr): int(x.xcrs[i].value) for i in range(x.nr_xcrs)}
 
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
         """KVM_SET_XCRS."""
@@ -206,7 +219,7 @@ class Vcpu(FdObject):
         or None when not mapped."""
         tr = ffi.new("struct kvm_translation *", {"linear_address": linear})
         self._ioctl("KVM_TRANSLATE", lib.KVM_TRANSLATE, tr)
-        return tr.physical_address if tr.valid else None
+        return int(tr.physical_address) if tr.valid else None
 
     def get_stats_fd(self) -> StatsReader:
         """KVM_GET_STATS_FD: this vCPU's statistics (exits, insn_emulation, halt_*, pf_*)."""

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from pyvmm._native import ffi, lib
 from pyvmm.kvm.fd import FdObject
+from pyvmm.kvm.native import Cdata, ffi, lib
 from pyvmm.kvm.stats import StatsReader
+from pyvmm.kvm.vcpu import Vcpu
 
-if TYPE_CHECKING:
-    from pyvmm.kvm.system import Kvm
-    from pyvmm.kvm.vcpu import Vcpu
+PIC_MASTER = int(lib.KVM_IRQCHIP_PIC_MASTER)
+PIC_SLAVE = int(lib.KVM_IRQCHIP_PIC_SLAVE)
+IOAPIC = int(lib.KVM_IRQCHIP_IOAPIC)
+PIT_SPEAKER_DUMMY = int(lib.KVM_PIT_SPEAKER_DUMMY)
+#: KVM_SET_USER_MEMORY_REGION flags
+MEM_LOG_DIRTY_PAGES = int(lib.KVM_MEM_LOG_DIRTY_PAGES)
+MEM_READONLY = int(lib.KVM_MEM_READONLY)
 
 
 class Vm(FdObject):
-    """A VM created by :meth:`Kvm.create_vm`.  Closing it closes the vCPUs it made."""
+    """A VM created by :meth:`Kvm.create_vm`.  Closing it closes the vCPUs it made.
+    ``vcpu_mmap_size`` is KVM_GET_VCPU_MMAP_SIZE, asked once on the system fd."""
 
-    def __init__(self, fd: int, kvm: Kvm) -> None:
+    def __init__(self, fd: int, vcpu_mmap_size: int) -> None:
         super().__init__(fd)
-        self.kvm = kvm
+        self.vcpu_mmap_size = vcpu_mmap_size
         self.vcpus: list[Vcpu] = []
 
     def check_extension(self, cap: int) -> int:
@@ -31,6 +35,21 @@ class Vm(FdObject):
         ec = ffi.new("struct kvm_enable_cap *", {"cap": cap, "flags": flags,
                                                  "args": list(args) + [0] * (4 - len(args))})
         return self._ioctl("KVM_ENABLE_CAP", lib.KVM_ENABLE_CAP, ec)
+
+    def enable_split_irqchip(self, pins: int) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP): LAPICs in KVM, the IOAPIC (``pins``
+        routes) and PIC in userspace; before any vCPU."""
+        self.enable_cap(lib.KVM_CAP_SPLIT_IRQCHIP, pins)
+
+    def enable_user_space_msr(self) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR, FILTER): an MSR access the filter
+        denies exits to userspace (KVM_EXIT_X86_RDMSR/WRMSR) instead of raising #GP."""
+        self.enable_cap(lib.KVM_CAP_X86_USER_SPACE_MSR, lib.KVM_MSR_EXIT_REASON_FILTER)
+
+    def deny_msrs(self, indices: list[int]) -> None:
+        """KVM_X86_SET_MSR_FILTER denying reads and writes of exactly ``indices``."""
+        both = int(lib.KVM_MSR_FILTER_READ | lib.KVM_MSR_FILTER_WRITE)
+        self.set_msr_filter([(i, 1, both, b"\0") for i in indices])
 
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR: three pages of guest-physical space KVM uses on Intel hosts
@@ -56,16 +75,25 @@ class Vm(FdObject):
         """KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and per-vCPU LAPICs (before any vCPU)."""
         self._ioctl("KVM_CREATE_IRQCHIP", lib.KVM_CREATE_IRQCHIP)
 
-    def get_irqchip_pic(self, chip_id: int) -> Any:
-        """KVM_GET_IRQCHIP for a PIC (KVM_IRQCHIP_PIC_MASTER/SLAVE): the whole struct
-        ``kvm_irqchip``; :func:`pic_state` reaches the PIC fields inside it."""
+    def get_irqchip(self, chip_id: int) -> Cdata:
+        """KVM_GET_IRQCHIP: one in-kernel interrupt controller's state (PIC_MASTER,
+        PIC_SLAVE or IOAPIC) as a ``struct kvm_irqchip``."""
         chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
         self._ioctl("KVM_GET_IRQCHIP", lib.KVM_GET_IRQCHIP, chip)
         return chip
 
-    def set_irqchip(self, chip: Any) -> None:
+    def set_irqchip(self, chip: Cdata) -> None:
         """KVM_SET_IRQCHIP: replace one in-kernel interrupt controller's state."""
         self._ioctl("KVM_SET_IRQCHIP", lib.KVM_SET_IRQCHIP, chip)
+
+    def update_pic(self, chip_id: int, **fields: int) -> None:
+        """KVM_GET_IRQCHIP + KVM_SET_IRQCHIP: change fields of a PIC's ``kvm_pic_state``
+        (``irq_base``, ``imr``, ``init_state``, ...)."""
+        chip = self.get_irqchip(chip_id)
+        pic = lib.pyvmm_irqchip_pic(chip)
+        for name, value in fields.items():
+            setattr(pic, name, value)
+        self.set_irqchip(chip)
 
     def create_pit2(self, flags: int = 0) -> None:
         """KVM_CREATE_PIT2: in-kernel i8254 PIT; IRQ0 arrives through the irqchip."""
@@ -77,7 +105,7 @@ class Vm(FdObject):
         (>0 delivered, 0 masked/coalesced, <0 not delivered)."""
         lvl = ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
         self._ioctl("KVM_IRQ_LINE_STATUS", lib.KVM_IRQ_LINE_STATUS, lvl)
-        return ffi.cast("int32_t", lvl.irq)
+        return int(ffi.cast("int32_t", lvl.irq))
 
     def ioeventfd(self, fd: int, addr: int, length: int, *, pio: bool = False,
                   datamatch: int | None = None, deassign: bool = False) -> None:
@@ -139,10 +167,8 @@ class Vm(FdObject):
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU: a vCPU whose APIC ID is ``vcpu_id``; maps its kvm_run."""
-        from pyvmm.kvm.vcpu import Vcpu
-
         fd = self._ioctl_val("KVM_CREATE_VCPU", lib.KVM_CREATE_VCPU, vcpu_id)
-        vcpu = Vcpu(fd, vcpu_id, self)
+        vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.check_extension(lib.KVM_CAP_XSAVE2))
         self.vcpus.append(vcpu)
         return vcpu
 

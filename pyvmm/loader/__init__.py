@@ -1,5 +1,61 @@
-"""Guest image loaders: bytes of a guest file -> guest memory + entry state."""
+"""Guest image loaders: a guest file -> one :class:`LoadPlan` -> ``Machine.load(plan)``.
 
-from pyvmm.loader.elf import ElfImage, GuestImageError, load_elf64, parse_elf64
+:func:`open_image` reads the file once (bounded, regular files only), :func:`detect` picks
+the format from its bytes, and the format's parser checks it; the image's ``plan(ram, ...)``
+then lays it out against the machine's RAM.  Formats:
 
-__all__ = ["ElfImage", "GuestImageError", "load_elf64", "parse_elf64"]
+- ``elf64``: pyvmm's own convention (``boot.py``): an ELF64 x86-64 executable entered in
+  long mode with RDI = the boot info;
+- ``multiboot``: multiboot v1 kernels as QEMU's ``-kernel`` loads them (``multiboot.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyvmm.errors import GuestImageError
+from pyvmm.loader.boot import ElfImage, parse_elf64
+from pyvmm.loader.multiboot import MultibootImage, is_multiboot, parse_multiboot
+from pyvmm.loader.plan import LoadPlan
+from pyvmm.loader.source import read_file, shown
+from pyvmm.loader.symbols import Symbols
+
+__all__ = ["FORMATS", "ElfImage", "GuestImage", "LoadPlan", "MultibootImage", "Symbols", "detect",
+           "open_image", "parse_image"]
+
+GuestImage = ElfImage | MultibootImage
+FORMATS = ("elf64", "multiboot")
+#: the guest file may carry symbols and debug information beyond what it loads
+FILE_SLACK = 64 << 20
+#: the most a guest file may be when the RAM size is not known yet
+DEFAULT_LIMIT = 128 << 20
+
+
+def detect(data: bytes, name: str = "<guest>") -> str:
+    """``elf64`` or ``multiboot``, from the file's first bytes; GuestImageError otherwise."""
+    if data[:4] == b"\x7fELF" and data[4:5] == b"\x02":
+        return "elf64"
+    if is_multiboot(data):
+        return "multiboot"
+    if data[:4] == b"\x7fELF":
+        raise GuestImageError(f"{name}: ELF32 image without a multiboot header; pyvmm runs "
+                              "ELF64 guests and multiboot kernels")
+    raise GuestImageError(f"{name}: not an ELF file and no multiboot header (bad magic)")
+
+
+def parse_image(data: bytes, name: str, fmt: str | None = None) -> GuestImage:
+    """Check ``data`` as ``fmt`` (detected when None)."""
+    fmt = fmt or detect(data, name)
+    if fmt == "elf64":
+        return parse_elf64(data, name)
+    if fmt == "multiboot":
+        return parse_multiboot(data, name)
+    raise GuestImageError(f"{name}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+
+
+def open_image(path: str | os.PathLike[str], *, mem: int | None = None,
+               fmt: str | None = None) -> GuestImage:
+    """Read and check the guest file at ``path``; ``mem`` (the guest RAM, when known)
+    bounds how much of a file is read at all."""
+    limit = (mem or DEFAULT_LIMIT) + FILE_SLACK
+    return parse_image(read_file(path, limit), shown(path), fmt)

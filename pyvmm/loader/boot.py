@@ -27,9 +27,22 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from pyvmm.loader.elf import GuestImageError, LoadSegment
+from pyvmm.errors import ConfigError, GuestImageError
+from pyvmm.loader.elf import ELFCLASS64, EM_X86_64, ET_EXEC, MACHINES, LoadSegment, parse
+from pyvmm.loader.plan import LoadPlan
+from pyvmm.loader.symbols import Symbols
+from pyvmm.x86.entry import EntryState
 from pyvmm.x86.layout import MMIO_HOLE_END, MMIO_HOLE_START, GiB
-from pyvmm.x86.paging import PAGE_2M, PAGE_4K, PTE_P, PTE_PCD, PTE_PWT, PTE_RW, PageTableBuilder
+from pyvmm.x86.paging import (
+    PAGE_2M,
+    PAGE_4K,
+    PTE_P,
+    PTE_PCD,
+    PTE_PWT,
+    PTE_RW,
+    PageTableBuilder,
+    PagingError,
+)
 from pyvmm.x86.segments import GDT_SIZE, gdt_bytes
 
 BOOT_MAGIC = 0x4D565950
@@ -54,7 +67,7 @@ def _down(x: int, a: int) -> int:
 
 @dataclass
 class BootPlan:
-    """Where everything goes, and the bytes to write there."""
+    """Where the VMM's structures go, and the bytes to write there."""
 
     vmm_base: int
     vmm_size: int
@@ -74,6 +87,55 @@ class BootPlan:
     @property
     def cr3(self) -> int:
         return self.tables.cr3
+
+    def describe(self) -> list[str]:
+        return [f"VMM block {self.vmm_base:#x}+{self.vmm_size:#x} (GDT, boot info "
+                f"{self.info_addr:#x}, page tables, CR3 {self.cr3:#x})",
+                f"stack {self.stack_base:#x}-{self.stack_top:#x}"]
+
+
+@dataclass
+class ElfImage:
+    """An ELF64 x86-64 executable, booted by pyvmm's convention (this module's doc)."""
+
+    path: str
+    entry: int
+    segments: list[LoadSegment]
+    symbols: Symbols
+    format = "elf64"
+
+    def plan(self, ram: list[tuple[int, int]], *, cmdline: bytes = b"", ncpus: int = 1,
+             initrd: bytes | None = None, initrd_name: str = "") -> LoadPlan:
+        """Place the VMM's structures around the segments; the BSP starts at ``e_entry``
+        in long mode with RDI = the boot info."""
+        if initrd is not None:
+            raise ConfigError("--initrd is for multiboot kernels; pyvmm's ELF64 guests get "
+                              "their input through the command line or memory")
+        boot = plan_boot(ram, self.segments, cmdline, ncpus, self.path)
+        entry = EntryState.long_mode(self.entry, cr3=boot.cr3, gdt_base=boot.gdt_addr,
+                                     rsp=boot.stack_top, rdi=boot.info_addr)
+        writes = [(s.paddr, s.data) for s in self.segments] + boot.writes
+        return LoadPlan(self.path, self.format, entry, writes, self.symbols,
+                        cmdline.decode("utf-8", "backslashreplace"), boot,
+                        [(s.paddr, s.end) for s in self.segments])
+
+
+def parse_elf64(data: bytes, name: str = "<guest>") -> ElfImage:
+    """Check an ELF64 x86-64 executable.  Raises :class:`GuestImageError`."""
+    if data[:4] == b"\x7fELF" and data[4:5] != bytes([ELFCLASS64]):
+        raise GuestImageError(f"{name}: ELFCLASS32 image; pyvmm runs ELF64 (ELFCLASS64) guests")
+    elf = parse(data, name)
+    if elf.machine != EM_X86_64:
+        raise GuestImageError(f"{name}: machine {MACHINES.get(elf.machine, elf.machine)}, pyvmm "
+                              "runs x86-64 (EM_X86_64) guests")
+    if elf.type != ET_EXEC:
+        raise GuestImageError(f"{name}: ELF type {elf.type} is not ET_EXEC; link the guest as "
+                              "a static executable (-static -no-pie)")
+    seg = next((s for s in elf.segments if s.vaddr <= elf.entry < s.vaddr + s.memsz), None)
+    if seg is None or not seg.executable:
+        raise GuestImageError(
+            f"{name}: entry point {elf.entry:#x} is not inside an executable loaded segment")
+    return ElfImage(name, elf.entry, elf.segments, elf.symbols())
 
 
 def _free_ranges(ram: list[tuple[int, int]], used: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -118,7 +180,7 @@ def plan_boot(ram: list[tuple[int, int]], segments: list[LoadSegment], cmdline: 
                 f"{name}: segment {s.index} ({s.paddr:#x}-{s.end:#x}) lies outside guest RAM "
                 f"({ram_desc}); give the guest more memory (--mem) or relink it")
     if len(cmdline) >= MAX_CMDLINE:
-        raise GuestImageError(f"command line too long ({len(cmdline)} bytes, max {MAX_CMDLINE - 1})")
+        raise ConfigError(f"command line too long ({len(cmdline)} bytes, max {MAX_CMDLINE - 1})")
     ntables = _table_count(ram, segments)
     # page 0: GDT + boot info + memory map; page 1: command line; then the page tables
     vmm_size = (2 + ntables) * PAGE_4K
@@ -169,8 +231,12 @@ def _map_high(tables: PageTableBuilder, s: LoadSegment, name: str) -> None:
             f"{name}: segment {s.index} has p_vaddr {s.vaddr:#x} != p_paddr {s.paddr:#x}; "
             "pyvmm maps such segments only above 4 GiB and 4 KiB-congruent")
     start = _down(s.vaddr, PAGE_4K)
-    tables.map(start, _down(s.paddr, PAGE_4K), _up(s.vaddr + s.memsz, PAGE_4K) - start,
-               page_size=PAGE_4K)
+    try:
+        tables.map(start, _down(s.paddr, PAGE_4K), _up(s.vaddr + s.memsz, PAGE_4K) - start,
+                   page_size=PAGE_4K)
+    except PagingError as e:
+        raise GuestImageError(f"{name}: segment {s.index} cannot be mapped at {s.vaddr:#x}: "
+                              f"{e}") from None
 
 
 def memory_map(ram: list[tuple[int, int]], reserved: list[tuple[int, int]]) -> list[tuple[int, int, int]]:

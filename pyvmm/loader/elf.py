@@ -1,37 +1,56 @@
-"""ELF64 x86-64 guest images (pyelftools): validate, collect PT_LOAD segments and symbols.
+"""ELF files as guest images: headers, loadable segments and the symbol table, checked.
 
-Everything here works on the file's bytes, before any VM exists, so a bad image is
-refused with a :class:`GuestImageError` that says what is wrong and what to do, and
-nothing has to be torn down.
+The file is hostile input.  Every count, offset and size in it is checked against the
+file's length *before* anything is iterated (an ``e_phnum`` of PN_XNUM with a zero
+``e_phentsize`` must not become 2^32 loop turns), so parsing is bounded by the file's size.
+The headers are read here with ``struct``; the symbol table, which only crash reports and
+debuggers need, is decoded on first use with pyelftools, from sections already checked.
+
+Used by both loaders: ELF64 x86-64 guests (``pyvmm.loader.boot``) and ELF32 multiboot
+kernels (``pyvmm.loader.multiboot``).
 """
 
 from __future__ import annotations
 
-import bisect
-import io
 import itertools
+import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from pyvmm.errors import GuestImageError
+from pyvmm.loader.symbols import Symbols
 
+MAGIC = b"\x7fELF"
+ELFCLASS32, ELFCLASS64 = 1, 2
+ELFDATA2LSB = 1
+ET_EXEC = 2
+EM_386, EM_X86_64 = 3, 62
+PT_LOAD = 1
 PF_X = 1
+SHT_SYMTAB, SHT_STRTAB = 2, 3
+PN_XNUM = 0xFFFF
+SHN_XINDEX = 0xFFFF
+#: the physical address space pyvmm can give a guest (x86-64: 52 bits)
+PHYS_LIMIT = 1 << 52
 
-
-class GuestImageError(ValueError):
-    """The guest file cannot be loaded (not ELF, wrong kind, does not fit in RAM, ...)."""
+# per class: (ELF header, program header, section header, symbol) layouts
+_EHDR = {ELFCLASS32: struct.Struct("<16sHHIIIIIHHHHHH"), ELFCLASS64: struct.Struct("<16sHHIQQQIHHHHHH")}
+_PHDR = {ELFCLASS32: struct.Struct("<IIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQQQ")}
+_SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQIIQQ")}
+SYM_SIZE = {ELFCLASS32: 16, ELFCLASS64: 24}
+MACHINES = {EM_386: "EM_386", EM_X86_64: "EM_X86_64", 0: "EM_NONE", 40: "EM_ARM", 183: "EM_AARCH64",
+            243: "EM_RISCV"}
 
 
 @dataclass(frozen=True)
 class LoadSegment:
-    """A PT_LOAD segment: ``filesz`` bytes of ``data`` at ``paddr``, zero-filled to ``memsz``."""
+    """A PT_LOAD segment: ``data`` (``p_filesz`` bytes) at ``paddr``, zero-filled to
+    ``memsz``."""
 
     index: int
     paddr: int
     vaddr: int
     memsz: int
-    data: bytes
+    data: bytes | memoryview
     flags: int
 
     @property
@@ -43,117 +62,130 @@ class LoadSegment:
         return bool(self.flags & PF_X)
 
 
-@dataclass
-class Symbols:
-    """Function and object symbols, for naming the code at a guest RIP."""
-
-    addrs: list[int] = field(default_factory=list)
-    entries: list[tuple[int, int, str]] = field(default_factory=list)  # (addr, size, name)
-
-    @classmethod
-    def from_list(cls, syms: list[tuple[int, int, str]]) -> Symbols:
-        syms = sorted(set(syms))
-        return cls([s[0] for s in syms], syms)
-
-    def lookup(self, addr: int) -> str | None:
-        """``"name+0x1f"`` for the symbol covering ``addr`` (or the nearest one below a
-        sized-0 label), None when no symbol is close."""
-        i = bisect.bisect_right(self.addrs, addr) - 1
-        while i >= 0:
-            start, size, name = self.entries[i]
-            if size == 0 or addr < start + size:
-                off = addr - start
-                return name if off == 0 else f"{name}+{off:#x}"
-            i -= 1
-            if start + size <= addr and size:
-                return None
-        return None
-
-    def address_of(self, name: str) -> int | None:
-        for addr, _size, n in self.entries:
-            if n == name:
-                return addr
-        return None
+@dataclass(frozen=True)
+class SectionHeader:
+    index: int
+    name: int
+    type: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    entsize: int
 
 
 @dataclass
-class ElfImage:
-    path: str
+class ElfFile:
+    """A checked ELF file: its class, header fields, segments and symbol table."""
+
+    name: str
+    data: bytes
+    elfclass: int
+    machine: int
+    type: int
     entry: int
     segments: list[LoadSegment]
-    symbols: Symbols
+    sections: list[SectionHeader] = field(default_factory=list)
 
-    def entry_segment(self) -> LoadSegment | None:
-        for s in self.segments:
-            if s.vaddr <= self.entry < s.vaddr + s.memsz:
-                return s
-        return None
+    @property
+    def bits(self) -> int:
+        return 64 if self.elfclass == ELFCLASS64 else 32
 
-
-def load_elf64(path: str | Path) -> ElfImage:
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise GuestImageError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise GuestImageError(f"{p}: is a directory, not a guest image") from None
-    except PermissionError:
-        raise GuestImageError(f"{p}: permission denied") from None
-    return parse_elf64(data, str(p))
+    def symbols(self) -> Symbols:
+        """The function and object symbols (decoded on first use), looked up only inside
+        the executable segments, so a wild RIP is never named after the nearest label."""
+        ranges = [(s.vaddr, s.vaddr + s.memsz) for s in self.segments if s.executable]
+        symtab = next((s for s in self.sections if s.type == SHT_SYMTAB), None)
+        if symtab is None:
+            return Symbols([], ranges)
+        return Symbols.lazy(lambda: _decode_symbols(self.data, symtab.index), ranges)
 
 
-def parse_elf64(data: bytes, name: str = "<guest>") -> ElfImage:
-    """Parse and validate an ELF64 x86-64 executable.  Raises :class:`GuestImageError`."""
-    if data[:4] != b"\x7fELF":
+def _bad(name: str, what: str) -> GuestImageError:
+    return GuestImageError(f"{name}: malformed ELF: {what}")
+
+
+def _table(data: bytes, name: str, what: str, off: int, count: int, entsize: int,
+           want: int) -> None:
+    """A header table must have entries of the size this class uses and lie in the file."""
+    if count == 0:
+        return
+    if entsize != want:
+        raise _bad(name, f"{what} entry size {entsize}, expected {want}")
+    if off <= 0 or off + count * entsize > len(data):
+        raise _bad(name, f"{what} table ({count} x {entsize} bytes at {off:#x}) lies outside "
+                   f"the {len(data)}-byte file")
+
+
+def parse(data: bytes, name: str) -> ElfFile:
+    """Check and read an ELF file's headers.  Raises :class:`GuestImageError`."""
+    if data[:4] != MAGIC:
         raise GuestImageError(f"{name}: not an ELF file (bad magic)")
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        cls = elf.header["e_ident"]["EI_CLASS"]
-        if cls != "ELFCLASS64":
-            raise GuestImageError(f"{name}: {cls} image; pyvmm runs ELF64 (ELFCLASS64) guests")
-        if elf.header["e_machine"] != "EM_X86_64":
-            raise GuestImageError(
-                f"{name}: machine {elf.header['e_machine']}, pyvmm runs x86-64 (EM_X86_64) guests")
-        if elf.header["e_type"] != "ET_EXEC":
-            raise GuestImageError(
-                f"{name}: type {elf.header['e_type']}; link the guest as a static executable "
-                "(-static -no-pie)")
-        segments = load_segments(elf, data, name)
-        symbols = symbols_of(elf)
-        entry = elf.header["e_entry"]
-    except ELFError as e:
-        raise GuestImageError(f"{name}: malformed ELF: {e}") from None
-    except (ValueError, KeyError, IndexError) as e:
-        if isinstance(e, GuestImageError):
-            raise
-        raise GuestImageError(f"{name}: malformed ELF: {e}") from None
-    image = ElfImage(name, entry, segments, symbols)
-    seg = image.entry_segment()
-    if seg is None or not seg.executable:
-        raise GuestImageError(
-            f"{name}: entry point {entry:#x} is not inside an executable loaded segment")
-    return image
+    cls = data[4] if len(data) > 4 else 0
+    if cls not in _EHDR:
+        raise _bad(name, f"EI_CLASS {cls}")
+    if data[5] != ELFDATA2LSB:
+        raise GuestImageError(f"{name}: big-endian ELF; pyvmm runs x86 (little-endian) guests")
+    eh = _EHDR[cls]
+    if len(data) < eh.size:
+        raise _bad(name, "truncated ELF header")
+    (_ident, etype, machine, _ver, entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
+     shentsize, shnum, shstrndx) = eh.unpack_from(data)
+    sh = _SHDR[cls]
+    # extended numbering: the real counts live in section 0 (ELF gABI, "Special sections")
+    if shoff and (shnum == 0 or phnum == PN_XNUM or shstrndx == SHN_XINDEX):
+        _table(data, name, "section header", shoff, 1, shentsize, sh.size)
+        s0 = sh.unpack_from(data, shoff)
+        shnum = shnum or s0[5]
+        if phnum == PN_XNUM:
+            phnum = s0[7]
+    elif phnum == PN_XNUM:
+        raise _bad(name, "e_phnum is PN_XNUM but there is no section 0 to hold the count")
+    _table(data, name, "program header", phoff, phnum, phentsize, _PHDR[cls].size)
+    _table(data, name, "section header", shoff, shnum, shentsize, sh.size)
+    sections = [SectionHeader(i, *_pick(sh.unpack_from(data, shoff + i * shentsize)))
+                for i in range(shnum)]
+    for s in sections:
+        if s.type in (SHT_SYMTAB, SHT_STRTAB) and s.offset + s.size > len(data):
+            raise _bad(name, f"section {s.index} ({s.size} bytes at {s.offset:#x}) lies "
+                       "outside the file")
+        if s.type == SHT_SYMTAB and (s.entsize != SYM_SIZE[cls] or s.link >= shnum
+                                     or sections[s.link].type != SHT_STRTAB):
+            raise _bad(name, f"symbol table section {s.index} has entry size {s.entsize} or "
+                       f"string table link {s.link} that is not valid")
+    segments = _load_segments(data, cls, phoff, phnum, name)
+    return ElfFile(name, data, cls, machine, etype, entry, segments, sections)
 
 
-def load_segments(elf: ELFFile, data: bytes, name: str) -> list[LoadSegment]:
+def _pick(sh: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
+    """(name, type, offset, size, link, info, entsize) of a section header tuple."""
+    name, stype, _flags, _addr, offset, size, link, info, _align, entsize = sh
+    return name, stype, offset, size, link, info, entsize
+
+
+def _load_segments(data: bytes, cls: int, phoff: int, phnum: int, name: str) -> list[LoadSegment]:
     """The PT_LOAD segments, checked against the file and each other, sorted by paddr."""
+    ph = _PHDR[cls]
+    view = memoryview(data)
     out: list[LoadSegment] = []
-    for i in range(elf.num_segments()):
-        seg = elf.get_segment(i)
-        ph = seg.header
-        if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
+    for i in range(phnum):
+        raw = ph.unpack_from(data, phoff + i * ph.size)
+        if cls == ELFCLASS64:
+            ptype, flags, off, vaddr, paddr, filesz, memsz, _align = raw
+        else:
+            ptype, off, vaddr, paddr, filesz, memsz, flags, _align = raw
+        if ptype != PT_LOAD or memsz == 0:
             continue
-        off, filesz, memsz = ph["p_offset"], ph["p_filesz"], ph["p_memsz"]
         if filesz > memsz:
-            raise GuestImageError(f"{name}: segment {i} has p_filesz > p_memsz")
+            raise _bad(name, f"segment {i} has p_filesz > p_memsz")
         if off + filesz > len(data):
             raise GuestImageError(f"{name}: segment {i} extends past the end of the file "
                                   "(truncated image?)")
-        if ph["p_paddr"] + memsz > 1 << 52:
+        if paddr + memsz > PHYS_LIMIT:
             raise GuestImageError(f"{name}: segment {i} lies beyond the physical address space")
-        out.append(LoadSegment(i, ph["p_paddr"], ph["p_vaddr"], memsz,
-                               data[off:off + filesz], ph["p_flags"]))
+        if vaddr + memsz > 1 << (64 if cls == ELFCLASS64 else 32):
+            raise _bad(name, f"segment {i} wraps around the virtual address space")
+        out.append(LoadSegment(i, paddr, vaddr, memsz, view[off:off + filesz], flags))
     if not out:
         raise GuestImageError(f"{name}: no loadable (PT_LOAD) segments")
     out.sort(key=lambda s: s.paddr)
@@ -164,12 +196,21 @@ def load_segments(elf: ELFFile, data: bytes, name: str) -> list[LoadSegment]:
     return out
 
 
-def symbols_of(elf: ELFFile) -> Symbols:
-    tab = elf.get_section_by_name(".symtab")
-    syms: list[tuple[int, int, str]] = []
-    if tab is not None:
-        for s in tab.iter_symbols():
-            if s.name and s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") \
-                    and s["st_shndx"] != "SHN_UNDEF" and s["st_shndx"] != "SHN_ABS":
-                syms.append((s["st_value"], s["st_size"], s.name))
-    return Symbols.from_list(syms)
+def _decode_symbols(data: bytes, symtab: int) -> list[tuple[int, int, str]]:
+    """``(address, size, name)`` of the function, object and label symbols of section
+    ``symtab`` (already checked by :func:`parse`: in the file, right entry size, linked to a
+    string table)."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    section = ELFFile(io.BytesIO(data)).get_section(symtab)
+    if not isinstance(section, SymbolTableSection):
+        return []
+    out = []
+    for s in section.iter_symbols():
+        if s.name and s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") \
+                and s["st_shndx"] not in ("SHN_UNDEF", "SHN_ABS"):
+            out.append((int(s["st_value"]), int(s["st_size"]), str(s.name)))
+    return out

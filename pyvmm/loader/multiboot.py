@@ -13,15 +13,16 @@ page-aligned after the kernel's last byte; the command line is ``"<kernel path> 
 
 from __future__ import annotations
 
-import io
+import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-from pyvmm.loader.elf import GuestImageError, LoadSegment, Symbols, load_segments, symbols_of
+from pyvmm.errors import GuestImageError
+from pyvmm.loader.elf import ELFCLASS32, EM_386, MAGIC, LoadSegment, parse
+from pyvmm.loader.plan import LoadPlan
+from pyvmm.loader.symbols import Symbols
+from pyvmm.x86.entry import EntryState
+from pyvmm.x86.segments import gdt_bytes
 
 HEADER_MAGIC = 0x1BADB002
 BOOT_MAGIC = 0x2BADB002
@@ -35,6 +36,8 @@ SUPPORTED_REQUIRED = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO | FLAG_VIDEO  # video: i
 INFO_ADDR = 0x9000
 INFO_END = 0x10000
 INFO_SIZE = 88
+#: the flat GDT for the 32-bit entry, in the info area's spare space
+GDT_OFFSET = 0x380
 MBI_MEM, MBI_CMDLINE, MBI_MODS, MBI_MMAP, MBI_LOADER = 1 << 0, 1 << 2, 1 << 3, 1 << 6, 1 << 9
 LOW_RAM_END = 0x9FC00  # 639 KiB: what a BIOS reports below the EBDA
 E820_RAM, E820_RESERVED = 1, 2
@@ -59,10 +62,27 @@ class MultibootImage:
     entry: int
     segments: list[LoadSegment]
     symbols: Symbols = field(default_factory=Symbols)
+    format = "multiboot"
 
     @property
     def end(self) -> int:
         return max(s.end for s in self.segments)
+
+    def plan(self, ram: list[tuple[int, int]], *, cmdline: bytes = b"", ncpus: int = 1,
+             initrd: bytes | None = None, initrd_name: str = "initrd") -> LoadPlan:
+        """As QEMU's ``-kernel PATH -append CMDLINE -initrd INITRD``: the kernel sees
+        ``"PATH CMDLINE"``; the initrd is the one module, page-aligned after the kernel.
+        The BSP starts in 32-bit protected mode, EAX = 0x2BADB002, EBX = the info block."""
+        full = os.fsencode(self.path) + (b" " + cmdline if cmdline else b"")
+        modules = [Module(initrd, initrd_name)] if initrd is not None else []
+        mb = plan_multiboot(ram, self, full, modules)
+        gdt = INFO_ADDR + GDT_OFFSET
+        entry = EntryState.protected_mode(self.entry, gdt_base=gdt, rax=BOOT_MAGIC,
+                                          rbx=mb.info_addr)
+        writes = [(s.paddr, s.data) for s in self.segments] + mb.writes + [(gdt, gdt_bytes())]
+        return LoadPlan(self.path, self.format, entry, writes, self.symbols,
+                        full.decode("utf-8", "backslashreplace"), mb,
+                        [(s.paddr, s.end) for s in self.segments])
 
 
 def find_header(data: bytes) -> MultibootHeader | None:
@@ -113,30 +133,16 @@ def _by_header(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
 
 
 def _by_elf(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
-    if data[:4] != b"\x7fELF":
+    if data[:4] != MAGIC:
         raise GuestImageError(f"{name}: multiboot header without load addresses (flag 16) "
                               "needs an ELF file")
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        if elf.elfclass != 32 or elf.header["e_machine"] != "EM_386":
-            raise GuestImageError(f"{name}: a multiboot ELF must be ELF32 EM_386 (as QEMU "
-                                  "requires; objcopy -O elf32-i386 converts a 64-bit build)")
-        segs = load_segments(elf, data, name)
-        symbols = symbols_of(elf)
-        entry = elf.header["e_entry"]
-    except ELFError as e:
-        raise GuestImageError(f"{name}: malformed ELF: {e}") from None
-    if not any(s.paddr <= entry < s.end for s in segs):
-        raise GuestImageError(f"{name}: entry {entry:#x} is not inside a loaded segment")
-    return MultibootImage(name, hdr, entry, segs, symbols)
-
-
-def load_multiboot(path: str | Path) -> MultibootImage:
-    p = Path(path)
-    try:
-        return parse_multiboot(p.read_bytes(), str(p))
-    except OSError as e:
-        raise GuestImageError(f"{p}: {e.strerror}") from None
+    elf = parse(data, name)
+    if elf.elfclass != ELFCLASS32 or elf.machine != EM_386:
+        raise GuestImageError(f"{name}: a multiboot ELF must be ELF32 EM_386 (as QEMU "
+                              "requires; objcopy -O elf32-i386 converts a 64-bit build)")
+    if not any(s.paddr <= elf.entry < s.end for s in elf.segments):
+        raise GuestImageError(f"{name}: entry {elf.entry:#x} is not inside a loaded segment")
+    return MultibootImage(name, hdr, elf.entry, elf.segments, elf.symbols())
 
 
 @dataclass
@@ -148,12 +154,16 @@ class Module:
 @dataclass
 class MultibootPlan:
     info_addr: int
-    writes: list[tuple[int, bytes]]
+    writes: list[tuple[int, bytes | memoryview]]
     memory_map: list[tuple[int, int, int]]
     modules: list[tuple[int, int]]  # (start, end) of each module
 
+    def describe(self) -> list[str]:
+        mods = ", ".join(f"{s:#x}-{e:#x}" for s, e in self.modules) or "none"
+        return [f"multiboot info {self.info_addr:#x}, modules: {mods}"]
 
-def plan_multiboot(ram: list[tuple[int, int]], image: MultibootImage, cmdline: str,
+
+def plan_multiboot(ram: list[tuple[int, int]], image: MultibootImage, cmdline: bytes,
                    modules: list[Module]) -> MultibootPlan:
     """Check the image against RAM and lay out the info block, strings and modules."""
     name = image.path
@@ -168,17 +178,17 @@ def plan_multiboot(ram: list[tuple[int, int]], image: MultibootImage, cmdline: s
     mmap = [(0, LOW_RAM_END, E820_RAM), (BIOS_AREA[0], BIOS_AREA[1] - BIOS_AREA[0], E820_RESERVED),
             (0x100000, low_end - 0x100000, E820_RAM)]
     mmap += [(a, z, E820_RAM) for a, z in ram if a >= 1 << 32]
-    writes: list[tuple[int, bytes]] = []
+    writes: list[tuple[int, bytes | memoryview]] = []
     strings = bytearray()
     str_base = INFO_ADDR + 0x400
 
-    def string(text: str) -> int:
+    def string(text: bytes) -> int:
         addr = str_base + len(strings)
-        strings.extend(text.encode() + b"\0")
+        strings.extend(text.replace(b"\0", b"") + b"\0")
         return addr
 
     cmd_addr = string(cmdline)
-    loader_addr = string("pyvmm")
+    loader_addr = string(b"pyvmm")
     mods = []
     cursor = (image.end + 0xFFF) & ~0xFFF
     for mod in modules:
@@ -187,7 +197,7 @@ def plan_multiboot(ram: list[tuple[int, int]], image: MultibootImage, cmdline: s
             raise GuestImageError(f"module {mod.cmdline!r} ({len(mod.data)} bytes) does not fit "
                                   "in RAM after the kernel; give the guest more memory (--mem)")
         writes.append((start, mod.data))
-        mods.append((start, end, string(mod.cmdline)))
+        mods.append((start, end, string(os.fsencode(mod.cmdline))))
         cursor = (end + 0xFFF) & ~0xFFF
     if str_base + len(strings) > INFO_END:
         raise GuestImageError("command line and module names are too long for the info area")

@@ -30,15 +30,37 @@ def ram_ranges(mem_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def parse_size(text: str) -> int:
-    """``"64M"`` -> 67108864; accepts K, M, G (binary) and plain bytes."""
+def parse_size(text: str, default_unit: int = 1) -> int:
+    """``"64M"`` -> 67108864; K, M, G, T (binary, optional ``i``/``B``); a bare number
+    counts in ``default_unit``.  ValueError with a message a user can act on."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": KiB, "M": MiB, "G": GiB}.get(t[-1:], 1)
-    digits = t[:-1] if mult != 1 else t
+    mult = {"K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}.get(t[-1:])
+    digits = t[:-1] if mult else t
     try:
         value = int(digits, 0)
     except ValueError:
         raise ValueError(f"not a size: {text!r} (use e.g. 64M or 1G)") from None
     if value <= 0:
         raise ValueError(f"size must be positive: {text!r}")
-    return value * mult
+    return value * (mult or default_unit)
+
+
+def format_size(n: int) -> str:
+    """``67108864`` -> ``"64 MiB"`` (one decimal when not whole)."""
+    for unit, div in (("TiB", 1 << 40), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= div:
+            v = n / div
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def host_memory() -> int:
+    """This host's RAM in bytes (MemTotal), or 0 when /proc/meminfo cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Callable
+
+from pyvmm.errors import PyvmmError
 
 PAGE_4K = 1 << 12
 PAGE_2M = 1 << 21
@@ -34,7 +37,7 @@ def canonical(va: int) -> bool:
     return 0 <= va < 1 << 47 or 0xFFFF_8000_0000_0000 <= va < 1 << 64
 
 
-class PagingError(ValueError):
+class PagingError(PyvmmError, ValueError):
     """A mapping request that 4-level paging cannot express, or a full table block."""
 
 
@@ -61,7 +64,8 @@ class PageTableBuilder:
         return len(self._tables) * PAGE_4K
 
     def _entry(self, table: int, index: int) -> int:
-        return struct.unpack_from("<Q", self._tables[table], index * 8)[0]
+        value: int = struct.unpack_from("<Q", self._tables[table], index * 8)[0]
+        return value
 
     def _set(self, table: int, index: int, value: int) -> None:
         struct.pack_into("<Q", self._tables[table], index * 8, value)
@@ -118,7 +122,7 @@ class PageTableBuilder:
         return b"".join(self._tables)
 
 
-def walk(read_u64, cr3: int, va: int) -> int | None:
+def walk(read_u64: Callable[[int], int], cr3: int, va: int) -> int | None:
     """Translate ``va`` through tables reachable from ``cr3``; ``read_u64(gpa)`` reads
     memory.  Returns the physical address or None (not present).  Used by tests and by the
     crash report to find the code at RIP."""

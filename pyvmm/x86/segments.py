@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 SEL_CODE64 = 0x08
 SEL_DATA = 0x10
@@ -39,7 +40,7 @@ class Segment:
         return ((lim & 0xFFFF) | ((self.base & 0xFFFFFF) << 16) | (access << 40)
                 | (((lim >> 16) & 0xF) << 48) | (flags << 52) | (((self.base >> 24) & 0xFF) << 56))
 
-    def fill(self, kseg: object) -> None:
+    def fill(self, kseg: Any) -> None:
         """Copy into a cffi ``struct kvm_segment``."""
         for name in ("base", "limit", "selector", "type", "present", "dpl", "db", "s", "l", "g"):
             setattr(kseg, name, getattr(self, name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cli import pyvmm
 
-from pyvmm import status
+from pyvmm.errors import ExitStatus as status
 
 
 def one_line_error(p):

@@ -102,7 +102,7 @@ def test_unclaimed_io_strict_is_fatal_and_named(guests):
 
 def test_boot_info_and_entry_state(guests):
     with Machine.from_elf(guests / "selftest.elf", cmdline="bootinfo", mem="32M", cpus=1) as m:
-        plan = m.boot_plan
+        plan = m.plan.layout
         r = m.run(timeout=TIMEOUT)
     assert r.ok, r.text
     lines = r.text.splitlines()

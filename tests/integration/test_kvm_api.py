@@ -7,7 +7,7 @@ import os
 import pytest
 from pyvmm._native import lib
 
-from pyvmm import Machine
+from pyvmm import Machine, Space
 from pyvmm.kvm import Kvm, KvmError
 from pyvmm.x86.msrs import IA32_PAT, PAT_RESET
 
@@ -37,9 +37,11 @@ def test_system_ioctls():
 def test_vcpu_state_round_trips(vm):
     v = vm.create_vcpu(0)
     regs = v.get_regs()
-    regs.rax, regs.rip = 0x1234, 0x100000
+    regs.update(rax=0x1234, rip=0x100000)
     v.set_regs(regs)
-    assert (v.get_regs().rax, v.get_regs().rip) == (0x1234, 0x100000)
+    assert (v.get_regs()["rax"], v.get_regs()["rip"]) == (0x1234, 0x100000)
+    with pytest.raises(ValueError, match="not a register"):
+        v.set_regs(rxx=1)
     sregs = v.get_sregs()
     sregs.cr0 |= 1
     v.set_sregs(sregs)
@@ -56,6 +58,8 @@ def test_vcpu_state_round_trips(vm):
     v.set_lapic(bytes(lapic))
     assert v.get_lapic()[0x80] == 0x20
     assert v.get_mp_state() == lib.KVM_MP_STATE_RUNNABLE
+    v.set_mp_state(lib.KVM_MP_STATE_HALTED)
+    assert v.get_mp_state() == lib.KVM_MP_STATE_HALTED
     ev = v.get_vcpu_events()
     v.set_vcpu_events(ev)
     area = v.get_xsave()
@@ -68,6 +72,36 @@ def test_vcpu_state_round_trips(vm):
     v.set_guest_debug(0)
     assert v.get_tsc_khz() > 0
     assert {e["function"] for e in v.get_cpuid2()} == set()  # nothing set yet
+
+
+def test_translate_walks_the_guest_page_tables(guests):
+    with Machine.from_elf(guests / "hello.elf") as m:
+        v = m.vcpus[0]
+        assert v.translate(0x100000) == 0x100000  # pyvmm identity-maps RAM
+        assert v.translate(0xFEE00ABC) == 0xFEE00ABC  # and the MMIO hole
+        assert v.translate(1 << 45) is None  # nothing up there
+
+
+def test_msi_coalesced_mmio_and_feature_msrs(vm):
+    vm.create_vcpu(0)
+    # fixed-delivery MSI to APIC 0, vector 0x30: KVM reports it delivered
+    assert vm.signal_msi(0xFEE00000, 0x30) >= 0
+    vm.register_coalesced_mmio(0xD0000000, 0x1000)
+    with Kvm() as kvm:
+        assert isinstance(kvm.get_msr_feature_index_list(), list)
+
+
+def test_removed_memslot_exits_as_mmio(guests):
+    seen = []
+    with Machine.from_elf(guests / "selftest.elf", cmdline="mmio 0x20000000") as m:
+        region = m.add_ram(0x20000000, 0x1000, name="gone")
+        m.memory.remove(region)
+        assert not m.memory.is_ram(0x20000000)
+        m.add_handler(Space.MMIO, 0x20000000, 0x1000, write=lambda a, s, v: seen.append(v),
+                      read=lambda a, s: seen[-1], name="after-remove")
+        r = m.run(timeout=30)
+    assert r.ok, r.message
+    assert seen == [0x1234ABCD]
 
 
 def test_ap_waits_for_sipi(vm):

@@ -11,7 +11,7 @@ from pyvmm.pytest_plugin import check
 def test_real_mode_to_long_mode(pyvmm_machine, guests):
     m = pyvmm_machine(guests / "realmode.elf", cpus=2)
     tramp = m.image.symbols.address_of("ap_trampoline")
-    m.memory.write_int(m.image.symbols.address_of("ap_cr3"), 4, m.boot_plan.cr3)
+    m.memory.write_int(m.image.symbols.address_of("ap_cr3"), 4, m.plan.entry.cr3)
     m.enter_real_mode(tramp)
     r = check(m.run(timeout=30))
     _, entry_cr0, cr0, cr4, efer = r.syncs(1)[0].args

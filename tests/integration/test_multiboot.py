@@ -10,6 +10,7 @@ import cli
 import pytest
 
 from pyvmm import Machine
+from pyvmm.devices.base import HOST
 
 T = 30
 
@@ -67,9 +68,9 @@ def test_testdev_as_the_host_sees_it(guests):
     with Machine.from_multiboot(guests / "mbtest.flat", cmdline="testdev") as m:
         r = m.run(timeout=T)
         assert r.ok, r.text
-        assert m.testdev.value == 0x5A  # the last (1-byte) scratch write
-        assert len(m.testdev_flush.flushed) == 1
-        assert m.testdev_iomem.read(0xFF000000, 4) == 0xCAFEF00D
+        assert m.pc.testdev.value == 0x5A  # the last (1-byte) scratch write
+        assert m.pc.testdev_flush.flushes == 1
+        assert m.pc.testdev_iomem.read(0xFF000000, 4, HOST) == 0xCAFEF00D
     assert r.exit_counts["MMIO"] >= 4  # every iomem access exited
 
 

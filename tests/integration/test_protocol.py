@@ -1,4 +1,4 @@
-"""The guest-host test protocol (pyvmm/guest/include/pyvmm/ucall.h <-> pyvmm/ucall.py)."""
+"""The guest-host test protocol (pyvmm/guest/include/pyvmm/ucall.h <-> pyvmm/devices/ucall.py)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,20 @@
 import pytest
 
+from pyvmm.devices.base import HOST, Device
 from pyvmm.devices.bus import Bus, BusError, GuestStop, Space, UnclaimedIoError
 from pyvmm.devices.debug_exit import DebugExit
 from pyvmm.devices.uart import LCR_DLAB, Uart16550
 
 
-class Reg:
+class Reg(Device):
     def __init__(self, name="reg"):
         self.name = name
         self.writes = []
 
-    def read(self, addr, size):
+    def read(self, addr, size, ctx):
         return 0x1122334455667788
 
-    def write(self, addr, size, value):
+    def write(self, addr, size, value, ctx):
         self.writes.append((addr, size, value))
 
 
@@ -68,11 +69,11 @@ def test_uart_dlab_switches_fast_path_off():
     u = Uart16550(out.append)
     changes = []
     u.on_fast_change = lambda fe: changes.append(fe.enabled)
-    u.write(0x3F8, 1, ord("A"))
-    u.write(0x3FB, 1, LCR_DLAB | 3)
-    u.write(0x3F8, 1, 12)  # divisor latch, not output
-    assert u.read(0x3F8, 1) == 12
-    u.write(0x3FB, 1, 3)
+    u.write(0x3F8, 1, ord("A"), HOST)
+    u.write(0x3FB, 1, LCR_DLAB | 3, HOST)
+    u.write(0x3F8, 1, 12, HOST)  # divisor latch, not output
+    assert u.read(0x3F8, 1, HOST) == 12
+    u.write(0x3FB, 1, 3, HOST)
     assert out == [b"A"]
     assert changes == [False, True]
-    assert u.read(0x3FD, 1) & 0x60 == 0x60
+    assert u.read(0x3FD, 1, HOST) & 0x60 == 0x60

@@ -7,9 +7,13 @@ from pyvmm.x86.segments import CODE64, DATA, gdt_bytes
 
 
 @pytest.mark.parametrize("text, value", [("64M", 64 * MiB), ("1G", GiB), ("4096", 4096),
-                                         ("512k", 512 * 1024), ("2GiB", 2 * GiB)])
+                                         ("512k", 512 * 1024), ("2GiB", 2 * GiB), ("1T", 1024 * GiB)])
 def test_parse_size(text, value):
     assert parse_size(text) == value
+
+
+def test_bare_numbers_are_mib_as_qemu():
+    assert parse_size("128", default_unit=MiB) == 128 * MiB
 
 
 @pytest.mark.parametrize("text", ["", "M", "-1M", "abc", "0"])

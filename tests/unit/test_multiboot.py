@@ -8,8 +8,9 @@ from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.fw_cfg import FwCfg
 from pyvmm.devices.legacy import AcpiPm, BochsShutdown, PciConfigMech1
 from pyvmm.devices.rtc import Rtc
-from pyvmm.firmware import acpi
-from pyvmm.loader.elf import GuestImageError
+from pyvmm.devices.base import HOST
+from pyvmm.errors import GuestImageError
+from pyvmm.platform import acpi
 from pyvmm.loader.multiboot import (
     HEADER_MAGIC,
     INFO_ADDR,
@@ -63,7 +64,7 @@ def test_refused(data, msg):
 
 def test_info_block_modules_and_memory_map():
     img = parse_multiboot(aout_kernel(), "/k")
-    plan = plan_multiboot([(0, 128 * MiB)], img, "/k quiet", [Module(b"A=1\n", "env")])
+    plan = plan_multiboot([(0, 128 * MiB)], img, b"/k quiet", [Module(b"A=1\n", "env")])
     writes = dict(plan.writes)
     info = writes[INFO_ADDR]
     flags, lower, upper, _dev, cmd, nmods, mods = struct.unpack_from("<7I", info)
@@ -80,18 +81,18 @@ def test_info_block_modules_and_memory_map():
 def test_kernel_over_the_info_area_is_refused():
     img = parse_multiboot(aout_kernel(load=0x8000), "k")
     with pytest.raises(GuestImageError, match="info area"):
-        plan_multiboot([(0, 128 * MiB)], img, "k", [])
+        plan_multiboot([(0, 128 * MiB)], img, b"k", [])
 
 
 def test_fw_cfg_items_stream_and_unknown_keys_read_zero():
     fw = FwCfg(128 * MiB, 2)
-    fw.write(0x510, 2, 0)
-    assert bytes(fw.read(0x511, 1) for _ in range(4)) == b"QEMU"
-    fw.write(0x510, 2, 3)
-    assert fw.read(0x511, 1) | fw.read(0x511, 1) << 8 | fw.read(0x511, 1) << 16 == 0
-    assert fw.read(0x511, 1) == 0x08  # 128 MiB = 0x08000000, little-endian
-    fw.write(0x510, 2, 0x4242)
-    assert fw.read(0x511, 1) == 0
+    fw.write(0x510, 2, 0, HOST)
+    assert bytes(fw.read(0x511, 1, HOST) for _ in range(4)) == b"QEMU"
+    fw.write(0x510, 2, 3, HOST)
+    assert fw.read(0x511, 1, HOST) | fw.read(0x511, 1, HOST) << 8 | fw.read(0x511, 1, HOST) << 16 == 0
+    assert fw.read(0x511, 1, HOST) == 0x08  # 128 MiB = 0x08000000, little-endian
+    fw.write(0x510, 2, 0x4242, HOST)
+    assert fw.read(0x511, 1, HOST) == 0
 
 
 def test_acpi_tables_have_valid_checksums():
@@ -116,29 +117,29 @@ def test_acpi_tables_have_valid_checksums():
 
 def test_rtc_cmos_and_shutdown_byte():
     rtc = Rtc(128 * MiB)
-    rtc.write(0x70, 1, 0x0F)
-    rtc.write(0x71, 1, 0x0A)
-    rtc.write(0x70, 1, 0x8F)  # NMI-mask bit set: same register
-    assert rtc.read(0x71, 1) == 0x0A
-    rtc.write(0x70, 1, 0x00)
-    sec = rtc.read(0x71, 1)
+    rtc.write(0x70, 1, 0x0F, HOST)
+    rtc.write(0x71, 1, 0x0A, HOST)
+    rtc.write(0x70, 1, 0x8F, HOST)  # NMI-mask bit set: same register
+    assert rtc.read(0x71, 1, HOST) == 0x0A
+    rtc.write(0x70, 1, 0x00, HOST)
+    sec = rtc.read(0x71, 1, HOST)
     assert sec >> 4 < 6 and sec & 0xF < 10  # BCD
-    rtc.write(0x70, 1, 0x17)
-    assert rtc.read(0x71, 1) == 0xFF  # KiB above 1 MiB, capped at 0xFFFF as BIOSes do
-    rtc.write(0x70, 1, 0x34)
-    lo = rtc.read(0x71, 1)
-    rtc.write(0x70, 1, 0x35)
-    assert lo | rtc.read(0x71, 1) << 8 == (112 * MiB) >> 16  # 64 KiB units above 16 MiB
+    rtc.write(0x70, 1, 0x17, HOST)
+    assert rtc.read(0x71, 1, HOST) == 0xFF  # KiB above 1 MiB, capped at 0xFFFF as BIOSes do
+    rtc.write(0x70, 1, 0x34, HOST)
+    lo = rtc.read(0x71, 1, HOST)
+    rtc.write(0x70, 1, 0x35, HOST)
+    assert lo | rtc.read(0x71, 1, HOST) << 8 == (112 * MiB) >> 16  # 64 KiB units above 16 MiB
 
 
 def test_bochs_pci_and_pm_timer():
     b = BochsShutdown()
     for c in b"Shutdow":
-        b.write(0x8900, 1, c)
+        b.write(0x8900, 1, c, HOST)
     with pytest.raises(GuestStop):
-        b.write(0x8900, 1, ord("n"))
+        b.write(0x8900, 1, ord("n"), HOST)
     pci = PciConfigMech1()
-    pci.write(0xCF8, 4, 0x80001234)
-    assert pci.read(0xCF8, 4) == 0x80001234 and pci.read(0xCFC, 4) == 0xFFFFFFFF
+    pci.write(0xCF8, 4, 0x80001234, HOST)
+    assert pci.read(0xCF8, 4, HOST) == 0x80001234 and pci.read(0xCFC, 4, HOST) == 0xFFFFFFFF
     pm = AcpiPm()
-    assert pm.read(0x608, 4) <= pm.read(0x608, 4)
+    assert pm.read(0x608, 4, HOST) <= pm.read(0x608, 4, HOST)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pyvmm.machine import RunResult
+from pyvmm.devices.ucall import GuestEvent
 from pyvmm.pytest_plugin import check
-from pyvmm.ucall import GuestEvent
+from pyvmm.vstate.result import RunResult
 
 
 def test_check_passes_ok_and_expected_statuses():

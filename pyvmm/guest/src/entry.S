@@ -87,6 +87,8 @@ mb_start32:
 ap_entry64:
 	mov $1, %ecx
 	lock xaddl %ecx, ap_stack_next(%rip)
+	cmp $AP_MAX, %ecx          /* more APs than stacks: this one waits, halted, for good */
+	jae 3f
 	mov %ecx, %eax
 	inc %eax
 	imul $AP_STACK_SIZE, %eax, %eax
@@ -98,6 +100,9 @@ ap_entry64:
 2:	cli
 	hlt
 	jmp 2b
+3:	cli
+	hlt
+	jmp 3b
 
 	.section .multiboot, "a"
 	.balign 4
@@ -139,7 +144,7 @@ pvh_stack_top:
 
 	.text
 	.equ AP_STACK_SIZE, 16384
-	.equ AP_MAX, 16
+	.equ AP_MAX, 64            /* pyvmm runs at most 64 vCPUs */
 	.globl ap_stack_next
 	.bss
 	.balign 16

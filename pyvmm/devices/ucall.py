@@ -20,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyvmm.devices.bus import GuestStop, all_ones
-from pyvmm.memory import GuestMemory, GuestMemoryError
-from pyvmm.runloop import current_loop
+from pyvmm.devices.base import Device, VcpuContext
+from pyvmm.devices.bus import GuestStop
+from pyvmm.errors import GuestMemoryError
+from pyvmm.memory import GuestMemory
 
 if TYPE_CHECKING:
-    from pyvmm.loader.elf import Symbols
+    from pyvmm.loader.symbols import Symbols
 
 UCALL_PORT = 0x1000
 MAX_ARGS = 6
@@ -69,22 +70,20 @@ class GuestEvent:
                     f"RIP {rip:#x}{where}, CR2 {cr2:#x}")
         if self.kind == "print":
             return self.text
-        return f"{self.kind} {list(self.args)}"
-
-
-class GuestAssertion(GuestStop):
-    """GUEST_ASSERT failed or an exception had no handler: ends the run with the event."""
-
-    def __init__(self, event: GuestEvent) -> None:
-        super().__init__(1, event.kind)
-        self.event = event
+        if self.kind == "error":
+            return f"bad guest message: {self.text}"
+        if self.kind == "sync" and self.args:
+            vals = ", ".join(f"{a:#x}" for a in self.args[1:])
+            return f"GUEST_SYNC stage {self.args[0]}" + (f": {vals}" if vals else "")
+        return f"GUEST_{self.kind.upper()}"
 
 
 SyncHandler = Callable[[GuestEvent], None]
 
 
-class UcallDevice:
-    """The protocol port.  ``symbols`` names guest RIPs in exception events."""
+class UcallDevice(Device):
+    """The protocol port.  ``symbols`` names guest RIPs in exception events; ``emit``
+    receives every event (on the vCPU's thread); sync handlers run after it."""
 
     def __init__(self, memory: GuestMemory, symbols: Callable[[], Symbols | None],
                  emit: Callable[[GuestEvent], None], name: str = "ucall") -> None:
@@ -94,24 +93,19 @@ class UcallDevice:
         self._emit = emit
         self.sync_handlers: list[SyncHandler] = []
 
-    def read(self, addr: int, size: int) -> int:
-        return all_ones(size)
-
-    def write(self, addr: int, size: int, value: int) -> None:
-        loop = current_loop()
-        if loop is None:
-            return  # not from a vCPU thread (a test poking the bus)
-        regs = loop.vcpu.sync_regs.regs
-        event = self.decode(regs.rdi, loop.vcpu.id)
-        event.rip = regs.rip
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
+        if ctx.vcpu < 0:
+            return  # not from a vCPU (the host poking the bus): no RDI to read
+        event = self.decode(ctx.reg("rdi"), ctx.vcpu)
+        event.rip = ctx.reg("rip")
         self._emit(event)
         if event.kind == "sync":
             for handler in list(self.sync_handlers):
                 handler(event)
         elif event.kind == "done":
-            raise GuestStop(0, "done")
+            raise GuestStop(0, "done", event)
         elif event.kind in ("assert", "exception", "error"):
-            raise GuestAssertion(event)
+            raise GuestStop(1, event.kind, event)
 
     def decode(self, gpa: int, vcpu: int) -> GuestEvent:
         """Read and check the ``struct ucall`` at ``gpa``.  Every field is untrusted."""

@@ -5,13 +5,9 @@ in-kernel 8259 PICs initialised as firmware does (master vectors 0x08-0x0f, slav
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
-from pyvmm._native import lib
-
-if TYPE_CHECKING:
-    from pyvmm.kvm.vm import Vm
-    from pyvmm.memory import GuestMemory
+from pyvmm.kvm.vm import PIC_MASTER, PIC_SLAVE, Vm
+from pyvmm.memory import GuestMemory
 
 IRET_SEG, IRET_OFF = 0xF000, 0xFF53  # where PC BIOSes keep their dummy IRET
 IRET = 0xCF
@@ -24,13 +20,6 @@ def write_ivt(memory: GuestMemory) -> None:
 
 def init_pics(vm: Vm) -> None:
     """ICW1-ICW4 as a BIOS sends them, written directly into KVM's PIC state."""
-    for chip_id, base, imr in ((lib.KVM_IRQCHIP_PIC_MASTER, 0x08, 0xFA),
-                               (lib.KVM_IRQCHIP_PIC_SLAVE, 0x70, 0xFF)):
-        chip = vm.get_irqchip_pic(chip_id)
-        pic = lib.pyvmm_irqchip_pic(chip)
-        pic.irq_base = base
-        pic.imr = imr
-        pic.init_state = 0  # initialisation complete
-        pic.init4 = 1
-        pic.auto_eoi = 0
-        vm.set_irqchip(chip)
+    for chip_id, base, imr in ((PIC_MASTER, 0x08, 0xFA), (PIC_SLAVE, 0x70, 0xFF)):
+        # ICW4 needed, edge-triggered, vectors at base, initialisation complete
+        vm.update_pic(chip_id, irq_base=base, imr=imr, init_state=0, init4=1, auto_eoi=0)

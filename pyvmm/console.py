@@ -1,0 +1,73 @@
+"""Where ``pyvmm``'s own output goes: guest output to stdout, messages to stderr.
+
+Both are the user's business: stdout may be closed (``>&-``), a pipe whose reader left
+(``| head -c 10``) or a full device (``>/dev/full``).  Guest output is written with
+``os.write`` on fd 1 as it comes; the first failure is remembered (and the run stopped by
+whoever listens), so the CLI can end with the conventional status: quietly 141 for a
+broken pipe, one line and 119 otherwise.  Messages to stderr never raise: when even stderr
+fails there is no one left to tell, and the exit status still says what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable
+
+
+def say(message: str) -> None:
+    """One line on stderr, ``pyvmm: `` first; failures to write are ignored."""
+    data = f"pyvmm: {message}\n".encode("utf-8", "backslashreplace")
+    with contextlib.suppress(OSError, ValueError):
+        _write_all(2, data)
+
+
+def err(text: str) -> None:
+    """Text on stderr as it is (reports, tables); failures to write are ignored."""
+    with contextlib.suppress(OSError, ValueError):
+        _write_all(2, text.encode("utf-8", "backslashreplace"))
+
+
+def out(text: str) -> None:
+    """Text on stdout (command output such as ``pyvmm info``); raises OSError."""
+    _write_all(1, text.encode("utf-8", "backslashreplace"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class StdoutSink:
+    """Guest output to fd 1.  ``on_error`` is called once, on the first failure (the CLI
+    stops the guest then); :attr:`error` keeps it."""
+
+    def __init__(self, on_error: Callable[[], None] | None = None) -> None:
+        self.on_error = on_error
+        self.error: OSError | None = None
+
+    def __call__(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            _write_all(1, data)
+        except OSError as e:
+            self.error = e
+            if self.on_error is not None:
+                self.on_error()
+
+    @property
+    def broken_pipe(self) -> bool:
+        return self.error is not None and self.error.errno == errno.EPIPE
+
+
+def silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so that nothing at interpreter exit tries the broken pipe
+    again (the Python documentation's advice for SIGPIPE-like exits)."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)

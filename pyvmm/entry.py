@@ -1,0 +1,94 @@
+"""The ``pyvmm`` process: signals, the one ``except``, and exit statuses.
+
+Imported by the console script before anything else, so that it stays small: Ctrl-C while
+the rest of pyvmm is still being imported is already handled.  SIGTERM and SIGHUP stop a
+run as Ctrl-C does (the vCPUs are kicked out, guest output flushed, one line, status
+128 + the signal); a :class:`~pyvmm.errors.PyvmmError` becomes one line and its status; a
+closed stdout pipe ends quietly with 141; anything else is a pyvmm bug: status 125, and
+the traceback with ``-v``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    from pyvmm.errors import Interrupted
+
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script ``pyvmm``; ``python -m pyvmm`` is the same."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    args = sys.argv[1:] if argv is None else argv
+    sys.exit(_run(args))
+
+
+def _run(args: list[str]) -> int:
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        import click
+
+        from pyvmm.cli import main as cli
+        from pyvmm.errors import ExitStatus, Interrupted, PyvmmError
+
+        try:
+            rv = cli.main(args, prog_name="pyvmm", standalone_mode=False)
+            return int(rv) if isinstance(rv, int) else 0
+        except click.exceptions.Exit as e:
+            return int(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            return int(e.exit_code)
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
+        except PyvmmError as e:
+            from pyvmm.console import say
+
+            say(str(e))
+            return int(e.status)
+        except BrokenPipeError:
+            from pyvmm.console import silence_stdout
+
+            silence_stdout()
+            return int(ExitStatus.BROKEN_PIPE)
+        except Interrupted as e:
+            from pyvmm.console import say
+
+            say(f"interrupted ({e.name})")
+            return 128 + e.signum
+        except Exception as e:
+            import traceback
+
+            from pyvmm.console import err, say
+
+            if verbose:
+                err(traceback.format_exc())
+            say(f"internal error: {type(e).__name__}: {e}"
+                + ("" if verbose else " (run with -v for the traceback)"))
+            return int(ExitStatus.VMM_ERROR)
+    except (KeyboardInterrupt, Exception) as e:  # a signal before the handlers above exist
+        signum = int(signal.SIGINT) if isinstance(e, KeyboardInterrupt) else getattr(e, "signum", None)
+        if signum is None:
+            raise
+        _stderr(f"pyvmm: interrupted ({signal.Signals(signum).name})\n")
+        return 128 + signum
+    except BaseException as e:
+        signum = getattr(e, "signum", None)
+        if signum is None:
+            raise
+        _stderr(f"pyvmm: interrupted ({signal.Signals(signum).name})\n")
+        return 128 + int(signum)
+
+
+def _stderr(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass

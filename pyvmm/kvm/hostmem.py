@@ -1,0 +1,51 @@
+"""Host memory that backs guest RAM: anonymous shared mappings (``mmap``), owned here.
+
+Guest RAM is ``MAP_SHARED | MAP_ANONYMOUS`` (shmem): dropping a page's host PTEs with
+``MADV_DONTNEED`` keeps its contents, so :meth:`HostMapping.drop_page` can make KVM forget
+a page (its MMU notifier fires) without ever leaving the page inaccessible to the VMM's
+own threads, which may be reading it at that moment.
+"""
+
+from __future__ import annotations
+
+from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.native import Cdata, ffi, lib
+
+PAGE_SIZE = 4096
+_MAP_NORESERVE = 2
+_MAP_HUGETLB = 4
+
+
+class HostMapping:
+    """``size`` bytes of zeroed host memory; :meth:`close` unmaps it."""
+
+    def __init__(self, size: int, *, hugepages: bool = False, what: str = "guest RAM") -> None:
+        err = ffi.new("int *")
+        ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | (_MAP_HUGETLB if hugepages else 0), err)
+        if ptr == ffi.NULL:
+            raise KvmError(f"mmap {what}", err[0], f"cannot map {size >> 20} MiB for {what}")
+        if not hugepages:
+            lib.pyvmm_madvise(ptr, size, lib.MADV_HUGEPAGE)  # THP where the host allows it
+        self.size = size
+        self._ptr: Cdata = ptr
+        #: ``uint8_t *`` to the first byte
+        self.host: Cdata = ffi.cast("uint8_t *", ptr)
+        #: the host virtual address, as KVM_SET_USER_MEMORY_REGION wants it
+        self.address = int(ffi.cast("uintptr_t", ptr))
+        self.buffer: Cdata = ffi.buffer(ptr, size)
+
+    def drop_page(self, offset: int) -> None:
+        """Zap the host PTE of the page at ``offset`` (contents kept): KVM's MMU notifier
+        drops its own mapping, so the guest's next access faults into KVM again."""
+        lib.pyvmm_madvise(self.host + (offset & ~(PAGE_SIZE - 1)), PAGE_SIZE, lib.MADV_DONTNEED)
+
+    def discard(self) -> None:
+        """Give the pages back to the host (reads see zeros); the mapping stays valid."""
+        lib.pyvmm_madvise(self._ptr, self.size, lib.MADV_REMOVE)
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lib.pyvmm_munmap(self._ptr, self.size)
+            self._ptr = None
+            self.host = None
+            self.buffer = None

@@ -1,0 +1,18 @@
+"""The kvm layer's one door to the cffi extension ``pyvmm._native``.
+
+Every other module of the kvm layer takes ``ffi`` and ``lib`` from here; outside the kvm
+layer only the run loop (``pyvmm.vstate.loop``) touches the extension.  The struct layouts
+and ioctl numbers all come from the system's ``<linux/kvm.h>`` at build time
+(cbindings/build_native.py); cffi objects carry no static types, so they are ``Cdata``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyvmm._native import ffi, lib
+
+#: a cffi struct or pointer (cffi has no static types)
+Cdata = Any
+
+__all__ = ["Cdata", "ffi", "lib"]

@@ -1,0 +1,288 @@
+"""Running one vCPU: the C loop (``cbindings/runloop.c``) and a plain Python loop.
+
+:class:`VcpuLoop` owns a ``struct pyvmm_loop``, fills its fast exit table from the bus's
+:class:`~pyvmm.vstate.fastpath.FastEntry` list, and hands every exit the table does not
+cover to :func:`pyvmm.vstate.exits.handle_exit`.  :meth:`VcpuLoop.run_python` does the
+same with KVM_RUN issued from Python for every exit, so the two can be benchmarked against
+each other.  This is the run loop's one door to the cffi extension.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from typing import Any
+
+from pyvmm._native import ffi, lib
+from pyvmm.devices.base import VcpuContext, all_ones
+from pyvmm.devices.bus import Bus, Device, GuestStop
+from pyvmm.devices.msr import MsrHandlers
+from pyvmm.errors import GuestIoError
+from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.run import exit_name
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.vstate.exits import IO_SIZES, handle_exit, stop_outcome
+from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
+from pyvmm.vstate.result import Outcome, RunStatus
+
+# fastpath.py writes runloop.h's numbers down for devices; they must be the compiled ones
+assert (Space.PIO, Space.MMIO, READ, WRITE) == (lib.PYVMM_SPACE_PIO, lib.PYVMM_SPACE_MMIO,
+                                                lib.PYVMM_DIR_READ, lib.PYVMM_DIR_WRITE)
+assert [int(a) for a in Action] == [lib.PYVMM_ACT_SINK, lib.PYVMM_ACT_BUFFER,
+                                    lib.PYVMM_ACT_STOP, lib.PYVMM_ACT_COUNTER]
+
+_NO_COUNTS = bytes(65536 * 4)
+_NONZERO = re.compile(b"[^\x00]")
+_EINTR, _EAGAIN = -4, -11
+MAX_ENTRIES = int(lib.PYVMM_MAX_ENTRIES)
+
+_kick_installed = False
+_kick_lock = threading.Lock()
+
+
+def install_kick_handler() -> None:
+    """Install the no-op handler for the kick signal once per process (see runloop.c)."""
+    global _kick_installed
+    with _kick_lock:
+        if not _kick_installed:
+            if lib.pyvmm_install_kick_handler() < 0:
+                raise OSError("cannot install the vCPU kick signal handler")
+            _kick_installed = True
+
+
+class FastTableFull(RuntimeError):
+    """More fast-path entries than the C table holds (a VMM limit, PYVMM_MAX_ENTRIES)."""
+
+
+class VcpuLoop:
+    """The run loop for one vCPU, bound to the bus the VM's devices live on."""
+
+    BUF_CAP = 4096
+
+    def __init__(self, vcpu: Vcpu, bus: Bus, msrs: MsrHandlers) -> None:
+        install_kick_handler()
+        self.vcpu = vcpu
+        self.bus = bus
+        self.msrs = msrs
+        self.ctx = VcpuContext(vcpu.id, vcpu.sync_regs)
+        self.c: Any = ffi.new("struct pyvmm_loop *")
+        self.c.vcpu_fd = vcpu.fd
+        self.c.run = vcpu.kvm_run
+        self.c.run_size = vcpu.run_size
+        self._buf = ffi.new("uint8_t[]", self.BUF_CAP)
+        self.c.buf = self._buf
+        self.c.buf_cap = self.BUF_CAP
+        self.c.buf_flush_at = self.BUF_CAP - 64
+        self.c.buf_flush_newline = 1
+        self.entries: list[FastEntry] = []
+        self._reported: list[int] = []
+        self._buffer_owner: Device | None = None
+        self.py_exit_counts: Counter[int] = Counter()
+        self.py_kvm_runs = 0
+        for fe in bus.fast_entries:
+            self.add_fast_entry(fe)
+        self._claimed_ports = ffi.new("uint8_t[]", 65536 // 8)
+        self._unclaimed_pio = ffi.new("uint32_t[]", 65536)
+        self.c.claimed_ports = self._claimed_ports
+        self.c.unclaimed_pio = self._unclaimed_pio
+        self.sync_claims()
+
+    def sync_claims(self) -> None:
+        """Tell the C loop which ports and MMIO ranges have devices, so that it can answer
+        accesses to the others itself (all-ones, counted) unless the bus is strict."""
+        ffi.memmove(self._claimed_ports, bytes(65536 // 8), 65536 // 8)
+        for base, length in self.bus.claimed(Space.PIO):
+            for port in range(base, min(base + length, 65536)):
+                self._claimed_ports[port >> 3] |= 1 << (port & 7)
+        mmio = self.bus.claimed(Space.MMIO)
+        if len(mmio) > MAX_ENTRIES:
+            self.c.answer_unclaimed = 0  # too many ranges to mirror: Python decides
+            return
+        for i, (base, length) in enumerate(mmio):
+            self.c.claimed_mmio[i][0], self.c.claimed_mmio[i][1] = base, length
+        self.c.n_claimed_mmio = len(mmio)
+        self.c.answer_unclaimed = 0 if self.bus.strict else 1
+
+    # --- the fast table --------------------------------------------------------
+    def add_fast_entry(self, fe: FastEntry) -> int:
+        """Copy ``fe`` into the C table; returns its index."""
+        n = int(self.c.n_entries)
+        if n >= MAX_ENTRIES:
+            raise FastTableFull(f"fast exit table full ({MAX_ENTRIES} entries); "
+                                f"{fe.owner.name} at {fe.base:#x} does not fit")
+        if fe.action is Action.BUFFER:
+            if self._buffer_owner not in (None, fe.owner):
+                raise FastTableFull("only one byte-buffer device per vCPU")
+            self._buffer_owner = fe.owner
+        e = self.c.entries[n]
+        e.base, e.len, e.space, e.dirs = fe.base, fe.length, int(fe.space), fe.dirs
+        e.action, e.read_value, e.enabled = int(fe.action), fe.read_value, int(fe.enabled)
+        self.entries.append(fe)
+        self._reported.append(0)
+        self.c.n_entries = n + 1
+        return n
+
+    def sync_fast_entry(self, fe: FastEntry) -> None:
+        """Re-read ``fe.enabled``/``read_value`` after a device changed them."""
+        for i, mine in enumerate(self.entries):
+            if mine is fe:
+                self.c.entries[i].enabled = int(fe.enabled)
+                self.c.entries[i].read_value = fe.read_value
+
+    def fast_hits(self) -> dict[str, int]:
+        """Exits answered in C, per device and port (entries of one device at one base
+        are added up)."""
+        out: Counter[str] = Counter()
+        for i, e in enumerate(self.entries):
+            out[f"{e.owner.name}@{e.base:#x}"] += int(self.c.entries[i].hits)
+        return dict(out)
+
+    # --- control ---------------------------------------------------------------
+    def kick(self) -> None:
+        """Stop this vCPU as soon as possible, wherever it is (signal + immediate_exit)."""
+        lib.pyvmm_loop_kick(self.c)
+
+    def request_flush(self) -> None:
+        """If C holds a partial line of output, have it handed to Python now."""
+        if self.c.buf_len:
+            lib.pyvmm_loop_request_flush(self.c)
+
+    def reset_kick(self) -> None:
+        self.c.stop_requested = 0
+        self.vcpu.kvm_run.immediate_exit = 0
+
+    def drain(self) -> None:
+        """Hand what the C loop buffered to the buffer's device (the UART)."""
+        n = int(self.c.buf_len)
+        if n:
+            data = bytes(ffi.buffer(self._buf, n))
+            self.c.buf_len = 0
+            if self._buffer_owner is not None:
+                self._buffer_owner.fast_event(data)
+
+    def collect(self) -> None:
+        """After a run: buffered output to its device, the C loop's unclaimed-access counts
+        to the bus's tally, and what C answered to each entry's device."""
+        self.drain()
+        counts = self._unclaimed_pio
+        raw = bytes(ffi.buffer(counts, 65536 * 4))
+        if raw != _NO_COUNTS:  # C-speed compare; the scan below only runs when needed
+            for port in sorted({m.start() // 4 for m in _NONZERO.finditer(raw)}):
+                self.bus.count_unclaimed(Space.PIO, port, int(counts[port]))
+                counts[port] = 0
+        for i in range(int(self.c.n_unclaimed_mmio)):
+            addr, n = int(self.c.unclaimed_mmio[i][0]), int(self.c.unclaimed_mmio[i][1])
+            self.bus.count_unclaimed(Space.MMIO, addr, n)
+        self.c.n_unclaimed_mmio = 0
+        for i, fe in enumerate(self.entries):
+            hits = int(self.c.entries[i].hits)
+            if hits != self._reported[i]:
+                fe.owner.fast_hits(fe, hits - self._reported[i], int(self.c.entries[i].last_value))
+                self._reported[i] = hits
+
+    def exit_counts(self) -> dict[str, int]:
+        """Exits by reason name, from the C counters plus the Python loop's."""
+        out: Counter[str] = Counter()
+        for reason in range(int(lib.PYVMM_MAX_REASONS)):
+            n = int(self.c.exit_counts[reason])
+            if n:
+                out[exit_name(reason)] += n
+        for reason, n in self.py_exit_counts.items():
+            out[exit_name(reason)] += n
+        return dict(out)
+
+    @property
+    def kvm_runs(self) -> int:
+        """KVM_RUN ioctls issued, by either loop."""
+        return int(self.c.kvm_runs) + self.py_kvm_runs
+
+    def _kicked(self) -> Outcome:
+        return Outcome(RunStatus.KICKED, self.vcpu.id, reason="stopped by the VMM")
+
+    # --- running ---------------------------------------------------------------
+    def run(self) -> Outcome:
+        """Run in C until an outcome; slow exits are handled here in between."""
+        c = self.c
+        lib.pyvmm_loop_bind_thread(c)
+        try:
+            while True:
+                r = lib.pyvmm_loop_run(c)
+                self.drain()
+                if r == lib.PYVMM_RET_BUFFER:
+                    continue
+                if r == lib.PYVMM_RET_EXIT:
+                    out = handle_exit(self.vcpu.kvm_run, self.vcpu.run_size, self.ctx, self.bus,
+                                      self.msrs)
+                    if out is None:
+                        continue
+                    return out
+                if r == lib.PYVMM_RET_STOP:
+                    owner = self.entries[c.stop_entry].owner
+                    value = int(c.stop_value)
+                    return Outcome(RunStatus.EXIT, self.vcpu.id, value, f"{owner.name} wrote {value:#x}")
+                if r == lib.PYVMM_RET_KICKED:
+                    return self._kicked()
+                return Outcome(RunStatus.ERROR, self.vcpu.id,
+                               reason=str(KvmError("KVM_RUN", int(c.last_errno))))
+        finally:
+            lib.pyvmm_loop_unbind_thread(c)
+
+    def run_python(self) -> Outcome:
+        """The same loop with KVM_RUN issued from Python and every exit handled here.
+
+        PIO exits take an inlined path (cached views of kvm_run, a port -> device cache)
+        so that the comparison with the C loop measures the language, not sloppiness.
+        """
+        fd = self.vcpu.fd
+        run = self.vcpu.kvm_run
+        io = lib.pyvmm_run_io(run)
+        window = ffi.buffer(ffi.cast("uint8_t *", run), self.vcpu.run_size)
+        ioctl, KVM_RUN, NULL = lib.pyvmm_ioctl, lib.KVM_RUN, ffi.NULL
+        EXIT_IO, OUT = lib.KVM_EXIT_IO, lib.KVM_EXIT_IO_OUT
+        counts = [0] * int(lib.PYVMM_MAX_REASONS)
+        ports: dict[int, Any] = {}
+        bus, c, lock, ctx, vid = self.bus, self.c, self.bus.lock, self.ctx, self.vcpu.id
+        runs = 0
+        lib.pyvmm_loop_bind_thread(c)
+        try:
+            while True:
+                if c.stop_requested:
+                    return self._kicked()
+                runs += 1
+                r = ioctl(fd, KVM_RUN, NULL)
+                if r < 0:
+                    if r in (_EINTR, _EAGAIN):  # a kick, a stray signal, an AP not yet started
+                        counts[lib.KVM_EXIT_INTR] += 1
+                        continue
+                    return Outcome(RunStatus.ERROR, vid, reason=str(KvmError("KVM_RUN", -r)))
+                reason = run.exit_reason
+                counts[reason if reason < len(counts) else 0] += 1
+                if reason == EXIT_IO and io.count == 1:
+                    size, port, off = io.size, io.port, io.data_offset
+                    dev: Any = ports.get(port * 8 + size)
+                    if dev is None:
+                        dev = ports[port * 8 + size] = bus.find(Space.PIO, port, size) or bus
+                    if dev is not bus and size in IO_SIZES and off + size <= len(window):
+                        try:
+                            with lock:
+                                if io.direction == OUT:
+                                    dev.write(port, size, int.from_bytes(window[off:off + size], "little"),
+                                              ctx)
+                                else:
+                                    window[off:off + size] = (dev.read(port, size, ctx) & (
+                                        all_ones(size))).to_bytes(size, "little")
+                        except GuestStop as stop:
+                            return stop_outcome(stop, vid)
+                        except GuestIoError as e:
+                            return Outcome(RunStatus.IO_ERROR, vid, reason=str(e), exit_reason=reason)
+                        continue
+                out = handle_exit(run, self.vcpu.run_size, ctx, bus, self.msrs)
+                if out is not None:
+                    return out
+        finally:
+            lib.pyvmm_loop_unbind_thread(c)
+            self.py_kvm_runs += runs
+            for reason, n in enumerate(counts):
+                if n:
+                    self.py_exit_counts[reason] += n

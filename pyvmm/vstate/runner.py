@@ -1,0 +1,160 @@
+"""Running every vCPU of a machine to one :class:`~pyvmm.vstate.result.RunResult`.
+
+One thread per vCPU runs its :class:`~pyvmm.vstate.loop.VcpuLoop`; the calling thread
+waits for the first final outcome, the timeout, :meth:`Runner.stop` or a signal, then kicks
+every vCPU out of KVM_RUN (kicks race with a thread just entering it, so they repeat until
+every thread has left), collects what the C loops counted, and builds the result.  While
+waiting it wakes every 50 ms to have partial lines of guest output handed over, so a
+prompt without a newline shows up at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from pyvmm.crash import GuestCrash, capture
+from pyvmm.errors import Interrupted
+from pyvmm.kvm.stats import StatDesc, StatValue, delta, split
+from pyvmm.vstate.result import Outcome, RunResult, RunStatus
+
+if TYPE_CHECKING:
+    from pyvmm.devices.bus import Bus
+    from pyvmm.loader.symbols import Symbols
+    from pyvmm.memory import GuestMemory
+    from pyvmm.vstate.history import EventLog, SerialLog
+    from pyvmm.vstate.loop import VcpuLoop
+
+FLUSH_INTERVAL = 0.05
+Snapshot = dict[str, dict[str, StatValue]]
+
+
+class Runner:
+    """Runs ``loops`` (one per vCPU) together.  ``stats()`` snapshots KVM's statistics
+    per scope and ``descriptors(scope)`` describes them (which are cumulative)."""
+
+    def __init__(self, loops: list[VcpuLoop], bus: Bus, memory: GuestMemory,
+                 symbols: Callable[[], Symbols | None], serial: SerialLog, events: EventLog,
+                 stats: Callable[[], Snapshot],
+                 descriptors: Callable[[str], Mapping[str, StatDesc]]) -> None:
+        self.loops = loops
+        self.bus = bus
+        self.memory = memory
+        self.symbols = symbols
+        self.serial = serial
+        self.events = events
+        self.stats = stats
+        self.descriptors = descriptors
+        self._done = threading.Event()
+        self._stopped_by_host = False
+
+    def stop(self) -> None:
+        """Ask a run in progress to stop every vCPU now."""
+        self._stopped_by_host = True
+        self._done.set()
+
+    def run(self, timeout: float | None, python_loop: bool = False) -> RunResult:
+        for loop in self.loops:
+            loop.reset_kick()
+        before = self.stats()
+        serial_mark, events_mark = self.serial.total, self.events.total
+        self._done.clear()
+        self._stopped_by_host = False
+        outcomes: list[Outcome] = []
+        crashes: list[GuestCrash] = []
+        lock = threading.Lock()
+
+        def vcpu_thread(loop: VcpuLoop) -> None:
+            try:
+                out = loop.run_python() if python_loop else loop.run()
+            except Exception as e:  # a VMM bug or a device handler's error
+                out = Outcome(RunStatus.ERROR, loop.vcpu.id, reason=f"{type(e).__name__}: {e}",
+                              details={"traceback": traceback.format_exc()})
+            crash = None
+            if out.kind == RunStatus.CRASH:
+                crash = capture(loop.vcpu, self.memory, self.symbols(), out.reason, out.details)
+            with lock:
+                outcomes.append(out)
+                if crash is not None:
+                    crashes.append(crash)
+            if out.kind != RunStatus.KICKED:
+                self._done.set()
+
+        threads = [threading.Thread(target=vcpu_thread, args=(lp,), name=f"vcpu{lp.vcpu.id}",
+                                    daemon=True) for lp in self.loops]
+        t0 = time.monotonic()
+        interrupted: str | None = None
+        signum: int | None = None
+        try:
+            for t in threads:
+                t.start()
+            deadline = None if timeout is None else t0 + timeout
+            while not self._done.is_set():
+                left = FLUSH_INTERVAL if deadline is None else min(FLUSH_INTERVAL,
+                                                                   deadline - time.monotonic())
+                if left <= 0:
+                    break
+                if self._done.wait(left):
+                    break
+                for loop in self.loops:
+                    loop.request_flush()
+        except KeyboardInterrupt:
+            interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)
+        except Interrupted as e:
+            interrupted, signum = f"interrupted ({e.name})", e.signum
+        finally:
+            self._stop_all(threads)
+        duration = time.monotonic() - t0
+        result = self._result(outcomes, crashes, timeout, interrupted, duration)
+        result.signal = signum
+        result.serial, result.serial_dropped = self.serial.since(serial_mark)
+        result.events, result.events_dropped = self.events.since(events_mark)
+        after = self.stats()
+        for scope in after:
+            moved = delta(self.descriptors(scope), before.get(scope, {}), after[scope])
+            result.stats[scope], result.histograms[scope] = split(moved)
+        return result
+
+    def _stop_all(self, threads: list[threading.Thread]) -> None:
+        """Kick until every vCPU thread has left KVM_RUN, then collect what C counted."""
+        while any(t.is_alive() for t in threads):
+            for loop in self.loops:
+                loop.kick()
+            for t in threads:
+                t.join(0.05)
+        for loop in self.loops:
+            loop.collect()
+
+    def _result(self, outcomes: list[Outcome], crashes: list[GuestCrash], timeout: float | None,
+                interrupted: str | None, duration: float) -> RunResult:
+        final = [o for o in outcomes if o.kind != RunStatus.KICKED]
+        counts: Counter[str] = Counter()
+        per_vcpu = []
+        hits: Counter[str] = Counter()
+        for loop in self.loops:
+            c = loop.exit_counts()
+            per_vcpu.append(c)
+            counts.update(c)
+            hits.update(loop.fast_hits())
+        res = RunResult(RunStatus.TIMEOUT, None, exit_counts=dict(counts), vcpu_exit_counts=per_vcpu,
+                        fast_hits=dict(hits), kvm_runs=sum(lp.kvm_runs for lp in self.loops),
+                        unclaimed=self.bus.unclaimed_summary(), duration=duration,
+                        outcomes=outcomes)
+        if final:
+            first = final[0]
+            res.status, res.exit_code, res.message = first.kind, first.code, first.reason
+            if first.kind == RunStatus.CRASH and crashes:
+                res.crash = crashes[0]
+            res.assertion = first.details.get("event")
+        elif interrupted:
+            res.status, res.message = RunStatus.INTERRUPTED, interrupted
+        elif self._stopped_by_host:
+            res.status, res.message = RunStatus.STOPPED, "stopped by Machine.stop()"
+        else:
+            res.message = f"guest did not stop within {timeout:g} s" if timeout else "stopped"
+        return res

@@ -1,0 +1,73 @@
+"""Entry states: how a vCPU starts, as data, and the one place that puts it on a vCPU.
+
+Every loader describes its guest's start as an :class:`EntryState` (pyvmm's ELF64 entry:
+long mode; multiboot: 32-bit protected mode; a guest that climbs by itself: real mode);
+:func:`apply_entry` turns it into KVM_SET_SREGS + KVM_SET_REGS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from pyvmm.errors import ConfigError
+from pyvmm.x86.modes import set_long_mode, set_protected_mode, set_real_mode
+
+if TYPE_CHECKING:
+    from pyvmm.kvm.vcpu import Vcpu
+
+LONG, PROTECTED, REAL = "long", "protected", "real"
+
+
+@dataclass(frozen=True)
+class EntryState:
+    """``mode`` (long, protected or real), ``rip`` and the other registers that are not 0
+    (RFLAGS is 0x2: interrupts off); ``cr3`` and ``gdt_base`` for long mode, ``gdt_base``
+    for protected mode, ``cs`` (the segment, base ``cs << 4``) for real mode."""
+
+    mode: str
+    rip: int
+    regs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    cr3: int = 0
+    gdt_base: int = 0
+    cs: int = 0
+
+    @classmethod
+    def long_mode(cls, rip: int, *, cr3: int, gdt_base: int, **regs: int) -> EntryState:
+        return cls(LONG, rip, MappingProxyType(regs), cr3=cr3, gdt_base=gdt_base)
+
+    @classmethod
+    def protected_mode(cls, rip: int, *, gdt_base: int, **regs: int) -> EntryState:
+        return cls(PROTECTED, rip, MappingProxyType(regs), gdt_base=gdt_base)
+
+    @classmethod
+    def real_mode(cls, address: int) -> EntryState:
+        """Real mode at ``address`` (below 1 MiB, 16-byte aligned) as CS:0, the state INIT
+        and SIPI leave an AP in."""
+        if address % 16 or not 0 <= address < 0x100000:
+            raise ConfigError(f"real-mode entry {address:#x} must be 16-byte aligned below 1 MiB")
+        return cls(REAL, 0, cs=address >> 4)
+
+    def describe(self) -> str:
+        extra = "".join(f", {k.upper()}={v:#x}" for k, v in self.regs.items())
+        if self.mode == REAL:
+            return f"real mode at {self.cs:04x}:0000"
+        where = f"{self.mode} mode at {self.rip:#x}"
+        return where + (f", CR3={self.cr3:#x}" if self.mode == LONG else "") + extra
+
+
+def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
+    """Put ``entry`` on ``vcpu``: two ioctls (KVM_SET_SREGS, KVM_SET_REGS)."""
+    sregs = vcpu.get_sregs()
+    if entry.mode == LONG:
+        set_long_mode(sregs, cr3=entry.cr3, gdt_base=entry.gdt_base)
+    elif entry.mode == PROTECTED:
+        set_protected_mode(sregs, gdt_base=entry.gdt_base)
+    elif entry.mode == REAL:
+        set_real_mode(sregs, entry.cs)
+    else:
+        raise ConfigError(f"unknown entry mode {entry.mode!r}")
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(dict(entry.regs), rip=entry.rip)
