@@ -11,8 +11,8 @@ STAMP := $(VENV)/.pyvmm-installed
 PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -type f \
 	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
 	-not -name '*.elf' -not -name '_native.c' -not -name '*.o')
-GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest
-MB_GUESTS := hello selftest mbtest vmexit
+GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile
+MB_GUESTS := hello selftest mbtest vmexit hostile
 B := guests/build
 
 .PHONY: all install dev guests test unit lint types examples bench clean

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from pyvmm import Machine
-from pyvmm.loader.elf import ElfImage, load_elf64
+from pyvmm.loader import ElfImage, open_image
 
 HERE = Path(__file__).resolve().parent
 B = HERE / "build"
@@ -42,7 +42,9 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 
 @functools.cache
 def bench_image() -> ElfImage:
-    return load_elf64(ELF)
+    image = open_image(ELF)
+    assert isinstance(image, ElfImage)
+    return image
 
 
 def raw(mode: str, n: int, irqchip: str = "kernel") -> float:
@@ -63,7 +65,7 @@ def pyvmm_exits(python_loop: bool) -> float:
         out = loop.run_python() if python_loop else loop.run()
         dt = time.perf_counter_ns() - t0
         assert out.kind == "exit" and out.code == 0, out
-        exits = sum(loop.py_exit_counts.values()) if python_loop else loop.c.kvm_runs
+        exits = loop.kvm_runs
         assert exits == EXITS + 1, exits
     return dt / exits
 
@@ -72,7 +74,7 @@ def pyvmm_lifecycle(image: ElfImage, irqchip: str) -> float:
     """One Machine from an already-parsed image (as a fuzzer or test harness reuses it)."""
     t0 = time.perf_counter_ns()
     with Machine(mem="64M", irqchip=irqchip) as m:
-        m.load(image)
+        m.load(m.plan_for(image), image)
         m.memory.write_int(image.symbols.address_of("bench_count"), 8, 0)
         out = m.vcpu_loop(0).run()
     dt = time.perf_counter_ns() - t0

@@ -15,6 +15,23 @@ import errno
 import os
 from collections.abc import Callable
 
+#: standard fds that were closed when pyvmm started (``>&-``); /dev/null now holds their
+#: numbers, so that no file pyvmm opens later (``/dev/kvm``, a guest image) becomes "stdout"
+CLOSED_FDS: set[int] = set()
+
+
+def guard_standard_fds() -> None:
+    """Put /dev/null on any of fds 0-2 that is closed, and remember which were."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            CLOSED_FDS.add(fd)
+
 
 def say(message: str) -> None:
     """One line on stderr, ``pyvmm: `` first; failures to write are ignored."""
@@ -30,8 +47,18 @@ def err(text: str) -> None:
 
 
 def out(text: str) -> None:
-    """Text on stdout (command output such as ``pyvmm info``); raises OSError."""
-    _write_all(1, text.encode("utf-8", "backslashreplace"))
+    """Text on stdout (command output such as ``pyvmm info``).  BrokenPipeError when the
+    reader left (the CLI ends quietly), OutputError for any other failure."""
+    from pyvmm.errors import OutputError
+
+    try:
+        if 1 in CLOSED_FDS:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF) + " (stdout is closed)")
+        _write_all(1, text.encode("utf-8", "backslashreplace"))
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write output: {e.strerror}") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -53,6 +80,8 @@ class StdoutSink:
         if self.error is not None:
             return
         try:
+            if 1 in CLOSED_FDS:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF) + " (stdout is closed)")
             _write_all(1, data)
         except OSError as e:
             self.error = e

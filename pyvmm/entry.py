@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     """The console script ``pyvmm``; ``python -m pyvmm`` is the same."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
+    from pyvmm.console import guard_standard_fds
+
+    guard_standard_fds()
     args = sys.argv[1:] if argv is None else argv
     sys.exit(_run(args))
 

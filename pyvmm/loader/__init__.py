@@ -58,4 +58,7 @@ def open_image(path: str | os.PathLike[str], *, mem: int | None = None,
     """Read and check the guest file at ``path``; ``mem`` (the guest RAM, when known)
     bounds how much of a file is read at all."""
     limit = (mem or DEFAULT_LIMIT) + FILE_SLACK
-    return parse_image(read_file(path, limit), shown(path), fmt)
+    image = parse_image(read_file(path, limit), shown(path), fmt)
+    if isinstance(image, MultibootImage):
+        image.argv0 = os.fsencode(path)
+    return image

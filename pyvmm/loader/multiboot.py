@@ -62,6 +62,9 @@ class MultibootImage:
     entry: int
     segments: list[LoadSegment]
     symbols: Symbols = field(default_factory=Symbols)
+    #: the kernel's path as the kernel sees it (argv[0] of its command line): the bytes
+    #: the user gave, which need not be UTF-8 (``path`` is for messages)
+    argv0: bytes = b""
     format = "multiboot"
 
     @property
@@ -73,7 +76,7 @@ class MultibootImage:
         """As QEMU's ``-kernel PATH -append CMDLINE -initrd INITRD``: the kernel sees
         ``"PATH CMDLINE"``; the initrd is the one module, page-aligned after the kernel.
         The BSP starts in 32-bit protected mode, EAX = 0x2BADB002, EBX = the info block."""
-        full = os.fsencode(self.path) + (b" " + cmdline if cmdline else b"")
+        full = (self.argv0 or os.fsencode(self.path)) + (b" " + cmdline if cmdline else b"")
         modules = [Module(initrd, initrd_name)] if initrd is not None else []
         mb = plan_multiboot(ram, self, full, modules)
         gdt = INFO_ADDR + GDT_OFFSET

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pyvmm._native import lib
 
 from pyvmm import Machine, Space
+from pyvmm._native import lib
 
 TIMEOUT = 30  # generous: CPL0 guest code is emulated on kvm_pvm
 

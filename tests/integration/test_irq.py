@@ -51,4 +51,7 @@ def test_ipis_both_ways(run_guest, guests):
     # (INTR counts the VMM's own kick that stops the halted AP at the end)
     assert r.exit_counts.get("IO") == 2 and set(r.exit_counts) <= {"IO", "INTR"}, r.exit_counts
     assert set(r.vcpu_exit_counts[1]) <= {"INTR"}, r.vcpu_exit_counts
-    assert r.stats["vcpu1"].get("halt_wakeup", 0) >= 5  # the AP slept in HLT between pings
+    # the AP waits for each ping in HLT and KVM counts every HLT it intercepts; whether a
+    # wait ends in halt polling or after blocking (halt_wakeup) is the scheduler's luck, so
+    # only HLTs are counted here: all but maybe the first ping found the AP halted
+    assert r.stats["vcpu1"].get("halt_exits", 0) >= 4, r.stats["vcpu1"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from pyvmm._native import lib
 
 from pyvmm import Machine, Space
+from pyvmm._native import lib
 from pyvmm.kvm import Kvm, KvmError
 from pyvmm.x86.msrs import IA32_PAT, PAT_RESET
 

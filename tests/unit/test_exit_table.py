@@ -1,8 +1,8 @@
 """The C fast exit table, driven with a fake kvm_run (no KVM needed)."""
 
 import pytest
-from pyvmm._native import ffi, lib
 
+from pyvmm._native import ffi, lib
 from pyvmm.vstate.fastpath import READ, WRITE, Action, Space
 
 HANDLED = -1

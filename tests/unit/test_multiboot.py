@@ -4,13 +4,12 @@ import struct
 
 import pytest
 
+from pyvmm.devices.base import HOST
 from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.fw_cfg import FwCfg
 from pyvmm.devices.legacy import AcpiPm, BochsShutdown, PciConfigMech1
 from pyvmm.devices.rtc import Rtc
-from pyvmm.devices.base import HOST
 from pyvmm.errors import GuestImageError
-from pyvmm.platform import acpi
 from pyvmm.loader.multiboot import (
     HEADER_MAGIC,
     INFO_ADDR,
@@ -19,6 +18,7 @@ from pyvmm.loader.multiboot import (
     parse_multiboot,
     plan_multiboot,
 )
+from pyvmm.platform import acpi
 
 MiB = 1 << 20
 
