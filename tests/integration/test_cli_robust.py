@@ -102,7 +102,7 @@ def test_signal_during_a_run(guests, sig):
     p = start("run", str(guests / "hostile.elf"), "--append", "partial", "--timeout", "20")
     assert read_until(p, b"prompt> ", 10.0) == b"prompt> "
     p.send_signal(sig)
-    out, err = p.communicate(timeout=10)
+    _, err = p.communicate(timeout=10)
     assert p.returncode == 128 + sig
     assert err.decode().strip() == f"pyvmm: interrupted ({sig.name})"
 

@@ -5,8 +5,8 @@ outcome."""
 from __future__ import annotations
 
 import pytest
-from pyvmm._native import ffi, lib
 
+from pyvmm._native import ffi, lib
 from pyvmm.devices.base import Device, VcpuContext
 from pyvmm.devices.bus import Bus, GuestStop
 from pyvmm.devices.msr import MsrHandlers
