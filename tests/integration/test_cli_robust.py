@@ -108,7 +108,7 @@ def test_signal_during_a_run(guests, sig):
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("delay", [0.05, 0.1, 0.2])
+@pytest.mark.parametrize("delay", [0.08, 0.15, 0.3])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_start_up(guests, sig, delay):
     """Imports, set-up, loading: "Aborted!", a traceback or exit 1 before; now one line."""

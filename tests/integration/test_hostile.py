@@ -118,14 +118,16 @@ def test_irq_line_without_an_irqchip_is_a_clear_guest_io_error(guests):
 
 @pytest.mark.kvm
 def test_wild_rip_gets_no_symbol(guests):
-    r = Machine.from_file(guests / "hostile.elf", cmdline="wildrip").run(timeout=T)
+    with Machine.from_file(guests / "hostile.elf", cmdline="wildrip") as m:
+        r = m.run(timeout=T)
     assert r.status == "crash" and r.crash is not None
     assert r.crash.rip == 0x7FF00000 and r.crash.symbol is None
 
 
 @pytest.mark.kvm
 def test_fault_outside_guest_try_is_reported_not_a_storm(guests):
-    r = Machine.from_file(guests / "hostile.elf", cmdline="fault").run(timeout=T)
+    with Machine.from_file(guests / "hostile.elf", cmdline="fault") as m:
+        r = m.run(timeout=T)
     assert r.status == "assert", r.message
     assert r.assertion is not None and r.assertion.kind == "exception"
     assert r.assertion.args[0] == 13 and r.assertion.symbol.startswith("main")
