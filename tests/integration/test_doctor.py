@@ -47,3 +47,52 @@ def test_popcnt_runs_natively(run_guest, guests):
 def test_requires_passes_when_present(run_guest, guests):
     r = run_guest(probe_guest(), "tsc-deadline")
     assert r.syncs(1)[0].args[1] == 1
+
+
+def test_no_probe_errors_on_a_working_host(found):
+    assert found.errors == [], [(f.name, f.detail) for f in found.errors]
+
+
+def test_a_probe_that_cannot_run_is_an_error_never_a_cached_no(monkeypatch, tmp_path):
+    """Issue #7: a missing probe guest was cached as "the host lacks X", and later runs
+    silently skipped tests.  Now it is an error, nothing is cached, and requires() fails
+    under PYVMM_REQUIRE_KVM=1."""
+    import pyvmm.doctor as doctor
+    from pyvmm.pytest_plugin import require
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(doctor, "_MEMO", None)
+    monkeypatch.setattr(doctor, "probe_guest", lambda: (_ for _ in ()).throw(
+        doctor.ProbeError("the probe guest is missing from this pyvmm install")))
+    found = doctor.host_features(refresh=True)
+    smp = found.features["smp"]
+    assert smp.works is None and "missing" in smp.detail
+    assert found.features["tdp"].works is not None  # host-side probes still answer
+    assert not list(tmp_path.rglob("doctor-*.json"))  # nothing cached
+    monkeypatch.setenv("PYVMM_REQUIRE_KVM", "1")
+    with pytest.raises(pytest.fail.Exception, match="could not probe host feature smp"):
+        require(("smp",))
+    monkeypatch.setenv("PYVMM_REQUIRE_KVM", "0")
+    with pytest.raises(pytest.skip.Exception, match="could not probe host feature smp"):
+        require(("smp",))
+
+
+def test_cache_key_covers_the_probe_set(monkeypatch):
+    import pyvmm.doctor as doctor
+
+    key, _ = doctor.host_key()
+    monkeypatch.setattr(doctor, "PROBE_SET_VERSION", doctor.PROBE_SET_VERSION + 1)
+    assert doctor.host_key()[0] != key
+
+
+def test_doctor_ships_its_probe_guest():
+    """No PYVMM_GUESTS, no source tree: the probe guest is package data of the install."""
+    path = probe_guest()
+    assert path.is_file() and path.parent.name == "probes" and path.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_cli_doctor_in_a_fresh_cache(tmp_path):
+    p = pyvmm("doctor", env={"XDG_CACHE_HOME": str(tmp_path)}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "smp" in p.stdout and "ERROR" not in p.stdout
+    assert len(list((tmp_path / "pyvmm").glob("doctor-*.json"))) == 1
