@@ -29,7 +29,7 @@ from pyvmm.devices.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
 from pyvmm.errors import ConfigError, GuestExitedError, GuestImageError
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
-from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
 from pyvmm.loader import GuestImage, LoadPlan, open_image
@@ -153,14 +153,15 @@ class Machine:
             raise
 
     def _build(self, strict_io: bool) -> None:
-        max_vcpus = self.kvm.capabilities.get("MAX_VCPUS") or 1
+        # three KVM_CHECK_EXTENSIONs, not Kvm.capabilities (~90 of them): machines are
+        # created by the thousand and every microsecond of set-up counts
+        max_vcpus = self.kvm.check_extension(CAP_MAX_VCPUS) or 1
         if self.cpus > max_vcpus:
             raise KvmError("KVM_CREATE_VCPU", 22, f"this KVM allows {max_vcpus} vCPUs")
         self.vm = self.kvm.create_vm()
-        caps = self.kvm.capabilities
-        if caps.get("SET_TSS_ADDR"):
+        if self.kvm.check_extension(CAP_SET_TSS_ADDR):
             self.vm.set_tss_addr(layout.TSS_ADDR)
-        if caps.get("SET_IDENTITY_MAP_ADDR"):
+        if self.kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
             self.vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
         if self.irqchip == "kernel":
             # before the memslots: on kvm_pvm a memslot added to a VM that has an in-kernel

@@ -21,6 +21,10 @@ def default_path() -> str:
     return os.environ.get("PYVMM_KVM_DEVICE", DEFAULT_PATH)
 
 
+CAP_MAX_VCPUS = int(lib.KVM_CAP_MAX_VCPUS)
+CAP_SET_TSS_ADDR = int(lib.KVM_CAP_SET_TSS_ADDR)
+CAP_SET_IDENTITY_MAP_ADDR = int(lib.KVM_CAP_SET_IDENTITY_MAP_ADDR)
+
 #: The capabilities pyvmm looks at, by their KVM_CAP_* name (without the prefix).
 CAPABILITIES = sorted(n[len("KVM_CAP_"):] for n in dir(lib) if n.startswith("KVM_CAP_"))
 

@@ -24,6 +24,7 @@ Memory-map entry (24 bytes): u64 base, u64 length, u32 type (1 RAM, 2 reserved),
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -76,17 +77,13 @@ class BootPlan:
     gdt_addr: int
     info_addr: int
     cmdline_addr: int
-    tables: PageTableBuilder
+    cr3: int
     writes: list[tuple[int, bytes]] = field(default_factory=list)
     memory_map: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def stack_top(self) -> int:
         return self.stack_base + self.stack_size
-
-    @property
-    def cr3(self) -> int:
-        return self.tables.cr3
 
     def describe(self) -> list[str]:
         return [f"VMM block {self.vmm_base:#x}+{self.vmm_size:#x} (GDT, boot info "
@@ -200,18 +197,11 @@ def plan_boot(ram: list[tuple[int, int]], segments: list[LoadSegment], cmdline: 
             f"{name}: the segments leave no free RAM below 3 GiB for the VMM's structures "
             f"({vmm_size // 1024} KiB) and a {MIN_STACK // 1024} KiB stack; give the guest "
             "more memory (--mem)")
-    tables = PageTableBuilder(vmm_base + 2 * PAGE_4K, max_tables=ntables)
-    tables.identity_map(0, MMIO_HOLE_START, page_size=PAGE_2M)
-    tables.identity_map(MMIO_HOLE_START, MMIO_HOLE_END - MMIO_HOLE_START, page_size=PAGE_2M,
-                        flags=PTE_P | PTE_RW | PTE_PCD | PTE_PWT)
-    for a, z in ram:
-        if a >= MMIO_HOLE_END:
-            tables.identity_map(a, _up(z, PAGE_2M), page_size=PAGE_2M)
-    for s in segments:
-        if s.vaddr != s.paddr:
-            _map_high(tables, s, name)
+    high = tuple((s.index, s.vaddr, s.paddr, s.memsz) for s in segments if s.vaddr != s.paddr)
+    table_base = vmm_base + 2 * PAGE_4K
+    tables = _page_tables(table_base, tuple(ram), high, ntables, name)
     plan = BootPlan(vmm_base, vmm_size, stack_base, stack, vmm_base, vmm_base + GDT_SIZE,
-                    vmm_base + PAGE_4K, tables)
+                    vmm_base + PAGE_4K, table_base)
     plan.memory_map = memory_map(ram, [(vmm_base, vmm_base + vmm_size + stack)])
     mmap_addr = plan.info_addr + BOOT_INFO.size
     info = BOOT_INFO.pack(BOOT_MAGIC, BOOT_VERSION, sum(z for _, z in ram), mmap_addr,
@@ -219,24 +209,37 @@ def plan_boot(ram: list[tuple[int, int]], segments: list[LoadSegment], cmdline: 
                           stack_base, stack, vmm_base, vmm_size)
     mm = b"".join(MMAP_ENTRY.pack(b, n, t, 0) for b, n, t in plan.memory_map)
     plan.writes = [(plan.gdt_addr, gdt_bytes()), (plan.info_addr, info), (mmap_addr, mm),
-                   (plan.cmdline_addr, cmdline + b"\0"), (tables.base, tables.to_bytes())]
+                   (plan.cmdline_addr, cmdline + b"\0"), (table_base, tables)]
     return plan
 
 
-def _map_high(tables: PageTableBuilder, s: LoadSegment, name: str) -> None:
-    """A segment linked at a virtual address other than its physical one (a higher-half
-    kernel): map its pages there too."""
-    if (s.vaddr - s.paddr) % PAGE_4K or s.vaddr < MMIO_HOLE_END:
-        raise GuestImageError(
-            f"{name}: segment {s.index} has p_vaddr {s.vaddr:#x} != p_paddr {s.paddr:#x}; "
-            "pyvmm maps such segments only above 4 GiB and 4 KiB-congruent")
-    start = _down(s.vaddr, PAGE_4K)
-    try:
-        tables.map(start, _down(s.paddr, PAGE_4K), _up(s.vaddr + s.memsz, PAGE_4K) - start,
-                   page_size=PAGE_4K)
-    except PagingError as e:
-        raise GuestImageError(f"{name}: segment {s.index} cannot be mapped at {s.vaddr:#x}: "
-                              f"{e}") from None
+@functools.lru_cache(maxsize=16)
+def _page_tables(base: int, ram: tuple[tuple[int, int], ...],
+                 high: tuple[tuple[int, int, int, int], ...], ntables: int, name: str) -> bytes:
+    """The page-table block at ``base``: identity maps of the low 4 GiB (the hole uncached)
+    and of RAM above it, plus ``high`` segments ``(index, vaddr, paddr, memsz)`` at their
+    virtual addresses.  Cached: machines made by the thousand share a few layouts, and
+    building the tables costs ~0.3 ms of Python."""
+    tables = PageTableBuilder(base, max_tables=ntables)
+    tables.identity_map(0, MMIO_HOLE_START, page_size=PAGE_2M)
+    tables.identity_map(MMIO_HOLE_START, MMIO_HOLE_END - MMIO_HOLE_START, page_size=PAGE_2M,
+                        flags=PTE_P | PTE_RW | PTE_PCD | PTE_PWT)
+    for a, z in ram:
+        if a >= MMIO_HOLE_END:
+            tables.identity_map(a, _up(z, PAGE_2M), page_size=PAGE_2M)
+    for index, vaddr, paddr, memsz in high:
+        if (vaddr - paddr) % PAGE_4K or vaddr < MMIO_HOLE_END:
+            raise GuestImageError(
+                f"{name}: segment {index} has p_vaddr {vaddr:#x} != p_paddr {paddr:#x}; "
+                "pyvmm maps such segments only above 4 GiB and 4 KiB-congruent")
+        start = _down(vaddr, PAGE_4K)
+        try:
+            tables.map(start, _down(paddr, PAGE_4K), _up(vaddr + memsz, PAGE_4K) - start,
+                       page_size=PAGE_4K)
+        except PagingError as e:
+            raise GuestImageError(f"{name}: segment {index} cannot be mapped at {vaddr:#x}: "
+                                  f"{e}") from None
+    return tables.to_bytes()
 
 
 def memory_map(ram: list[tuple[int, int]], reserved: list[tuple[int, int]]) -> list[tuple[int, int, int]]:

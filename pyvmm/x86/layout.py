@@ -6,6 +6,8 @@ the IOAPIC (0xFEC00000) and device windows live; RAM beyond 3 GiB continues at 4
 
 from __future__ import annotations
 
+import functools
+
 GiB = 1 << 30
 MiB = 1 << 20
 KiB = 1 << 10
@@ -54,6 +56,7 @@ def format_size(n: int) -> str:
     return f"{n} bytes"
 
 
+@functools.cache
 def host_memory() -> int:
     """This host's RAM in bytes (MemTotal), or 0 when /proc/meminfo cannot tell."""
     try:
