@@ -12,7 +12,9 @@ PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -t
 	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
 	-not -name '*.elf' -not -name '_native.c' -not -name '*.o')
 GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile
-MB_GUESTS := hello selftest mbtest vmexit hostile
+MB_GUESTS := hello selftest mbtest vmexit hostile pcplat
+# hand-written kernels with linker scripts of their own, as third-party kernels are
+ASM_KERNELS := mb_rmpit.flat mb_bios.flat mb_low.flat mb_elf64.elf
 B := guests/build
 
 .PHONY: all install dev guests test unit lint types examples bench clean
@@ -37,18 +39,26 @@ dev: | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	rm -f $(STAMP)
 
-guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat) $(B)/mb_rmpit.flat
+guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat) $(ASM_KERNELS:%=$(B)/%)
 
 # pyvmm's own guests go through the same path as users' guests: `pyvmm guest build`
 $(B)/%.elf: guests/%.c $(STAMP)
 	$(PYVMM) guest build -o $@ $<
 $(B)/%.flat: guests/%.c $(STAMP)
 	$(PYVMM) guest build --multiboot -o $@ $<
-# a hand-written real-mode kernel with its own linker script, as third-party kernels are
-$(B)/mb_rmpit.flat: guests/mb_rmpit.S guests/mb16.ld
+$(B)/mb_rmpit.flat $(B)/mb_bios.flat: $(B)/%.flat: guests/%.S guests/mb16.ld
 	mkdir -p $(B)
-	as --32 -o $(B)/mb_rmpit.o $<
-	ld -m elf_i386 --build-id=none -T guests/mb16.ld -o $@ $(B)/mb_rmpit.o
+	as --32 -o $(B)/$*.o $<
+	ld -m elf_i386 --build-id=none -T guests/mb16.ld -o $@ $(B)/$*.o
+$(B)/mb_low.flat: guests/mb_low.S guests/mb_low.ld
+	mkdir -p $(B)
+	as --32 -o $(B)/mb_low.o $<
+	ld -m elf_i386 --build-id=none -T guests/mb_low.ld -o $@ $(B)/mb_low.o
+$(B)/mb_elf64.elf: guests/mb_elf64.S guests/mb_elf64.ld
+	mkdir -p $(B)
+	as --64 -o $(B)/mb_elf64.o $<
+	ld -m elf_x86_64 --build-id=none -z max-page-size=4096 --no-warn-rwx-segments \
+		-T guests/mb_elf64.ld -o $@ $(B)/mb_elf64.o
 
 lint: | $(STAMP)
 	$(PY) -m ruff check pyvmm tests bench cbindings examples setup.py

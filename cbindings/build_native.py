@@ -35,6 +35,8 @@ IOCTLS: dict[str, list[tuple[str, str | None]]] = {
         ("KVM_REGISTER_COALESCED_MMIO", "KVM_CAP_COALESCED_MMIO"),
         ("KVM_UNREGISTER_COALESCED_MMIO", "KVM_CAP_COALESCED_MMIO"),
         ("KVM_X86_SET_MSR_FILTER", "KVM_CAP_X86_MSR_FILTER"),
+        ("KVM_GET_PIT2", "KVM_CAP_PIT_STATE2"), ("KVM_SET_PIT2", "KVM_CAP_PIT_STATE2"),
+        ("KVM_SET_GSI_ROUTING", "KVM_CAP_IRQ_ROUTING"),
         ("KVM_GET_STATS_FD", "KVM_CAP_BINARY_STATS_FD"), ("KVM_CREATE_VCPU", None),
     ],
     "vcpu": [
@@ -73,7 +75,8 @@ KVM_MP_STATE_RUNNABLE KVM_MP_STATE_UNINITIALIZED KVM_MP_STATE_INIT_RECEIVED
 KVM_MP_STATE_HALTED KVM_MP_STATE_SIPI_RECEIVED
 KVM_GUESTDBG_ENABLE KVM_GUESTDBG_SINGLESTEP KVM_GUESTDBG_USE_SW_BP KVM_GUESTDBG_USE_HW_BP
 KVM_IOEVENTFD_FLAG_DATAMATCH KVM_IOEVENTFD_FLAG_PIO KVM_IOEVENTFD_FLAG_DEASSIGN
-KVM_PIT_SPEAKER_DUMMY
+KVM_PIT_SPEAKER_DUMMY KVM_PIT_FLAGS_HPET_LEGACY
+KVM_IRQ_ROUTING_IRQCHIP
 KVM_SYSTEM_EVENT_SHUTDOWN KVM_SYSTEM_EVENT_RESET KVM_SYSTEM_EVENT_CRASH
 KVM_INTERNAL_ERROR_EMULATION KVM_INTERNAL_ERROR_SIMUL_EX KVM_INTERNAL_ERROR_DELIVERY_EV
 KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON
@@ -178,6 +181,17 @@ struct kvm_pic_state {
     init4, elcr, elcr_mask; ...;
 };
 struct kvm_irqchip { uint32_t chip_id; uint32_t pad; ...; };
+struct kvm_pit_channel_state {
+    uint32_t count; uint16_t latched_count; uint8_t count_latched; uint8_t status_latched;
+    uint8_t status; uint8_t read_state; uint8_t write_state; uint8_t write_latch;
+    uint8_t rw_mode; uint8_t mode; uint8_t bcd; uint8_t gate; int64_t count_load_time; ...;
+};
+struct kvm_pit_state2 { struct kvm_pit_channel_state channels[3]; uint32_t flags; ...; };
+struct kvm_irq_routing_irqchip { uint32_t irqchip; uint32_t pin; ...; };
+struct kvm_irq_routing_entry { uint32_t gsi; uint32_t type; uint32_t flags; ...; };
+struct kvm_irq_routing { uint32_t nr; uint32_t flags; struct kvm_irq_routing_entry entries[]; ...; };
+struct kvm_irq_routing_irqchip *pyvmm_routing_irqchip(struct kvm_irq_routing_entry *e);
+void pyvmm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
 struct kvm_pic_state *pyvmm_irqchip_pic(struct kvm_irqchip *chip);
 struct kvm_msr_filter_range { uint32_t flags; uint32_t nmsrs; uint32_t base; uint8_t *bitmap; ...; };
 struct kvm_msr_filter { uint32_t flags; struct kvm_msr_filter_range ranges[...]; ...; };
@@ -264,6 +278,13 @@ VIEW(debug, debug.arch, struct pyvmm_run_debug)
 VIEW(fail_entry, fail_entry, struct pyvmm_run_fail_entry)
 static struct kvm_sync_regs *pyvmm_run_sync_regs(struct kvm_run *run) { return &run->s.regs; }
 static struct kvm_pic_state *pyvmm_irqchip_pic(struct kvm_irqchip *chip) { return &chip->chip.pic; }
+static struct kvm_irq_routing_irqchip *pyvmm_routing_irqchip(struct kvm_irq_routing_entry *e)
+{ return &e->u.irqchip; }
+#include <cpuid.h>
+/* CPUID of the host CPU itself (QEMU -cpu host copies leaves KVM leaves empty, such as the
+ * brand string, from here) */
+static void pyvmm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4])
+{ __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]); }
 """
 
 

@@ -61,15 +61,20 @@ def main() -> None:
               show_default=True, help="qemu: exit with (value << 1) | 1, like isa-debug-exit.")
 @click.option("--irqchip", type=click.Choice(["kernel", "split", "none"]), default="kernel",
               show_default=True, help="In-kernel PIC+IOAPIC+LAPIC, LAPIC only, or none.")
-@click.option("--pit", is_flag=True, help="Add KVM's in-kernel i8254 PIT (KVM_CREATE_PIT2).")
+@click.option("--pit/--no-pit", default=None, help="With or without KVM's in-kernel i8254 PIT "
+              "(KVM_CREATE_PIT2); multiboot kernels have one by default, as QEMU's "
+              "-machine pit=on.")
+@click.option("--cpu-features", default="", metavar="+FLAG,-FLAG,...",
+              help="Add or hide CPUID features by QEMU's names (+x2apic,-pcid,...), as "
+              "-cpu MODEL,+flag,-flag; a feature KVM cannot give is refused.")
 @click.option("--strict-io", is_flag=True, help="Unclaimed port/MMIO accesses are fatal.")
 @click.option("--stats", is_flag=True, help="Print the exit histogram and KVM stats deltas.")
 @click.option("--python-loop", is_flag=True, help="Handle every exit in Python (for comparison).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Describe the set-up, show guest events as they happen, tracebacks for VMM bugs.")
 def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: str,
-        initrd: str | None, fmt: str | None, exit_code_mode: str, irqchip: str, pit: bool,
-        strict_io: bool, stats: bool, python_loop: bool, verbose: bool) -> int:
+        initrd: str | None, fmt: str | None, exit_code_mode: str, irqchip: str, pit: bool | None,
+        cpu_features: str, strict_io: bool, stats: bool, python_loop: bool, verbose: bool) -> int:
     """Boot GUEST (an ELF64 image or a multiboot kernel) and stream its serial output.
 
     The exit status is the value the guest wrote to the debug-exit port (0xf4); see the
@@ -81,8 +86,11 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
                              "irqchip": irqchip, "history": CLI_HISTORY}
     if mem is not None:
         kw["mem"] = mem
-    if pit:
-        kw["pit"] = True
+    if pit is not None:
+        kw["pit"] = pit
+    if cpu_features:
+        kw["cpu_features"] = cpu_features
+        _note_cpuid_honoured(cpu_features)
     try:
         machine = Machine.from_file(guest, fmt=fmt, cmdline=cmdline, initrd=initrd, **kw)
         if verbose:
@@ -97,6 +105,17 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
     if stats:
         _print_stats(result)
     return _report(result, verbose, exit_code_mode)
+
+
+def _note_cpuid_honoured(spec: str) -> None:
+    """Say so when the host is known (``pyvmm doctor``'s set-cpuid probe) not to show the
+    guest some of the CPUID changes asked for: the run goes on, but not as asked."""
+    from pyvmm.doctor import cpuid_ignored
+
+    ignored = cpuid_ignored(spec)
+    if ignored:
+        say(f"note: this host's KVM ignores KVM_SET_CPUID2 for {', '.join(ignored)} (pyvmm "
+            "doctor: set-cpuid); the guest sees the host's value")
 
 
 def _output_failed(sink: StdoutSink) -> int:

@@ -36,7 +36,7 @@ from pyvmm.x86.modes import set_protected_mode
 
 PROBE_TIMEOUT = 3.0
 #: bump when a probe's meaning changes: old cached answers are then probed again
-PROBE_SET_VERSION = 2
+PROBE_SET_VERSION = 3
 #: run statuses that are the host's answer (the guest saw the feature fail); any other
 #: status means the probe itself did not run properly
 HOST_ANSWERS = ("done", "exit", "crash", "assert", "timeout", "debug")
@@ -54,6 +54,8 @@ class Feature:
     works: bool | None
     detail: str
     group: str = ""
+    #: what a probe found beyond yes/no, for tools (set-cpuid: honoured and ignored flags)
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def error(self) -> bool:
@@ -228,12 +230,53 @@ def _cap(name: str) -> Callable[[], tuple[bool, str]]:
     return check
 
 
+#: flags the set-cpuid probe hides one at a time (those kvm-unit-tests' configs toggle most)
+CPUID_PROBE_FLAGS = ("x2apic", "tsc-deadline", "pcid", "xsave", "avx", "popcnt", "rdtscp",
+                     "pdpe1gb", "smep", "la57", "hypervisor")
+
+
+def _set_cpuid() -> tuple[bool, str, dict[str, Any]]:
+    """Hide each flag with KVM_SET_CPUID2 and look from inside the guest whether it is gone:
+    on VMX/SVM KVM every one is; kvm_pvm shows some host bits whatever it is told (even
+    bits KVM_GET_SUPPORTED_CPUID does not offer)."""
+    from pyvmm.x86.cpuid import FEATURES
+
+    honoured: list[str] = []
+    ignored: list[str] = []
+    for flag in CPUID_PROBE_FLAGS:
+        leaf, _sub, reg, bit = FEATURES[flag]
+        r = _probe(f"cpuid {leaf}", cpu_features=f"-{flag}")
+        sync = r.syncs(2)
+        if r.status != "done" or not sync:
+            raise ProbeError(f"the cpuid probe ended with {r.status}: {r.message}")
+        value = sync[0].args[1 + ("eax", "ebx", "ecx", "edx").index(reg)]
+        (ignored if value >> bit & 1 else honoured).append(flag)
+    detail = f"hidden as asked: {', '.join(honoured) or 'none'}"
+    if ignored:
+        detail += f"; the guest still sees: {', '.join(ignored)}"
+    return bool(honoured), detail, {"honoured": honoured, "ignored": ignored}
+
+
+def cpuid_ignored(spec: str) -> list[str]:
+    """The flags of ``spec`` (``"+x2apic,-pcid"``) the set-cpuid probe found this host to
+    ignore; [] when the probe could not tell."""
+    from pyvmm.x86.cpuid import parse_cpu_features
+
+    try:
+        feature = host_features().features.get("set-cpuid")
+    except KvmError:
+        return []
+    ignored = set(feature.data.get("ignored", ())) if feature else set()
+    return [name for name in parse_cpu_features(spec) if name in ignored]
+
+
 def _tdp() -> tuple[bool, str]:
     h = detect()
     return h.tdp, h.describe()
 
 
-PROBES: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = [
+Probe = Callable[[], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
+PROBES: list[tuple[str, str, Probe]] = [
     ("tdp", "mmu", _tdp),
     ("cpl0-native", "cpu", lambda: _guest("insn popcnt", "popcnt at CPL0 (CPL0 code natively)")),
     ("insn-sse", "cpu", _insn("sse")),
@@ -258,6 +301,7 @@ PROBES: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = [
     ("hw-breakpoint", "debug", lambda: _debug(GUESTDBG_USE_HW_BP, hw_breakpoint=True)),
     ("split-irqchip", "irq", _cap("SPLIT_IRQCHIP")),
     ("msr-filter", "msr", _cap("X86_MSR_FILTER")),
+    ("set-cpuid", "cpuid", _set_cpuid),
 ]
 
 
@@ -272,11 +316,15 @@ def probe_all(progress: Callable[[str], None] | None = None) -> HostFeatures:
         if progress:
             progress(name)
         works: bool | None
+        data: dict[str, Any] = {}
         try:
-            works, detail = fn()
+            answer = fn()
+            works, detail = answer[0], answer[1]
+            if len(answer) == 3:
+                data = answer[2]
         except Exception as e:  # a probe that could not run is never "the host lacks it"
             works, detail = None, f"probe could not run: {type(e).__name__}: {e}"
-        out.features[name] = Feature(name, works, detail, group)
+        out.features[name] = Feature(name, works, detail, group, data)
     return out
 
 

@@ -30,7 +30,7 @@ from pyvmm.errors import ConfigError, GuestExitedError, GuestImageError
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
-from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vcpu import MP_STATE_UNINITIALIZED, Vcpu
 from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
 from pyvmm.loader import GuestImage, LoadPlan, open_image
 from pyvmm.loader.source import read_file
@@ -43,6 +43,7 @@ from pyvmm.vstate.loop import VcpuLoop
 from pyvmm.vstate.result import FINAL, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86 import layout
+from pyvmm.x86.cpuid import parse_cpu_features
 from pyvmm.x86.entry import EntryState, apply_entry
 from pyvmm.x86.reset import reset_vcpu
 
@@ -94,7 +95,8 @@ def memory_size(mem: int | str) -> int:
 class Machine:
     """A VM with ``mem`` of RAM (bytes, or a size string such as ``"64M"``), ``cpus`` vCPUs,
     an interrupt controller (``irqchip``), a 16550 at 0x3f8, debug-exit at 0xf4, the POST
-    port 0x80 and the test protocol's port 0x1000.
+    port 0x80 and the test protocol's port 0x1000.  ``cpu_features`` (``"+x2apic,-pcid"``)
+    adds or hides CPUID bits, as QEMU's ``-cpu MODEL,+flag,-flag``.
 
     ``serial`` receives guest output as it comes; ``history`` bounds what the API keeps
     of it and of guest events for results.
@@ -116,7 +118,7 @@ class Machine:
     def __init__(self, *, mem: int | str = "64M", cpus: int = 1, strict_io: bool = False,
                  kvm_path: str | None = None, serial: Callable[[bytes], None] | None = None,
                  cmdline: str = "", irqchip: str = "kernel", pit: bool = False,
-                 history: HistoryLimits | None = None) -> None:
+                 history: HistoryLimits | None = None, cpu_features: str = "") -> None:
         self.mem_size = memory_size(mem)
         if not 1 <= cpus <= MAX_CPUS:
             raise ConfigError(f"cpus must be 1..{MAX_CPUS}, not {cpus}")
@@ -128,6 +130,8 @@ class Machine:
             raise ConfigError("more than one vCPU needs an irqchip (INIT/SIPI go through the LAPIC)")
         self.cpus = cpus
         self.cmdline = cmdline
+        self.cpu_features = cpu_features
+        self._reset_lapics: list[bytes | None] = []
         self.irqchip = irqchip
         self.pit = pit
         limits = history or HistoryLimits()
@@ -187,10 +191,12 @@ class Machine:
                              (self.ucall, UCALL_PORT, 4)):
             self.bus.register(Space.PIO, port, n, dev)
         supported = self.kvm.get_supported_cpuid()
+        features = parse_cpu_features(self.cpu_features, supported)
         for i in range(self.cpus):
             vcpu = self.vm.create_vcpu(i)
             self.vcpus.append(vcpu)
-            reset_vcpu(vcpu, supported, self.cpus, lapic=self.irqchip != "none")
+            self._reset_lapics.append(reset_vcpu(vcpu, supported, self.cpus,
+                                                 lapic=self.irqchip != "none", features=features))
 
     # --- building from a guest file ---------------------------------------------
     @classmethod
@@ -346,8 +352,30 @@ class Machine:
         if self._runner is None:
             self.loops = [VcpuLoop(v, self.bus, self.msrs) for v in self.vcpus]
             self._runner = Runner(self.loops, self.bus, self.memory, lambda: self.symbols,
-                                  self.serial, self.events, self.stats, self._descriptors)
+                                  self.serial, self.events, self.stats, self._descriptors,
+                                  self._sleep_s3)
         return self._runner
+
+    def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool:
+        """The guest entered ACPI S3: sleep until the PC platform's wake-up (the RTC
+        alarm), then reset every vCPU as the chipset does, RAM kept, and let the BSP resume
+        in real mode at the FACS's waking vector.  False when no wake-up comes in time."""
+        wait = self.pc.seconds_to_wake() if self.pc is not None else None
+        if wait is None or (left is not None and wait > left):
+            stop.wait(left)  # asleep for good: until the timeout, a stop or a signal
+            return False
+        if stop.wait(wait):
+            return False
+        assert self.pc is not None
+        for vcpu, lapic in zip(self.vcpus, self._reset_lapics, strict=True):
+            if lapic is not None:
+                vcpu.set_lapic(lapic)
+            if vcpu.id:
+                vcpu.set_mp_state(MP_STATE_UNINITIALIZED)  # APs wait for INIT/SIPI again
+        self.pc.reset_after_sleep()
+        apply_entry(self.vcpus[0], EntryState.real_mode(self.pc.waking_vector()))
+        self.pc.woke()
+        return True
 
     def vcpu_loop(self, index: int = 0) -> VcpuLoop:
         """The run loop of vCPU ``index``, for driving one vCPU by hand (benchmarks,
@@ -428,6 +456,8 @@ class Machine:
             self.vm.close()  # closes its vCPUs and their kvm_run mappings
         if hasattr(self, "memory"):
             self.memory.close()
+        if hasattr(self, "bus"):
+            self.bus.close()
         self.kvm.close()
         self.loops = []
         self.vcpus = []

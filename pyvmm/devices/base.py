@@ -63,3 +63,6 @@ class Device:
     def fast_hits(self, entry: FastEntry, hits: int, last_value: int) -> None:
         """``hits`` more accesses answered in C for ``entry`` since the last report;
         ``last_value`` is the entry's last written value (COUNTER)."""
+
+    def close(self) -> None:
+        """Release what the device holds beyond Python objects (timer threads)."""

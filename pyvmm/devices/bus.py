@@ -129,6 +129,15 @@ class Bus:
             raise UnclaimedIoError(space, addr, size, is_write)
         self.count_unclaimed(space, addr, 1)
 
+    def close(self) -> None:
+        """Close every device once (the machine is going away)."""
+        seen: set[int] = set()
+        for space in self._ranges.values():
+            for _, _, dev in space:
+                if id(dev) not in seen:
+                    seen.add(id(dev))
+                    dev.close()
+
     def unclaimed_summary(self) -> list[str]:
         out = [f"{'port' if s is Space.PIO else 'mmio'} {a:#x}: {n}"
                for (s, a), n in sorted(self.unclaimed.items())]

@@ -111,3 +111,10 @@ class Kvm(FdObject):
     def vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE, asked once."""
         return self.get_vcpu_mmap_size()
+
+
+def host_cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+    """``(eax, ebx, ecx, edx)`` of CPUID on the host CPU itself (not KVM's view)."""
+    out = ffi.new("uint32_t[4]")
+    lib.pyvmm_host_cpuid(leaf, subleaf, out)
+    return int(out[0]), int(out[1]), int(out[2]), int(out[3])

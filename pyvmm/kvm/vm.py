@@ -11,6 +11,7 @@ PIC_MASTER = int(lib.KVM_IRQCHIP_PIC_MASTER)
 PIC_SLAVE = int(lib.KVM_IRQCHIP_PIC_SLAVE)
 IOAPIC = int(lib.KVM_IRQCHIP_IOAPIC)
 PIT_SPEAKER_DUMMY = int(lib.KVM_PIT_SPEAKER_DUMMY)
+PIT_FLAGS_HPET_LEGACY = int(lib.KVM_PIT_FLAGS_HPET_LEGACY)
 #: KVM_SET_USER_MEMORY_REGION flags
 MEM_LOG_DIRTY_PAGES = int(lib.KVM_MEM_LOG_DIRTY_PAGES)
 MEM_READONLY = int(lib.KVM_MEM_READONLY)
@@ -99,6 +100,30 @@ class Vm(FdObject):
         """KVM_CREATE_PIT2: in-kernel i8254 PIT; IRQ0 arrives through the irqchip."""
         cfg = ffi.new("struct kvm_pit_config *", {"flags": flags})
         self._ioctl("KVM_CREATE_PIT2", lib.KVM_CREATE_PIT2, cfg)
+
+    def get_pit2(self) -> Cdata:
+        """KVM_GET_PIT2: the in-kernel PIT's three channels and flags (``struct
+        kvm_pit_state2``)."""
+        st = ffi.new("struct kvm_pit_state2 *")
+        self._ioctl("KVM_GET_PIT2", lib.KVM_GET_PIT2, st)
+        return st
+
+    def set_pit2(self, state: Cdata) -> None:
+        """KVM_SET_PIT2: KVM reloads every channel's count (a channel in mode 2 or 3
+        starts counting from it at once)."""
+        self._ioctl("KVM_SET_PIT2", lib.KVM_SET_PIT2, state)
+
+    def set_gsi_routing(self, routes: list[tuple[int, int, int]]) -> None:
+        """KVM_SET_GSI_ROUTING with irqchip routes ``(gsi, chip, pin)``, chip one of
+        PIC_MASTER, PIC_SLAVE, IOAPIC.  Replaces the whole table (a GSI may appear more than
+        once: KVM raises every route of it)."""
+        r = ffi.new("struct kvm_irq_routing *", {"nr": len(routes), "entries": len(routes)})
+        for i, (gsi, chip, pin) in enumerate(routes):
+            e = r.entries[i]
+            e.gsi, e.type = gsi, lib.KVM_IRQ_ROUTING_IRQCHIP
+            ic = lib.pyvmm_routing_irqchip(ffi.addressof(r.entries, i))
+            ic.irqchip, ic.pin = chip, pin
+        self._ioctl("KVM_SET_GSI_ROUTING", lib.KVM_SET_GSI_ROUTING, r)
 
     def irq_line(self, irq: int, level: int) -> int:
         """KVM_IRQ_LINE_STATUS: set a GSI's level; returns KVM's delivery status

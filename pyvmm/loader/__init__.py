@@ -15,7 +15,7 @@ import os
 
 from pyvmm.errors import GuestImageError
 from pyvmm.loader.boot import ElfImage, parse_elf64
-from pyvmm.loader.multiboot import MultibootImage, is_multiboot, parse_multiboot
+from pyvmm.loader.multiboot import FLAG_ADDRESSES, MultibootImage, find_header, parse_multiboot
 from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import read_file, shown
 from pyvmm.loader.symbols import Symbols
@@ -32,11 +32,16 @@ DEFAULT_LIMIT = 128 << 20
 
 
 def detect(data: bytes, name: str = "<guest>") -> str:
-    """``elf64`` or ``multiboot``, from the file's first bytes; GuestImageError otherwise."""
-    if data[:4] == b"\x7fELF" and data[4:5] == b"\x02":
-        return "elf64"
-    if is_multiboot(data):
+    """``elf64`` or ``multiboot``, from the file's first bytes, as QEMU's ``-kernel``
+    decides: a multiboot header wins where it can be loaded as such (any ELF32, or any file
+    whose header carries its load addresses, flag 16, an ELF64 too); otherwise an ELF64
+    is pyvmm's own convention.  GuestImageError for anything else."""
+    header = find_header(data)
+    elf64 = data[:4] == b"\x7fELF" and data[4:5] == b"\x02"
+    if header is not None and (not elf64 or header.flags & FLAG_ADDRESSES):
         return "multiboot"
+    if elf64:
+        return "elf64"
     if data[:4] == b"\x7fELF":
         raise GuestImageError(f"{name}: ELF32 image without a multiboot header; pyvmm runs "
                               "ELF64 guests and multiboot kernels")

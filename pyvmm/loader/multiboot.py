@@ -7,8 +7,9 @@ bit 16 set the header's own addresses say what to load where.
 
 Entry (:func:`plan_multiboot` gives the values): 32-bit protected mode, paging off, flat
 CS/DS/ES/FS/GS/SS, A20 on, IF=0, EAX=0x2BADB002, EBX = the info block.  Placement, as in
-QEMU: the info block, memory map, module list and strings at 0x9000-0xFFFF; modules
-page-aligned after the kernel's last byte; the command line is ``"<kernel path> <append>"``.
+QEMU: the memory map at 0x9000, the info block at 0x9500; modules, the module list and the
+strings page-aligned after the kernel's last byte; the command line is
+``"<kernel path> <append>"``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ FLAG_VIDEO = 1 << 2
 FLAG_ADDRESSES = 1 << 16
 SUPPORTED_REQUIRED = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO | FLAG_VIDEO  # video: ignored, as QEMU
 
-INFO_ADDR = 0x9000
-INFO_END = 0x10000
+MMAP_ADDR = 0x9000  # QEMU's multiboot option ROM: the e820 map at 0x9000 ...
+INFO_ADDR = 0x9500  # ... and the info block at 0x9500
 INFO_SIZE = 88
-#: the flat GDT for the 32-bit entry, in the info area's spare space
-GDT_OFFSET = 0x380
+#: the flat GDT for the 32-bit entry, beside the info block
+GDT_OFFSET = 0x100
 MBI_MEM, MBI_CMDLINE, MBI_MODS, MBI_MMAP, MBI_LOADER = 1 << 0, 1 << 2, 1 << 3, 1 << 6, 1 << 9
 LOW_RAM_END = 0x9FC00  # 639 KiB: what a BIOS reports below the EBDA
 E820_RAM, E820_RESERVED = 1, 2
@@ -79,11 +80,9 @@ class MultibootImage:
         full = (self.argv0 or os.fsencode(self.path)) + (b" " + cmdline if cmdline else b"")
         modules = [Module(initrd, initrd_name)] if initrd is not None else []
         mb = plan_multiboot(ram, self, full, modules)
-        gdt = INFO_ADDR + GDT_OFFSET
-        entry = EntryState.protected_mode(self.entry, gdt_base=gdt, rax=BOOT_MAGIC,
-                                          rbx=mb.info_addr)
-        writes = [(s.paddr, s.data) for s in self.segments] + mb.writes + [(gdt, gdt_bytes())]
-        return LoadPlan(self.path, self.format, entry, writes, self.symbols,
+        entry = EntryState.protected_mode(self.entry, gdt_base=INFO_ADDR + GDT_OFFSET,
+                                          rax=BOOT_MAGIC, rbx=mb.info_addr)
+        return LoadPlan(self.path, self.format, entry, mb.writes, self.symbols,
                         full.decode("utf-8", "backslashreplace"), mb,
                         [(s.paddr, s.end) for s in self.segments])
 
@@ -168,22 +167,34 @@ class MultibootPlan:
 
 def plan_multiboot(ram: list[tuple[int, int]], image: MultibootImage, cmdline: bytes,
                    modules: list[Module]) -> MultibootPlan:
-    """Check the image against RAM and lay out the info block, strings and modules."""
+    """Check the image against RAM and lay it out as QEMU's -kernel does: the memory map at
+    0x9000 and the info block at 0x9500 (with the entry GDT beside it), then the kernel's
+    own segments, then, page-aligned after the kernel, the modules, the module list and
+    the strings (command line, module names, boot-loader name).
+
+    A kernel whose segments cover 0x9000-0xFFFF (one linked at 0x8000, say) is loaded all
+    the same, its bytes written after the info block, as QEMU's do: never refuse what QEMU
+    boots, and boot it the same way."""
     name = image.path
     for s in image.segments:
         if not any(a <= s.paddr and s.end <= a + z for a, z in ram):
             raise GuestImageError(f"{name}: segment {s.index} ({s.paddr:#x}-{s.end:#x}) lies "
                                   "outside guest RAM; give the guest more memory (--mem)")
-        if s.paddr < INFO_END and s.end > INFO_ADDR:
-            raise GuestImageError(f"{name}: segment {s.index} ({s.paddr:#x}-{s.end:#x}) "
-                                  f"overlaps the multiboot info area {INFO_ADDR:#x}-{INFO_END:#x}")
     low_end = next(a + z for a, z in ram if a == 0)
     mmap = [(0, LOW_RAM_END, E820_RAM), (BIOS_AREA[0], BIOS_AREA[1] - BIOS_AREA[0], E820_RESERVED),
             (0x100000, low_end - 0x100000, E820_RAM)]
     mmap += [(a, z, E820_RAM) for a, z in ram if a >= 1 << 32]
-    writes: list[tuple[int, bytes | memoryview]] = []
+    tail: list[tuple[int, bytes | memoryview]] = []
+    pending: list[tuple[int, int, bytes]] = []
+    cursor = (image.end + 0xFFF) & ~0xFFF
+    for mod in modules:
+        start, end = cursor, cursor + len(mod.data)
+        tail.append((start, mod.data))
+        pending.append((start, end, os.fsencode(mod.cmdline)))
+        cursor = (end + 0xFFF) & ~0xFFF
+    mods_addr = cursor
+    str_base = mods_addr + 16 * len(pending)
     strings = bytearray()
-    str_base = INFO_ADDR + 0x400
 
     def string(text: bytes) -> int:
         addr = str_base + len(strings)
@@ -192,27 +203,19 @@ def plan_multiboot(ram: list[tuple[int, int]], image: MultibootImage, cmdline: b
 
     cmd_addr = string(cmdline)
     loader_addr = string(b"pyvmm")
-    mods = []
-    cursor = (image.end + 0xFFF) & ~0xFFF
-    for mod in modules:
-        start, end = cursor, cursor + len(mod.data)
-        if end > low_end:
-            raise GuestImageError(f"module {mod.cmdline!r} ({len(mod.data)} bytes) does not fit "
-                                  "in RAM after the kernel; give the guest more memory (--mem)")
-        writes.append((start, mod.data))
-        mods.append((start, end, string(os.fsencode(mod.cmdline))))
-        cursor = (end + 0xFFF) & ~0xFFF
-    if str_base + len(strings) > INFO_END:
-        raise GuestImageError("command line and module names are too long for the info area")
-    mods_addr = INFO_ADDR + 0x200
-    mmap_addr = INFO_ADDR + 0x100
+    mods = [(s, e, string(c)) for s, e, c in pending]
+    if str_base + len(strings) > min(low_end, 1 << 32):
+        raise GuestImageError(f"{name}: the modules and the command line do not fit in RAM after "
+                              "the kernel; give the guest more memory (--mem)")
+    tail += [(mods_addr, b"".join(struct.pack("<IIII", s, e, c, 0) for s, e, c in mods)),
+             (str_base, bytes(strings))]
     mmap_bytes = b"".join(struct.pack("<IQQI", 20, b, n, t) for b, n, t in mmap)
     info = struct.pack("<IIIIIII16xII", MBI_MEM | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_LOADER,
                        LOW_RAM_END // 1024, (low_end - 0x100000) // 1024, 0, cmd_addr,
-                       len(mods), mods_addr, len(mmap_bytes), mmap_addr)
+                       len(mods), mods_addr, len(mmap_bytes), MMAP_ADDR)
     info += bytes(INFO_SIZE - len(info))
     info = info[:64] + struct.pack("<I", loader_addr) + info[68:]  # boot_loader_name
-    writes += [(INFO_ADDR, info), (mmap_addr, mmap_bytes),
-               (mods_addr, b"".join(struct.pack("<IIII", s, e, c, 0) for s, e, c in mods)),
-               (str_base, bytes(strings))]
-    return MultibootPlan(INFO_ADDR, writes, mmap, [(s, e) for s, e, _ in mods])
+    head: list[tuple[int, bytes | memoryview]] = [(MMAP_ADDR, mmap_bytes), (INFO_ADDR, info),
+                                                  (INFO_ADDR + GDT_OFFSET, gdt_bytes())]
+    segments: list[tuple[int, bytes | memoryview]] = [(s.paddr, s.data) for s in image.segments]
+    return MultibootPlan(INFO_ADDR, head + segments + tail, mmap, [(s, e) for s, e, _ in mods])

@@ -1,8 +1,11 @@
 """QEMU's PC as a ``-kernel`` guest sees it, without firmware.
 
 fw_cfg, pc-testdev, the Bochs shutdown port, PCI configuration mechanism #1 (no devices),
-the ACPI PM timer and tables (RSDP/RSDT/FADT/MADT), RTC/CMOS, an IVT of IRETs and the PICs
-initialised as a BIOS leaves them.  The PIT comes with ``Machine(pit=True)``.
+the ACPI PM block (S3 and S5) and tables (RSDP/RSDT/FADT/FACS/DSDT/MADT/HPET), the HPET,
+RTC/CMOS, and the state a BIOS leaves: the IVT with an INT 08h tick counter, the PICs
+initialised, PIT channel 0 at 18.2 Hz, and the interrupt wiring of every PC (ISA IRQ 0 on
+PIC pin 0 and IOAPIC pin 2, IRQ n on IOAPIC pin n).  The PIT comes with
+``Machine(pit=True)``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg
+from pyvmm.devices.hpet import GCAP_ID, HPET_BASE, HPET_LEN, Hpet
 from pyvmm.devices.legacy import (
     BOCHS_SHUTDOWN_PORT,
     PCI_CONFIG_ADDRESS,
@@ -31,8 +35,22 @@ from pyvmm.devices.pc_testdev import (
     PcTestScratch,
 )
 from pyvmm.devices.rtc import Rtc
+from pyvmm.kvm.vm import IOAPIC, PIC_MASTER, PIC_SLAVE
 from pyvmm.platform import acpi, bios
 from pyvmm.vstate.fastpath import Space
+
+IOAPIC_PINS = 24
+
+
+def pc_gsi_routes() -> list[tuple[int, int, int]]:
+    """The GSI routing of a PC (and of QEMU's): GSI n raises PIC pin n and IOAPIC pin n,
+    except GSI 0 (ISA IRQ 0, the PIT), which is wired to IOAPIC pin 2 as the MADT's
+    interrupt source override says; GSI 2 is the PICs' cascade.  KVM's default puts IRQ 0
+    on IOAPIC pin 0, where no PC has it."""
+    routes = [(i, PIC_MASTER, i) for i in range(8) if i != 2]
+    routes += [(i, PIC_SLAVE, i - 8) for i in range(8, 16)]
+    routes += [(i, IOAPIC, 2 if i == 0 else i) for i in range(IOAPIC_PINS) if i != 2]
+    return routes
 
 if TYPE_CHECKING:
     from pyvmm.machine import Machine
@@ -51,22 +69,54 @@ class PcPlatform:
         self.testdev_iomem = PcTestIomem()
         self.rtc = Rtc(low, high)
         self.acpi_pm = AcpiPm()
+        kernel_chip = m.irqchip == "kernel"
+        self._vm, self._kernel_chip, self._pit = m.vm, kernel_chip, m.pit
+        self.hpet = Hpet(m.vm.irq_line if kernel_chip else lambda gsi, level: None,
+                         (lambda on: bios.pit_hpet_legacy(m.vm, on)) if m.pit else lambda on: None)
         for space, base, n, dev in (
                 (Space.PIO, FW_CFG_PORT_SEL, 2, self.fw_cfg),
                 (Space.PIO, SCRATCH_PORT, 4, self.testdev),
                 (Space.PIO, FLUSH_PORT, 4, self.testdev_flush),
                 (Space.PIO, IRQ_PORT, IRQ_LINES, self.testdev_irq),
                 (Space.MMIO, IOMEM_BASE, IOMEM_LEN, self.testdev_iomem),
+                (Space.MMIO, HPET_BASE, HPET_LEN, self.hpet),
                 (Space.PIO, BOCHS_SHUTDOWN_PORT, 1, BochsShutdown()),
                 (Space.PIO, PCI_CONFIG_ADDRESS, 8, PciConfigMech1()),
                 (Space.PIO, PM_BASE, 12, self.acpi_pm),
                 (Space.PIO, 0x70, 2, self.rtc)):
             m.add_device(space, base, n, dev)
-        addr, tables = acpi.build(m.cpus)
+        addr, tables, self.facs_addr = acpi.build(m.cpus, GCAP_ID & 0xFFFFFFFF)
         m.memory.write(addr, tables)
+        self.memory = m.memory
         bios.write_ivt(m.memory)
-        if m.irqchip == "kernel":
+        if kernel_chip:
+            m.vm.set_gsi_routing(pc_gsi_routes())
             bios.init_pics(m.vm)
+            if m.pit:
+                bios.start_pit(m.vm)
+
+    def waking_vector(self) -> int:
+        """The FACS's firmware waking vector: where the BSP resumes from S3, in real mode."""
+        return self.memory.read_int(self.facs_addr + 12, 4)
+
+    def seconds_to_wake(self) -> float | None:
+        """How long an S3 sleep lasts: until the RTC alarm, when the guest armed it (status
+        B's AIE) and enabled it as a wake source (PM1a_EN.RTC_EN); None: no wake-up."""
+        if not self.acpi_pm.en & AcpiPm.RTC_EN:
+            return None
+        return self.rtc.seconds_to_alarm()
+
+    def woke(self) -> None:
+        self.acpi_pm.wake()
+
+    def reset_after_sleep(self) -> None:
+        """What the chipset and the firmware's resume path redo after S3: PICs and PIT as a
+        BIOS leaves them, the HPET disabled.  RAM, and so the IVT and ACPI tables, stay."""
+        if self._kernel_chip:
+            bios.init_pics(self._vm)
+            if self._pit:
+                bios.start_pit(self._vm)
+        self.hpet.reset()
 
 
 def add_pc_platform(m: Machine) -> PcPlatform:

@@ -7,6 +7,7 @@
  *   xapic-timer   one-shot LAPIC timer, xAPIC    x2apic    enable x2APIC, read its ID MSR
  *   tsc-deadline  TSC-deadline timer             nop       GUEST_DONE at once
  *   smp           start every AP by INIT/SIPI    touch ADDR N  write one byte in N pages
+ *   cpuid LEAF    GUEST_SYNC(2, eax, ebx, ecx, edx) of CPUID(LEAF, 0), then result 1
  *
  * `pyvmm doctor` runs only this guest; it ships in the wheel (pyvmm/probes/probe.elf).
  */
@@ -99,6 +100,12 @@ int main(struct boot_info *bi, const char *cmdline)
 		apic_enable(1);
 		res = apic_read(APIC_VERSION) != 0;
 	} else if (!strcmp(cmdline, "nop")) {
+		res = 1;
+	} else if (!strncmp(cmdline, "cpuid ", 6)) {
+		uint32_t a, b, c, d;
+		__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d)
+				 : "a"((uint32_t)parse_u64(cmdline + 6)), "c"(0));
+		GUEST_SYNC(2, a, b, c, d);
 		res = 1;
 	} else if (!strcmp(cmdline, "smp")) {
 		res = smp_start_aps(bi->ncpus - 1) == bi->ncpus - 1;

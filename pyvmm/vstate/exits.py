@@ -29,7 +29,7 @@ _CRASH_EXITS = {
     "UNKNOWN": "unknown exit (KVM_EXIT_UNKNOWN)",
 }
 _STOPS = {"debug-exit": RunStatus.EXIT, "done": RunStatus.DONE, "assert": RunStatus.ASSERT,
-          "exception": RunStatus.ASSERT, "error": RunStatus.ASSERT}
+          "exception": RunStatus.ASSERT, "error": RunStatus.ASSERT, "suspend": RunStatus.SUSPEND}
 
 
 def stop_outcome(stop: GuestStop, vcpu: int) -> Outcome:

@@ -28,6 +28,7 @@ class RunStatus(StrEnum):
     DEBUG = "debug"  # a debug exit (single-step, breakpoint)
     ERROR = "error"  # KVM or the VMM failed; message says why
     KICKED = "kicked"  # one vCPU stopped from outside (never a run's final status)
+    SUSPEND = "suspend"  # the guest entered ACPI S3; the run goes on when it wakes
 
 
 #: statuses after which the guest cannot go on

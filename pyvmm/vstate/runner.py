@@ -41,7 +41,8 @@ class Runner:
     def __init__(self, loops: list[VcpuLoop], bus: Bus, memory: GuestMemory,
                  symbols: Callable[[], Symbols | None], serial: SerialLog, events: EventLog,
                  stats: Callable[[], Snapshot],
-                 descriptors: Callable[[str], Mapping[str, StatDesc]]) -> None:
+                 descriptors: Callable[[str], Mapping[str, StatDesc]],
+                 on_suspend: Callable[[float | None, threading.Event], bool] | None = None) -> None:
         self.loops = loops
         self.bus = bus
         self.memory = memory
@@ -50,21 +51,60 @@ class Runner:
         self.events = events
         self.stats = stats
         self.descriptors = descriptors
+        #: ``on_suspend(seconds_left, stop_event)`` sleeps through ACPI S3 and readies the
+        #: vCPUs to resume; False: no wake-up came (the run then ends as it would)
+        self.on_suspend = on_suspend or (lambda left, stop: False)
         self._done = threading.Event()
+        self._stop = threading.Event()
         self._stopped_by_host = False
 
     def stop(self) -> None:
         """Ask a run in progress to stop every vCPU now."""
         self._stopped_by_host = True
+        self._stop.set()
         self._done.set()
 
     def run(self, timeout: float | None, python_loop: bool = False) -> RunResult:
-        for loop in self.loops:
-            loop.reset_kick()
         before = self.stats()
         serial_mark, events_mark = self.serial.total, self.events.total
-        self._done.clear()
         self._stopped_by_host = False
+        self._stop.clear()
+        t0 = time.monotonic()
+        deadline = None if timeout is None else t0 + timeout
+        while True:
+            leg = self._leg(deadline, python_loop)
+            outcomes, crashes, interrupted, signum = leg
+            final = [o for o in outcomes if o.kind != RunStatus.KICKED]
+            if final and final[0].kind == RunStatus.SUSPEND and not interrupted:
+                # ACPI S3: the vCPUs are out; sleep until the platform's wake-up, then on
+                left = None if deadline is None else deadline - time.monotonic()
+                try:
+                    if self.on_suspend(left, self._stop):
+                        continue
+                except KeyboardInterrupt:
+                    interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)
+                except Interrupted as e:
+                    interrupted, signum = f"interrupted ({e.name})", e.signum
+                outcomes = [o for o in outcomes if o.kind != RunStatus.SUSPEND]
+            break
+        duration = time.monotonic() - t0
+        result = self._result(outcomes, crashes, timeout, interrupted, duration)
+        result.signal = signum
+        result.serial, result.serial_dropped = self.serial.since(serial_mark)
+        result.events, result.events_dropped = self.events.since(events_mark)
+        after = self.stats()
+        for scope in after:
+            moved = delta(self.descriptors(scope), before.get(scope, {}), after[scope])
+            result.stats[scope], result.histograms[scope] = split(moved)
+        return result
+
+    def _leg(self, deadline: float | None, python_loop: bool
+             ) -> tuple[list[Outcome], list[GuestCrash], str | None, int | None]:
+        """Run the vCPUs once, until the first final outcome, the deadline, a stop or a
+        signal: ``(outcomes, crashes, interrupted, signal)``."""
+        for loop in self.loops:
+            loop.reset_kick()
+        self._done.clear()
         outcomes: list[Outcome] = []
         crashes: list[GuestCrash] = []
         lock = threading.Lock()
@@ -87,13 +127,11 @@ class Runner:
 
         threads = [threading.Thread(target=vcpu_thread, args=(lp,), name=f"vcpu{lp.vcpu.id}",
                                     daemon=True) for lp in self.loops]
-        t0 = time.monotonic()
         interrupted: str | None = None
         signum: int | None = None
         try:
             for t in threads:
                 t.start()
-            deadline = None if timeout is None else t0 + timeout
             while not self._done.is_set():
                 left = FLUSH_INTERVAL if deadline is None else min(FLUSH_INTERVAL,
                                                                    deadline - time.monotonic())
@@ -109,16 +147,7 @@ class Runner:
             interrupted, signum = f"interrupted ({e.name})", e.signum
         finally:
             self._stop_all(threads)
-        duration = time.monotonic() - t0
-        result = self._result(outcomes, crashes, timeout, interrupted, duration)
-        result.signal = signum
-        result.serial, result.serial_dropped = self.serial.since(serial_mark)
-        result.events, result.events_dropped = self.events.since(events_mark)
-        after = self.stats()
-        for scope in after:
-            moved = delta(self.descriptors(scope), before.get(scope, {}), after[scope])
-            result.stats[scope], result.histograms[scope] = split(moved)
-        return result
+        return outcomes, crashes, interrupted, signum
 
     def _stop_all(self, threads: list[threading.Thread]) -> None:
         """Kick until every vCPU thread has left KVM_RUN, then collect what C counted."""
@@ -132,7 +161,7 @@ class Runner:
 
     def _result(self, outcomes: list[Outcome], crashes: list[GuestCrash], timeout: float | None,
                 interrupted: str | None, duration: float) -> RunResult:
-        final = [o for o in outcomes if o.kind != RunStatus.KICKED]
+        final = [o for o in outcomes if o.kind not in (RunStatus.KICKED, RunStatus.SUSPEND)]
         counts: Counter[str] = Counter()
         per_vcpu = []
         hits: Counter[str] = Counter()

@@ -44,16 +44,17 @@ class EntryState:
 
     @classmethod
     def real_mode(cls, address: int) -> EntryState:
-        """Real mode at ``address`` (below 1 MiB, 16-byte aligned) as CS:0, the state INIT
-        and SIPI leave an AP in."""
-        if address % 16 or not 0 <= address < 0x100000:
-            raise ConfigError(f"real-mode entry {address:#x} must be 16-byte aligned below 1 MiB")
-        return cls(REAL, 0, cs=address >> 4)
+        """Real mode at ``address`` (below 1 MiB) as ``(address >> 4):(address & 0xF)``, the
+        form INIT and SIPI leave an AP in (16-byte aligned: IP 0) and firmware jumps to an
+        S3 waking vector."""
+        if not 0 <= address < 0x100000:
+            raise ConfigError(f"real-mode entry {address:#x} must be below 1 MiB")
+        return cls(REAL, address & 0xF, cs=address >> 4)
 
     def describe(self) -> str:
         extra = "".join(f", {k.upper()}={v:#x}" for k, v in self.regs.items())
         if self.mode == REAL:
-            return f"real mode at {self.cs:04x}:0000"
+            return f"real mode at {self.cs:04x}:{self.rip:04x}"
         where = f"{self.mode} mode at {self.rip:#x}"
         return where + (f", CR3={self.cr3:#x}" if self.mode == LONG else "") + extra
 

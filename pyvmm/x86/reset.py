@@ -7,7 +7,7 @@ the GPRs in ``kvm_run`` at every exit (KVM_CAP_SYNC_REGS).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pyvmm.kvm.vcpu import FPU_RESET
@@ -24,9 +24,11 @@ LVT_NMI = 0x400
 
 
 def reset_vcpu(vcpu: Vcpu, supported_cpuid: Sequence[dict[str, int]], ncpus: int, *,
-               lapic: bool) -> None:
-    """CPUID, MSRs, FPU and (``lapic``: the VM has an in-kernel LAPIC) LINT0/LINT1."""
-    vcpu.set_cpuid2(vcpu_cpuid(supported_cpuid, vcpu.id, ncpus))
+               lapic: bool, features: Mapping[str, bool] | None = None) -> bytes | None:
+    """CPUID (with ``features`` set or cleared), MSRs, FPU and (``lapic``: the VM has an
+    in-kernel LAPIC) LINT0/LINT1.  Returns the LAPIC's register page as set (kept for a
+    reset at S3 resume), None without a LAPIC."""
+    vcpu.set_cpuid2(vcpu_cpuid(supported_cpuid, vcpu.id, ncpus, features or {}))
     vcpu.set_msrs(RESET_MSRS)
     vcpu.set_fpu(**FPU_RESET)
     if lapic:
@@ -37,3 +39,4 @@ def reset_vcpu(vcpu: Vcpu, supported_cpuid: Sequence[dict[str, int]], ncpus: int
     # GPRs and RIP in kvm_run on every exit for free; sregs/events too would cost
     # ~0.3 us per exit here (measured), so those are read by ioctl when needed
     vcpu.enable_sync_regs()
+    return bytes(regs) if lapic else None

@@ -73,15 +73,19 @@ def test_info_block_modules_and_memory_map():
     assert start % 4096 == 0 and start >= img.end and end - start == 4
     assert writes[start] == b"A=1\n" and nmods == 1
     assert struct.unpack_from("<II", writes[mods]) == (start, end)  # the kernel's module table
-    strings = writes[INFO_ADDR + 0x400]
-    assert strings[cmd - INFO_ADDR - 0x400:].startswith(b"/k quiet\0")
+    assert mods > end  # the module list and the strings follow the module, as QEMU's
+    strings_at = mods + 16
+    assert writes[strings_at][cmd - strings_at:].startswith(b"/k quiet\0")
     assert (0x100000, 127 * MiB, 1) in plan.memory_map
 
 
-def test_kernel_over_the_info_area_is_refused():
-    img = parse_multiboot(aout_kernel(load=0x8000), "k")
-    with pytest.raises(GuestImageError, match="info area"):
-        plan_multiboot([(0, 128 * MiB)], img, b"k", [])
+def test_kernel_over_the_info_area_is_loaded_as_qemu_does():
+    """A kernel linked at 0x8000 covers 0x9000-0xFFFF, where the info block goes: loaded all
+    the same, its own bytes written after the info block (QEMU's -kernel does the same)."""
+    img = parse_multiboot(aout_kernel(load=0x8000, code=b"\xf4" * 0x2000), "k")
+    plan = plan_multiboot([(0, 128 * MiB)], img, b"k", [])
+    order = [addr for addr, _ in plan.writes]
+    assert plan.info_addr == INFO_ADDR and order.index(INFO_ADDR) < order.index(0x8000)
 
 
 def test_fw_cfg_items_stream_and_unknown_keys_read_zero():
@@ -96,23 +100,39 @@ def test_fw_cfg_items_stream_and_unknown_keys_read_zero():
 
 
 def test_acpi_tables_have_valid_checksums():
-    base, blob = acpi.build(4)
+    base, blob, facs_addr = acpi.build(4, 0x8086A201)
     assert blob[:8] == b"RSD PTR " and sum(blob[:20]) % 256 == 0
     rsdt_addr = struct.unpack_from("<I", blob, 16)[0]
     rsdt = blob[rsdt_addr - base:]
     n = struct.unpack_from("<I", rsdt, 4)[0]
     assert rsdt[:4] == b"RSDT" and sum(rsdt[:n]) % 256 == 0
-    sigs = []
+    tables = {}
     for (addr,) in struct.iter_unpack("<I", rsdt[36:n]):
         t = blob[addr - base:]
         length = struct.unpack_from("<I", t, 4)[0]
         assert sum(t[:length]) % 256 == 0
-        sigs.append(t[:4])
-        if t[:4] == b"FACP":
-            assert struct.unpack_from("<I", t, 76)[0] == 0x608  # PM_TMR_BLK
-        if t[:4] == b"APIC":
-            assert t[44:46] == b"\x00\x08" and t.count(b"\x00\x08") >= 4
-    assert sigs == [b"FACP", b"APIC"]
+        tables[t[:4]] = t[:length]
+    assert list(tables) == [b"FACP", b"APIC", b"HPET"]
+    fadt = tables[b"FACP"]
+    assert struct.unpack_from("<I", fadt, 76)[0] == 0x608  # PM_TMR_BLK
+    assert struct.unpack_from("<I", fadt, 64)[0] == 0x604  # PM1a_CNT_BLK
+    assert struct.unpack_from("<I", fadt, 36)[0] == facs_addr and facs_addr % 64 == 0
+    facs = blob[facs_addr - base:facs_addr - base + 64]
+    assert facs[:4] == b"FACS" and struct.unpack_from("<I", facs, 4)[0] == 64
+    dsdt = blob[struct.unpack_from("<I", fadt, 40)[0] - base:]
+    dsdt = dsdt[:struct.unpack_from("<I", dsdt, 4)[0]]
+    assert sum(dsdt) % 256 == 0
+    # Name(_S5_, Package(4) {0, 0, 0, 0}) and Name(_S3_, Package(4) {1, 1, 0, 0}) in AML
+    assert b"\x08_S5_\x12\x06\x04\x00\x00\x00\x00" in dsdt
+    assert b"\x08_S3_\x12\x06\x04\x01\x01\x00\x00" in dsdt
+    madt = tables[b"APIC"]
+    assert struct.unpack_from("<I", madt, 40)[0] & 1  # PCAT_COMPAT: a legacy PIC is present
+    overrides = [struct.unpack_from("<BBBBIH", madt, i) for i in range(44, len(madt))
+                 if madt[i:i + 2] == b"\x02\x0a"]
+    assert (2, 10, 0, 0, 2, 0) in overrides  # IRQ 0 (the PIT) on GSI 2
+    assert (2, 10, 0, 9, 9, 0xD) in overrides  # the SCI, level-triggered, active high
+    hpet = tables[b"HPET"]
+    assert struct.unpack_from("<IBBBBQ", hpet, 36) == (0x8086A201, 0, 64, 0, 0, 0xFED00000)
 
 
 def test_rtc_cmos_and_shutdown_byte():

@@ -315,6 +315,10 @@ void rt_start_multiboot(struct mb_info *mbi, uint32_t magic)
 	bi->magic = BOOT_MAGIC;
 	bi->version = 1;
 	bi->ncpus = 1;
+	/* a BIOS leaves IRQ 0 unmasked with the PIT running: with interrupts enabled it would
+	 * arrive as vector 8, the double fault's, so mask both PICs as kernels do at start */
+	outb(0x21, 0xff);
+	outb(0xa1, 0xff);
 	if (magic != 0x2BADB002u) {
 		printf("multiboot: bad magic %x\n", magic);
 		exit(0x7d);

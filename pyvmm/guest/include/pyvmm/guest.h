@@ -21,5 +21,6 @@
 #include "idt.h"   /* exceptions: idt_install, idt_set_handler, GUEST_TRY; CR/MSR helpers */
 #include "apic.h"  /* local APIC, xAPIC and x2APIC: timers, EOI, IPIs */
 #include "pt.h"    /* 4-level page tables: pt_map, pt_pte, pt_clone_root */
+#include "report.h" /* kvm-unit-tests style PASS:/FAIL:/SKIP:/SUMMARY: lines */
 
 #endif
