@@ -17,7 +17,7 @@ MB_GUESTS := hello selftest mbtest vmexit hostile pcplat
 ASM_KERNELS := mb_rmpit.flat mb_bios.flat mb_low.flat mb_elf64.elf
 B := guests/build
 
-.PHONY: all install dev guests test unit lint types examples bench clean
+.PHONY: all install dev guests test unit lint types examples suite bench clean
 .SECONDARY:
 all: install guests
 
@@ -71,6 +71,13 @@ types: | $(STAMP)
 test: all lint types
 	PYVMM_TEST_INSTALLED=1 $(VENV)/bin/pytest -q tests
 	$(MAKE) --no-print-directory examples
+	$(MAKE) --no-print-directory suite
+
+# pyvmm's own guests as suites, as CI runs them; the JUnit XML stays in build/reports
+suite: all
+	mkdir -p build/reports
+	$(PYVMM) suite -j2 --junit build/reports/unittests.xml guests/unittests.cfg
+	$(PYVMM) suite -j2 --junit build/reports/manifest.xml guests/pyvmm.toml
 
 unit: | $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
@@ -84,6 +91,7 @@ examples: $(STAMP)
 bench: all
 	$(MAKE) -C bench
 	$(PY) bench/run.py
+	$(PY) bench/suite.py
 
 clean:
 	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \

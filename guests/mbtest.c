@@ -11,7 +11,8 @@
  *   cmos      read the RTC and the shutdown status byte
  *   exit N    write N to isa-debug-exit
  *
- * Prints "PASS <mode>" or "FAIL <mode>: why" and exits 0 or 1 through the debug-exit port.
+ * Each failed check prints "FAIL: why"; the mode ends with "PASS: <mode>" or "FAIL: <mode>"
+ * and kvm-unit-tests' "SUMMARY:" line, and exits 0 or 1 through the debug-exit port.
  */
 #include <pyvmm/guest.h>
 
@@ -211,6 +212,6 @@ int main(struct boot_info *bi, const char *cmdline)
 		printf("FAIL: unknown mode \"%s\"\n", cmdline);
 		return 1;
 	}
-	printf("%s %s\n", failures ? "FAIL" : "PASS", cmdline);
-	return failures ? 1 : 0;
+	report(!failures, "%s", cmdline);
+	return report_summary();
 }

@@ -1,4 +1,5 @@
-"""``pyvmm`` command line: ``run`` a guest, ``doctor``, ``info``, ``guest build|flags``.
+"""``pyvmm`` command line: ``run`` a guest, ``suite`` (:mod:`pyvmm.suite.command`), ``doctor``,
+``info``, ``guest build|flags``.
 
 Every command returns its exit status; errors are :class:`~pyvmm.errors.PyvmmError`s that
 ``pyvmm.entry`` turns into one line on stderr and their documented status (README, "Exit
@@ -15,6 +16,7 @@ import click
 from pyvmm.console import StdoutSink, err, out, say
 from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.machine import Machine, memory_size
+from pyvmm.suite.command import suite
 from pyvmm.vstate.history import HistoryLimits
 from pyvmm.vstate.result import EXIT_STATUS, RunResult, RunStatus
 
@@ -278,3 +280,5 @@ def info() -> int:
         lines += [f"  {name:<26} {caps.get(name, 0) or 'no'}" for name in USED_CAPS]
     out("\n".join(lines) + "\n")
     return ExitStatus.OK
+
+main.add_command(suite)

@@ -45,6 +45,15 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
     "nx": (0x80000001, 0, "edx", 20), "pdpe1gb": (0x80000001, 0, "edx", 26),
     "rdtscp": (0x80000001, 0, "edx", 27), "lm": (0x80000001, 0, "edx", 29),
     "invtsc": (0x80000007, 0, "edx", 8),
+    # KVM's paravirtual features (KVM_CPUID_FEATURES, Documentation/virt/kvm/x86/cpuid.rst)
+    "kvmclock": (0x40000001, 0, "eax", 0), "kvm-nopiodelay": (0x40000001, 0, "eax", 1),
+    "kvm-mmu": (0x40000001, 0, "eax", 2), "kvm-asyncpf": (0x40000001, 0, "eax", 4),
+    "kvm-steal-time": (0x40000001, 0, "eax", 5), "kvm-pv-eoi": (0x40000001, 0, "eax", 6),
+    "kvm-pv-unhalt": (0x40000001, 0, "eax", 7), "kvm-pv-tlb-flush": (0x40000001, 0, "eax", 9),
+    "kvm-asyncpf-vmexit": (0x40000001, 0, "eax", 10), "kvm-pv-ipi": (0x40000001, 0, "eax", 11),
+    "kvm-poll-control": (0x40000001, 0, "eax", 12),
+    "kvm-pv-sched-yield": (0x40000001, 0, "eax", 13), "kvm-asyncpf-int": (0x40000001, 0, "eax", 14),
+    "kvm-msi-ext-dest-id": (0x40000001, 0, "eax", 15),
 }
 
 
@@ -86,6 +95,14 @@ def host_brand() -> list[tuple[int, int, int, int]]:
     from pyvmm.kvm.system import host_cpuid
 
     return [host_cpuid(leaf) for leaf in BRAND_LEAVES]
+
+
+def host_vendor() -> str:
+    """The host CPU's vendor string (CPUID leaf 0: EBX, EDX, ECX), e.g. ``GenuineIntel``."""
+    from pyvmm.kvm.system import host_cpuid
+
+    _, ebx, ecx, edx = host_cpuid(0)
+    return struct.pack("<3I", ebx, edx, ecx).decode("ascii", "replace")
 
 
 def brand_string(leaves: Iterable[tuple[int, int, int, int]]) -> str:

@@ -31,7 +31,7 @@ def test_mbtest_modes_pass(guests, env_file, mode):
     p = pyvmm(str(guests / "mbtest.flat"), "--append", mode, "--initrd", str(env_file),
               "--cpus", "2", "--timeout", str(T))
     assert p.returncode == 0, p.stdout + p.stderr
-    assert f"PASS {mode}" in p.stdout
+    assert f"PASS: {mode}" in p.stdout and "SUMMARY: 1 tests" in p.stdout
 
 
 def test_argv0_cmdline_module_and_default_memory(guests, env_file):

@@ -1,0 +1,135 @@
+"""``pyvmm suite``: the front over pytest for suites of test kernels.
+
+It runs ``pytest CONFIG`` in this process with pyvmm's suite plugin, its own reporter in
+place of pytest's, pytest-xdist for ``-j`` and pytest's own JUnit writer; what pytest
+would take from a ``pytest.ini`` around the config is left out (``-c /dev/null``), so a
+suite runs the same from any directory.  ``--pytest-args`` passes anything else through
+(``--tx ssh=host//python=python3`` to run on other KVM hosts, ``-k``, ``-x``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from pyvmm.console import out, say
+from pyvmm.errors import ExitStatus
+
+#: pytest's exit codes -> ours
+PYTEST_OK, PYTEST_FAILED, PYTEST_INTERRUPTED, PYTEST_USAGE, PYTEST_NO_TESTS = 0, 1, 2, 4, 5
+
+
+def pytest_args(config: Path, tests: tuple[str, ...], *, jobs: int, groups: tuple[str, ...],
+                timeout_scale: float, output: str | None, tap: bool, junit: str | None,
+                run_unsupported: bool, run_all: bool, extra: str = "") -> list[str]:
+    """The pytest command line ``pyvmm suite`` runs."""
+    args = [str(config), "-c", os.devnull, "--rootdir", str(config.parent.resolve()),
+            "-p", "no:cacheprovider", "-p", "no:terminal",
+            "--pyvmm-timeout-scale", str(timeout_scale)]
+    args += [a for t in tests for a in ("--pyvmm-select", t)]
+    args += [a for g in groups for a in ("--pyvmm-group", g)]
+    if jobs > 1:
+        args += ["-n", str(jobs)]
+    else:
+        args += ["-p", "no:xdist"]
+    if output:
+        args += ["--pyvmm-output", output]
+    if tap:
+        args += ["--pyvmm-tap", "-"]
+    else:
+        args += ["--pyvmm-report"]
+    if junit:
+        args += ["--junitxml", junit, "-o", "junit_family=xunit1", "-o", "junit_logging=all",
+                 "-o", f"junit_suite_name={config.stem}"]
+    if run_unsupported:
+        args += ["--pyvmm-run-unsupported"]
+    if run_all:
+        args += ["--pyvmm-run-all"]
+    return args + shlex.split(extra)
+
+
+@click.command()
+@click.argument("config", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("tests", nargs=-1)
+@click.option("-j", "--jobs", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
+              show_default="the number of CPUs", help="Run N tests at a time (pytest-xdist).")
+@click.option("-g", "--group", "groups", multiple=True, metavar="GROUP",
+              help="Only tests of GROUP (nodefault tests of it included); repeatable.")
+@click.option("--timeout-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="Multiply each test's timeout (default 90 s) by F.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Keep each test's command line, serial output and stderr in DIR/NAME/.")
+@click.option("--tap", is_flag=True, help="Print TAP version 13 (a subtest per report line) "
+              "instead of the progress output.")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write JUnit XML: a testcase per test, report lines as properties, the "
+              "serial output as system-out.")
+@click.option("--list", "list_only", is_flag=True,
+              help="List the tests, with the reason any would be skipped, and run nothing.")
+@click.option("--run-unsupported", is_flag=True, help="Run tests that need QEMU machines, "
+              "devices or CPUID pyvmm cannot give (skipped by default, with the reason).")
+@click.option("-a", "--all", "run_all", is_flag=True, help="Run nodefault tests too.")
+@click.option("--pytest-args", "extra", default="", metavar="ARGS",
+              help="More pytest arguments, e.g. '--tx ssh=host//python=python3 -x'.")
+def suite(config: Path, tests: tuple[str, ...], jobs: int, groups: tuple[str, ...],
+          timeout_scale: float, output: str | None, tap: bool, junit: str | None,
+          list_only: bool, run_unsupported: bool, run_all: bool, extra: str) -> int:
+    """Run CONFIG's tests: a kvm-unit-tests unittests.cfg or a pyvmm manifest (.toml).
+
+    TESTS are names or shell globs; all tests when none.  Exit status 0 when no test
+    failed, 1 when one did, 2 for a config or option error.
+    """
+    if list_only:
+        return list_tests(config, tests, groups, run_unsupported, run_all)
+    import pytest
+
+    args = pytest_args(config, tests, jobs=jobs, groups=groups, timeout_scale=timeout_scale,
+                       output=output, tap=tap, junit=junit, run_unsupported=run_unsupported,
+                       run_all=run_all, extra=extra)
+    caught: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+        raise KeyboardInterrupt  # pytest's way to stop a session (and xdist's workers)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        rc = int(pytest.main(args))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if caught or rc == PYTEST_INTERRUPTED:
+        signum = caught[0] if caught else int(signal.SIGINT)
+        say(f"interrupted ({signal.Signals(signum).name})")
+        return 128 + signum
+    if rc == PYTEST_NO_TESTS:
+        say(f"no tests in {config}" + (f" match {' '.join(tests)}" if tests else "")
+            + (f" in groups {', '.join(groups)}" if groups else ""))
+        return int(ExitStatus.USAGE)
+    if rc == PYTEST_USAGE:
+        return int(ExitStatus.USAGE)
+    return 0 if rc == PYTEST_OK else 1
+
+
+def list_tests(config: Path, tests: tuple[str, ...], groups: tuple[str, ...],
+               run_unsupported: bool, run_all: bool) -> int:
+    from pyvmm.errors import ConfigError
+    from pyvmm.suite import SuiteConfigError, load, select
+
+    try:
+        found = select(load(config, run_all=run_all, groups_selected=bool(groups)), tests, groups)
+    except SuiteConfigError as e:
+        raise ConfigError(str(e)) from None
+    for t in found:
+        reason = t.skip_reason(run_unsupported)
+        groups_text = f" [{' '.join(t.groups)}]" if t.groups else ""
+        status = f"  ERROR: {t.error}" if t.error else f"  SKIP: {reason}" if reason else ""
+        out(f"{t.name}{groups_text}{status}\n")
+        for note in t.notes:
+            out(f"    note: {note}\n")
+    return 0 if found else int(ExitStatus.USAGE)

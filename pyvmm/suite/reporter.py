@@ -1,0 +1,256 @@
+"""What ``pyvmm suite`` prints, and the TAP stream: both read the reports pytest (or, under
+``-n``, pytest-xdist's controller) hands to ``pytest_runtest_logreport``, so they work the
+same with one process or many.
+
+On a terminal, one progress line is rewritten in place and only failures stay on screen;
+elsewhere (CI logs, pipes) each entry gets one plain line, as kvm-unit-tests' runner
+prints them (``PASS name (summary)``).  The summary at the end names every failed entry
+with its failing report lines, and every timeout and crash with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import pytest
+
+from pyvmm.suite.model import FAILING_PREFIXES, Verdict
+from pyvmm.suite.plugin import PROP
+from pyvmm.suite.tap import TapWriter
+
+PHASES = ("setup", "call", "teardown")
+
+
+@dataclass
+class Finished:
+    """One entry's end, from its report."""
+
+    name: str
+    verdict: Verdict
+    reason: str = ""
+    kind: str = "fail"
+    summary: str = ""
+    lines: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+
+def _props(report: pytest.TestReport) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in getattr(report, "user_properties", ()):
+        if isinstance(k, str) and k.startswith(PROP):
+            out.setdefault(k[len(PROP):], []).append(str(v))
+    return out
+
+
+def _longrepr_text(report: pytest.TestReport | pytest.CollectReport) -> str:
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:  # a skip: (path, line, "Skipped: why")
+        text = str(lr[2])
+        return text.removeprefix("Skipped: ")
+    text = str(lr) if lr is not None else ""
+    return text.strip().splitlines()[-1] if text.strip() else ""
+
+
+def _name(nodeid: str) -> str:
+    return nodeid.rsplit("::", 1)[-1]
+
+
+def finished(report: pytest.TestReport) -> Finished | None:
+    """The entry's end if this report is its last word (a skip or failure at set-up, the
+    call, a failed teardown, or xdist's report of a crashed worker), else None."""
+    if report.when == "setup" and report.passed:
+        return None
+    if report.when == "teardown" and not report.failed:
+        return None
+    p = _props(report)
+    lines = p.get("report", [])
+    if report.skipped:
+        verdict, reason = Verdict.SKIP, _longrepr_text(report)
+    elif report.failed:
+        verdict = Verdict.FAIL
+        reason = _longrepr_text(report) if report.when in PHASES else (
+            f"the pytest worker died running it: {_longrepr_text(report)}")
+        if report.when != "call":
+            reason = reason or f"error in {report.when}"
+    else:
+        verdict, reason = Verdict.PASS, ""
+    if verdict == Verdict.FAIL and p.get("reason"):
+        reason = p["reason"][0]  # the verdict's own words; the longrepr is the first FAIL: line
+    kind = (p.get("kind") or ["fail" if report.when == "call" else "crash"])[0]
+    return Finished(_name(report.nodeid), verdict, reason, kind, (p.get("summary") or [""])[0],
+                    lines, float(report.duration))
+
+
+def failure_summary(reports: Iterable[pytest.TestReport]) -> list[str]:
+    """Lines naming each failed entry, its reason and every failing report line."""
+    out = []
+    for r in reports:
+        f = finished(r)
+        if f is None or f.verdict != Verdict.FAIL:
+            continue
+        out += _failure_lines(f)
+    return out
+
+
+def _failure_lines(f: Finished) -> list[str]:
+    label = {"timeout": "TIMEOUT", "crash": "CRASH", "error": "ERROR"}.get(f.kind, "FAIL")
+    failing = [line for line in f.lines if line.startswith(FAILING_PREFIXES)]
+    out = [f"{label} {f.name}: {f.reason}" + (f" (SUMMARY: {f.summary})" if f.summary else "")]
+    out += [f"    {line}" for line in failing]
+    return out
+
+
+class _Out:
+    """Our own copy of stdout (pytest's capture never sees it); a closed reader silences it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        try:
+            self.stream: TextIO | None = open(os.dup(sys.stdout.fileno()), "w", buffering=1,  # noqa: SIM115
+                                              encoding="utf-8", errors="replace")
+        except (OSError, ValueError, AttributeError):
+            self.stream = None
+        self.tty = bool(self.stream and self.stream.isatty()
+                        and os.environ.get("TERM", "dumb") != "dumb")
+
+    def write(self, text: str) -> None:
+        if self.stream is None or self.closed:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.closed = True
+
+    def close(self) -> None:
+        if self.stream is not None:
+            with contextlib.suppress(OSError):
+                self.stream.close()
+
+
+class SuiteReporter:
+    """pyvmm suite's output in place of pytest's terminal reporter."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.out = _Out()
+        self.total = 0
+        self.running: dict[str, float] = {}
+        self.done: list[Finished] = []
+        self.collect_errors: list[str] = []
+        self.start = time.monotonic()
+        self.status_shown = False
+
+    # --- collection ----------------------------------------------------------------
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid or 'collection'}: {_longrepr_text(report)}")
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.total = len(session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.total = max(self.total, len(ids))
+
+    # --- running -------------------------------------------------------------------
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.running[_name(nodeid)] = time.monotonic()
+        self._status()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        f = finished(report)
+        if f is None:
+            return
+        self.running.pop(f.name, None)
+        self.done.append(f)
+        if self.out.tty:
+            if f.verdict == Verdict.FAIL:
+                self._line(" ".join(self._plain(f)))
+            self._status()
+        else:
+            self._line(" ".join(self._plain(f)))
+
+    def _plain(self, f: Finished) -> list[str]:
+        detail = f.reason if f.verdict != Verdict.PASS else (f.summary or f"{f.duration:.2f} s")
+        return [f"{f.verdict.value:4}", f.name] + ([f"({detail})"] if detail else [])
+
+    def _line(self, text: str) -> None:
+        self.out.write(("\r\x1b[K" if self.status_shown else "") + text + "\n")
+        self.status_shown = False
+
+    def _status(self) -> None:
+        if not self.out.tty:
+            return
+        counts = self._counts()
+        running = ", ".join(sorted(self.running))
+        text = (f"[{len(self.done)}/{self.total or '?'}] {counts['PASS']} passed, "
+                f"{counts['FAIL']} failed, {counts['SKIP']} skipped"
+                + (f" | running: {running}" if running else ""))
+        self.out.write("\r\x1b[K" + text[: self._width() - 1])
+        self.status_shown = True
+
+    def _width(self) -> int:
+        try:
+            columns = os.get_terminal_size(self.out.stream.fileno()).columns if self.out.stream else 0
+        except OSError:
+            columns = 0
+        return columns if columns >= 40 else 80
+
+    def _counts(self) -> dict[str, int]:
+        counts = {v.value: 0 for v in Verdict}
+        for f in self.done:
+            counts[f.verdict.value] += 1
+        return counts
+
+    # --- the end -------------------------------------------------------------------
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.status_shown:
+            self.out.write("\r\x1b[K")
+            self.status_shown = False
+        failed = [f for f in self.done if f.verdict == Verdict.FAIL]
+        if self.collect_errors or failed:
+            self.out.write("\nFailures:\n")
+            for line in self.collect_errors:
+                self.out.write(f"ERROR {line}\n")
+            for f in failed:
+                for line in _failure_lines(f):
+                    self.out.write(line + "\n")
+        c = self._counts()
+        kinds = [f.kind for f in failed]
+        extra = "".join(f", {kinds.count(k)} {word}" for k, word in
+                        (("timeout", "timed out"), ("crash", "crashed")) if k in kinds)
+        self.out.write(f"\nSUMMARY: {len(self.done)} tests, {c['PASS']} passed, {c['FAIL']} failed"
+                       f"{extra}, {c['SKIP']} skipped in {time.monotonic() - self.start:.1f} s\n")
+        self.out.close()
+
+
+class TapPlugin:
+    """``--pyvmm-tap FILE``: a TAP point per suite entry as it finishes."""
+
+    def __init__(self, target: str) -> None:
+        self.stream: TextIO = (open(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")  # noqa: SIM115
+                               if target == "-" else open(target, "w", encoding="utf-8"))  # noqa: SIM115
+        self.writer = TapWriter(self.stream)
+        self.collect_errors: list[str] = []
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid or 'collection'}: {_longrepr_text(report)}")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        f = finished(report)
+        if f is not None:
+            self.writer.add(f.name, f.verdict, f.reason, f.lines, f.duration)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        for err in self.collect_errors:
+            self.writer.add(err.split(":", 1)[0], Verdict.FAIL, err)
+        self.writer.close()
+        self.stream.close()

@@ -1,0 +1,211 @@
+"""`pyvmm suite` and the pytest collector on real guests: pyvmm's own unittests.cfg and
+manifest, a suite that fails in every way a suite can (a FAIL: line, a timeout, a crash,
+unmatched output), JUnit read back with junitparser, TAP with tap.py, the output tree,
+selection, and pytest used directly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cli
+import pytest
+from junitparser import JUnitXml, Properties, Property
+from tap.parser import Parser
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG = ROOT / "guests" / "unittests.cfg"
+MANIFEST = ROOT / "guests" / "pyvmm.toml"
+OWN_RUNNABLE = 15  # entries of guests/unittests.cfg that run here; 5 more skip by design
+
+
+def suite(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return cli.pyvmm("suite", *args, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture
+def failing(tmp_path: Path, guests: Path) -> Path:
+    m = tmp_path / "failing.pyvmm.toml"
+    m.write_text(f"""
+[tests.unknown-mode]
+kernel = "{guests}/mbtest.flat"
+append = "bogus"
+[tests.spins]
+kernel = "{guests}/selftest.flat"
+append = "spin"
+timeout = 0.5
+[tests.triple]
+kernel = "{guests}/selftest.flat"
+append = "triple"
+[tests.fine]
+kernel = "{guests}/hello.elf"
+expect_output = "Hello"
+[tests.wrong-output]
+kernel = "{guests}/hello.elf"
+expect_output = "Goodbye"
+""")
+    return m
+
+
+def test_own_unittests_cfg_passes_with_junit_and_skips_named(guests, tmp_path):
+    xml = tmp_path / "suite.xml"
+    p = suite("-j2", "--junit", str(xml), str(CFG), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"SUMMARY: 20 tests, {OWN_RUNNABLE} passed, 0 failed, 5 skipped" in p.stdout
+    assert "SKIP intel-iommu (needs QEMU -machine q35; needs QEMU -device intel-iommu)" in p.stdout
+    assert "PASS hpet (6 tests)" in p.stdout  # the kernel's SUMMARY, as run_tests.sh shows it
+    suite_xml = next(iter(JUnitXml.fromfile(str(xml))))
+    assert (suite_xml.tests, suite_xml.failures, suite_xml.errors, suite_xml.skipped) == (20, 0, 0, 5)
+    cases = {c.name: c for c in suite_xml}
+    edu = cases["edu"]
+    assert edu.result[0].message == "needs QEMU -device edu"
+    props = [(p.name, p.value) for props in cases["ioapic-pit"].iterchildren(Properties)
+             for p in props.iterchildren(Property)]
+    reports = [v for k, v in props if k == "pyvmm.report"]
+    assert len(reports) == 4 and all(r.startswith("PASS: ") for r in reports)
+    assert ("pyvmm.summary", "4 tests") in props
+    assert "ioapic-pit" in cases["ioapic-pit"].system_out
+
+
+def test_own_manifest_passes(guests, tmp_path):
+    p = suite("-j2", str(MANIFEST), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SUMMARY: 8 tests, 8 passed, 0 failed, 0 skipped" in p.stdout
+
+
+def test_failures_are_named_with_their_lines_and_reasons(failing, tmp_path):
+    xml = tmp_path / "f.xml"
+    p = suite("-j2", "--junit", str(xml), "-o", str(tmp_path / "out"), str(failing))
+    assert p.returncode == 1, p.stdout + p.stderr
+    summary = p.stdout[p.stdout.index("Failures:"):]
+    assert 'FAIL unknown-mode: exit status 1, expected 0 (debug-exit value 1)\n' \
+           '    FAIL: unknown mode "bogus"\n' in summary
+    assert "TIMEOUT spins: exit status 124, expected 0 (guest did not stop within 0.5 s)" in summary
+    assert "CRASH triple: exit status 123, expected 0 (triple fault" in summary
+    assert "FAIL wrong-output: output does not match 'Goodbye'" in summary
+    assert "1 passed, 4 failed, 1 timed out, 1 crashed, 0 skipped" in p.stdout
+    assert "Traceback" not in p.stdout + p.stderr
+    cases = {c.name: c for c in next(iter(JUnitXml.fromfile(str(xml))))}
+    assert cases["unknown-mode"].result[0].message == 'FAIL: unknown mode "bogus"'  # first failing line
+    assert cases["triple"].result[0].message.startswith("exit status 123")
+    assert "triple fault" in cases["triple"].system_err and cases["fine"].is_passed
+    out = tmp_path / "out"
+    assert (out / "triple" / "cmdline").read_text().startswith("pyvmm run ")
+    assert "RIP=" in (out / "triple" / "stderr.log").read_text()
+    assert "Hello" in (out / "fine" / "serial.log").read_text()
+    assert (out / "spins" / "result").read_text().startswith("FAIL exit status 124")
+
+
+def test_tap_stream_read_by_tap_py(failing):
+    p = suite("-j1", "--tap", str(failing))
+    assert p.returncode == 1, p.stderr
+    lines = list(Parser().parse_text(p.stdout))
+    tests = [x for x in lines if x.category == "test"]
+    assert len(tests) == 5 and sum(not t.ok for t in tests) == 4
+    assert next(x for x in lines if x.category == "plan").expected_tests == 5
+    assert '    # Subtest: unknown-mode\n    not ok 1 - unknown mode "bogus"\n    1..1\n' in p.stdout
+
+
+def test_kvm_unit_tests_verdicts_and_timeout_scale(guests, tmp_path):
+    for k in ("mbtest.flat", "selftest.flat"):
+        shutil.copy(guests / k, tmp_path / k)
+    cfg = tmp_path / "unittests.cfg"
+    cfg.write_text("[passes]\nfile = mbtest.flat\ntest_args = exit 0\n"
+                   "[skips-itself]\nfile = mbtest.flat\ntest_args = 'exit 38'\n"
+                   "[fails]\nfile = mbtest.flat\ntest_args = 'exit 5'\n"
+                   "[powers-off]\nfile = mbtest.flat\ntest_args = shutdown\n"
+                   "[hangs]\nfile = selftest.flat\ntest_args = spin\ntimeout = 2\n")
+    p = suite("-j2", "--timeout-scale", "0.25", str(cfg))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "PASS passes" in p.stdout
+    assert "SKIP skips-itself (the test skipped itself (status 77))" in p.stdout
+    assert "FAIL fails: exit status 11 (debug-exit value 5)" in p.stdout  # (5 << 1) | 1
+    assert "FAIL powers-off: shutdown without debug-exit" in p.stdout
+    assert "TIMEOUT hangs: timeout; duration=0.5s" in p.stdout
+
+
+def test_selection_groups_globs_and_list(guests, tmp_path):
+    p = suite("-j1", "-g", "firmware", str(CFG), "mbtest-a*", "mbtest-c*")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SUMMARY: 2 tests, 2 passed" in p.stdout
+    assert "PASS mbtest-acpi" in p.stdout and "PASS mbtest-cmos" in p.stdout
+    p = suite("--list", "-g", "nodefault", str(CFG))
+    assert p.stdout == "manual [nodefault]\n"  # a selected group runs its nodefault tests
+    p = suite("--list", str(CFG), "e*")
+    assert p.stdout == ("elf64-multiboot [contract]\nedu [pci]  SKIP: needs QEMU -device edu\n")
+    p = suite(str(CFG), "no-such-test")
+    assert p.returncode == 2 and "no tests in" in p.stderr and "no-such-test" in p.stderr
+
+
+def test_run_unsupported_runs_what_would_skip(guests, tmp_path):
+    p = suite("-j1", "--run-unsupported", str(CFG), "edu")
+    assert p.returncode == 0 and "PASS edu" in p.stdout, p.stdout + p.stderr
+
+
+def test_cpuid_the_host_cannot_hide_is_a_named_skip(guests, tmp_path):
+    from pyvmm.doctor import host_features
+
+    found = host_features().features["set-cpuid"]
+    assert found.works is not None, found.detail  # a probe that could not run is an error
+    ignored = found.data.get("ignored", [])
+    honoured = found.data.get("honoured", [])
+    shutil.copy(guests / "mbtest.flat", tmp_path / "mbtest.flat")
+    cfg = tmp_path / "unittests.cfg"
+    entries = [f"[hide-{f}]\nfile = mbtest.flat\nqemu_params = -cpu host,-{f}\ntest_args = info\n"
+               for f in ignored + honoured]
+    entries.append("[unknown-flag]\nfile = mbtest.flat\nqemu_params = -cpu max,+frobnicate\n")
+    cfg.write_text("".join(entries))
+    p = suite("-j1", str(cfg))
+    for f in ignored:
+        assert (f"SKIP hide-{f} (needs CPUID -{f}, but this host's KVM ignores KVM_SET_CPUID2 "
+                f"for {f} (pyvmm doctor: set-cpuid))") in p.stdout
+    for f in honoured:
+        assert f"PASS hide-{f}" in p.stdout
+    assert "SKIP unknown-flag (unknown CPU feature 'frobnicate'" in p.stdout
+
+
+def test_pytest_collects_suites_directly(guests, failing, tmp_path):
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    base = [sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider", "-c", os.devnull,
+            "--rootdir", str(tmp_path)]
+    p = subprocess.run([*base, "-q", "--pyvmm-suite", str(MANIFEST), "-k", "hello"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert p.returncode == 0 and "2 passed, 6 deselected" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([*base, "-q", str(failing), "-n", "2"], capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "pyvmm suite failures" in p.stdout and '    FAIL: unknown mode "bogus"' in p.stdout
+    p = subprocess.run([*base, "-q", str(CFG), "-m", "smp"], capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=120)
+    assert p.returncode == 0 and "1 passed, 19 deselected" in p.stdout, p.stdout + p.stderr
+
+
+def test_bad_config_is_one_line_and_status_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[tests.a]\ncpus = 2\n")
+    p = suite(str(bad))
+    assert p.returncode == 1 and "ERROR bad.toml: " in p.stdout and "has no kernel" in p.stdout
+    p = suite("--list", str(bad))
+    assert p.returncode == 2 and p.stderr.strip().endswith("tests.a has no kernel")
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_sigterm_stops_the_suite_and_its_workers(guests, tmp_path):
+    cfg = tmp_path / "slow.pyvmm.toml"
+    cfg.write_text("".join(f'[tests.spin{i}]\nkernel = "{guests}/selftest.flat"\nappend = "spin"\n'
+                           "timeout = 60\n" for i in range(2)))
+    proc = subprocess.Popen([*cli.COMMAND, "suite", "-j2", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in out + err
+    assert "INTERNALERROR" not in out + err
+    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
+    assert left.stdout == "", "workers left behind"
