@@ -21,7 +21,7 @@ from pyvmm.console import out, say
 from pyvmm.errors import ExitStatus
 
 #: pytest's exit codes -> ours
-PYTEST_OK, PYTEST_FAILED, PYTEST_INTERRUPTED, PYTEST_USAGE, PYTEST_NO_TESTS = 0, 1, 2, 4, 5
+PYTEST_OK, PYTEST_USAGE, PYTEST_NO_TESTS = 0, 4, 5
 
 
 def pytest_args(config: Path, tests: tuple[str, ...], *, jobs: int, groups: tuple[str, ...],
@@ -88,6 +88,7 @@ def suite(config: Path, tests: tuple[str, ...], jobs: int, groups: tuple[str, ..
         return list_tests(config, tests, groups, run_unsupported, run_all)
     import pytest
 
+    jobs = min(jobs, runnable(config, tests, groups, run_unsupported, run_all))
     args = pytest_args(config, tests, jobs=jobs, groups=groups, timeout_scale=timeout_scale,
                        output=output, tap=tap, junit=junit, run_unsupported=run_unsupported,
                        run_all=run_all, extra=extra)
@@ -97,23 +98,36 @@ def suite(config: Path, tests: tuple[str, ...], jobs: int, groups: tuple[str, ..
         caught.append(signum)
         raise KeyboardInterrupt  # pytest's way to stop a session (and xdist's workers)
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         rc = int(pytest.main(args))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if caught or rc == PYTEST_INTERRUPTED:
-        signum = caught[0] if caught else int(signal.SIGINT)
-        say(f"interrupted ({signal.Signals(signum).name})")
-        return 128 + signum
+    if caught:
+        say(f"interrupted ({signal.Signals(caught[0]).name})")
+        return 128 + caught[0]
     if rc == PYTEST_NO_TESTS:
         say(f"no tests in {config}" + (f" match {' '.join(tests)}" if tests else "")
             + (f" in groups {', '.join(groups)}" if groups else ""))
         return int(ExitStatus.USAGE)
     if rc == PYTEST_USAGE:
         return int(ExitStatus.USAGE)
-    return 0 if rc == PYTEST_OK else 1
+    return 0 if rc == PYTEST_OK else 1  # failures, or a config that could not be collected
+
+
+def runnable(config: Path, tests: tuple[str, ...], groups: tuple[str, ...],
+             run_unsupported: bool, run_all: bool) -> int:
+    """How many selected tests will boot a kernel: more workers than that only cost start-up
+    time (about 0.5 s of CPU each).  A config that cannot be read counts as one: pytest
+    reports it."""
+    from pyvmm.suite import SuiteConfigError, load, select
+
+    try:
+        found = select(load(config, run_all=run_all, groups_selected=bool(groups)), tests, groups)
+    except SuiteConfigError:
+        return 1
+    return max(1, sum(t.skip_reason(run_unsupported) is None and t.error is None for t in found))
 
 
 def list_tests(config: Path, tests: tuple[str, ...], groups: tuple[str, ...],

@@ -138,10 +138,16 @@ def run_test(t: SuiteTest, *, timeout_scale: float = 1.0, run_unsupported: bool 
     return out
 
 
+def safe_name(name: str) -> str:
+    """``name`` as one path component: no separators, never ``.`` or ``..``."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+    return safe if safe.strip(".") else f"_{safe}"
+
+
 def save_output(t: SuiteTest, out: TestOutcome, root: Path) -> Path:
     """``root/NAME/``: ``cmdline`` (the ``pyvmm run`` command that reruns it), ``serial.log``,
     ``stderr.log`` and ``result`` (verdict and reason)."""
-    d = root / re.sub(r"[^A-Za-z0-9_.+-]", "_", t.name)
+    d = root / safe_name(t.name)
     d.mkdir(parents=True, exist_ok=True)
     (d / "cmdline").write_text(t.describe() + "\n")
     (d / "serial.log").write_text(out.serial)

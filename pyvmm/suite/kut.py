@@ -171,6 +171,6 @@ def environ_file(test: SuiteTest, directory: Path) -> Path:
              "KERNEL_PATCHLEVEL": parts[1],
              "KERNEL_SUBLEVEL": re.sub(r"[^0-9].*", "", parts[2]),
              "KERNEL_EXTRAVERSION": re.sub(r"[^0-9].*", "", parts[3])}
-    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', test.name)}.env"
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_-]', '_', test.name)}.env"
     path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     return path

@@ -253,3 +253,11 @@ def test_which_files_pytest_collects():
 def test_manifest_module_documents_every_key():
     for key in manifest.KEYS - {"skip"}:
         assert f"\n    {key} =" in (manifest.__doc__ or ""), key
+
+
+@pytest.mark.parametrize("name, safe", [("..", "_.."), (".", "_."), ("a/../b", "a_.._b"),
+                                        ("ok-1.2", "ok-1.2"), ("", "_")])
+def test_output_directory_names_stay_inside(name, safe):
+    from pyvmm.suite.execute import safe_name
+
+    assert safe_name(name) == safe
