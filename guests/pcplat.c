@@ -43,17 +43,45 @@ static struct sdt *find_table(const char *sig)
 	return 0;
 }
 
-static uint16_t pm_timer_port(void)
+/* The ACPI PM timer (3.579545 MHz) as the FADT describes it: its port, and 24 or 32 bits
+ * (flags bit 8, TMR_VAL_EXT: QEMU's is 24 bits and wraps every 4.7 s, pyvmm's 32). */
+struct pm_timer {
+	uint16_t port;
+	uint32_t mask;
+};
+
+static struct pm_timer pm_timer_port(void)
 {
+	struct pm_timer t = {0, 0xffffffu};
 	struct sdt *fadt = find_table("FACP");
-	return fadt ? (uint16_t)*(uint32_t *)((uint8_t *)fadt + 76) : 0;
+	if (fadt) {
+		t.port = (uint16_t)*(uint32_t *)((uint8_t *)fadt + 76);
+		if (*(uint32_t *)((uint8_t *)fadt + 112) & (1u << 8))
+			t.mask = 0xffffffffu;
+	}
+	return t;
 }
 
-/* PM timer (3.579545 MHz) based deadline, so the waits are time, not loop counts */
-static uint32_t pm_now(uint16_t port) { return inl(port); }
-static int pm_elapsed_ms(uint16_t port, uint32_t start, unsigned ms)
+/* A deadline in PM timer ticks, so the waits are time, not loop counts; the ticks are
+ * summed reading by reading, so a 24-bit counter's wrap is no jump (poll at least every 4 s) */
+struct deadline {
+	struct pm_timer t;
+	uint32_t last;
+	uint64_t ticks, limit;
+};
+
+static struct deadline deadline_ms(struct pm_timer t, unsigned ms)
 {
-	return (uint32_t)(pm_now(port) - start) >= ms * 3580u;
+	struct deadline d = {t, inl(t.port) & t.mask, 0, (uint64_t)ms * 3580u};
+	return d;
+}
+
+static int expired(struct deadline *d)
+{
+	uint32_t now = inl(d->t.port) & d->t.mask;
+	d->ticks += (now - d->last) & d->t.mask;
+	d->last = now;
+	return d->ticks >= d->limit;
 }
 
 static void ioapic_route(unsigned pin, uint8_t vector, int masked)
@@ -69,10 +97,10 @@ static void pit_isr(struct ex_regs *r) { (void)r; pit_ticks++; apic_eoi(); }
 static void hpet_isr(struct ex_regs *r) { (void)r; hpet_ticks++; apic_eoi(); }
 static void legacy_isr(struct ex_regs *r) { (void)r; legacy_ticks++; apic_eoi(); }
 
-static int wait_count(volatile unsigned *count, unsigned want, uint16_t pm, unsigned ms)
+static int wait_count(volatile unsigned *count, unsigned want, struct pm_timer pm, unsigned ms)
 {
-	uint32_t start = pm_now(pm);
-	while (*count < want && !pm_elapsed_ms(pm, start, ms))
+	struct deadline d = deadline_ms(pm, ms);
+	while (*count < want && !expired(&d))
 		safe_halt();
 	cli();
 	return *count >= want;
@@ -97,7 +125,7 @@ static void ioapic_pit(void)
 	report(*(uint32_t *)((uint8_t *)madt + 40) & 1, "MADT says a legacy PIC is present (PCAT_COMPAT)");
 	unsigned pin = isa_gsi(madt, 0);
 	report(pin == 2, "interrupt source override: ISA IRQ 0 on GSI %u", pin);
-	uint16_t pm = pm_timer_port();
+	struct pm_timer pm = pm_timer_port();
 	idt_set_handler(VEC_PIT, pit_isr);
 	apic_enable(0);
 	ioapic_route(pin, VEC_PIT, 0);
@@ -255,12 +283,12 @@ static void hpet(void)
 	report_info("HPET at %lx: %u timers, period %u fs, legacy %s", hpet_base, ntimers,
 		    period_fs, cap & (1 << 15) ? "capable" : "no");
 	uint64_t ticks_per_ms = 1000000000000ull / period_fs;
-	uint16_t pm = pm_timer_port();
+	struct pm_timer pm = pm_timer_port();
 	hpet_wr(HPET_CONF, 0);
 	hpet_wr(HPET_COUNTER, 0);
 	hpet_wr(HPET_CONF, 1);
-	uint32_t start = pm_now(pm);
-	while (!pm_elapsed_ms(pm, start, 2))
+	struct deadline d = deadline_ms(pm, 2);
+	while (!expired(&d))
 		cpu_relax();
 	uint64_t c1 = hpet_rd(HPET_COUNTER);
 	report(c1 > ticks_per_ms, "main counter runs");
@@ -338,11 +366,11 @@ static void cpuid_brand(void)
 
 static void rtc_uip(void)
 {
-	uint16_t pm = pm_timer_port();
-	uint32_t start = pm_now(pm);
+	struct pm_timer pm = pm_timer_port();
+	struct deadline d = deadline_ms(pm, 6000);
 	uint8_t before = 0xff;
 	int seen_up = 0, seen_down = 0;
-	while (!pm_elapsed_ms(pm, start, 6000)) { /* a loaded host may make us miss a window */
+	while (!expired(&d)) { /* a loaded host may make us miss a window */
 		uint8_t sec = cmos(0x00);
 		if (cmos(0x0a) & 0x80) {
 			seen_up = 1;
@@ -351,7 +379,8 @@ static void rtc_uip(void)
 		before = sec; /* the second that is about to end */
 	}
 	report(seen_up, "status A update-in-progress goes 1");
-	while (seen_up && !pm_elapsed_ms(pm, start, 7000))
+	d.limit += 1000ull * 3580u;
+	while (seen_up && !expired(&d))
 		if (!(cmos(0x0a) & 0x80)) {
 			seen_down = 1;
 			break;
