@@ -18,7 +18,7 @@ from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.machine import Machine, memory_size
 from pyvmm.suite.command import suite
 from pyvmm.vstate.history import HistoryLimits
-from pyvmm.vstate.result import EXIT_STATUS, RunResult, RunStatus
+from pyvmm.vstate.result import RunResult, RunStatus, exit_status
 
 #: the CLI streams guest output and keeps only what it reports
 CLI_HISTORY = HistoryLimits(serial=0, events=16)
@@ -133,14 +133,9 @@ def _output_failed(sink: StdoutSink) -> int:
 
 def _report(result: RunResult, verbose: bool, exit_code_mode: str = "raw") -> int:
     if result.status == RunStatus.EXIT:
-        code = result.exit_code or 0
-        if exit_code_mode == "qemu":
-            return ((code << 1) | 1) & 0xFF  # what QEMU's isa-debug-exit makes of it
-        if code > 255:
-            say(f"guest exit value {code:#x} does not fit an exit status; exiting with 255")
-            return 255
-        return code
-    if result.status == RunStatus.CRASH and result.crash is not None:
+        if exit_code_mode == "raw" and (result.exit_code or 0) > 255:
+            say(f"guest exit value {result.exit_code:#x} does not fit an exit status; exiting with 255")
+    elif result.status == RunStatus.CRASH and result.crash is not None:
         say(result.crash.format())
     elif result.status == RunStatus.ERROR:
         if verbose:
@@ -150,9 +145,7 @@ def _report(result: RunResult, verbose: bool, exit_code_mode: str = "raw") -> in
         say(f"VMM error: {result.message}" + ("" if verbose else " (run with -v for details)"))
     elif result.status not in (RunStatus.SHUTDOWN, RunStatus.DONE):
         say(result.message)
-    if result.status == RunStatus.INTERRUPTED and result.signal:
-        return 128 + result.signal
-    return EXIT_STATUS.get(result.status, ExitStatus.VMM_ERROR)
+    return exit_status(result, qemu=exit_code_mode == "qemu")
 
 
 def _describe(m: Machine) -> None:

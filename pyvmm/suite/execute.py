@@ -14,29 +14,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyvmm.errors import ExitStatus, PyvmmError
+from pyvmm.errors import PyvmmError
 from pyvmm.suite import kut
 from pyvmm.suite.model import KUT, SuiteTest, TestOutcome, Verdict, report_lines
 from pyvmm.vstate.history import HistoryLimits
-from pyvmm.vstate.result import EXIT_STATUS, RunResult, RunStatus
+from pyvmm.vstate.result import RunResult, RunStatus, exit_status
 
 #: what a suite keeps of a test's output (reports come from the serial lines)
 HISTORY = HistoryLimits(serial=1 << 20, events=64)
 QEMU_PASS, QEMU_SKIP = 1, 77
 
 
-def pyvmm_status(r: RunResult) -> int:
-    """The exit status ``pyvmm run`` gives this result (raw debug-exit values)."""
-    if r.status == RunStatus.EXIT:
-        return min(r.exit_code or 0, 255)
-    return int(EXIT_STATUS.get(r.status, ExitStatus.VMM_ERROR))
-
-
 def kut_verdict(r: RunResult, timeout: float) -> tuple[Verdict, str, int]:
     """``(verdict, reason, status)`` by kvm-unit-tests' rules, ``status`` as its runner
     sees it after ``run_qemu``'s fix-up."""
     if r.status == RunStatus.EXIT:
-        qemu = ((r.exit_code or 0) << 1 | 1) & 0xFF
+        qemu = exit_status(r, qemu=True)
         status = 0 if qemu == QEMU_PASS else qemu
         if status == 0:
             return Verdict.PASS, "", 0
@@ -53,11 +46,11 @@ def kut_verdict(r: RunResult, timeout: float) -> tuple[Verdict, str, int]:
     if r.status in (RunStatus.SHUTDOWN, RunStatus.STOPPED):
         # QEMU exits 0 when the guest stops without debug-exit: run_qemu calls that a failure
         return Verdict.FAIL, f"{r.status} without debug-exit ({r.message})", 1
-    return Verdict.FAIL, f"{r.status}: {r.message}", pyvmm_status(r)
+    return Verdict.FAIL, f"{r.status}: {r.message}", exit_status(r)
 
 
 def manifest_verdict(t: SuiteTest, r: RunResult) -> tuple[Verdict, str, int]:
-    status = pyvmm_status(r)
+    status = exit_status(r)
     if status != t.expect_status:
         why = r.message if r.status != RunStatus.EXIT else f"debug-exit value {r.exit_code}"
         if r.crash is not None:
@@ -97,8 +90,7 @@ def cpu_feature_problems(t: SuiteTest) -> tuple[list[str], list[str]]:
     return usable, problems
 
 
-def run_test(t: SuiteTest, *, timeout_scale: float = 1.0, run_unsupported: bool = False,
-             workdir: Path | None = None) -> TestOutcome:
+def run_test(t: SuiteTest, *, timeout_scale: float = 1.0, run_unsupported: bool = False) -> TestOutcome:
     """Boot and run ``t``; every failure of the set-up (a kernel that does not load, a
     setting this host cannot give) is the test's FAIL with its reason, never an error of
     the suite; CPUID it cannot give as asked is a SKIP (run anyway, with a note, under
@@ -116,11 +108,11 @@ def run_test(t: SuiteTest, *, timeout_scale: float = 1.0, run_unsupported: bool 
     if t.pit is not None:
         kw["pit"] = t.pit
     if features:
-        kw["cpu_features"] = ",".join(f for f in features)
+        kw["cpu_features"] = ",".join(features)
     with tempfile.TemporaryDirectory(prefix="pyvmm-suite-") as tmp:
         initrd = t.initrd
         if t.style == KUT and initrd is None:
-            initrd = kut.environ_file(t, Path(workdir or tmp))  # as ENVIRON_DEFAULT=yes
+            initrd = kut.environ_file(t, Path(tmp))  # as ENVIRON_DEFAULT=yes
         try:
             with Machine.from_file(t.kernel, cmdline=t.append, initrd=initrd, **kw) as m:
                 r = m.run(timeout=timeout)

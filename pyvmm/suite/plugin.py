@@ -5,7 +5,7 @@ pytest item (registered through the ``pytest11`` entry point).
 ``unittests.cfg``, ``pyvmm.toml`` or ``*.pyvmm.toml`` are collected when pytest walks a
 directory.  So pytest-xdist's ``-n`` runs entries in parallel (``--tx ssh=...`` across KVM
 hosts), ``--junitxml`` writes JUnit (``-o junit_family=xunit1`` keeps the report lines as
-properties, ``-o junit_logging=system-out`` the serial output), ``-k``/``-m GROUP``
+properties, ``-o junit_logging=all`` the serial output and the crash report), ``-k``/``-m GROUP``
 select, and conftest hooks see every entry.  A kernel's report lines are the item's
 ``user_properties`` (``pyvmm.report``), its serial output the captured stdout, and a
 failure's message is its first failing line or the crash/timeout reason.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pyvmm.suite import SuiteConfigError, is_suite_file, load
-from pyvmm.suite.model import SuiteTest, TestOutcome, Verdict
+from pyvmm.suite.model import SuiteTest, Verdict
 
 PROP = "pyvmm."
 
@@ -73,7 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("pyvmm_report"):
         from pyvmm.suite.reporter import SuiteReporter
 
-        config.pluginmanager.register(SuiteReporter(config), "pyvmm-suite-reporter")
+        config.pluginmanager.register(SuiteReporter(), "pyvmm-suite-reporter")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -126,7 +126,6 @@ class SuiteItem(pytest.Item):
     def __init__(self, *, test: SuiteTest, **kw: Any) -> None:
         super().__init__(**kw)
         self.test = test
-        self.outcome: TestOutcome | None = None
 
     def runtest(self) -> None:
         from pyvmm.pytest_plugin import require_kvm
@@ -146,7 +145,6 @@ class SuiteItem(pytest.Item):
         require_kvm()
         out = run_test(t, timeout_scale=opt.pyvmm_timeout_scale,
                        run_unsupported=opt.pyvmm_run_unsupported)
-        self.outcome = out
         if opt.pyvmm_output:
             save_output(t, out, Path(opt.pyvmm_output))
         self.user_properties += [(PROP + "verdict", out.verdict.value),

@@ -57,6 +57,13 @@ def _longrepr_text(report: pytest.TestReport | pytest.CollectReport) -> str:
     return text.strip().splitlines()[-1] if text.strip() else ""
 
 
+def _collect_error(report: pytest.CollectReport) -> tuple[str, str] | None:
+    """``(what, why)`` of a config that could not be collected, else None."""
+    if not report.failed:
+        return None
+    return report.nodeid or "collection", _longrepr_text(report)
+
+
 def _name(nodeid: str) -> str:
     return nodeid.rsplit("::", 1)[-1]
 
@@ -137,20 +144,20 @@ class _Out:
 class SuiteReporter:
     """pyvmm suite's output in place of pytest's terminal reporter."""
 
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
+    def __init__(self) -> None:
         self.out = _Out()
         self.total = 0
-        self.running: dict[str, float] = {}
+        self.running: set[str] = set()
         self.done: list[Finished] = []
-        self.collect_errors: list[str] = []
+        self.collect_errors: list[tuple[str, str]] = []
         self.start = time.monotonic()
         self.status_shown = False
 
     # --- collection ----------------------------------------------------------------
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
-            self.collect_errors.append(f"{report.nodeid or 'collection'}: {_longrepr_text(report)}")
+        error = _collect_error(report)
+        if error:
+            self.collect_errors.append(error)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.total = len(session.items)
@@ -161,14 +168,14 @@ class SuiteReporter:
 
     # --- running -------------------------------------------------------------------
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self.running[_name(nodeid)] = time.monotonic()
+        self.running.add(_name(nodeid))
         self._status()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         f = finished(report)
         if f is None:
             return
-        self.running.pop(f.name, None)
+        self.running.discard(f.name)
         self.done.append(f)
         if self.out.tty:
             if f.verdict == Verdict.FAIL:
@@ -217,8 +224,8 @@ class SuiteReporter:
         failed = [f for f in self.done if f.verdict == Verdict.FAIL]
         if self.collect_errors or failed:
             self.out.write("\nFailures:\n")
-            for line in self.collect_errors:
-                self.out.write(f"ERROR {line}\n")
+            for what, why in self.collect_errors:
+                self.out.write(f"ERROR {what}: {why}\n")
             for f in failed:
                 for line in _failure_lines(f):
                     self.out.write(line + "\n")
@@ -238,11 +245,12 @@ class TapPlugin:
         self.stream: TextIO = (open(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")  # noqa: SIM115
                                if target == "-" else open(target, "w", encoding="utf-8"))  # noqa: SIM115
         self.writer = TapWriter(self.stream)
-        self.collect_errors: list[str] = []
+        self.collect_errors: list[tuple[str, str]] = []
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
-            self.collect_errors.append(f"{report.nodeid or 'collection'}: {_longrepr_text(report)}")
+        error = _collect_error(report)
+        if error:
+            self.collect_errors.append(error)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         f = finished(report)
@@ -250,7 +258,7 @@ class TapPlugin:
             self.writer.add(f.name, f.verdict, f.reason, f.lines, f.duration)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        for err in self.collect_errors:
-            self.writer.add(err.split(":", 1)[0], Verdict.FAIL, err)
+        for what, why in self.collect_errors:
+            self.writer.add(what, Verdict.FAIL, f"{what}: {why}")
         self.writer.close()
         self.stream.close()

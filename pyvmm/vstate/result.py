@@ -49,6 +49,18 @@ EXIT_STATUS: dict[RunStatus, ExitStatus] = {
 }
 
 
+def exit_status(r: RunResult, qemu: bool = False) -> int:
+    """The status ``pyvmm run`` exits with for ``r``: the guest's debug-exit value (at most
+    255; with ``qemu``, what QEMU's isa-debug-exit makes of it: ``(v << 1) | 1`` in 8 bits),
+    128 + the signal that interrupted the run, else the run status's :class:`ExitStatus`."""
+    if r.status == RunStatus.EXIT:
+        code = r.exit_code or 0
+        return ((code << 1) | 1) & 0xFF if qemu else min(code, 255)
+    if r.status == RunStatus.INTERRUPTED and r.signal:
+        return 128 + r.signal
+    return int(EXIT_STATUS.get(r.status, ExitStatus.VMM_ERROR))
+
+
 @dataclass
 class Outcome:
     """Why one vCPU stopped: ``kind`` is a :class:`RunStatus`; ``code`` the guest's value

@@ -261,3 +261,12 @@ def test_output_directory_names_stay_inside(name, safe):
     from pyvmm.suite.execute import safe_name
 
     assert safe_name(name) == safe
+
+
+@pytest.mark.parametrize("words", ["2", "-append cpuid", " -cpu max,+x2apic\t-m 2048 ", "x=y"])
+def test_plain_words_split_as_bash_splits_them(words, tmp_path):
+    import subprocess
+
+    p = subprocess.run(["bash", "-c", 'eval "set -- $1" && printf "%s\\0" "$@"', "_", words],
+                       capture_output=True, check=True)
+    assert kut.expand(words, tmp_path) == [w.decode() for w in p.stdout.split(b"\0")[:-1]]
