@@ -1,8 +1,8 @@
 """The ``pyvmm`` process: signals, the one ``except``, and exit statuses.
 
 Imported by the console script before anything else, so that it stays small: Ctrl-C while
-the rest of pyvmm is still being imported is already handled.  SIGTERM and SIGHUP stop a
-run as Ctrl-C does (the vCPUs are kicked out, guest output flushed, one line, status
+the rest of pyvmm is still being imported is already handled.  SIGINT, SIGTERM and SIGHUP
+stop a run alike (the vCPUs are kicked out, guest output flushed, one line, status
 128 + the signal); a :class:`~pyvmm.errors.PyvmmError` becomes one line and its status; a
 closed stdout pipe ends quietly with 141; anything else is a pyvmm bug: status 125, and
 the traceback with ``-v``.
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     """The console script ``pyvmm``; ``python -m pyvmm`` is the same."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (a `&` job)
+        # Ctrl-C as our own exception: click turns a KeyboardInterrupt into a stray newline
+        # on stderr and Abort before the one line below
+        signal.signal(signal.SIGINT, _raise_interrupted)
     from pyvmm.console import guard_standard_fds
 
     guard_standard_fds()

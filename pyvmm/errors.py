@@ -93,7 +93,8 @@ class OutputError(PyvmmError):
 
 
 class Interrupted(BaseException):
-    """A signal asked pyvmm to stop (SIGTERM, SIGHUP; SIGINT is KeyboardInterrupt).  A
+    """A signal asked pyvmm to stop (SIGTERM, SIGHUP, and SIGINT under the ``pyvmm``
+    command; embedders get KeyboardInterrupt for SIGINT, which is handled alike).  A
     BaseException, as KeyboardInterrupt is: it unwinds through everything to the CLI."""
 
     def __init__(self, signum: int, name: str) -> None:
