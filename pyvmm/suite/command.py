@@ -17,7 +17,7 @@ from types import FrameType
 
 import click
 
-from pyvmm.console import out, say
+from pyvmm.console import out, say, silence_stdout
 from pyvmm.errors import ExitStatus
 
 #: pytest's exit codes -> ours
@@ -113,6 +113,12 @@ def suite(config: Path, tests: tuple[str, ...], jobs: int, groups: tuple[str, ..
         return int(ExitStatus.USAGE)
     if rc == PYTEST_USAGE:
         return int(ExitStatus.USAGE)
+    if rc == ExitStatus.BROKEN_PIPE:  # the reader of our output left: quiet, as `pyvmm run`
+        silence_stdout()
+        return rc
+    if rc == ExitStatus.OUTPUT:
+        say("cannot write the suite's output to stdout; the suite was stopped")
+        return rc
     return 0 if rc == PYTEST_OK else 1  # failures, or a config that could not be collected
 
 

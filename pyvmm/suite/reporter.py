@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import pytest
 
+from pyvmm.errors import ExitStatus
 from pyvmm.suite.model import FAILING_PREFIXES, Verdict
 from pyvmm.suite.plugin import PROP
 from pyvmm.suite.tap import TapWriter
@@ -114,30 +115,56 @@ def _failure_lines(f: Finished) -> list[str]:
 
 
 class _Out:
-    """Our own copy of stdout (pytest's capture never sees it); a closed reader silences it."""
+    """A text stream that never raises into pytest: the first failed write silences it and
+    keeps why, and :meth:`stop` then ends the session with ``pyvmm run``'s status for it
+    (141 when the reader left, 119 for any other write error), as the CLI ends a run."""
 
-    def __init__(self) -> None:
-        self.closed = False
+    def __init__(self, stream: TextIO | None, what: str) -> None:
+        self.stream, self.what = stream, what
+        self.status: ExitStatus | None = None
+        self.why = ""
+
+    @classmethod
+    def stdout(cls) -> _Out:
+        """Our own copy of stdout (pytest's capture never sees it)."""
         try:
-            self.stream: TextIO | None = open(os.dup(sys.stdout.fileno()), "w", buffering=1,  # noqa: SIM115
-                                              encoding="utf-8", errors="replace")
+            return cls(open(os.dup(sys.stdout.fileno()), "w", buffering=1,
+                            encoding="utf-8", errors="replace"), "stdout")
         except (OSError, ValueError, AttributeError):
-            self.stream = None
-        self.tty = bool(self.stream and self.stream.isatty()
-                        and os.environ.get("TERM", "dumb") != "dumb")
+            return cls(None, "stdout")
+
+    @property
+    def tty(self) -> bool:
+        return bool(self.stream and self.stream.isatty() and os.environ.get("TERM", "dumb") != "dumb")
 
     def write(self, text: str) -> None:
-        if self.stream is None or self.closed:
+        if self.stream is None or self.status is not None:
             return
         try:
             self.stream.write(text)
             self.stream.flush()
-        except (OSError, ValueError):
-            self.closed = True
+        except BrokenPipeError:
+            self.status = ExitStatus.BROKEN_PIPE
+        except (OSError, ValueError) as e:
+            self.status, self.why = ExitStatus.OUTPUT, getattr(e, "strerror", None) or str(e)
+
+    def flush(self) -> None:
+        """Every write flushes (TapWriter calls this too)."""
+
+    def stop(self, session: pytest.Session | None = None) -> None:
+        """After a failed write: stop the run (pytest.exit), or, at the session's end, only
+        give its status."""
+        if self.status is None:
+            return
+        if session is not None:
+            session.exitstatus = int(self.status)
+            return
+        pytest.exit(f"cannot write {self.what}: {self.why or 'the reader left'}",
+                    returncode=int(self.status))
 
     def close(self) -> None:
         if self.stream is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 self.stream.close()
 
 
@@ -145,7 +172,7 @@ class SuiteReporter:
     """pyvmm suite's output in place of pytest's terminal reporter."""
 
     def __init__(self) -> None:
-        self.out = _Out()
+        self.out = _Out.stdout()
         self.total = 0
         self.running: set[str] = set()
         self.done: list[Finished] = []
@@ -183,6 +210,7 @@ class SuiteReporter:
             self._status()
         else:
             self._line(" ".join(self._plain(f)))
+        self.out.stop()
 
     def _plain(self, f: Finished) -> list[str]:
         detail = f.reason if f.verdict != Verdict.PASS else (f.summary or f"{f.duration:.2f} s")
@@ -235,6 +263,7 @@ class SuiteReporter:
                         (("timeout", "timed out"), ("crash", "crashed")) if k in kinds)
         self.out.write(f"\nSUMMARY: {len(self.done)} tests, {c['PASS']} passed, {c['FAIL']} failed"
                        f"{extra}, {c['SKIP']} skipped in {time.monotonic() - self.start:.1f} s\n")
+        self.out.stop(session)
         self.out.close()
 
 
@@ -242,9 +271,8 @@ class TapPlugin:
     """``--pyvmm-tap FILE``: a TAP point per suite entry as it finishes."""
 
     def __init__(self, target: str) -> None:
-        self.stream: TextIO = (open(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")  # noqa: SIM115
-                               if target == "-" else open(target, "w", encoding="utf-8"))  # noqa: SIM115
-        self.writer = TapWriter(self.stream)
+        self.out = _Out.stdout() if target == "-" else _Out(open(target, "w", encoding="utf-8"), target)  # noqa: SIM115
+        self.writer = TapWriter(self.out)
         self.collect_errors: list[tuple[str, str]] = []
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -256,9 +284,11 @@ class TapPlugin:
         f = finished(report)
         if f is not None:
             self.writer.add(f.name, f.verdict, f.reason, f.lines, f.duration)
+            self.out.stop()
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         for what, why in self.collect_errors:
             self.writer.add(what, Verdict.FAIL, f"{what}: {why}")
         self.writer.close()
-        self.stream.close()
+        self.out.stop(session)
+        self.out.close()

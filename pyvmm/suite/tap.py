@@ -8,9 +8,14 @@ TAP allows, so that points stream out as tests finish.
 from __future__ import annotations
 
 import json
-from typing import TextIO
+from typing import Protocol
 
 from pyvmm.suite.model import Verdict
+
+
+class Stream(Protocol):
+    def write(self, text: str, /) -> object: ...
+    def flush(self) -> None: ...
 
 
 def _desc(text: str) -> str:
@@ -34,7 +39,7 @@ def _line_point(n: int, line: str) -> str:
 class TapWriter:
     """Writes points as :meth:`add` is called; :meth:`close` writes the plan."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.count = 0
         stream.write("TAP version 13\n")

@@ -209,3 +209,29 @@ def test_sigterm_stops_the_suite_and_its_workers(guests, tmp_path):
     assert "INTERNALERROR" not in out + err
     left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
     assert left.stdout == "", "workers left behind"
+
+
+@pytest.mark.parametrize("mode, ran", [("plain", 2), ("--tap", 1)])
+def test_reader_leaving_stops_the_suite_quietly(guests, tmp_path, mode, ran):
+    """`pyvmm suite | head -1`: before, the plain output went on running every test and
+    exited 0, and --tap ended in an INTERNALERROR traceback."""
+    cfg = tmp_path / "s.pyvmm.toml"
+    cfg.write_text(f'[tests.a]\nkernel = "{guests}/hello.elf"\n[tests.b]\nkernel = "{guests}/hello.elf"\n'
+                   f'[tests.spins]\nkernel = "{guests}/selftest.flat"\nappend = "spin"\ntimeout = 60\n')
+    xml = tmp_path / "r.xml"
+    args = ["--tap"] if mode == "--tap" else []
+    proc = subprocess.Popen([*cli.COMMAND, "suite", "-j1", *args, "--junit", str(xml), str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=50)
+    assert proc.returncode == 141 and err == b"", err.decode()
+    assert next(iter(JUnitXml.fromfile(str(xml)))).tests == ran  # "spins" never started
+
+
+def test_full_stdout_is_status_119(guests, tmp_path):
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([*cli.COMMAND, "suite", "-j1", str(MANIFEST), "hello"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+    assert p.returncode == 119 and "Traceback" not in p.stderr
+    assert p.stderr == "pyvmm: cannot write the suite's output to stdout; the suite was stopped\n"
