@@ -46,10 +46,12 @@ $(B)/%.elf: guests/%.c $(STAMP)
 	$(PYVMM) guest build -o $@ $<
 $(B)/%.flat: guests/%.c $(STAMP)
 	$(PYVMM) guest build --multiboot -o $@ $<
-$(B)/mb_rmpit.flat $(B)/mb_bios.flat: $(B)/%.flat: guests/%.S guests/mb16.ld
+$(B)/mb16_entry.o: guests/mb16_entry.S
 	mkdir -p $(B)
+	as --32 -o $@ $<
+$(B)/mb_rmpit.flat $(B)/mb_bios.flat: $(B)/%.flat: guests/%.S $(B)/mb16_entry.o guests/mb16.ld
 	as --32 -o $(B)/$*.o $<
-	ld -m elf_i386 --build-id=none -T guests/mb16.ld -o $@ $(B)/$*.o
+	ld -m elf_i386 --build-id=none -T guests/mb16.ld -o $@ $(B)/mb16_entry.o $(B)/$*.o
 $(B)/mb_low.flat: guests/mb_low.S guests/mb_low.ld
 	mkdir -p $(B)
 	as --32 -o $(B)/mb_low.o $<
