@@ -88,6 +88,7 @@ KVM_STATS_BASE_MASK KVM_STATS_BASE_POW10 KVM_STATS_BASE_POW2
 PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_MAX_UNCLAIMED PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_READ
 PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER
 PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
+PYVMM_TRACE_EINTR PYVMM_TRACE_FAST PYVMM_TRACE_PENDING
 MADV_HUGEPAGE MADV_DONTNEED MADV_REMOVE
 KVM_MSR_FILTER_READ KVM_MSR_FILTER_WRITE KVM_MSR_FILTER_DEFAULT_ALLOW KVM_MSR_FILTER_DEFAULT_DENY
 KVM_MSR_FILTER_MAX_RANGES KVM_MSR_EXIT_REASON_INVAL KVM_MSR_EXIT_REASON_UNKNOWN
@@ -228,6 +229,10 @@ struct pyvmm_fast_entry {
     uint64_t base; uint64_t len; uint64_t read_value; uint64_t last_value; uint64_t hits;
     uint8_t space; uint8_t dirs; uint8_t action; uint8_t enabled; ...;
 };
+struct pyvmm_trace_rec {
+    uint64_t t_enter; uint64_t t_exit; uint64_t rip; uint64_t addr; uint64_t data;
+    uint32_t reason; uint16_t size; uint8_t is_write; uint8_t flags; ...;
+};
 struct pyvmm_loop {
     int vcpu_fd; int last_errno; struct kvm_run *run; uint64_t run_size;
     int stop_requested; int flush_requested; uint32_t n_entries; uint32_t stop_entry; uint64_t stop_value;
@@ -237,6 +242,8 @@ struct pyvmm_loop {
     uint32_t answer_unclaimed; uint32_t n_claimed_mmio; uint8_t *claimed_ports;
     uint32_t *unclaimed_pio; uint64_t claimed_mmio[...][2]; uint32_t n_unclaimed_mmio;
     uint64_t unclaimed_mmio[...][2];
+    uint64_t n_unclaimed_pio;
+    struct pyvmm_trace_rec *trace; uint64_t trace_cap; uint64_t trace_head;
     uint64_t kvm_runs;
     uint64_t exit_counts[...];
     ...;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 
 long pyvmm_ioctl(int fd, unsigned long request, void *arg)
 {
@@ -226,6 +227,7 @@ int pyvmm_loop_dispatch(struct pyvmm_loop *l)
             (port + size - 1 > 0xFFFF ||
              !(l->claimed_ports[(port + size - 1) >> 3] & (1u << ((port + size - 1) & 7))))) {
             l->unclaimed_pio[port] += count;
+            l->n_unclaimed_pio += count;
             if (!is_write)
                 fill_ones((uint8_t *)run + off, size * count);
             return -1;
@@ -252,13 +254,98 @@ int pyvmm_loop_dispatch(struct pyvmm_loop *l)
     return PYVMM_RET_EXIT;
 }
 
+uint64_t pyvmm_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The data of the exit now in l->run: what was written, or (after the answer) read. */
+static uint64_t exit_data(struct pyvmm_loop *l)
+{
+    struct kvm_run *run = l->run;
+    if (run->exit_reason == KVM_EXIT_IO) {
+        uint64_t off = run->io.data_offset;
+        unsigned size = run->io.size;
+        if (size == 0 || size > 8 || off >= l->run_size || size > l->run_size - off)
+            return 0;
+        return load_le((uint8_t *)run + off, size);
+    }
+    if (run->exit_reason == KVM_EXIT_MMIO)
+        return load_le(run->mmio.data, run->mmio.len <= 8 ? run->mmio.len : 8);
+    if (run->exit_reason == KVM_EXIT_X86_RDMSR || run->exit_reason == KVM_EXIT_X86_WRMSR)
+        return run->msr.data;
+    return 0;
+}
+
+/* Start a record for the exit that KVM_RUN (entered at t_enter) just returned. */
+static struct pyvmm_trace_rec *trace_exit(struct pyvmm_loop *l, uint64_t t_enter, int failed)
+{
+    struct pyvmm_trace_rec *t = &l->trace[l->trace_head++ & (l->trace_cap - 1)];
+    struct kvm_run *run = l->run;
+    memset(t, 0, sizeof(*t));
+    t->t_enter = t_enter;
+    t->t_exit = pyvmm_monotonic_ns();
+    if (failed) {
+        t->reason = PYVMM_TRACE_EINTR;
+        return t;
+    }
+    t->reason = run->exit_reason;
+    if (run->kvm_valid_regs & KVM_SYNC_X86_REGS)
+        t->rip = run->s.regs.regs.rip;
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO:
+        t->addr = run->io.port;
+        t->size = (uint16_t)(run->io.size * (run->io.count < 8192 ? run->io.count : 8192));
+        t->is_write = run->io.direction == KVM_EXIT_IO_OUT;
+        break;
+    case KVM_EXIT_MMIO:
+        t->addr = run->mmio.phys_addr;
+        t->size = (uint16_t)run->mmio.len;
+        t->is_write = run->mmio.is_write;
+        break;
+    case KVM_EXIT_X86_RDMSR:
+    case KVM_EXIT_X86_WRMSR:
+        t->addr = run->msr.index;
+        t->size = 8;
+        t->is_write = run->exit_reason == KVM_EXIT_X86_WRMSR;
+        break;
+    }
+    if (t->is_write)
+        t->data = exit_data(l);
+    else if (t->size)
+        t->flags |= PYVMM_TRACE_PENDING;
+    return t;
+}
+
+/* Before re-entering the guest: the last read's answer is in kvm_run now (C or Python). */
+static void trace_reentry(struct pyvmm_loop *l)
+{
+    if (!l->trace_head)
+        return;
+    struct pyvmm_trace_rec *t = &l->trace[(l->trace_head - 1) & (l->trace_cap - 1)];
+    if (t->flags & PYVMM_TRACE_PENDING) {
+        t->data = exit_data(l);
+        t->flags &= (uint8_t)~PYVMM_TRACE_PENDING;
+    }
+}
+
 int pyvmm_loop_run(struct pyvmm_loop *l)
 {
+    int tracing = l->trace && l->trace_cap && !(l->trace_cap & (l->trace_cap - 1));
     for (;;) {
         if (__atomic_load_n(&l->stop_requested, __ATOMIC_SEQ_CST))
             return PYVMM_RET_KICKED;
         l->kvm_runs++;
-        if (ioctl(l->vcpu_fd, KVM_RUN, 0) < 0) {
+        uint64_t t_enter = 0;
+        if (tracing) {
+            trace_reentry(l);
+            t_enter = pyvmm_monotonic_ns();
+        }
+        int rc = ioctl(l->vcpu_fd, KVM_RUN, 0);
+        struct pyvmm_trace_rec *rec = tracing ? trace_exit(l, t_enter, rc < 0) : NULL;
+        if (rc < 0) {
             int err = errno;
             if (err == EINTR || err == EAGAIN) {
                 l->exit_counts[KVM_EXIT_INTR]++;
@@ -274,6 +361,8 @@ int pyvmm_loop_run(struct pyvmm_loop *l)
         uint32_t reason = l->run->exit_reason;
         l->exit_counts[reason < PYVMM_MAX_REASONS ? reason : 0]++;
         int r = pyvmm_loop_dispatch(l);
+        if (rec && r < 0)
+            rec->flags |= PYVMM_TRACE_FAST;
         if (r >= 0)
             return r;
         if (flush_due(l))

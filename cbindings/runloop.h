@@ -51,6 +51,22 @@ struct pyvmm_fast_entry {
     uint32_t pad;
 };
 
+/* One exit as --trace records it (struct pyvmm_loop.trace, a ring). */
+struct pyvmm_trace_rec {
+    uint64_t t_enter; /* CLOCK_MONOTONIC ns just before KVM_RUN */
+    uint64_t t_exit;  /* ... just after it returned */
+    uint64_t rip;     /* kvm_run->s.regs (KVM_CAP_SYNC_REGS) at the exit */
+    uint64_t addr;    /* I/O port, MMIO address or MSR index; 0 for other exits */
+    uint64_t data;    /* the value written, or read (filled when the answer is known) */
+    uint32_t reason;  /* KVM_EXIT_*; PYVMM_TRACE_EINTR when KVM_RUN returned EINTR */
+    uint16_t size;    /* access size in bytes (I/O: size * count) */
+    uint8_t is_write;
+    uint8_t flags;    /* PYVMM_TRACE_FAST: answered by the fast table; _PENDING: read data not yet known */
+};
+#define PYVMM_TRACE_EINTR 0xFFFFFFFFu
+#define PYVMM_TRACE_FAST 1
+#define PYVMM_TRACE_PENDING 2
+
 struct pyvmm_loop {
     int vcpu_fd;
     int last_errno;
@@ -82,6 +98,13 @@ struct pyvmm_loop {
     uint64_t claimed_mmio[PYVMM_MAX_ENTRIES][2];
     uint32_t n_unclaimed_mmio;
     uint64_t unclaimed_mmio[PYVMM_MAX_UNCLAIMED][2]; /* address, count */
+    uint64_t n_unclaimed_pio;   /* unclaimed port accesses counted since Python last looked */
+    /* --trace: when trace is set, every KVM_RUN leaves one record in this ring of
+     * trace_cap (a power of two) records; trace_head counts every record ever written,
+     * so records before trace_head - trace_cap were overwritten (dropped). */
+    struct pyvmm_trace_rec *trace;
+    uint64_t trace_cap;
+    uint64_t trace_head;
     uint64_t kvm_runs;          /* KVM_RUN ioctls issued */
     uint64_t exit_counts[PYVMM_MAX_REASONS];
 };
@@ -92,6 +115,8 @@ int pyvmm_loop_run(struct pyvmm_loop *l);
  * pyvmm_loop_run() uses it after every KVM_RUN; unit tests call it on a fake kvm_run. */
 int pyvmm_loop_dispatch(struct pyvmm_loop *l);
 int pyvmm_loop_kick(struct pyvmm_loop *l);
+/* CLOCK_MONOTONIC in ns, the trace's clock (Python's time.monotonic_ns() reads the same). */
+uint64_t pyvmm_monotonic_ns(void);
 /* Ask the loop to return PYVMM_RET_BUFFER soon if its byte buffer holds anything (a
  * partial line), also when the vCPU sits in HLT: a flag and the kick signal, no
  * immediate_exit.  Called by the VMM's timer thread. */

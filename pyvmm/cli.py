@@ -20,6 +20,8 @@ from pyvmm.suite.command import suite
 from pyvmm.vstate.history import HistoryLimits
 from pyvmm.vstate.result import RunResult, RunStatus, exit_status
 
+#: the run outcomes --core writes a core for
+CORE_STATUSES = (RunStatus.CRASH, RunStatus.ASSERT, RunStatus.TIMEOUT)
 #: the CLI streams guest output and keeps only what it reports
 CLI_HISTORY = HistoryLimits(serial=0, events=16)
 
@@ -72,11 +74,27 @@ def main() -> None:
 @click.option("--strict-io", is_flag=True, help="Unclaimed port/MMIO accesses are fatal.")
 @click.option("--stats", is_flag=True, help="Print the exit histogram and KVM stats deltas.")
 @click.option("--python-loop", is_flag=True, help="Handle every exit in Python (for comparison).")
+@click.option("--gdb", "gdb", metavar="[HOST:]PORT", default=None,
+              help="Serve gdb's remote protocol; the guest waits for gdb before its first "
+              "instruction (target remote :PORT).")
+@click.option("-s", "gdb_default", is_flag=True, help="Shorthand for --gdb localhost:1234, as QEMU.")
+@click.option("--gdb-no-wait", is_flag=True, help="With --gdb: start the guest at once; gdb "
+              "may attach later.")
+@click.option("--gdb-allow-remote", is_flag=True, help="Let --gdb listen on an address that "
+              "is not loopback (anyone who reaches it controls the guest).")
+@click.option("--core", "core", type=click.Path(dir_okay=False), default=None,
+              help="If the guest crashes, fails an assertion or times out, write an ELF core "
+              "of it to FILE (gdb GUEST FILE).")
+@click.option("--trace", "trace", type=click.Path(dir_okay=False), default=None,
+              help="Record every exit and guest event; write them to FILE as Chrome/Perfetto "
+              "trace-event JSON (ui.perfetto.dev opens it).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Describe the set-up, show guest events as they happen, tracebacks for VMM bugs.")
 def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: str,
         initrd: str | None, fmt: str | None, exit_code_mode: str, irqchip: str, pit: bool | None,
-        cpu_features: str, strict_io: bool, stats: bool, python_loop: bool, verbose: bool) -> int:
+        cpu_features: str, strict_io: bool, stats: bool, python_loop: bool, gdb: str | None,
+        gdb_default: bool, gdb_no_wait: bool, gdb_allow_remote: bool, core: str | None,
+        trace: str | None, verbose: bool) -> int:
     """Boot GUEST (an ELF64 image or a multiboot kernel) and stream its serial output.
 
     The exit status is the value the guest wrote to the debug-exit port (0xf4); see the
@@ -93,12 +111,28 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
     if cpu_features:
         kw["cpu_features"] = cpu_features
         _note_cpuid_honoured(cpu_features)
+    if gdb_default and gdb is None:
+        gdb = "localhost:1234"
+    if (gdb_no_wait or gdb_allow_remote) and gdb is None:
+        raise click.UsageError("--gdb-no-wait and --gdb-allow-remote go with --gdb or -s")
+    if trace is not None and python_loop:
+        raise click.UsageError("--trace records the C run loop's exits; drop --python-loop")
     try:
         machine = Machine.from_file(guest, fmt=fmt, cmdline=cmdline, initrd=initrd, **kw)
         if verbose:
             _describe(machine)
             machine.on_event(lambda ev: say(f"vcpu{ev.vcpu}: {ev.describe()}"))
-        result = machine.run(timeout=timeout, python_loop=python_loop)
+        if trace is not None:
+            machine.enable_trace()
+        if gdb is not None:
+            result = _serve_gdb(machine, gdb, gdb_no_wait, gdb_allow_remote, timeout, verbose)
+        else:
+            result = machine.run(timeout=timeout, python_loop=python_loop)
+        if core is not None and result.status in CORE_STATUSES:
+            machine.write_core(core, result.status)
+            say(f"core written to {core} (gdb {guest} {core})")
+        if trace is not None and result.trace is not None:
+            result.trace.write_json(trace, name=f"pyvmm {os.path.basename(guest)}")
     finally:
         if machine is not None:
             machine.close()
@@ -107,6 +141,27 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
     if stats:
         _print_stats(result)
     return _report(result, verbose, exit_code_mode)
+
+
+def _serve_gdb(machine: Machine, address: str, no_wait: bool, allow_remote: bool,
+               timeout: float | None, verbose: bool) -> RunResult:
+    """Serve gdb until the guest ends (or gdb kills it); what the host's debug registers
+    can do decides which breakpoints and watchpoints are offered (pyvmm doctor)."""
+    from pyvmm.debug.gdbstub import GdbServer, is_loopback, parse_address
+    from pyvmm.doctor import debug_support
+
+    host, port = parse_address(address)
+    software, watch = debug_support(say)
+    machine.debug.software_breakpoints = software
+    machine.debug.emulate_watchpoints = not watch
+    server = GdbServer(machine.debug, host, port, allow_remote=allow_remote,
+                       log=say if verbose else lambda line: None)
+    where = f"{server.address[0]}:{server.address[1]}"
+    if allow_remote and not is_loopback(host):
+        say(f"warning: the gdb stub listens on {where}: anyone who reaches it controls the guest")
+    say(f"gdb stub on {where}" + ("" if no_wait else "; waiting for gdb (target remote "
+                                  f"{where}) before the guest's first instruction"))
+    return server.serve(wait=not no_wait, timeout=timeout)
 
 
 def _note_cpuid_honoured(spec: str) -> None:

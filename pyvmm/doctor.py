@@ -30,13 +30,13 @@ from typing import Any
 from pyvmm.errors import PyvmmError
 from pyvmm.hostinfo import detect
 from pyvmm.kvm import Kvm, KvmError
-from pyvmm.kvm.vcpu import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP
+from pyvmm.kvm.vcpu import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP, GUESTDBG_USE_SW_BP
 from pyvmm.machine import Machine, RunResult
 from pyvmm.x86.modes import set_protected_mode
 
 PROBE_TIMEOUT = 3.0
 #: bump when a probe's meaning changes: old cached answers are then probed again
-PROBE_SET_VERSION = 3
+PROBE_SET_VERSION = 4
 #: run statuses that are the host's answer (the guest saw the feature fail); any other
 #: status means the probe itself did not run properly
 HOST_ANSWERS = ("done", "exit", "crash", "assert", "timeout", "debug")
@@ -200,16 +200,61 @@ def _debug(control: int, hw_breakpoint: bool = False) -> tuple[bool, str]:
     with Machine.from_elf(probe_guest(), cmdline="nop") as m:
         debugreg: tuple[int, ...] = ()
         if hw_breakpoint:
-            assert m.image is not None
-            main = m.image.symbols.address_of("main")
-            if main is None:
-                raise ProbeError("the probe guest has no main symbol")
-            debugreg = (main, 0, 0, 0, 0, 0, 0, 0x1)
+            debugreg = (_symbol(m, "main"), 0, 0, 0, 0, 0, 0, 0x1)
         m.vcpus[0].set_guest_debug(GUESTDBG_ENABLE | control, debugreg)
         r = m.run(timeout=PROBE_TIMEOUT)
     if r.status == "debug":
         return True, r.message
     return _answer(r, "KVM_SET_GUEST_DEBUG")
+
+
+def _sw_breakpoint() -> tuple[bool, str]:
+    """int3 patched over main's first byte, KVM_GUESTDBG_USE_SW_BP: a debug exit with
+    exception 3 at main means software breakpoints work."""
+    with Machine.from_elf(probe_guest(), cmdline="nop") as m:
+        main = _symbol(m, "main")
+        m.memory.write(main, b"\xcc")
+        m.vcpus[0].set_guest_debug(GUESTDBG_ENABLE | GUESTDBG_USE_SW_BP)
+        r = m.run(timeout=PROBE_TIMEOUT)
+    if r.status == "debug" and r.outcomes[0].details.get("exception") == 3:
+        return True, r.message
+    return _answer(r, "int3 with KVM_GUESTDBG_USE_SW_BP")
+
+
+def _watchpoint() -> tuple[bool, str]:
+    """DR0 watching an 8-byte store (DR7: L0, R/W0 = write, LEN0 = 8 bytes)."""
+    with Machine.from_elf(probe_guest(), cmdline="store") as m:
+        watched = _symbol(m, "probe_watched")
+        dr7 = 0x1 | (0b01 << 16) | (0b10 << 18)
+        m.vcpus[0].set_guest_debug(GUESTDBG_ENABLE | GUESTDBG_USE_HW_BP,
+                                   (watched, 0, 0, 0, 0, 0, 0, dr7))
+        r = m.run(timeout=PROBE_TIMEOUT)
+    if r.status == "debug":
+        return True, r.message
+    if r.status == "done":
+        return False, "a data watchpoint (DR0, write) never fired"
+    return _answer(r, "data watchpoint")
+
+
+def _symbol(m: Machine, name: str) -> int:
+    assert m.image is not None
+    address = m.image.symbols.address_of(name)
+    if address is None:
+        raise ProbeError(f"the probe guest has no {name} symbol")
+    return address
+
+
+def debug_support(warn: Callable[[str], None]) -> tuple[bool, bool]:
+    """(software breakpoints, data watchpoints) as the probes answered; a probe that could
+    not run is said with ``warn`` and counts as unsupported (the safe choice for gdb)."""
+    found = host_features()
+    answers = []
+    for name in ("sw-breakpoint", "hw-watchpoint"):
+        f = found.features.get(name)
+        if f is None or f.works is None:
+            warn(f"could not probe {name} ({f.detail if f else 'no probe'}); not offered to gdb")
+        answers.append(bool(f and f.works))
+    return answers[0], answers[1]
 
 
 def _set_tsc() -> tuple[bool, str]:
@@ -299,6 +344,8 @@ PROBES: list[tuple[str, str, Probe]] = [
     ("readonly-mem", "memory", _cap("READONLY_MEM")),
     ("singlestep", "debug", lambda: _debug(GUESTDBG_SINGLESTEP)),
     ("hw-breakpoint", "debug", lambda: _debug(GUESTDBG_USE_HW_BP, hw_breakpoint=True)),
+    ("sw-breakpoint", "debug", _sw_breakpoint),
+    ("hw-watchpoint", "debug", _watchpoint),
     ("split-irqchip", "irq", _cap("SPLIT_IRQCHIP")),
     ("msr-filter", "msr", _cap("X86_MSR_FILTER")),
     ("set-cpuid", "cpuid", _set_cpuid),

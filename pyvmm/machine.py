@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Self
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Self
 
 from pyvmm.devices.base import Device, VcpuContext, all_ones
 from pyvmm.devices.bus import Bus
@@ -42,10 +42,15 @@ from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
 from pyvmm.vstate.loop import VcpuLoop
 from pyvmm.vstate.result import FINAL, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
+from pyvmm.vstate.trace import DEFAULT_CAPACITY as TRACE_CAPACITY
+from pyvmm.vstate.trace import ExitTrace
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
 from pyvmm.x86.entry import EntryState, apply_entry
 from pyvmm.x86.reset import reset_vcpu
+
+if TYPE_CHECKING:
+    from pyvmm.debug.debugger import Debugger
 
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
 
@@ -145,6 +150,8 @@ class Machine:
         self.loops = []
         self._stats: list[tuple[str, StatsReader]] = []
         self._runner: Runner | None = None
+        self._debugger: Debugger | None = None
+        self._trace: ExitTrace | None = None
         self._bg: threading.Thread | None = None
         self._bg_result: RunResult | None = None
         self._ended: RunResult | None = None
@@ -377,6 +384,36 @@ class Machine:
         self.pc.woke()
         return True
 
+    def enable_trace(self, capacity: int = TRACE_CAPACITY) -> ExitTrace:
+        """Record every exit from now on (the C loop keeps the newest ``capacity`` per
+        vCPU, a power of two, between runs) and every guest event; each run's result
+        carries the trace so far (``RunResult.trace``)."""
+        if self._trace is None:
+            self._trace = ExitTrace()
+            self.on_event(self._trace.events.append)
+        self._runner_for()
+        for loop in self.loops:
+            loop.enable_trace(capacity)
+        return self._trace
+
+    @property
+    def debug(self) -> Debugger:
+        """The debug API (:class:`pyvmm.debug.Debugger`): breakpoints, watchpoints, steps,
+        registers and guest-virtual memory; what ``pyvmm run --gdb`` serves to gdb."""
+        if self._debugger is None:
+            from pyvmm.debug.debugger import Debugger
+
+            self._debugger = Debugger(self)
+        return self._debugger
+
+    def write_core(self, path: str | os.PathLike[str], status: RunStatus | None = None) -> None:
+        """Write an ELF core file of the guest as it is now (every vCPU's registers, the
+        guest memory the BSP's page tables map): ``gdb guest.elf FILE`` opens it.
+        ``status`` (default: how the guest ended) picks the signal the core reports."""
+        from pyvmm.debug.core import write_core
+
+        write_core(self, path, status=status or (self._ended.status if self._ended else None))
+
     def vcpu_loop(self, index: int = 0) -> VcpuLoop:
         """The run loop of vCPU ``index``, for driving one vCPU by hand (benchmarks,
         debuggers) instead of :meth:`run`."""
@@ -394,17 +431,26 @@ class Machine:
     def _descriptors(self, scope: str) -> Mapping[str, StatDesc]:
         return next((r.descriptors for name, r in self._stats if name == scope), {})
 
-    def run(self, timeout: float | None = None, *, python_loop: bool = False) -> RunResult:
-        """Run every vCPU on its own thread until the guest stops, crashes or ``timeout``
-        seconds pass (None: no limit).  Ctrl-C stops the vCPUs and returns ``interrupted``.
-        May be called again to continue after a timeout or a stop, not after the guest
-        ended (GuestExitedError)."""
+    def run(self, timeout: float | None = None, *, python_loop: bool = False,
+            vcpus: Collection[int] | None = None, stats: bool = True) -> RunResult:
+        """Run every vCPU (or only those in ``vcpus``) on its own thread until the guest
+        stops, crashes or ``timeout`` seconds pass (None: no limit).  Ctrl-C stops the
+        vCPUs and returns ``interrupted``.  May be called again to continue after a timeout
+        or a stop, not after the guest ended (GuestExitedError).  ``stats=False`` leaves
+        ``RunResult.stats`` empty and saves the two snapshots of KVM's statistics."""
         if self.plan is None:
             raise GuestImageError("no guest loaded")
         if self._ended is not None:
             raise GuestExitedError(f"the guest has already ended ({self._ended.status}: "
                                    f"{self._ended.message}); make a new Machine to run it again")
-        result = self._runner_for().run(timeout, python_loop)
+        result = self._runner_for().run(timeout, python_loop, vcpus=vcpus, collect_stats=stats)
+        if self._trace is not None:
+            for loop in self.loops:
+                if loop.trace is not None:
+                    records, dropped = loop.trace.drain()
+                    self._trace.records += records
+                    self._trace.dropped += dropped
+            result.trace = self._trace
         if result.status in FINAL:
             self._ended = result
         return result

@@ -16,6 +16,7 @@ event, never a host fault).  Each message becomes a :class:`GuestEvent`:
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -53,6 +54,8 @@ class GuestEvent:
     rip: int = 0
     symbol: str | None = None
     regs: dict[str, int] = field(default_factory=dict)
+    #: when the guest sent it (CLOCK_MONOTONIC ns, the clock of --trace's exit records)
+    time_ns: int = field(default_factory=time.monotonic_ns, compare=False, repr=False)
 
     @property
     def stage(self) -> int | None:

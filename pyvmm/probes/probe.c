@@ -65,6 +65,8 @@ static int wait_ticks(int n)
 	return ticks >= n;
 }
 
+volatile uint64_t probe_watched;
+
 int main(struct boot_info *bi, const char *cmdline)
 {
 	idt_install();
@@ -100,6 +102,9 @@ int main(struct boot_info *bi, const char *cmdline)
 		apic_enable(1);
 		res = apic_read(APIC_VERSION) != 0;
 	} else if (!strcmp(cmdline, "nop")) {
+		res = 1;
+	} else if (!strcmp(cmdline, "store")) {
+		probe_watched = 0x1234; /* the hw-watchpoint probe's DR0 watches this store */
 		res = 1;
 	} else if (!strncmp(cmdline, "cpuid ", 6)) {
 		uint32_t a, b, c, d;

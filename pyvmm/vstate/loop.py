@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pyvmm._native import ffi, lib
@@ -25,6 +26,7 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.vstate.exits import IO_SIZES, handle_exit, stop_outcome
 from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 from pyvmm.vstate.result import Outcome, RunStatus
+from pyvmm.vstate.trace import TraceRing
 
 # fastpath.py writes runloop.h's numbers down for devices; they must be the compiled ones
 assert (Space.PIO, Space.MMIO, READ, WRITE) == (lib.PYVMM_SPACE_PIO, lib.PYVMM_SPACE_MMIO,
@@ -32,7 +34,6 @@ assert (Space.PIO, Space.MMIO, READ, WRITE) == (lib.PYVMM_SPACE_PIO, lib.PYVMM_S
 assert [int(a) for a in Action] == [lib.PYVMM_ACT_SINK, lib.PYVMM_ACT_BUFFER,
                                     lib.PYVMM_ACT_STOP, lib.PYVMM_ACT_COUNTER]
 
-_NO_COUNTS = bytes(65536 * 4)
 _NONZERO = re.compile(b"[^\x00]")
 _EINTR, _EAGAIN = -4, -11
 MAX_ENTRIES = int(lib.PYVMM_MAX_ENTRIES)
@@ -79,6 +80,10 @@ class VcpuLoop:
         self._reported: list[int] = []
         self._buffer_owner: Device | None = None
         self.py_exit_counts: Counter[int] = Counter()
+        #: called on this vCPU's thread with every debug exit's outcome; True: go on
+        #: running (a debugger filtering single steps, e.g. emulated watchpoints)
+        self.on_debug: Callable[[Outcome], bool] | None = None
+        self.trace: TraceRing | None = None
         self.py_kvm_runs = 0
         for fe in bus.fast_entries:
             self.add_fast_entry(fe)
@@ -87,6 +92,12 @@ class VcpuLoop:
         self.c.claimed_ports = self._claimed_ports
         self.c.unclaimed_pio = self._unclaimed_pio
         self.sync_claims()
+
+    def enable_trace(self, capacity: int) -> TraceRing:
+        """Have the C loop record every exit into a ring of ``capacity`` records."""
+        if self.trace is None:
+            self.trace = TraceRing(self.c, self.vcpu.id, capacity)
+        return self.trace
 
     def sync_claims(self) -> None:
         """Tell the C loop which ports and MMIO ranges have devices, so that it can answer
@@ -166,8 +177,9 @@ class VcpuLoop:
         to the bus's tally, and what C answered to each entry's device."""
         self.drain()
         counts = self._unclaimed_pio
-        raw = bytes(ffi.buffer(counts, 65536 * 4))
-        if raw != _NO_COUNTS:  # C-speed compare; the scan below only runs when needed
+        if self.c.n_unclaimed_pio:  # the scan below only runs when C counted something
+            self.c.n_unclaimed_pio = 0
+            raw = bytes(ffi.buffer(counts, 65536 * 4))
             for port in sorted({m.start() // 4 for m in _NONZERO.finditer(raw)}):
                 self.bus.count_unclaimed(Space.PIO, port, int(counts[port]))
                 counts[port] = 0
@@ -184,8 +196,7 @@ class VcpuLoop:
     def exit_counts(self) -> dict[str, int]:
         """Exits by reason name, from the C counters plus the Python loop's."""
         out: Counter[str] = Counter()
-        for reason in range(int(lib.PYVMM_MAX_REASONS)):
-            n = int(self.c.exit_counts[reason])
+        for reason, n in enumerate(memoryview(ffi.buffer(self.c.exit_counts)).cast("Q")):
             if n:
                 out[exit_name(reason)] += n
         for reason, n in self.py_exit_counts.items():
@@ -215,6 +226,8 @@ class VcpuLoop:
                     out = handle_exit(self.vcpu.kvm_run, self.vcpu.run_size, self.ctx, self.bus,
                                       self.msrs)
                     if out is None:
+                        continue
+                    if out.kind == RunStatus.DEBUG and self.on_debug is not None and self.on_debug(out):
                         continue
                     return out
                 if r == lib.PYVMM_RET_STOP:
@@ -279,6 +292,8 @@ class VcpuLoop:
                         continue
                 out = handle_exit(run, self.vcpu.run_size, ctx, bus, self.msrs)
                 if out is not None:
+                    if out.kind == RunStatus.DEBUG and self.on_debug is not None and self.on_debug(out):
+                        continue
                     return out
         finally:
             lib.pyvmm_loop_unbind_thread(c)

@@ -11,6 +11,7 @@ from pyvmm.errors import ExitStatus
 if TYPE_CHECKING:
     from pyvmm.crash import GuestCrash
     from pyvmm.devices.ucall import GuestEvent
+    from pyvmm.vstate.trace import ExitTrace
 
 
 class RunStatus(StrEnum):
@@ -105,6 +106,9 @@ class RunResult:
     events_dropped: int = 0
     #: the signal that interrupted the run (SIGINT, SIGTERM, SIGHUP), if one did
     signal: int | None = None
+    #: every exit and guest event recorded so far, when the machine traces
+    #: (:meth:`Machine.enable_trace`, ``pyvmm run --trace``)
+    trace: ExitTrace | None = None
 
     @property
     def ok(self) -> bool:

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 from pyvmm.crash import GuestCrash, capture
@@ -59,20 +59,40 @@ class Runner:
         self._stopped_by_host = False
 
     def stop(self) -> None:
-        """Ask a run in progress to stop every vCPU now."""
+        """Ask a run in progress to stop every vCPU now; one asked for between runs stops
+        the next run before any vCPU enters the guest (a debugger's pause cannot be lost
+        in the gap between two runs)."""
         self._stopped_by_host = True
         self._stop.set()
         self._done.set()
 
-    def run(self, timeout: float | None, python_loop: bool = False) -> RunResult:
-        before = self.stats()
+    def run(self, timeout: float | None, python_loop: bool = False, *,
+            vcpus: Collection[int] | None = None, collect_stats: bool = True) -> RunResult:
+        """Run ``vcpus`` (indices; None: all) until an outcome.  ``collect_stats=False``
+        skips the KVM stats snapshots around the run (a debugger's single steps)."""
+        loops = self.loops if vcpus is None else [lp for lp in self.loops if lp.vcpu.id in vcpus]
+        before = self.stats() if collect_stats else {}
         serial_mark, events_mark = self.serial.total, self.events.total
-        self._stopped_by_host = False
-        self._stop.clear()
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout
+        try:
+            result = self._run(loops, deadline, timeout, python_loop, t0)
+        finally:
+            self._stop.clear()
+            self._stopped_by_host = False
+        result.serial, result.serial_dropped = self.serial.since(serial_mark)
+        result.events, result.events_dropped = self.events.since(events_mark)
+        if collect_stats:
+            after = self.stats()
+            for scope in after:
+                moved = delta(self.descriptors(scope), before.get(scope, {}), after[scope])
+                result.stats[scope], result.histograms[scope] = split(moved)
+        return result
+
+    def _run(self, loops: list[VcpuLoop], deadline: float | None, timeout: float | None,
+             python_loop: bool, t0: float) -> RunResult:
         while True:
-            leg = self._leg(deadline, python_loop)
+            leg = self._leg(loops, deadline, python_loop)
             outcomes, crashes, interrupted, signum = leg
             final = [o for o in outcomes if o.kind != RunStatus.KICKED]
             if final and final[0].kind == RunStatus.SUSPEND and not interrupted:
@@ -88,23 +108,21 @@ class Runner:
                 outcomes = [o for o in outcomes if o.kind != RunStatus.SUSPEND]
             break
         duration = time.monotonic() - t0
-        result = self._result(outcomes, crashes, timeout, interrupted, duration)
+        result = self._result(loops, outcomes, crashes, timeout, interrupted, duration)
         result.signal = signum
-        result.serial, result.serial_dropped = self.serial.since(serial_mark)
-        result.events, result.events_dropped = self.events.since(events_mark)
-        after = self.stats()
-        for scope in after:
-            moved = delta(self.descriptors(scope), before.get(scope, {}), after[scope])
-            result.stats[scope], result.histograms[scope] = split(moved)
         return result
 
-    def _leg(self, deadline: float | None, python_loop: bool
+    def _leg(self, loops: list[VcpuLoop], deadline: float | None, python_loop: bool
              ) -> tuple[list[Outcome], list[GuestCrash], str | None, int | None]:
-        """Run the vCPUs once, until the first final outcome, the deadline, a stop or a
+        """Run ``loops`` once, until the first final outcome, the deadline, a stop or a
         signal: ``(outcomes, crashes, interrupted, signal)``."""
-        for loop in self.loops:
+        if self._stop.is_set():
+            return [], [], None, None  # stopped before it started
+        for loop in loops:
             loop.reset_kick()
         self._done.clear()
+        if self._stop.is_set():  # a stop() that came while the flags were reset
+            self._done.set()
         outcomes: list[Outcome] = []
         crashes: list[GuestCrash] = []
         lock = threading.Lock()
@@ -126,7 +144,7 @@ class Runner:
                 self._done.set()
 
         threads = [threading.Thread(target=vcpu_thread, args=(lp,), name=f"vcpu{lp.vcpu.id}",
-                                    daemon=True) for lp in self.loops]
+                                    daemon=True) for lp in loops]
         interrupted: str | None = None
         signum: int | None = None
         try:
@@ -139,39 +157,39 @@ class Runner:
                     break
                 if self._done.wait(left):
                     break
-                for loop in self.loops:
+                for loop in loops:
                     loop.request_flush()
         except KeyboardInterrupt:
             interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)
         except Interrupted as e:
             interrupted, signum = f"interrupted ({e.name})", e.signum
         finally:
-            self._stop_all(threads)
+            self._stop_all(loops, threads)
         return outcomes, crashes, interrupted, signum
 
-    def _stop_all(self, threads: list[threading.Thread]) -> None:
+    def _stop_all(self, loops: list[VcpuLoop], threads: list[threading.Thread]) -> None:
         """Kick until every vCPU thread has left KVM_RUN, then collect what C counted."""
         while any(t.is_alive() for t in threads):
-            for loop in self.loops:
+            for loop in loops:
                 loop.kick()
             for t in threads:
                 t.join(0.05)
-        for loop in self.loops:
+        for loop in loops:
             loop.collect()
 
-    def _result(self, outcomes: list[Outcome], crashes: list[GuestCrash], timeout: float | None,
-                interrupted: str | None, duration: float) -> RunResult:
+    def _result(self, loops: list[VcpuLoop], outcomes: list[Outcome], crashes: list[GuestCrash],
+                timeout: float | None, interrupted: str | None, duration: float) -> RunResult:
         final = [o for o in outcomes if o.kind not in (RunStatus.KICKED, RunStatus.SUSPEND)]
         counts: Counter[str] = Counter()
         per_vcpu = []
         hits: Counter[str] = Counter()
-        for loop in self.loops:
+        for loop in loops:
             c = loop.exit_counts()
             per_vcpu.append(c)
             counts.update(c)
             hits.update(loop.fast_hits())
         res = RunResult(RunStatus.TIMEOUT, None, exit_counts=dict(counts), vcpu_exit_counts=per_vcpu,
-                        fast_hits=dict(hits), kvm_runs=sum(lp.kvm_runs for lp in self.loops),
+                        fast_hits=dict(hits), kvm_runs=sum(lp.kvm_runs for lp in loops),
                         unclaimed=self.bus.unclaimed_summary(), duration=duration,
                         outcomes=outcomes)
         if final:

@@ -136,3 +136,50 @@ def walk(read_u64: Callable[[int], int], cr3: int, va: int) -> int | None:
             return (e & ADDR_MASK & ~(span - 1)) | (va & (span - 1))
         table = e & ADDR_MASK
     return table | (va & 0xFFF)
+
+
+class MappingLimit(PyvmmError):
+    """A guest's page tables map more than a walk is allowed to visit (hostile or huge)."""
+
+
+def mappings(read_u64: Callable[[int], int], cr3: int, *, max_entries: int = 1 << 20
+             ) -> list[tuple[int, int, int]]:
+    """Every present leaf mapping reachable from ``cr3`` as ``(va, pa, size)``, merged where
+    both addresses run on, in VA order.  ``read_u64`` may raise for a table outside RAM
+    (that subtree is skipped).  The guest owns these tables, so the walk visits at most
+    ``max_entries`` present entries (self-referencing tables cannot make it loop long):
+    MappingLimit beyond that."""
+    out: list[tuple[int, int, int]] = []
+    visited = 0
+
+    def add(va: int, pa: int, size: int) -> None:
+        if va >= 1 << 47:
+            va |= 0xFFFF_0000_0000_0000  # sign-extend into the upper canonical half
+        if out and out[-1][0] + out[-1][2] == va and out[-1][1] + out[-1][2] == pa:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + size)
+        else:
+            out.append((va, pa, size))
+
+    def table(base: int, level: int, va: int) -> None:
+        nonlocal visited
+        shift = _LEVEL_SHIFT[level]
+        for i in range(512):
+            try:
+                e = read_u64(base + i * 8)
+            except PyvmmError:
+                return
+            if not e & PTE_P:
+                continue
+            visited += 1
+            if visited > max_entries:
+                raise MappingLimit(f"the page tables at {cr3:#x} map more than {max_entries} "
+                                   "entries")
+            here = va | (i << shift)
+            if level == 1 or (level in (3, 2) and e & PTE_PS):
+                span = 1 << shift
+                add(here, e & ADDR_MASK & ~(span - 1), span)
+            else:
+                table(e & ADDR_MASK, level - 1, here)
+
+    table(cr3 & ADDR_MASK, 4, 0)
+    return out

@@ -1,0 +1,159 @@
+"""Exit traces (``pyvmm run --trace``, ``Machine.enable_trace``): what the C run loop
+recorded per exit, plus the guest's events, as Chrome/Perfetto trace-event JSON.
+
+The C loop writes one 48-byte ``struct pyvmm_trace_rec`` per KVM_RUN into a ring per vCPU
+(two CLOCK_MONOTONIC reads and a few stores: the cost is in bench/run.py); Python copies
+the ring out after each run.  A ring keeps the newest ``capacity`` records; older ones are
+counted in :attr:`ExitTrace.dropped`.
+
+In the JSON (the trace-event format that ui.perfetto.dev and chrome://tracing open), each
+vCPU is a thread track: ``KVM_RUN`` slices for time in the guest, one slice per exit for
+the time pyvmm took to answer it (named by reason and port/address; its args hold RIP,
+size, data and whether the fast table answered), and instant events for GUEST_SYNC,
+GUEST_PRINTF and the other guest messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyvmm._native import ffi, lib
+from pyvmm.kvm.run import exit_name
+
+if TYPE_CHECKING:
+    from pyvmm.devices.ucall import GuestEvent
+
+#: struct pyvmm_trace_rec: t_enter, t_exit, rip, addr, data, reason, size, is_write, flags
+RECORD = struct.Struct("<QQQQQIHBB")
+EINTR = int(lib.PYVMM_TRACE_EINTR)
+FAST = int(lib.PYVMM_TRACE_FAST)
+DEFAULT_CAPACITY = 1 << 16
+assert RECORD.size == ffi.sizeof("struct pyvmm_trace_rec")
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """One KVM_RUN of one vCPU: entered at ``t_enter``, returned at ``t_exit`` (ns,
+    CLOCK_MONOTONIC), with exit ``reason`` (None: KVM_RUN returned EINTR, a kick)."""
+
+    vcpu: int
+    t_enter: int
+    t_exit: int
+    reason: int | None
+    rip: int
+    addr: int
+    size: int
+    is_write: bool
+    data: int
+    fast: bool
+
+    @property
+    def name(self) -> str:
+        """``IO out 0x3f8``, ``MMIO read 0xfee00300``, ``HLT``, ``INTR`` ..."""
+        if self.reason is None:
+            return "INTR (kick or signal)"
+        reason = exit_name(self.reason)
+        if reason == "IO":
+            return f"IO {'out' if self.is_write else 'in'} {self.addr:#x}"
+        if reason == "MMIO":
+            return f"MMIO {'write' if self.is_write else 'read'} {self.addr:#x}"
+        if reason in ("X86_RDMSR", "X86_WRMSR"):
+            return f"{reason[4:]} {self.addr:#x}"
+        return reason
+
+
+class TraceRing:
+    """The C ring of one vCPU loop: allocated here, filled by ``pyvmm_loop_run``."""
+
+    def __init__(self, loop_c: Any, vcpu: int, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity <= 0 or capacity & (capacity - 1):
+            raise ValueError(f"trace capacity must be a power of two, not {capacity}")
+        self.vcpu = vcpu
+        self.capacity = capacity
+        self._records = ffi.new("struct pyvmm_trace_rec[]", capacity)
+        self._c = loop_c
+        self._read = int(loop_c.trace_head)
+        loop_c.trace = self._records
+        loop_c.trace_cap = capacity
+
+    def drain(self) -> tuple[list[ExitRecord], int]:
+        """The records written since the last drain, oldest first, and how many of them
+        the ring had already overwritten."""
+        head = int(self._c.trace_head)
+        start = max(self._read, head - self.capacity)
+        dropped = start - self._read
+        self._read = head
+        raw = ffi.buffer(self._records)
+        out = []
+        for i in range(start, head):
+            t_enter, t_exit, rip, addr, data, reason, size, is_write, flags = RECORD.unpack_from(
+                raw, (i & (self.capacity - 1)) * RECORD.size)
+            out.append(ExitRecord(self.vcpu, t_enter, t_exit, None if reason == EINTR else reason,
+                                  rip, addr, size, bool(is_write), data, bool(flags & FAST)))
+        return out, dropped
+
+    def detach(self) -> None:
+        self._c.trace = ffi.NULL
+        self._c.trace_cap = 0
+
+
+@dataclass
+class ExitTrace:
+    """Every exit recorded so far (``RunResult.trace``), per vCPU, and the guest events."""
+
+    records: list[ExitRecord] = field(default_factory=list)
+    events: list[GuestEvent] = field(default_factory=list)
+    #: records the rings overwrote before Python read them
+    dropped: int = 0
+
+    def by_vcpu(self, vcpu: int) -> list[ExitRecord]:
+        return [r for r in self.records if r.vcpu == vcpu]
+
+    def trace_events(self, name: str = "pyvmm") -> Iterator[dict[str, Any]]:
+        """The trace-event dicts (timestamps in microseconds from the first record)."""
+        stamps = [r.t_enter for r in self.records] + [e.time_ns for e in self.events]
+        t0 = min(stamps) if stamps else 0
+
+        def us(ns: int) -> float:
+            return (ns - t0) / 1000.0
+
+        yield {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": name}}
+        vcpus = sorted({r.vcpu for r in self.records} | {e.vcpu for e in self.events})
+        for v in vcpus:
+            yield {"ph": "M", "name": "thread_name", "pid": 1, "tid": v + 1,
+                   "args": {"name": f"vCPU {v}"}}
+            recs = self.by_vcpu(v)
+            for i, r in enumerate(recs):
+                yield {"ph": "X", "cat": "guest", "name": "KVM_RUN", "pid": 1, "tid": v + 1,
+                       "ts": us(r.t_enter), "dur": max(0.0, (r.t_exit - r.t_enter) / 1000.0)}
+                nxt = recs[i + 1].t_enter if i + 1 < len(recs) else r.t_exit
+                args: dict[str, Any] = {"rip": f"{r.rip:#x}", "fast": r.fast}
+                if r.size:
+                    args.update(addr=f"{r.addr:#x}", size=r.size, data=f"{r.data:#x}")
+                yield {"ph": "X", "cat": "exit", "name": r.name, "pid": 1, "tid": v + 1,
+                       "ts": us(r.t_exit), "dur": max(0.0, (nxt - r.t_exit) / 1000.0), "args": args}
+        for e in self.events:
+            yield {"ph": "i", "s": "t", "cat": "guest-event", "name": _event_name(e), "pid": 1,
+                   "tid": e.vcpu + 1, "ts": us(e.time_ns), "args": {"text": e.describe()}}
+
+    def to_json(self, name: str = "pyvmm") -> dict[str, Any]:
+        return {"displayTimeUnit": "ns", "traceEvents": list(self.trace_events(name)),
+                "otherData": {"dropped_records": self.dropped}}
+
+    def write_json(self, path: str | os.PathLike[str], name: str = "pyvmm") -> None:
+        """Write the trace as trace-event JSON (ui.perfetto.dev, chrome://tracing)."""
+        with open(path, "w") as f:
+            json.dump(self.to_json(name), f, separators=(",", ":"))
+
+
+def _event_name(e: GuestEvent) -> str:
+    if e.kind == "sync":
+        return f"GUEST_SYNC {e.stage}"
+    if e.kind == "print":
+        return "GUEST_PRINTF"
+    return f"GUEST_{e.kind.upper()}"
