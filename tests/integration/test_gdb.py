@@ -1,0 +1,261 @@
+"""``pyvmm run --gdb`` driven by the real client: Debian's stock gdb in batch mode, against
+guests/debugme.c (ELF64 and multiboot) on the real /dev/kvm; cores opened by gdb."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from tests.cli import COMMAND, pyvmm
+
+GDB = shutil.which("gdb")
+needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb not installed (apt-get install gdb)")
+
+
+class Stub:
+    """A ``pyvmm run --gdb 127.0.0.1:0`` process and the port it chose."""
+
+    def __init__(self, guest: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([*COMMAND, "run", "--gdb", "127.0.0.1:0", *args, str(guest)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.head: list[str] = []
+        assert self.proc.stderr is not None
+        for _ in range(40):
+            line = self.proc.stderr.readline()
+            self.head.append(line)
+            m = re.search(r"gdb stub on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                return
+            if not line:
+                break
+        self.proc.kill()
+        raise AssertionError(f"no port announced: {''.join(self.head)}")
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, "".join(self.head) + err
+
+
+def gdb(elf: Path, port: int, *commands: str, timeout: float = 90,
+        interrupt_after: float | None = None, arch: str | None = None) -> str:
+    """Run gdb -batch with ``commands`` after ``target remote``; with ``interrupt_after``,
+    send gdb SIGINT (Ctrl-C) that many seconds in; ``arch``: ``set architecture`` first."""
+    assert GDB is not None
+    argv = [GDB, "-nx", "-batch", "-ex", "set pagination off"]
+    if arch:
+        argv += ["-ex", f"set architecture {arch}"]
+    argv += ["-ex", f"target remote 127.0.0.1:{port}"]
+    for c in commands:
+        argv += ["-ex", c]
+    p = subprocess.Popen([*argv, str(elf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    if interrupt_after is not None:
+        time.sleep(interrupt_after)
+        p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=timeout)
+    return out
+
+
+def symbol(elf: Path, name: str) -> int:
+    with elf.open("rb") as f:
+        tab = ELFFile(f).get_section_by_name(".symtab")
+        return int(next(s["st_value"] for s in tab.iter_symbols() if s.name == name))
+
+
+@needs_gdb
+def test_hbreak_continue_step_registers_and_memory(guests: Path) -> None:
+    elf = guests / "debugme.elf"
+    stub = Stub(elf)
+    out = gdb(elf, stub.port, "hbreak debug_checkpoint", "continue", "p value", "p/x $rip",
+              "bt", "info registers cr3", "p/x $cr0", "x/2xg &watched", "stepi", "p/x $pc",
+              "p debug_compute::local", "set var watched = 0x55", "p/x watched", "continue")
+    rc, stdout, err = stub.finish()
+    assert "Breakpoint 1, debug_checkpoint (value=value@entry=22)" in out, out
+    assert "$1 = 22" in out
+    assert f"$2 = {symbol(elf, 'debug_checkpoint'):#x}" in out
+    assert re.search(r"#1 .* debug_compute \(seed=seed@entry=7\)", out), out
+    assert re.search(r"cr3\s+0x[0-9a-f]+", out), out
+    assert re.search(r"\$3 = 0x8[0-9a-f]{7}", out), out  # CR0.PG set
+    pcs = [int(v, 16) for v in re.findall(r"\$4 = (0x[0-9a-f]+)", out)]
+    assert pcs and pcs[0] != symbol(elf, "debug_checkpoint"), out  # stepi moved on
+    assert "$6 = 0x55" in out, out  # a write to guest memory, read back
+    assert "exited normally" in out, out
+    assert rc == 0, err
+    assert "debugme: computed 22, watched 0x1234" in stdout  # the guest's own store won
+
+
+@needs_gdb
+def test_watchpoint_fires_on_the_known_store(guests: Path) -> None:
+    elf = guests / "debugme.elf"
+    stub = Stub(elf)
+    out = gdb(elf, stub.port, "hbreak debug_compute", "continue", "watch watched", "continue",
+              "p/x watched", "p $pc", "delete", "continue")
+    rc, _, err = stub.finish()
+    assert re.search(r"atchpoint 2: watched\s+Old value = 0\s+New value = 4660", out), out
+    # the trap comes after the store: inside debug_store, past its first instruction
+    pc = int(re.search(r"\$2 = .*(0x[0-9a-f]+) <debug_store\+(\d+)>", out).group(1), 16)  # type: ignore[union-attr]
+    assert pc > symbol(elf, "debug_store")
+    assert rc == 0, err
+
+
+@needs_gdb
+def test_two_vcpus_are_two_threads_and_ctrl_c_pauses(guests: Path) -> None:
+    elf = guests / "debugme.elf"
+    stub = Stub(elf, "--cpus", "2", "--append", "spin")
+    out = gdb(elf, stub.port, "continue", "info threads", "thread 2", "p $pc", "p spins > 0",
+              "set var release = 1", "continue", interrupt_after=3)
+    rc, stdout, err = stub.finish()
+    assert "received signal SIGINT" in out, out
+    assert re.search(r"1\s+Thread 1 \(vCPU 0\)", out), out
+    assert re.search(r"2\s+Thread 2 \(vCPU 1\)", out), out
+    assert re.search(r"\$1 = .*<debug_ap_loop\+\d+>", out), out
+    assert "$2 = 1" in out, out
+    assert "exited normally" in out
+    assert rc == 0, err
+    assert "released after" in stdout
+
+
+@needs_gdb
+def test_multiboot_kernel_starts_in_32_bit_mode(guests: Path) -> None:
+    """A multiboot .flat is an ELF32 holding the 32-bit entry and 64-bit code, as under
+    QEMU: gdb is told the architecture (README, "Debugging a guest")."""
+    flat = guests / "debugme.flat"
+    stub = Stub(flat)
+    out = gdb(flat, stub.port, "p/x $eflags", "p/x $cr0", "hbreak debug_checkpoint", "continue",
+              "p/x $pc", "p/x $cr0", "continue", arch="i386:x86-64")
+    rc, _, err = stub.finish()
+    crs = re.findall(r"= (0x[0-9a-f]+)", out)
+    assert int(crs[1], 16) & 1 and not int(crs[1], 16) >> 31, out  # protected mode, no paging
+    assert int(crs[2], 16) == symbol(flat, "debug_checkpoint"), out
+    assert int(crs[3], 16) >> 31, out  # by then the kernel has paging on
+    assert "exited normally" in out
+    assert rc == 0, err
+
+
+@needs_gdb
+def test_detach_lets_the_guest_run_on_and_kill_ends_it(guests: Path) -> None:
+    elf = guests / "debugme.elf"
+    stub = Stub(elf)
+    gdb(elf, stub.port, "hbreak debug_checkpoint", "continue", "detach")
+    rc, stdout, err = stub.finish()
+    assert rc == 0, err
+    assert "debugme: computed 22" in stdout
+    stub = Stub(elf, "--append", "spin")
+    gdb(elf, stub.port, "kill")
+    rc, _, err = stub.finish()
+    assert rc == 128 + 9, err
+    assert "killed by the debugger" in err
+
+
+@needs_gdb
+def test_core_of_a_crashed_guest_opens_in_gdb(guests: Path, tmp_path: Path) -> None:
+    elf = guests / "debugme.elf"
+    core = tmp_path / "core"
+    r = pyvmm("run", "--core", str(core), "--cpus", "2", "--append", "crash", str(elf))
+    assert r.returncode == 123, r.stderr
+    assert f"core written to {core}" in r.stderr
+    out = subprocess.run([GDB or "gdb", "-nx", "-batch", "-ex", "bt", "-ex", "info threads",
+                          "-ex", "p/x $rdi", "-ex", "p/x *(long *)&release", str(elf), str(core)],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "Program terminated with signal SIGSEGV" in out, out
+    assert re.search(r"#0 .*debug_crash_inner \(where=", out), out
+    assert re.search(r"#1 .*debug_crash_outer \(\)", out), out
+    assert re.search(r"#2 .*main \(", out), out
+    assert re.search(r"\* 1\s+LWP 1", out) and re.search(r"2\s+LWP 2", out), out
+    assert "$1 = 0x7ff000000000" in out, out
+    assert "$2 = 0x0" in out, out
+
+
+def test_assertion_core_and_timeout_core(guests: Path, tmp_path: Path) -> None:
+    elf = guests / "debugme.elf"
+    for mode, status, signo in (("assert", 126, signal.SIGABRT), ("spin", 124, signal.SIGALRM)):
+        core = tmp_path / f"core-{mode}"
+        r = pyvmm("run", "--core", str(core), "--timeout", "1", "--append", mode, str(elf))
+        assert r.returncode == status, r.stderr
+        with core.open("rb") as f:
+            e = ELFFile(f)
+            assert e.header.e_type == "ET_CORE" and e.header.e_machine == "EM_X86_64"
+            notes = [n for seg in e.iter_segments() if seg.header.p_type == "PT_NOTE"
+                     for n in seg.iter_notes()]
+            prstatus = [n for n in notes if n["n_type"] == "NT_PRSTATUS"]
+            assert len(prstatus) == 1
+            desc = prstatus[0]["n_descdata"]
+            assert len(desc) == 336  # struct elf_prstatus on x86-64
+            assert int.from_bytes(desc[12:14], "little") == signo  # pr_cursig
+            loads = [s for s in e.iter_segments() if s.header.p_type == "PT_LOAD"]
+            main = symbol(elf, "main")
+            assert any(s.header.p_vaddr <= main < s.header.p_vaddr + s.header.p_memsz for s in loads)
+
+
+def test_no_core_when_the_guest_exits_cleanly(guests: Path, tmp_path: Path) -> None:
+    core = tmp_path / "core"
+    r = pyvmm("run", "--core", str(core), str(guests / "debugme.elf"))
+    assert r.returncode == 0 and not core.exists()
+
+
+def test_stub_refuses_a_non_loopback_address_without_the_flag(guests: Path) -> None:
+    r = pyvmm("run", "--gdb", "0.0.0.0:0", str(guests / "debugme.elf"))
+    assert r.returncode == 2
+    assert "not loopback" in r.stderr and "--gdb-allow-remote" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = pyvmm("run", "--gdb", "0.0.0.0:0", "--gdb-allow-remote", "--gdb-no-wait",
+              str(guests / "debugme.elf"))
+    assert r.returncode == 0, r.stderr
+    assert "warning: the gdb stub listens on 0.0.0.0" in r.stderr
+
+
+def _exchange(sock: socket.socket, data: bytes, want: int = 1) -> bytes:
+    """Send raw bytes, then read until ``want`` packets (or acks) came back."""
+    sock.sendall(data)
+    buf = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if want == 0 and buf:
+            break
+        if want and buf.count(b"#") >= want and len(buf.rsplit(b"#", 1)[1]) >= 2:
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def test_hostile_client_gets_errors_never_a_crash(guests: Path) -> None:
+    """Garbage, bad checksums, oversized packets and malformed commands each get a clear
+    answer; afterwards the stub still serves and the guest still runs to its end."""
+    from pyvmm.debug.rsp import frame
+
+    stub = Stub(guests / "debugme.elf")
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=20) as s:
+        assert _exchange(s, b"garbage\x00\xff" + b"$?#00", want=0) == b"-"  # bad checksum: nack
+        assert _exchange(s, b"$" + b"A" * 20000 + b"#00", want=0) == b"-"  # oversized
+        replies = {}
+        for p in (b"m zz,4", b"m0,", b"mffffffffffffffff,10", b"m7ff000000000,8", b"M0,4:zz",
+                  b"X100000,99:ab", b"G123", b"P999=00", b"pzz", b"Z9,0,1", b"Z1,,1",
+                  b"Hg99", b"Hxq", b"T55", b"vCont;t", b"vCont;s:99", b"qXfer:features:read:x:0,1",
+                  b"qXfer:features:read:target.xml:zz", b"}", b"q" * 100, b"\x00"):
+            replies[p] = _exchange(s, frame(p))
+        for p, r in replies.items():
+            payload = r.split(b"$", 1)[1].split(b"#")[0] if b"$" in r else b"?"
+            assert payload == b"" or payload.startswith(b"E"), (p, r)
+        ok = _exchange(s, frame(b"?"))
+        assert b"$T05thread:1;#" in ok, ok
+        assert b"$OK#" in _exchange(s, frame(b"D"))
+    rc, stdout, err = stub.finish()
+    assert rc == 0, err
+    assert "debugme: computed 22" in stdout
+
+
+def test_verbose_shows_guest_events(guests: Path) -> None:
+    r = pyvmm("run", "-v", "--append", "sync 2", str(guests / "hostile.elf"))
+    assert re.search(r"vcpu0: .*sync.*1", r.stderr, re.IGNORECASE), r.stderr

@@ -1,0 +1,244 @@
+"""Pure logic of the debugger: DR7 encoding, the gdb protocol's answers to hostile packets
+(over a fake debugger), the register layout, page-table enumeration for cores, the core's
+notes and the trace's JSON."""
+
+from __future__ import annotations
+
+import random
+import struct
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pyvmm.debug.core import fpregset, prpsinfo, prstatus
+from pyvmm.debug.debugger import DebugError, Debugger
+from pyvmm.debug.gdbstub import Detach, GdbProtocol, Kill, Resume, parse_address
+from pyvmm.debug.registers import G_PACKET_SIZE, LAYOUT, target_xml
+from pyvmm.errors import ConfigError
+from pyvmm.vstate.trace import ExitRecord, ExitTrace
+from pyvmm.x86.paging import PTE_P, PTE_PS, PTE_RW, MappingLimit, PageTableBuilder, mappings
+
+
+def fake_machine(ncpus: int = 2) -> Any:
+    return SimpleNamespace(vcpus=[SimpleNamespace(id=i) for i in range(ncpus)], _closed=False)
+
+
+def test_dr7_encodes_each_slot() -> None:
+    d = Debugger(fake_machine())
+    d.add_breakpoint(0x1000, hardware=True)
+    d.add_watchpoint(0x2000, 8, "write")
+    d.add_watchpoint(0x3002, 2, "access")
+    regs = d.debug_registers()
+    assert regs[:3] == (0x1000, 0x2000, 0x3002)
+    dr7 = regs[7]
+    assert dr7 & 0b111111 == 0b010101  # L0, L1, L2
+    assert (dr7 >> 16) & 0xF == 0b0000  # exec, 1 byte
+    assert (dr7 >> 20) & 0xF == 0b1001  # write, 8 bytes
+    assert (dr7 >> 24) & 0xF == 0b0111  # read/write, 2 bytes
+    assert dr7 & (1 << 9)  # GE for data breakpoints
+    assert d.debug_registers(skip=0x1000)[7] & 1 == 0  # stepping off the breakpoint
+
+
+def test_slots_run_out_and_watchpoints_must_be_aligned() -> None:
+    d = Debugger(fake_machine())
+    for a in range(4):
+        d.add_breakpoint(0x1000 + a, hardware=True)
+    with pytest.raises(DebugError, match="in use"):
+        d.add_breakpoint(0x2000, hardware=True)
+    assert d.remove_breakpoint(0x1001, hardware=True)
+    assert not d.remove_breakpoint(0x1001, hardware=True)
+    for length, addr in ((3, 0x100), (4, 0x102), (16, 0x100)):
+        with pytest.raises(DebugError, match="aligned"):
+            d.add_watchpoint(addr, length)
+
+
+class FakeRegs:
+    def __init__(self) -> None:
+        self.written: list[tuple[int, bytes]] = []
+
+    def encode_all(self) -> bytes:
+        return bytes(G_PACKET_SIZE)
+
+    def encode(self, n: int) -> bytes:
+        return bytes(LAYOUT[n].size)
+
+    def set(self, n: int, data: bytes) -> None:
+        if not 0 <= n < len(LAYOUT) or len(data) != LAYOUT[n].size:
+            raise ValueError("bad register")
+        self.written.append((n, data))
+
+    def set_all(self, data: bytes) -> None:
+        pass
+
+
+class FakeDebugger:
+    software_breakpoints = False
+    emulate_watchpoints = True
+
+    def __init__(self) -> None:
+        self.machine = fake_machine(2)
+        self.regs = FakeRegs()
+        self.memory = {0x1000 + i: i for i in range(16)}
+        self.bps: set[int] = set()
+
+    def registers(self, vcpu: int) -> FakeRegs:
+        return self.regs
+
+    def read_memory(self, addr: int, n: int, vcpu: int) -> bytes:
+        if addr not in self.memory:
+            raise DebugError("not mapped")
+        return bytes(self.memory.get(addr + i, 0) for i in range(n))
+
+    def write_memory(self, addr: int, data: bytes, vcpu: int) -> None:
+        self.read_memory(addr, 1, vcpu)
+
+    def add_breakpoint(self, addr: int, hardware: bool | None = None) -> None:
+        self.bps.add(addr)
+
+    def remove_breakpoint(self, addr: int, hardware: bool | None = None) -> bool:
+        return addr in self.bps
+
+    def add_watchpoint(self, addr: int, length: int, kind: str) -> None:
+        pass
+
+    def remove_watchpoint(self, addr: int, length: int, kind: str) -> bool:
+        return True
+
+    def set_regs(self, vcpu: int, **kw: int) -> None:
+        pass
+
+
+def proto() -> GdbProtocol:
+    return GdbProtocol(FakeDebugger())  # type: ignore[arg-type]
+
+
+def test_protocol_answers() -> None:
+    p = proto()
+    assert b"qXfer:features:read+" in p.handle(b"qSupported:swbreak+;hwbreak+")  # type: ignore[operator]
+    assert p.handle(b"qfThreadInfo") == b"m1,2" and p.handle(b"qsThreadInfo") == b"l"
+    assert p.handle(b"Hg2") == b"OK" and p.thread == 1 and p.handle(b"qC") == b"QC2"
+    assert p.handle(b"m1000,4") == b"00010203"
+    assert p.handle(b"g") == b"00" * G_PACKET_SIZE
+    assert p.handle(b"Z1,1000,1") == b"OK"
+    assert p.handle(b"Z3,1000,4") == b""  # rwatch cannot be emulated by comparing values
+    assert p.handle(b"vCont?") == b"vCont;c;C;s;S"
+    assert p.handle(b"vCont;s:1;c") == Resume(0)
+    assert p.handle(b"vCont;c") == Resume(None)
+    assert p.handle(b"s") == Resume(1)
+    assert p.handle(b"D") == Detach() and p.handle(b"k") == Kill()
+    assert p.handle(b"qRcmd,6869") == b""  # unsupported, said so
+
+
+def test_target_description_is_xml_gdb_reads() -> None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(target_xml().split(b"\n", 2)[2])
+    regs = [r.get("name") for r in root.iter("reg")]
+    assert regs[:18] == ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", *[f"r{i}" for i in
+                         range(8, 16)], "rip", "eflags"]
+    assert {"cr3", "efer", "fs_base", "xmm15", "st7", "fop"} <= set(regs)
+    assert sum(int(r.get("bitsize", 0)) for r in root.iter("reg")) == G_PACKET_SIZE * 8
+    p = proto()
+    first = p.handle(b"qXfer:features:read:target.xml:0,40")
+    assert isinstance(first, bytes) and first.startswith(b"m")
+
+
+@pytest.mark.parametrize("packet", [
+    b"m", b"mzz,1", b"m1000", b"m2000,4", b"M1000,2:0", b"M1000,1:0011", b"X1000,3:ab",
+    b"p", b"p999", b"P999=00", b"Pzz=00", b"P0=00", b"G0", b"Z", b"Z1,1000", b"Z1,zz,1",
+    b"Z7,1000,1", b"Hg0x", b"Hz1", b"Hg99", b"T", b"T0", b"T3", b"vCont;t:1", b"vCont;r1,2",
+    b"vCont;s:9", b"vCont;", b"qXfer:features:read:other.xml:0,1", b"qXfer:features:read:target.xml:1",
+    b"qThreadExtraInfo,99", b"c zz", b"\x00\xff", b"q" + b"\xff" * 50,
+])
+def test_hostile_packets_get_an_error_or_empty_reply(packet: bytes) -> None:
+    r = proto().handle(packet)
+    assert isinstance(r, bytes) and (r == b"" or r.startswith(b"E")), (packet, r)
+
+
+def test_seeded_fuzz_of_the_dispatcher() -> None:
+    rnd = random.Random(99)
+    heads = [b"m", b"M", b"X", b"g", b"G", b"p", b"P", b"Z", b"z", b"H", b"T", b"q", b"Q",
+             b"vCont", b"c", b"s", b"?", b"qXfer:features:read:target.xml:"]
+    p = proto()
+    for _ in range(3000):
+        tail = bytes(rnd.choice(b"0123456789abcdefxyz,;:=-") for _ in range(rnd.randrange(12)))
+        r = p.handle(rnd.choice(heads) + tail)
+        assert isinstance(r, bytes | Resume | Detach | Kill)
+
+
+def test_gdb_address_parsing() -> None:
+    assert parse_address("1234") == ("localhost", 1234)
+    assert parse_address(":1234") == ("localhost", 1234)
+    assert parse_address("0.0.0.0:1") == ("0.0.0.0", 1)
+    assert parse_address("[::1]:5") == ("::1", 5)
+    for bad in ("x", "host:", "1:70000", "1:-1"):
+        with pytest.raises(ConfigError):
+            parse_address(bad)
+
+
+def test_mappings_merge_and_sign_extend() -> None:
+    b = PageTableBuilder(0x10000)
+    b.identity_map(0, 4 << 21)  # 8 MiB in 2 MiB pages
+    b.map(0xFFFF_FFFF_8000_0000, 0x200000, 0x2000, page_size=4096)
+    mem = b.to_bytes()
+
+    def read(a: int) -> int:
+        off = a - 0x10000
+        if not 0 <= off < len(mem):
+            raise ConfigError("outside")
+        return int(struct.unpack_from("<Q", mem, off)[0])
+
+    assert mappings(read, b.cr3) == [(0, 0, 8 << 20), (0xFFFF_FFFF_8000_0000, 0x200000, 0x2000)]
+
+
+def test_mappings_walk_of_hostile_tables_is_bounded() -> None:
+    # a PML4 whose every entry points at itself: 512^4 paths, visited at most max_entries
+    def read(a: int) -> int:
+        return 0x1000 | PTE_P | PTE_RW
+
+    with pytest.raises(MappingLimit):
+        mappings(read, 0x1000, max_entries=5000)
+    # 1 GiB leaves under a PDPT that maps all 512 slots: fine, merged into one run
+    tables = {0x1000: 0x2000 | PTE_P, **{0x2000 + 8 * i: (i << 30) | PTE_P | PTE_PS for i in range(512)}}
+    assert mappings(lambda a: tables.get(a, 0), 0x1000) == [(0, 0, 512 << 30)]
+
+
+def test_core_note_layouts() -> None:
+    regs = {n: i for i, n in enumerate(("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+                                        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+                                        "rip", "rflags"))}
+    seg = SimpleNamespace(selector=0x10, base=0)
+    sregs = SimpleNamespace(cs=SimpleNamespace(selector=8, base=0), ss=seg, ds=seg, es=seg,
+                            fs=SimpleNamespace(selector=0, base=0x1234), gs=seg)
+    st = prstatus(1, regs, sregs, 11)
+    assert len(st) == 336
+    assert struct.unpack_from("<h", st, 12)[0] == 11 and struct.unpack_from("<i", st, 32)[0] == 2
+    pr_reg = struct.unpack_from("<27Q", st, 112)
+    assert pr_reg[16] == regs["rip"] and pr_reg[17] == 8 and pr_reg[21] == 0x1234
+    assert len(prpsinfo("guests/build/x.elf")) == 136
+    fpu = SimpleNamespace(fcw=0x37F, fsw=0, ftwx=0, last_opcode=0, last_ip=0, last_dp=0,
+                          mxcsr=0x1F80, fpr=[[0] * 16] * 8, xmm=[[1] * 16] * 16)
+    fx = fpregset(fpu)
+    assert len(fx) == 512 and fx[:2] == b"\x7f\x03" and fx[160:176] == b"\x01" * 16
+
+
+def test_trace_json_follows_the_trace_event_format() -> None:
+    from pyvmm.devices.ucall import GuestEvent
+
+    recs = [ExitRecord(0, 1000, 5000, 2, 0x100, 0x3F8, 1, True, 0x41, True),
+            ExitRecord(0, 6000, 9000, 5, 0x200, 0, 0, False, 0, False),
+            ExitRecord(1, 2000, 3000, None, 0, 0, 0, False, 0, False)]
+    ev = GuestEvent("sync", 1, (1, 42), time_ns=2500)
+    doc = ExitTrace(recs, [ev]).to_json("guest")
+    events = doc["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {"vCPU 0", "vCPU 1"}
+    for e in events:
+        assert e["ph"] in ("M", "X", "i") and e["pid"] == 1
+        if e["ph"] == "X":
+            assert isinstance(e["ts"], float) and e["dur"] >= 0 and e["tid"] in (1, 2)
+    io = next(e for e in events if e["name"] == "IO out 0x3f8")
+    assert io["ts"] == 4.0 and io["dur"] == 1.0 and io["args"]["data"] == "0x41"
+    sync = next(e for e in events if e["ph"] == "i")
+    assert sync["name"] == "GUEST_SYNC 1" and sync["tid"] == 2 and sync["ts"] == 1.5
