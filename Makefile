@@ -94,6 +94,7 @@ bench: all
 	$(MAKE) -C bench
 	$(PY) bench/run.py
 	$(PY) bench/suite.py
+	$(PY) bench/debug.py
 
 clean:
 	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \

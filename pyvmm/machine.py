@@ -447,9 +447,7 @@ class Machine:
         if self._trace is not None:
             for loop in self.loops:
                 if loop.trace is not None:
-                    records, dropped = loop.trace.drain()
-                    self._trace.records += records
-                    self._trace.dropped += dropped
+                    self._trace.add(loop.vcpu.id, *loop.trace.drain())
             result.trace = self._trace
         if result.status in FINAL:
             self._ended = result
@@ -495,6 +493,8 @@ class Machine:
         if self._bg is not None and self._bg.is_alive():
             self.stop()
             self._bg.join()
+        if self._runner is not None:
+            self._runner.close()
         for _, reader in self._stats:
             reader.close()
         self._stats.clear()

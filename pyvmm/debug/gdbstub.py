@@ -13,9 +13,11 @@ all; ``vCont;s`` steps one vCPU with the others held.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ipaddress
 import queue
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -432,31 +434,18 @@ class GdbServer:
                  ) -> tuple[RunResult | None, float | None]:
         """One attached gdb: ``(final result or None after a detach, seconds left)``."""
         proto = GdbProtocol(self.dbg, log=self.log)
-        items: queue.Queue[rsp.Item | None] = queue.Queue()
-        running = threading.Event()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = _Link(conn, self.dbg.pause)
+        try:
+            return self._serve_link(proto, link, conn, left)
+        finally:
+            link.close()
 
-        def reader() -> None:
-            parser = rsp.PacketReader()
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    items.put(None)
-                    return
-                for item in parser.feed(data):
-                    if isinstance(item, rsp.Interrupt):
-                        if running.is_set():
-                            self.dbg.pause()
-                        continue
-                    items.put(item)
-
-        threading.Thread(target=reader, name="gdb-reader", daemon=True).start()
+    def _serve_link(self, proto: GdbProtocol, link: _Link, conn: socket.socket,
+                    left: float | None) -> tuple[RunResult | None, float | None]:
         last = b""
         while True:
-            item = items.get()
+            item = link.next_item()
             if item is None:  # gdb went away: as a detach, the guest runs on
                 self.log("gdb: connection closed; the guest runs on")
                 self.dbg.detach()
@@ -475,12 +464,12 @@ class GdbServer:
                 self._send(conn, b"+")
             action = proto.handle(item.payload)
             if isinstance(action, Resume):
-                running.set()
+                link.running(True)
                 try:
                     stop = (self.dbg.step(action.step, left) if action.step is not None
                             else self.dbg.cont(left))
                 finally:
-                    running.clear()
+                    link.running(False)
                 left = None if left is None else max(0.0, left - stop.result.duration)
                 if stop.reason == "timeout":
                     self._send(conn, rsp.frame(b"X%02x" % stop.signal))
@@ -503,6 +492,76 @@ class GdbServer:
                                  signal=SIGKILL), left
             last = rsp.frame(action)
             self._send(conn, last)
+
+
+class _Link:
+    """The socket of one gdb connection.  While the guest is stopped the stub's own thread
+    reads packets from it; while the guest runs a watcher thread reads it instead, so a
+    Ctrl-C (0x03) pauses the guest and anything else waits for the stop."""
+
+    def __init__(self, conn: socket.socket, pause: Callable[[], None]) -> None:
+        self.conn = conn
+        self.pause = pause
+        self.parser = rsp.PacketReader()
+        self.pending: collections.deque[rsp.Item | None] = collections.deque()
+        self._lock = threading.Lock()
+        self._running = False
+        self._wake = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._watch, name="gdb-watch", daemon=True).start()
+
+    def next_item(self) -> rsp.Item | None:
+        """The next packet, ack or malformed input; None when gdb closed the connection."""
+        while not self.pending:
+            try:
+                data = self.conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._closed = True
+                self._wake.set()
+                return None
+            self.pending.extend(i for i in self.parser.feed(data) if not isinstance(i, rsp.Interrupt))
+        return self.pending.popleft()
+
+    def close(self) -> None:
+        """End the watcher thread (the socket is the server's to close)."""
+        self._closed = True
+        self._wake.set()
+
+    def running(self, on: bool) -> None:
+        with self._lock:
+            self._running = on
+        if on:
+            self._wake.set()
+
+    def _watch(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._closed:
+                readable, _, _ = select.select([self.conn], [], [], 0.05)
+                with self._lock:
+                    if not self._running:
+                        break
+                    if not readable:
+                        continue
+                    try:  # never blocking: the stub's thread may have read it meanwhile
+                        data = self.conn.recv(65536, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:  # gdb left while the guest ran: stop, then detach
+                        self.pending.append(None)
+                        self.pause()
+                        self._closed = True
+                        break
+                    for item in self.parser.feed(data):
+                        if isinstance(item, rsp.Interrupt):
+                            self.pause()
+                        else:
+                            self.pending.append(item)
 
 
 __all__ = ["Detach", "GdbProtocol", "GdbServer", "Kill", "Resume", "parse_address"]

@@ -12,9 +12,11 @@ three ioctls, ~7 us each on the PVM host) and writes back only the groups that c
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyvmm.kvm.native import cdata_bytes
 from pyvmm.kvm.vcpu import GPRS
 
 if TYPE_CHECKING:
@@ -59,6 +61,9 @@ def _layout() -> list[Reg]:
 LAYOUT = _layout()
 BY_NAME = {r.name: i for i, r in enumerate(LAYOUT)}
 G_PACKET_SIZE = sum(r.size for r in LAYOUT)
+_CORE = struct.Struct("<17QI6I")  # GPRs, RIP, EFLAGS, selectors
+_X87 = struct.Struct("<8I")
+_SYS = struct.Struct("<8Q")  # fs_base, gs_base, CR0, CR2, CR3, CR4, CR8, EFER
 
 _TYPES = {
     "org.gnu.gdb.i386.core": """
@@ -186,8 +191,20 @@ class RegisterFile:
         return self.value(index).to_bytes(r.size, "little")
 
     def encode_all(self) -> bytes:
-        """The ``g`` packet's data (binary; the stub hex-encodes it)."""
-        return b"".join(self.encode(i) for i in range(len(LAYOUT)))
+        """The ``g`` packet's data (binary; the stub hex-encodes it), packed in bulk:
+        gdb reads it at every stop, so it is on the single-step path."""
+        r, s, f = self.regs, self.sregs, self.fpu
+        fpr = cdata_bytes(f.fpr)
+        return b"".join((
+            _CORE.pack(*(r[n] for n in GDB_GPRS), r["rip"], r["rflags"] & 0xFFFFFFFF,
+                       *(int(getattr(s, n).selector) for n in SEGMENTS)),
+            b"".join(fpr[16 * i:16 * i + 10] for i in range(8)),
+            _X87.pack(int(f.fcw), int(f.fsw), _full_tag(int(f.ftwx), 0), 0,
+                      int(f.last_ip) & 0xFFFFFFFF, 0, int(f.last_dp) & 0xFFFFFFFF,
+                      int(f.last_opcode)),
+            cdata_bytes(f.xmm), struct.pack("<I", int(f.mxcsr)),
+            _SYS.pack(int(s.fs.base), int(s.gs.base), *(int(getattr(s, n)) for n in SYSTEM)),
+        ))
 
     def set(self, index: int, data: bytes) -> None:
         """Write register ``index`` from its little-endian bytes (not yet in the vCPU)."""

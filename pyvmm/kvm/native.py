@@ -15,4 +15,11 @@ from pyvmm._native import ffi, lib
 #: a cffi struct or pointer (cffi has no static types)
 Cdata = Any
 
-__all__ = ["Cdata", "ffi", "lib"]
+
+
+def cdata_bytes(c: Cdata) -> bytes:
+    """The raw bytes of a cffi struct or array (one copy), e.g. ``kvm_fpu.xmm``."""
+    return bytes(ffi.buffer(c))
+
+
+__all__ = ["Cdata", "cdata_bytes", "ffi", "lib"]

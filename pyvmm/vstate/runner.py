@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pyvmm.vstate.loop import VcpuLoop
 
 FLUSH_INTERVAL = 0.05
+#: how long one vCPU may run on the caller's thread before it moves to a thread of its own
+INLINE_LIMIT = 0.05
 Snapshot = dict[str, dict[str, StatValue]]
 
 
@@ -57,6 +59,10 @@ class Runner:
         self._done = threading.Event()
         self._stop = threading.Event()
         self._stopped_by_host = False
+        #: the loop running on the caller's thread and since when (see _leg_inline)
+        self._inline: tuple[VcpuLoop, float] | None = None
+        self._watchdog: threading.Thread | None = None
+        self._closed = False
 
     def stop(self) -> None:
         """Ask a run in progress to stop every vCPU now; one asked for between runs stops
@@ -65,11 +71,15 @@ class Runner:
         self._stopped_by_host = True
         self._stop.set()
         self._done.set()
+        inline = self._inline
+        if inline is not None:
+            inline[0].kick()
 
     def run(self, timeout: float | None, python_loop: bool = False, *,
             vcpus: Collection[int] | None = None, collect_stats: bool = True) -> RunResult:
         """Run ``vcpus`` (indices; None: all) until an outcome.  ``collect_stats=False``
-        skips the KVM stats snapshots around the run (a debugger's single steps)."""
+        skips the KVM stats snapshots around the run (a debugger's single steps).  A
+        single vCPU named in ``vcpus`` starts on the calling thread (see _leg_inline)."""
         loops = self.loops if vcpus is None else [lp for lp in self.loops if lp.vcpu.id in vcpus]
         before = self.stats() if collect_stats else {}
         serial_mark, events_mark = self.serial.total, self.events.total
@@ -89,10 +99,21 @@ class Runner:
                 result.stats[scope], result.histograms[scope] = split(moved)
         return result
 
+    def close(self) -> None:
+        """End the watchdog thread (if one was started)."""
+        self._closed = True
+
     def _run(self, loops: list[VcpuLoop], deadline: float | None, timeout: float | None,
              python_loop: bool, t0: float) -> RunResult:
+        # one vCPU picked by index runs on this thread first (single steps)
+        inline = loops is not self.loops and len(loops) == 1
         while True:
-            leg = self._leg(loops, deadline, python_loop)
+            leg = None
+            if inline:
+                leg = self._leg_inline(loops[0], python_loop)
+                inline = False
+            if leg is None:  # not inline, or the watchdog moved a long leg to a thread
+                leg = self._leg(loops, deadline, python_loop)
             outcomes, crashes, interrupted, signum = leg
             final = [o for o in outcomes if o.kind != RunStatus.KICKED]
             if final and final[0].kind == RunStatus.SUSPEND and not interrupted:
@@ -111,6 +132,56 @@ class Runner:
         result = self._result(loops, outcomes, crashes, timeout, interrupted, duration)
         result.signal = signum
         return result
+
+    def _leg_inline(self, loop: VcpuLoop, python_loop: bool
+                    ) -> tuple[list[Outcome], list[GuestCrash], str | None, int | None] | None:
+        """Run one vCPU on the calling thread (a debugger's single step: no thread to start
+        and join).  A watchdog kicks it after INLINE_LIMIT seconds, because a signal cannot
+        reach Python while the C loop runs on this thread: None then, and the caller goes
+        on with a threaded leg.  A stop() kicks it at once."""
+        if self._stop.is_set():
+            return [], [], None, None
+        self._start_watchdog()
+        loop.reset_kick()
+        interrupted: str | None = None
+        signum: int | None = None
+        out: Outcome | None = None
+        self._inline = (loop, time.monotonic())
+        try:
+            if self._stop.is_set():  # a stop() between the check above and _inline
+                loop.kick()
+            out = loop.run_python() if python_loop else loop.run()
+        except KeyboardInterrupt:
+            interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)
+        except Interrupted as e:
+            interrupted, signum = f"interrupted ({e.name})", e.signum
+        except Exception as e:  # a VMM bug or a device handler's error
+            out = Outcome(RunStatus.ERROR, loop.vcpu.id, reason=f"{type(e).__name__}: {e}",
+                          details={"traceback": traceback.format_exc()})
+        finally:
+            self._inline = None
+            loop.collect()
+        if out is not None and out.kind == RunStatus.KICKED and not self._stop.is_set() \
+                and interrupted is None:
+            return None  # the watchdog: a leg that blocks (HLT) goes on in a thread
+        crashes = []
+        if out is not None and out.kind == RunStatus.CRASH:
+            crashes.append(capture(loop.vcpu, self.memory, self.symbols(), out.reason, out.details))
+        return ([out] if out is not None else []), crashes, interrupted, signum
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is not None:
+            return
+
+        def watch() -> None:
+            while not self._closed:
+                time.sleep(INLINE_LIMIT / 4)
+                inline = self._inline
+                if inline is not None and time.monotonic() - inline[1] > INLINE_LIMIT:
+                    inline[0].kick()
+
+        self._watchdog = threading.Thread(target=watch, name="pyvmm-inline-watchdog", daemon=True)
+        self._watchdog.start()
 
     def _leg(self, loops: list[VcpuLoop], deadline: float | None, python_loop: bool
              ) -> tuple[list[Outcome], list[GuestCrash], str | None, int | None]:

@@ -19,7 +19,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyvmm._native import ffi, lib
@@ -81,35 +81,54 @@ class TraceRing:
         loop_c.trace = self._records
         loop_c.trace_cap = capacity
 
-    def drain(self) -> tuple[list[ExitRecord], int]:
-        """The records written since the last drain, oldest first, and how many of them
-        the ring had already overwritten."""
+    def drain(self) -> tuple[bytes, int]:
+        """The raw records written since the last drain, oldest first (one copy, decoded
+        only when someone looks: :attr:`ExitTrace.records`), and how many the ring had
+        already overwritten."""
         head = int(self._c.trace_head)
         start = max(self._read, head - self.capacity)
         dropped = start - self._read
         self._read = head
         raw = ffi.buffer(self._records)
-        out = []
-        for i in range(start, head):
-            t_enter, t_exit, rip, addr, data, reason, size, is_write, flags = RECORD.unpack_from(
-                raw, (i & (self.capacity - 1)) * RECORD.size)
-            out.append(ExitRecord(self.vcpu, t_enter, t_exit, None if reason == EINTR else reason,
-                                  rip, addr, size, bool(is_write), data, bool(flags & FAST)))
-        return out, dropped
+        a, b = start & (self.capacity - 1), head & (self.capacity - 1)
+        size = RECORD.size
+        if head - start == 0:
+            return b"", dropped
+        if a < b:
+            return bytes(raw[a * size:b * size]), dropped
+        return bytes(raw[a * size:]) + bytes(raw[:b * size]), dropped
 
     def detach(self) -> None:
         self._c.trace = ffi.NULL
         self._c.trace_cap = 0
 
 
-@dataclass
 class ExitTrace:
-    """Every exit recorded so far (``RunResult.trace``), per vCPU, and the guest events."""
+    """Every exit recorded so far (``RunResult.trace``), per vCPU, and the guest events.
+    Runs append the rings' raw bytes; :attr:`records` decodes them on first use."""
 
-    records: list[ExitRecord] = field(default_factory=list)
-    events: list[GuestEvent] = field(default_factory=list)
-    #: records the rings overwrote before Python read them
-    dropped: int = 0
+    def __init__(self, records: list[ExitRecord] | None = None,
+                 events: list[GuestEvent] | None = None) -> None:
+        self._records: list[ExitRecord] = list(records or [])
+        self._raw: list[tuple[int, bytes]] = []
+        self.events: list[GuestEvent] = list(events or [])
+        #: records the rings overwrote before Python read them
+        self.dropped = 0
+
+    def add(self, vcpu: int, raw: bytes, dropped: int) -> None:
+        """Records of ``vcpu`` as :meth:`TraceRing.drain` returned them."""
+        if raw:
+            self._raw.append((vcpu, raw))
+        self.dropped += dropped
+
+    @property
+    def records(self) -> list[ExitRecord]:
+        for vcpu, raw in self._raw:
+            for t_enter, t_exit, rip, addr, data, reason, size, is_write, flags in RECORD.iter_unpack(raw):
+                self._records.append(ExitRecord(vcpu, t_enter, t_exit, None if reason == EINTR else reason,
+                                                rip, addr, size, bool(is_write), data, bool(flags & FAST)))
+        self._raw.clear()
+        return self._records
 
     def by_vcpu(self, vcpu: int) -> list[ExitRecord]:
         return [r for r in self.records if r.vcpu == vcpu]

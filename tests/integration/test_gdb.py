@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,27 @@ GDB = shutil.which("gdb")
 needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb not installed (apt-get install gdb)")
 
 
+_STUBS: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_stubs() -> Iterator[None]:
+    """A failed test must not leave a stub (and its VM) running."""
+    yield
+    while _STUBS:
+        p = _STUBS.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 class Stub:
     """A ``pyvmm run --gdb 127.0.0.1:0`` process and the port it chose."""
 
     def __init__(self, guest: Path, *args: str) -> None:
         self.proc = subprocess.Popen([*COMMAND, "run", "--gdb", "127.0.0.1:0", *args, str(guest)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _STUBS.append(self.proc)
         self.head: list[str] = []
         assert self.proc.stderr is not None
         for _ in range(40):
@@ -259,3 +275,23 @@ def test_hostile_client_gets_errors_never_a_crash(guests: Path) -> None:
 def test_verbose_shows_guest_events(guests: Path) -> None:
     r = pyvmm("run", "-v", "--append", "sync 2", str(guests / "hostile.elf"))
     assert re.search(r"vcpu0: .*sync.*1", r.stderr, re.IGNORECASE), r.stderr
+
+
+def test_many_steps_through_the_stub(guests: Path) -> None:
+    """1000 x (vCont;s, g) as gdb's stepi sends them.  Regression: the Ctrl-C watcher once
+    read (blocking, holding its lock) a packet the stub had already taken, and the stub
+    deadlocked within a few hundred steps."""
+    from pyvmm.debug.rsp import frame
+
+    stub = Stub(guests / "debugme.elf", "--append", "spin")
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=20) as s:
+        assert b"OK" in _exchange(s, frame(b"QStartNoAckMode"))
+        rips = set()
+        for _ in range(1000):
+            assert _exchange(s, frame(b"vCont;s:1")).startswith(b"$T05thread:1;")
+            g = _exchange(s, frame(b"g"))
+            rips.add(g[1 + 16 * 16:1 + 17 * 16])
+        assert len(rips) > 3  # it went round the spin loop
+        _exchange(s, frame(b"vKill;1"))
+    rc, _, err = stub.finish()
+    assert rc == 137, err

@@ -242,3 +242,28 @@ def test_trace_json_follows_the_trace_event_format() -> None:
     assert io["ts"] == 4.0 and io["dur"] == 1.0 and io["args"]["data"] == "0x41"
     sync = next(e for e in events if e["ph"] == "i")
     assert sync["name"] == "GUEST_SYNC 1" and sync["tid"] == 2 and sync["ts"] == 1.5
+
+
+def test_bulk_g_packet_equals_register_by_register() -> None:
+    """RegisterFile.encode_all packs in bulk; it must agree with encode(i) for every i."""
+    from pyvmm.debug.registers import RegisterFile
+    from pyvmm.kvm.native import ffi
+
+    rnd = random.Random(5)
+    regs = {n: rnd.getrandbits(64) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp",
+                                             "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+                                             "r14", "r15", "rip", "rflags")}
+    sregs = ffi.new("struct kvm_sregs *")
+    for i, n in enumerate(("cs", "ss", "ds", "es", "fs", "gs")):
+        getattr(sregs, n).selector = 8 * i + 3
+    sregs.fs.base, sregs.gs.base, sregs.cr0, sregs.cr3, sregs.efer = 1, 2, 0x80000011, 0x5000, 0xD00
+    fpu = ffi.new("struct kvm_fpu *")
+    fpu.fcw, fpu.fsw, fpu.ftwx, fpu.mxcsr, fpu.last_ip = 0x37F, 0x3800, 0x81, 0x1F80, 0x1234
+    for i in range(8):
+        fpu.fpr[i][0:16] = [rnd.randrange(256) for _ in range(16)]
+    for i in range(16):
+        fpu.xmm[i][0:16] = [rnd.randrange(256) for _ in range(16)]
+    f = RegisterFile(SimpleNamespace(get_regs=lambda: regs, get_sregs=lambda: sregs,  # type: ignore[arg-type]
+                                     get_fpu=lambda: fpu))
+    assert f.encode_all() == b"".join(f.encode(i) for i in range(len(LAYOUT)))
+    assert len(f.encode_all()) == G_PACKET_SIZE
