@@ -295,3 +295,34 @@ def test_many_steps_through_the_stub(guests: Path) -> None:
         _exchange(s, frame(b"vKill;1"))
     rc, _, err = stub.finish()
     assert rc == 137, err
+
+
+@needs_gdb
+def test_gdb_attaches_to_a_running_guest(guests: Path) -> None:
+    """--gdb-no-wait: the guest runs at once; gdb attaching later pauses it where it is."""
+    elf = guests / "debugme.elf"
+    stub = Stub(elf, "--gdb-no-wait", "--append", "spin")
+    time.sleep(1)
+    out = gdb(elf, stub.port, "p spins > 1000", "info threads", "set var release = 1", "continue")
+    rc, stdout, err = stub.finish()
+    assert "$1 = 1" in out, out
+    assert re.search(r"Thread 1 \(vCPU 0\) .*main \(", out), out
+    assert rc == 0, err
+    assert "released after" in stdout
+
+
+@needs_gdb
+def test_break_next_step_finish(guests: Path) -> None:
+    """``break`` (Z0: a debug register on hosts without int3 at CPL0), and the source-level
+    commands gdb builds from steps and temporary breakpoints."""
+    elf = guests / "debugme.elf"
+    stub = Stub(elf)
+    out = gdb(elf, stub.port, "break debug_compute", "continue", "next", "step", "bt 1",
+              "finish", "continue")
+    rc, _, err = stub.finish()
+    assert "Breakpoint 1, debug_compute (seed=seed@entry=7)" in out, out
+    assert re.search(r"^24\s+debug_checkpoint\(local\);", out, re.M), out  # next
+    assert "debug_checkpoint (value=value@entry=22) at guests/debugme.c:18" in out  # step
+    assert "Run till exit from #0  debug_checkpoint" in out, out  # finish
+    assert "exited normally" in out
+    assert rc == 0, err
