@@ -323,6 +323,6 @@ def test_break_next_step_finish(guests: Path) -> None:
     assert "Breakpoint 1, debug_compute (seed=seed@entry=7)" in out, out
     assert re.search(r"^24\s+debug_checkpoint\(local\);", out, re.M), out  # next
     assert "debug_checkpoint (value=value@entry=22) at guests/debugme.c:18" in out  # step
-    assert "Run till exit from #0  debug_checkpoint" in out, out  # finish
+    assert "debug_compute (seed=seed@entry=7) at guests/debugme.c:25" in out, out  # finish
     assert "exited normally" in out
     assert rc == 0, err
