@@ -11,8 +11,8 @@ STAMP := $(VENV)/.pyvmm-installed
 PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -type f \
 	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
 	-not -name '*.elf' -not -name '_native.c' -not -name '*.o')
-GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile debugme
-MB_GUESTS := hello selftest mbtest vmexit hostile pcplat debugme
+GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile debugme snapshot
+MB_GUESTS := hello selftest mbtest vmexit hostile pcplat debugme snapshot
 # hand-written kernels with linker scripts of their own, as third-party kernels are
 ASM_KERNELS := mb_rmpit.flat mb_bios.flat mb_low.flat mb_elf64.elf
 B := guests/build

@@ -38,6 +38,7 @@ IOCTLS: dict[str, list[tuple[str, str | None]]] = {
         ("KVM_GET_PIT2", "KVM_CAP_PIT_STATE2"), ("KVM_SET_PIT2", "KVM_CAP_PIT_STATE2"),
         ("KVM_SET_GSI_ROUTING", "KVM_CAP_IRQ_ROUTING"),
         ("KVM_GET_STATS_FD", "KVM_CAP_BINARY_STATS_FD"), ("KVM_CREATE_VCPU", None),
+        ("KVM_GET_CLOCK", "KVM_CAP_ADJUST_CLOCK"), ("KVM_SET_CLOCK", "KVM_CAP_ADJUST_CLOCK"),
     ],
     "vcpu": [
         ("KVM_RUN", None), ("KVM_GET_REGS", None), ("KVM_SET_REGS", None),
@@ -52,6 +53,7 @@ IOCTLS: dict[str, list[tuple[str, str | None]]] = {
         ("KVM_GET_XCRS", "KVM_CAP_XCRS"), ("KVM_SET_XCRS", "KVM_CAP_XCRS"),
         ("KVM_SET_GUEST_DEBUG", "KVM_CAP_SET_GUEST_DEBUG"), ("KVM_GET_TSC_KHZ", "KVM_CAP_GET_TSC_KHZ"),
         ("KVM_TRANSLATE", None), ("KVM_GET_STATS_FD", "KVM_CAP_BINARY_STATS_FD"),
+        ("KVM_GET_DEBUGREGS", "KVM_CAP_DEBUGREGS"), ("KVM_SET_DEBUGREGS", "KVM_CAP_DEBUGREGS"),
     ],
 }
 
@@ -160,6 +162,7 @@ struct kvm_vcpu_events {
     uint32_t sipi_vector; uint32_t flags; ...;
 };
 struct kvm_debugregs { uint64_t db[4]; uint64_t dr6; uint64_t dr7; uint64_t flags; ...; };
+struct kvm_clock_data { uint64_t clock; uint32_t flags; ...; };
 struct kvm_guest_debug_arch { uint64_t debugreg[8]; ...; };
 struct kvm_guest_debug { uint32_t control; uint32_t pad; struct kvm_guest_debug_arch arch; ...; };
 struct kvm_irq_level { uint32_t irq; uint32_t level; ...; };

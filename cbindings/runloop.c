@@ -46,6 +46,18 @@ void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err)
     return p;
 }
 
+void *pyvmm_mmap_file(uint64_t size, int fd, uint64_t offset, int *err)
+{
+    /* a private (copy-on-write) writable mapping of a file: a snapshot's RAM for a clone */
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, (off_t)offset);
+    if (p == MAP_FAILED) {
+        *err = errno;
+        return NULL;
+    }
+    *err = 0;
+    return p;
+}
+
 int pyvmm_munmap(void *addr, uint64_t size)
 {
     return munmap(addr, size) < 0 ? -errno : 0;

@@ -128,6 +128,7 @@ int pyvmm_install_kick_handler(void);
 long pyvmm_ioctl(int fd, unsigned long request, void *arg);
 long pyvmm_ioctl_val(int fd, unsigned long request, unsigned long value);
 void *pyvmm_mmap(uint64_t size, int fd, int flags, int *err);
+void *pyvmm_mmap_file(uint64_t size, int fd, uint64_t offset, int *err);
 int pyvmm_munmap(void *addr, uint64_t size);
 int pyvmm_madvise(void *addr, uint64_t size, int advice);
 /* cdef-end */

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.machine import Machine, memory_size
 from pyvmm.suite.command import suite
 from pyvmm.vstate.history import HistoryLimits
+
+if TYPE_CHECKING:
+    from pyvmm.devices.ucall import GuestEvent
 from pyvmm.vstate.result import RunResult, RunStatus, exit_status
 
 #: the run outcomes --core writes a core for
@@ -48,7 +52,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("guest", type=click.Path(dir_okay=False))
+@click.argument("guest", type=click.Path(dir_okay=False), required=False)
 @click.option("--mem", default=None, callback=_mem, help="Guest RAM: K/M/G suffixes, a bare "
               "number is MiB (as QEMU's -m); 64M, or 128M for multiboot kernels.")
 @click.option("--cpus", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -88,13 +92,20 @@ def main() -> None:
 @click.option("--trace", "trace", type=click.Path(dir_okay=False), default=None,
               help="Record every exit and guest event; write them to FILE as Chrome/Perfetto "
               "trace-event JSON (ui.perfetto.dev opens it).")
+@click.option("--save-at-sync", "save_at", nargs=2, type=(click.IntRange(0), click.Path(dir_okay=False)),
+              default=None, metavar="STAGE FILE", help="At the guest's first GUEST_SYNC of STAGE, "
+              "save a snapshot of the whole machine to FILE, then run on.")
+@click.option("--from-snapshot", "from_snapshot", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="Go on from a snapshot FILE (RAM mapped copy-on-write) "
+              "instead of booting GUEST.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Describe the set-up, show guest events as they happen, tracebacks for VMM bugs.")
 def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: str,
         initrd: str | None, fmt: str | None, exit_code_mode: str, irqchip: str, pit: bool | None,
         cpu_features: str, strict_io: bool, stats: bool, python_loop: bool, gdb: str | None,
         gdb_default: bool, gdb_no_wait: bool, gdb_allow_remote: bool, core: str | None,
-        trace: str | None, verbose: bool) -> int:
+        trace: str | None, save_at: tuple[int, str] | None, from_snapshot: str | None,
+        verbose: bool) -> int:
     """Boot GUEST (an ELF64 image or a multiboot kernel) and stream its serial output.
 
     The exit status is the value the guest wrote to the debug-exit port (0xf4); see the
@@ -117,15 +128,26 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         raise click.UsageError("--gdb-no-wait and --gdb-allow-remote go with --gdb or -s")
     if trace is not None and python_loop:
         raise click.UsageError("--trace records the C run loop's exits; drop --python-loop")
+    if (guest is None) == (from_snapshot is None):
+        raise click.UsageError("give a GUEST to boot or --from-snapshot FILE (one of them)")
     try:
-        machine = Machine.from_file(guest, fmt=fmt, cmdline=cmdline, initrd=initrd, **kw)
+        if from_snapshot is not None:
+            machine = Machine.from_snapshot(from_snapshot, serial=sink, history=CLI_HISTORY,
+                                            strict_io=strict_io)
+            guest = machine.image.path if machine.image is not None else from_snapshot
+        else:
+            assert guest is not None
+            machine = Machine.from_file(guest, fmt=fmt, cmdline=cmdline, initrd=initrd, **kw)
         if verbose:
-            _describe(machine)
+            if from_snapshot is None:
+                _describe(machine)
             machine.on_event(lambda ev: say(f"vcpu{ev.vcpu}: {ev.describe()}"))
         if trace is not None:
             machine.enable_trace()
         if gdb is not None:
             result = _serve_gdb(machine, gdb, gdb_no_wait, gdb_allow_remote, timeout, verbose)
+        elif save_at is not None:
+            result = _run_and_save(machine, save_at[0], save_at[1], timeout, python_loop)
         else:
             result = machine.run(timeout=timeout, python_loop=python_loop)
         if core is not None and result.status in CORE_STATUSES:
@@ -141,6 +163,29 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
     if stats:
         _print_stats(result)
     return _report(result, verbose, exit_code_mode)
+
+
+def _run_and_save(machine: Machine, stage: int, path: str, timeout: float | None,
+                  python_loop: bool) -> RunResult:
+    """Run to the first GUEST_SYNC of ``stage``, save a snapshot there, run on.  The
+    snapshot is taken with every vCPU stopped, right after the sync's exit completes."""
+    hit: list[bool] = []
+
+    def at_sync(ev: GuestEvent) -> None:
+        if ev.stage == stage and not hit:
+            hit.append(True)
+            machine.stop()
+
+    machine.on_sync(at_sync)
+    result = machine.run(timeout=timeout, python_loop=python_loop)
+    if result.status != RunStatus.STOPPED or not hit:
+        if not hit and result.status not in (RunStatus.INTERRUPTED,):
+            say(f"note: the guest never reached GUEST_SYNC {stage}; no snapshot was saved")
+        return result
+    machine.snapshot().save(path)
+    say(f"snapshot saved to {path} at GUEST_SYNC {stage}")
+    left = None if timeout is None else max(0.001, timeout - result.duration)
+    return machine.run(timeout=left, python_loop=python_loop)
 
 
 def _serve_gdb(machine: Machine, address: str, no_wait: bool, allow_remote: bool,

@@ -51,6 +51,7 @@ from pyvmm.x86.reset import reset_vcpu
 
 if TYPE_CHECKING:
     from pyvmm.debug.debugger import Debugger
+    from pyvmm.vstate.snapshot import Snapshot
 
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
 
@@ -123,7 +124,8 @@ class Machine:
     def __init__(self, *, mem: int | str = "64M", cpus: int = 1, strict_io: bool = False,
                  kvm_path: str | None = None, serial: Callable[[bytes], None] | None = None,
                  cmdline: str = "", irqchip: str = "kernel", pit: bool = False,
-                 history: HistoryLimits | None = None, cpu_features: str = "") -> None:
+                 history: HistoryLimits | None = None, cpu_features: str = "",
+                 ram_file: tuple[int, list[int]] | None = None) -> None:
         self.mem_size = memory_size(mem)
         if not 1 <= cpus <= MAX_CPUS:
             raise ConfigError(f"cpus must be 1..{MAX_CPUS}, not {cpus}")
@@ -152,18 +154,19 @@ class Machine:
         self._runner: Runner | None = None
         self._debugger: Debugger | None = None
         self._trace: ExitTrace | None = None
+        self._loaded = False
         self._bg: threading.Thread | None = None
         self._bg_result: RunResult | None = None
         self._ended: RunResult | None = None
         self._closed = False
         self.kvm = Kvm(kvm_path)
         try:
-            self._build(strict_io)
+            self._build(strict_io, ram_file)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, strict_io: bool) -> None:
+    def _build(self, strict_io: bool, ram_file: tuple[int, list[int]] | None) -> None:
         # three KVM_CHECK_EXTENSIONs, not Kvm.capabilities (~90 of them): machines are
         # created by the thousand and every microsecond of set-up counts
         max_vcpus = self.kvm.check_extension(CAP_MAX_VCPUS) or 1
@@ -184,8 +187,12 @@ class Machine:
         elif self.irqchip == "split":
             self.vm.enable_split_irqchip(SPLIT_IRQCHIP_PINS)
         self.memory = GuestMemory(self.vm)
-        for gpa, size in layout.ram_ranges(self.mem_size):
-            self.memory.add_ram(gpa, size, name="ram" if gpa == 0 else "ram-high")
+        for i, (gpa, size) in enumerate(layout.ram_ranges(self.mem_size)):
+            file = (ram_file[0], ram_file[1][i]) if ram_file is not None else None
+            # a clone's slots log dirty pages from the start: turning it on later would
+            # change the memslot, which waits for an SRCU grace period under an irqchip
+            self.memory.add_ram(gpa, size, name="ram" if gpa == 0 else "ram-high", file=file,
+                                log_dirty=file is not None)
         self.bus = Bus(strict=strict_io)
         self.msrs = MsrHandlers()
         self.uart = Uart16550(self.serial.write)
@@ -258,6 +265,7 @@ class Machine:
             self.memory.write(gpa, data)
         apply_entry(self.vcpus[0], plan.entry)
         self.plan = plan
+        self._loaded = True
         self.cmdline = plan.cmdline
         if image is not None:
             self.image = image
@@ -396,6 +404,84 @@ class Machine:
             loop.enable_trace(capacity)
         return self._trace
 
+    # --- snapshots ---------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """Everything the guest can observe, now (the machine must be stopped: between
+        runs, not from a sync handler).  From here on RAM writes are tracked, so that
+        :meth:`restore` of this snapshot copies back only the pages written since."""
+        from pyvmm.vstate.snapshot import take
+
+        self._check_stopped("snapshot")
+        return take(self)
+
+    def restore(self, snap: Snapshot) -> int:
+        """Put the machine back as it was at ``snap`` (taken from this machine, or one of
+        the same shape); returns how many RAM pages were copied.  A guest that had ended
+        can run again."""
+        from pyvmm.vstate.snapshot import SnapshotError, restore
+
+        self._check_stopped("restore")
+        try:
+            pages = restore(self, snap)
+        except ValueError as e:  # a struct of the wrong size from a file
+            raise SnapshotError(f"the snapshot is corrupt: {e}") from None
+        for fe in self.bus.fast_entries:
+            self._sync_fast(fe)
+        self._ended = None
+        self._loaded = True
+        if self._debugger is not None:
+            self._debugger.reset()
+        return pages
+
+    @classmethod
+    def from_snapshot(cls, source: str | os.PathLike[str] | Snapshot, **kw: Any) -> Machine:
+        """A machine that goes on from a snapshot (a file from :meth:`Snapshot.save`, or an
+        in-memory one).  From a file the RAM is mapped copy-on-write from it: nothing is
+        copied up front.  ``kw`` may set what is not part of the guest's state (``serial``,
+        ``history``, ``strict_io``)."""
+        from pyvmm.vstate.snapshot import Snapshot, SnapshotError, load
+
+        snap = source if isinstance(source, Snapshot) else load(source)
+        cfg = snap.config
+        fd = -1
+        ram_file = None
+        if cfg.get("file") and snap.ram:
+            try:
+                fd = os.open(cfg["file"], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise SnapshotError(f"cannot open snapshot {cfg['file']}: {e.strerror}") from None
+            ram_file = (fd, list(cfg["ram_offsets"]))
+        try:
+            m = cls(mem=cfg["mem"], cpus=cfg["cpus"], irqchip=cfg["irqchip"], pit=cfg["pit"],
+                    cpu_features=cfg.get("cpu_features", ""), cmdline=cfg.get("cmdline", ""),
+                    ram_file=ram_file, **kw)
+        except (KeyError, TypeError) as e:
+            raise SnapshotError(f"the snapshot's machine description is corrupt: {e}") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        try:
+            if cfg.get("pc"):
+                m.add_pc_platform()
+            image = cfg.get("image")
+            if image and os.path.isfile(image):
+                try:  # for symbols only: the guest's bytes are in the snapshot's RAM
+                    m.image = open_image(image, mem=m.mem_size, fmt=cfg.get("format") or None)
+                except GuestImageError:
+                    m.image = None
+            if ram_file is not None:
+                m.memory.start_dirty_tracking()  # RAM is the snapshot's already
+                m.memory.dirty_base = snap
+            m.restore(snap)
+        except BaseException:
+            m.close()
+            raise
+        return m
+
+    def _check_stopped(self, what: str) -> None:
+        if self._bg is not None and self._bg.is_alive():
+            raise RuntimeError(f"cannot {what} while the machine runs; stop() and join() first")
+
     @property
     def debug(self) -> Debugger:
         """The debug API (:class:`pyvmm.debug.Debugger`): breakpoints, watchpoints, steps,
@@ -438,7 +524,7 @@ class Machine:
         vCPUs and returns ``interrupted``.  May be called again to continue after a timeout
         or a stop, not after the guest ended (GuestExitedError).  ``stats=False`` leaves
         ``RunResult.stats`` empty and saves the two snapshots of KVM's statistics."""
-        if self.plan is None:
+        if not self._loaded:
             raise GuestImageError("no guest loaded")
         if self._ended is not None:
             raise GuestExitedError(f"the guest has already ended ({self._ended.status}: "

@@ -13,6 +13,7 @@ zaps host PTEs instead of changing protections.
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pyvmm.kvm.vm import MEM_LOG_DIRTY_PAGES, MEM_READONLY, Vm
 __all__ = ["PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 
 _U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+_NONZERO = re.compile(b"[^\x00]")
 
 
 @dataclass
@@ -61,10 +63,16 @@ class GuestMemory:
         self._retired: list[HostMapping] = []
         self._next_slot = 0
         self._lock = threading.Lock()
+        #: pages the VMM wrote since dirty tracking started (None: not tracking)
+        self._vmm_written: set[int] | None = None
+        #: the snapshot whose RAM the tracking counts from (pyvmm.vstate.snapshot)
+        self.dirty_base: object | None = None
 
     def add_ram(self, gpa: int, size: int, *, readonly: bool = False, log_dirty: bool = False,
-                name: str = "ram", hugepages: bool = False) -> MemoryRegion:
-        """Map ``size`` bytes of fresh anonymous memory at ``gpa`` as a new memslot.
+                name: str = "ram", hugepages: bool = False,
+                file: tuple[int, int] | None = None) -> MemoryRegion:
+        """Map ``size`` bytes of fresh anonymous memory at ``gpa`` as a new memslot (or,
+        with ``file=(fd, offset)``, that part of a file copy-on-write).
 
         Read-only slots make guest writes exit as KVM_EXIT_MMIO (and be dropped); dirty
         logging lets :meth:`dirty_pages` report what the guest wrote.
@@ -75,7 +83,7 @@ class GuestMemory:
             for r in self.regions:
                 if gpa < r.end and r.gpa < gpa + size:
                     raise GuestMemoryError(f"region {name} at {gpa:#x}+{size:#x} overlaps {r.name}")
-            mapping = HostMapping(size, hugepages=hugepages, what=name)
+            mapping = HostMapping(size, hugepages=hugepages, what=name, file=file)
             region = MemoryRegion(self._next_slot, gpa, size, readonly, log_dirty, name, mapping)
             flags = (MEM_READONLY if readonly else 0) | (MEM_LOG_DIRTY_PAGES if log_dirty else 0)
             try:
@@ -125,6 +133,8 @@ class GuestMemory:
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.view(gpa, len(data))[:] = data
+        if self._vmm_written is not None:
+            self._note_written(gpa, len(data))
 
     def read_int(self, gpa: int, size: int) -> int:
         value: int = struct.unpack(_U[size], self.view(gpa, size))[0]
@@ -132,6 +142,38 @@ class GuestMemory:
 
     def write_int(self, gpa: int, size: int, value: int) -> None:
         self.view(gpa, size)[:] = struct.pack(_U[size], value & ((1 << (8 * size)) - 1))
+        if self._vmm_written is not None:
+            self._note_written(gpa, size)
+
+    # --- what changed since a snapshot -------------------------------------------
+    def _note_written(self, gpa: int, n: int) -> None:
+        assert self._vmm_written is not None
+        for page in range(gpa & ~(PAGE_SIZE - 1), gpa + n, PAGE_SIZE):
+            self._vmm_written.add(page)
+
+    def start_dirty_tracking(self) -> None:
+        """From now on know which RAM pages change: KVM's dirty log for the guest's writes
+        (turned on for every RAM slot, then cleared) and a set for the VMM's own writes
+        through :meth:`write` (writes through :meth:`view` are not seen)."""
+        with self._lock:
+            for r in self.regions:
+                if r.readonly:
+                    continue
+                if not r.log_dirty:
+                    self.vm.set_user_memory_region(r.slot, r.gpa, r.size, r._map.address,
+                                                   MEM_LOG_DIRTY_PAGES)
+                    r.log_dirty = True
+                self.vm.get_dirty_log(r.slot, r.size // PAGE_SIZE)
+        self._vmm_written = set()
+
+    def written_since_base(self, region: MemoryRegion) -> list[int]:
+        """Pages of ``region`` the guest or the VMM wrote since tracking started or since
+        the last call (KVM's log is cleared by reading it)."""
+        pages = set(self.dirty_pages(region))
+        if self._vmm_written is not None:
+            pages |= {p for p in self._vmm_written if region.contains(p, PAGE_SIZE)}
+            self._vmm_written -= pages
+        return sorted(pages)
 
     def read_cstring(self, gpa: int, limit: int = 4096) -> bytes:
         """A NUL-terminated string from the guest, at most ``limit`` bytes, never past RAM."""
@@ -158,7 +200,8 @@ class GuestMemory:
         npages = region.size // PAGE_SIZE
         bitmap = self.vm.get_dirty_log(region.slot, npages)
         out = []
-        for i, byte in enumerate(bitmap):
+        for m in _NONZERO.finditer(bitmap):  # C-speed skip over the clean stretches
+            i, byte = m.start(), bitmap[m.start()]
             while byte:
                 bit = (byte & -byte).bit_length() - 1
                 out.append(region.gpa + (i * 8 + bit) * PAGE_SIZE)

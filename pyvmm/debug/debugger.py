@@ -421,6 +421,15 @@ class Debugger:
         self.ended = result
         return Stop(0, "ended", 0, result)
 
+    def reset(self) -> None:
+        """Forget what was read or decided about the last stop (the machine was restored
+        from a snapshot): breakpoints and watchpoints stay set."""
+        self._files.clear()
+        self._pending.clear()
+        self._terminal = None
+        self.ended = None
+        self._applied.clear()
+
     def detach(self) -> None:
         """Remove every breakpoint and watchpoint and switch guest debugging off: the
         guest runs on as if no debugger had been there."""

@@ -64,5 +64,67 @@ class Device:
         """``hits`` more accesses answered in C for ``entry`` since the last report;
         ``last_value`` is the entry's last written value (COUNTER)."""
 
+    def state(self) -> dict[str, Any]:
+        """What the guest can observe of this device, for snapshots.  By default every
+        attribute that holds plain data (numbers, strings, bytes and lists, tuples or dicts
+        of them) except ``name``; a device with threads or other objects overrides this
+        and :meth:`set_state`."""
+        return {k: _copy(v) for k, v in vars(self).items() if k != "name" and _plain(v)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state` returned (only the attributes it names, of the
+        types they have now: a snapshot file cannot plant other attributes)."""
+        mine = self.state()
+        for k, v in state.items():
+            if k in mine and _same_shape(mine[k], v):
+                setattr(self, k, _copy(v))
+
+    def apply_state(self, state: dict[str, Any]) -> None:
+        """:meth:`set_state` for a state already checked against this device (a restore
+        repeated from the same snapshot): no checks, only copies."""
+        if type(self).set_state is not Device.set_state:
+            self.set_state(state)
+            return
+        for k, v in state.items():
+            setattr(self, k, _copy(v))
+
     def close(self) -> None:
         """Release what the device holds beyond Python objects (timer threads)."""
+
+
+def _plain(v: Any) -> bool:
+    if v is None or isinstance(v, bool | int | float | str | bytes | bytearray):
+        return True
+    if isinstance(v, list | tuple):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(_plain(k) and _plain(x) for k, x in v.items())
+    return False
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, bytearray):
+        return bytearray(v)
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    return v
+
+
+def _same_shape(now: Any, new: Any) -> bool:
+    """``new`` may replace ``now``: the same type (bytes-likes of the same length), and
+    for containers the same shape all the way down."""
+    if isinstance(now, bytes | bytearray):
+        return isinstance(new, bytes | bytearray) and len(now) == len(new)
+    if isinstance(now, bool) or isinstance(new, bool):
+        return type(now) is type(new)
+    if isinstance(now, int | float) and now is not None:
+        return isinstance(new, int | float) and not isinstance(new, bool)
+    if isinstance(now, list | tuple):
+        return isinstance(new, list | tuple) and len(now) == len(new) and all(
+            _same_shape(a, b) for a, b in zip(now, new, strict=True))
+    if isinstance(now, dict):
+        return isinstance(new, dict) and now.keys() == new.keys() and all(
+            _same_shape(now[k], new[k]) for k in now)
+    return now is None or type(now) is type(new)

@@ -87,6 +87,15 @@ class Bus:
             self.fast_entries += new
         return new
 
+    def devices(self) -> list[tuple[str, Device]]:
+        """Every device once, as ``(key, device)`` in registration order; the key
+        (``name@pio:0x3f8``) names it in snapshots."""
+        out: dict[int, tuple[str, Device]] = {}
+        for space, ranges in self._ranges.items():
+            for start, _, d in sorted(ranges, key=lambda r: r[0]):
+                out.setdefault(id(d), (f"{d.name}@{space.name.lower()}:{start:#x}", d))
+        return sorted(out.values(), key=lambda kd: kd[0])
+
     def claimed(self, space: Space) -> list[tuple[int, int]]:
         """``[(base, length)]`` of every registered range in ``space``."""
         return [(s, e - s) for s, e, _ in self._ranges[space]]

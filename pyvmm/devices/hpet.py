@@ -16,6 +16,7 @@ import heapq
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pyvmm.devices.base import Device, VcpuContext
 
@@ -229,6 +230,29 @@ class Hpet(Device):
                     self._gen += 1
                     t.gen = self._gen
                     heapq.heappush(self._heap, (max(when + step, time.monotonic_ns()), self._gen, n))
+
+    def state(self) -> dict[str, Any]:
+        """Registers, the counter's value now, and each timer's comparator and period."""
+        with self._cond:
+            return {"conf": self.conf, "isr": self.isr, "counter": self.counter(),
+                    "timers": [[t.config, t.cmp, t.period] for t in self.timers]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """The counter goes on from the saved value (time in between is not seen)."""
+        with self._cond:
+            try:
+                conf, isr, counter = int(state["conf"]), int(state["isr"]), int(state["counter"])
+                timers = [(int(a), int(b), int(c)) for a, b, c in state["timers"]]
+            except (KeyError, TypeError, ValueError):
+                return
+            if len(timers) != len(self.timers):
+                return
+            self.conf, self.isr = conf, isr
+            self._offset, self._t0 = counter & ((1 << 64) - 1), time.monotonic_ns()
+            for t, (config, cmp, period) in zip(self.timers, timers, strict=True):
+                t.config, t.cmp, t.period = config, cmp, period
+                self._schedule(t)
+            self._cond.notify()
 
     def reset(self) -> None:
         """Disabled, as after a platform reset (S3 resume)."""

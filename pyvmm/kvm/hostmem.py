@@ -19,12 +19,19 @@ _MAP_HUGETLB = 4
 class HostMapping:
     """``size`` bytes of zeroed host memory; :meth:`close` unmaps it."""
 
-    def __init__(self, size: int, *, hugepages: bool = False, what: str = "guest RAM") -> None:
+    def __init__(self, size: int, *, hugepages: bool = False, what: str = "guest RAM",
+                 file: tuple[int, int] | None = None) -> None:
+        """``file=(fd, offset)`` maps that part of a file copy-on-write (MAP_PRIVATE)
+        instead of fresh anonymous memory: a clone's RAM from a snapshot file."""
         err = ffi.new("int *")
-        ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | (_MAP_HUGETLB if hugepages else 0), err)
+        if file is not None:
+            ptr = lib.pyvmm_mmap_file(size, file[0], file[1], err)
+        else:
+            ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | (_MAP_HUGETLB if hugepages else 0), err)
         if ptr == ffi.NULL:
             raise KvmError(f"mmap {what}", err[0], f"cannot map {size >> 20} MiB for {what}")
-        if not hugepages:
+        self.private = file is not None
+        if not hugepages and file is None:
             lib.pyvmm_madvise(ptr, size, lib.MADV_HUGEPAGE)  # THP where the host allows it
         self.size = size
         self._ptr: Cdata = ptr
@@ -36,7 +43,10 @@ class HostMapping:
 
     def drop_page(self, offset: int) -> None:
         """Zap the host PTE of the page at ``offset`` (contents kept): KVM's MMU notifier
-        drops its own mapping, so the guest's next access faults into KVM again."""
+        drops its own mapping, so the guest's next access faults into KVM again.  (Not on
+        a private file mapping, where it would throw the page's writes away.)"""
+        if self.private:
+            return
         lib.pyvmm_madvise(self.host + (offset & ~(PAGE_SIZE - 1)), PAGE_SIZE, lib.MADV_DONTNEED)
 
     def discard(self) -> None:

@@ -22,4 +22,15 @@ def cdata_bytes(c: Cdata) -> bytes:
     return bytes(ffi.buffer(c))
 
 
-__all__ = ["Cdata", "cdata_bytes", "ffi", "lib"]
+def cdata_from(ctype: str, data: bytes) -> Cdata:
+    """A new ``ctype *`` (a struct) filled from ``data`` (at most its size), e.g. a saved
+    ``struct kvm_sregs``; ValueError if ``data`` is not exactly that size."""
+    obj = ffi.new(ctype)
+    size = ffi.sizeof(obj[0])
+    if len(data) != size:
+        raise ValueError(f"{ctype} is {size} bytes, not {len(data)}")
+    ffi.memmove(obj, data, size)
+    return obj
+
+
+__all__ = ["Cdata", "cdata_bytes", "cdata_from", "ffi", "lib"]

@@ -37,6 +37,41 @@ def cpuid_entry(e: Cdata) -> dict[str, int]:
     return {k: int(getattr(e, k)) for k in CPUID_FIELDS}
 
 
+def msrs_struct(values: Mapping[int, int]) -> Cdata:
+    """A ``struct kvm_msrs`` holding ``values`` in order, for :meth:`Vcpu.set_msrs`."""
+    items = list(values.items())
+    msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(items), "entries": len(items)})
+    for i, (idx, val) in enumerate(items):
+        msrs.entries[i].index = idx
+        msrs.entries[i].data = val
+    return msrs
+
+
+def xcrs_struct(xcrs: Mapping[int, int]) -> Cdata:
+    """A ``struct kvm_xcrs`` for :meth:`Vcpu.set_xcrs`."""
+    x = ffi.new("struct kvm_xcrs *")
+    x.nr_xcrs = len(xcrs)
+    for i, (k, v) in enumerate(xcrs.items()):
+        x.xcrs[i].xcr = k
+        x.xcrs[i].value = v
+    return x
+
+
+def lapic_struct(regs: bytes | bytearray) -> Cdata:
+    """A ``struct kvm_lapic_state`` holding a saved register page."""
+    st = ffi.new("struct kvm_lapic_state *")
+    ffi.memmove(st.regs, regs, min(len(regs), ffi.sizeof(st.regs)))
+    return st
+
+
+def regs_struct(values: Mapping[str, int]) -> Cdata:
+    """A ``struct kvm_regs`` from register names (RFLAGS 0x2 unless given)."""
+    unknown = set(values) - set(REGS)
+    if unknown:
+        raise ValueError(f"not a register of struct kvm_regs: {', '.join(sorted(unknown))}")
+    return ffi.new("struct kvm_regs *", {"rflags": 0x2, **values})
+
+
 class Vcpu(FdObject):
     """A vCPU made by :meth:`Vm.create_vcpu`.  Holds the fd and the shared ``kvm_run``
     mapping (``run_size`` bytes, from KVM_GET_VCPU_MMAP_SIZE); both go in :meth:`close`.
@@ -67,6 +102,12 @@ class Vcpu(FdObject):
         """``kvm_run->s.regs`` (struct kvm_sync_regs), valid after an exit with sync regs on."""
         return lib.pyvmm_run_sync_regs(self.kvm_run)
 
+    def run_once(self) -> None:
+        """One KVM_RUN from Python (the run loops issue their own).  With
+        ``kvm_run.immediate_exit`` set it only completes a pending I/O instruction and
+        fails with EINTR."""
+        self._ioctl("KVM_RUN", lib.KVM_RUN)
+
     # --- registers -------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
         """KVM_GET_REGS: general-purpose registers, RIP and RFLAGS, by name."""
@@ -74,14 +115,13 @@ class Vcpu(FdObject):
         self._ioctl("KVM_GET_REGS", lib.KVM_GET_REGS, regs)
         return {n: int(getattr(regs, n)) for n in REGS}
 
-    def set_regs(self, values: Mapping[str, int] | None = None, **kw: int) -> None:
+    def set_regs(self, values: Mapping[str, int] | Cdata | None = None, **kw: int) -> None:
         """KVM_SET_REGS: registers by name; those not given are 0 (RFLAGS: 0x2, its
-        reserved bit, unless given)."""
-        given = {**(values or {}), **kw}
-        unknown = set(given) - set(REGS)
-        if unknown:
-            raise ValueError(f"not a register of struct kvm_regs: {', '.join(sorted(unknown))}")
-        regs = ffi.new("struct kvm_regs *", {"rflags": 0x2, **given})
+        reserved bit, unless given).  ``values`` may be a struct from :func:`regs_struct`."""
+        if values is not None and not isinstance(values, Mapping) and not kw:
+            regs = values
+        else:
+            regs = regs_struct({**(values or {}), **kw})
         self._ioctl("KVM_SET_REGS", lib.KVM_SET_REGS, regs)
 
     def get_sregs(self) -> Cdata:
@@ -115,14 +155,11 @@ class Vcpu(FdObject):
         n = self._ioctl("KVM_GET_MSRS", lib.KVM_GET_MSRS, msrs)
         return {int(msrs.entries[i].index): int(msrs.entries[i].data) for i in range(n)}
 
-    def set_msrs(self, values: Mapping[int, int]) -> int:
+    def set_msrs(self, values: Mapping[int, int] | Cdata) -> int:
         """KVM_SET_MSRS: write MSRs in order; returns how many KVM accepted (it stops at the
-        first refusal)."""
-        items = list(values.items())
-        msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(items), "entries": len(items)})
-        for i, (idx, val) in enumerate(items):
-            msrs.entries[i].index = idx
-            msrs.entries[i].data = val
+        first refusal).  ``values`` may be a struct from :func:`msrs_struct`, built once
+        for MSRs written again and again (snapshot restores)."""
+        msrs = msrs_struct(values) if isinstance(values, Mapping) else values
         return self._ioctl("KVM_SET_MSRS", lib.KVM_SET_MSRS, msrs)
 
     def set_cpuid2(self, entries: Iterable[Mapping[str, int]]) -> None:
@@ -144,10 +181,9 @@ class Vcpu(FdObject):
         self._ioctl("KVM_GET_LAPIC", lib.KVM_GET_LAPIC, st)
         return bytearray(ffi.buffer(st.regs))
 
-    def set_lapic(self, regs: bytes) -> None:
-        """KVM_SET_LAPIC."""
-        st = ffi.new("struct kvm_lapic_state *")
-        ffi.memmove(st.regs, regs, min(len(regs), ffi.sizeof(st.regs)))
+    def set_lapic(self, regs: bytes | bytearray | Cdata) -> None:
+        """KVM_SET_LAPIC: the 1 KiB register page (bytes, or a ``struct kvm_lapic_state``)."""
+        st = lapic_struct(regs) if isinstance(regs, bytes | bytearray) else regs
         self._ioctl("KVM_SET_LAPIC", lib.KVM_SET_LAPIC, st)
 
     def get_mp_state(self) -> int:
@@ -181,10 +217,16 @@ class Vcpu(FdObject):
             self._ioctl("KVM_GET_XSAVE", lib.KVM_GET_XSAVE, buf)
         return bytes(ffi.buffer(buf, size))
 
-    def set_xsave(self, area: bytes) -> None:
-        """KVM_SET_XSAVE: KVM reads as many bytes as KVM_CAP_XSAVE2 says."""
+    def xsave_buffer(self, area: bytes | bytearray) -> Cdata:
+        """``area`` in a buffer KVM_SET_XSAVE can take (at least this VM's XSAVE size)."""
         buf = ffi.new("uint8_t[]", max(self.xsave_size, len(area)))
         ffi.memmove(buf, area, len(area))
+        return buf
+
+    def set_xsave(self, area: bytes | Cdata) -> None:
+        """KVM_SET_XSAVE: KVM reads as many bytes as KVM_CAP_XSAVE2 says.  ``area`` may be
+        a buffer from :meth:`xsave_buffer`, built once."""
+        buf = self.xsave_buffer(area) if isinstance(area, bytes | bytearray) else area
         self._ioctl("KVM_SET_XSAVE", lib.KVM_SET_XSAVE, buf)
 
     def get_xcrs(self) -> dict[int, int]:
@@ -193,13 +235,9 @@ class Vcpu(FdObject):
         self._ioctl("KVM_GET_XCRS", lib.KVM_GET_XCRS, x)
         return {int(x.xcrs[i].xcr): int(x.xcrs[i].value) for i in range(x.nr_xcrs)}
 
-    def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
-        """KVM_SET_XCRS."""
-        x = ffi.new("struct kvm_xcrs *")
-        x.nr_xcrs = len(xcrs)
-        for i, (k, v) in enumerate(xcrs.items()):
-            x.xcrs[i].xcr = k
-            x.xcrs[i].value = v
+    def set_xcrs(self, xcrs: Mapping[int, int] | Cdata) -> None:
+        """KVM_SET_XCRS (a mapping, or a ``struct kvm_xcrs``)."""
+        x = xcrs_struct(xcrs) if isinstance(xcrs, Mapping) else xcrs
         self._ioctl("KVM_SET_XCRS", lib.KVM_SET_XCRS, x)
 
     def set_guest_debug(self, control: int, debugreg: Sequence[int] = ()) -> None:
@@ -209,6 +247,16 @@ class Vcpu(FdObject):
         for i, v in enumerate(debugreg[:8]):
             dbg.arch.debugreg[i] = v
         self._ioctl("KVM_SET_GUEST_DEBUG", lib.KVM_SET_GUEST_DEBUG, dbg)
+
+    def get_debugregs(self) -> Cdata:
+        """KVM_GET_DEBUGREGS: the guest's own DR0-3, DR6, DR7 (not the debugger's)."""
+        dr = ffi.new("struct kvm_debugregs *")
+        self._ioctl("KVM_GET_DEBUGREGS", lib.KVM_GET_DEBUGREGS, dr)
+        return dr
+
+    def set_debugregs(self, dr: Cdata) -> None:
+        """KVM_SET_DEBUGREGS."""
+        self._ioctl("KVM_SET_DEBUGREGS", lib.KVM_SET_DEBUGREGS, dr)
 
     def get_tsc_khz(self) -> int:
         """KVM_GET_TSC_KHZ: the guest TSC frequency."""

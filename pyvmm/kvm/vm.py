@@ -186,6 +186,18 @@ class Vm(FdObject):
         self._ioctl("KVM_GET_DIRTY_LOG", lib.KVM_GET_DIRTY_LOG, log)
         return bytes(ffi.buffer(bitmap, nbytes))
 
+    def get_clock(self) -> Cdata:
+        """KVM_GET_CLOCK: the kvmclock base (ns) the guest's pvclock counts from."""
+        clock = ffi.new("struct kvm_clock_data *")
+        self._ioctl("KVM_GET_CLOCK", lib.KVM_GET_CLOCK, clock)
+        return clock
+
+    def set_clock(self, clock: Cdata) -> None:
+        """KVM_SET_CLOCK: restart the kvmclock at ``clock.clock`` ns (flags cleared: KVM
+        takes only the value)."""
+        clock.flags = 0
+        self._ioctl("KVM_SET_CLOCK", lib.KVM_SET_CLOCK, clock)
+
     def get_stats_fd(self) -> StatsReader:
         """KVM_GET_STATS_FD: the VM's binary statistics (mmu_pte_write, pages_4k, ...)."""
         return StatsReader(self._ioctl("KVM_GET_STATS_FD", lib.KVM_GET_STATS_FD))
