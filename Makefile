@@ -95,6 +95,7 @@ bench: all
 	$(PY) bench/run.py
 	$(PY) bench/suite.py
 	$(PY) bench/debug.py
+	$(PY) bench/snapshot.py
 
 clean:
 	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \

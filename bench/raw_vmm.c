@@ -37,6 +37,39 @@ static uint64_t now_ns(void)
 
 struct vm { int kvm, vm, vcpu; uint8_t *mem; struct kvm_run *run; size_t run_size; };
 
+/* RAW_SETUP=full: what any VMM that boots a real guest does besides the minimum, as
+ * pyvmm's x86/reset.py does it: the supported CPUID (asked once per process, as pyvmm
+ * caches it), 11 MSRs at their reset values, the x87/SSE reset state, the LAPIC's LINT0/1. */
+static struct kvm_cpuid2 *supported;
+
+static void firmware_setup(struct vm *v, int lapic)
+{
+	if (!supported) {
+		supported = calloc(1, sizeof(*supported) + 256 * sizeof(struct kvm_cpuid_entry2));
+		supported->nent = 256;
+		CHK(ioctl(v->kvm, KVM_GET_SUPPORTED_CPUID, supported));
+	}
+	CHK(ioctl(v->vcpu, KVM_SET_CPUID2, supported));
+	static const uint32_t msrs[] = { 0x174, 0x175, 0x176, 0x277, 0x1a0, 0xc0000081, 0xc0000082,
+					 0xc0000083, 0xc0000084, 0xc0000102, 0x2ff };
+	struct { struct kvm_msrs h; struct kvm_msr_entry e[11]; } m = { .h = { .nmsrs = 11 } };
+	for (int i = 0; i < 11; i++)
+		m.e[i].index = msrs[i];
+	m.e[3].data = 0x0007040600070406ull; /* PAT */
+	m.e[4].data = 1;                     /* MISC_ENABLE: fast strings */
+	m.e[10].data = 0x806;                /* MTRR_DEF_TYPE: enabled, write-back */
+	CHK(ioctl(v->vcpu, KVM_SET_MSRS, &m));
+	struct kvm_fpu fpu = { .fcw = 0x37f, .mxcsr = 0x1f80 };
+	CHK(ioctl(v->vcpu, KVM_SET_FPU, &fpu));
+	if (lapic) {
+		struct kvm_lapic_state l;
+		CHK(ioctl(v->vcpu, KVM_GET_LAPIC, &l));
+		*(uint32_t *)(l.regs + 0x350) = 0x700;
+		*(uint32_t *)(l.regs + 0x360) = 0x400;
+		CHK(ioctl(v->vcpu, KVM_SET_LAPIC, &l));
+	}
+}
+
 static void vm_create(struct vm *v, uint64_t load, uint64_t entry, uint64_t count_addr, uint64_t count)
 {
 	v->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -82,6 +115,8 @@ static void vm_create(struct vm *v, uint64_t load, uint64_t entry, uint64_t coun
 	CHK(ioctl(v->vcpu, KVM_SET_SREGS, &s));
 	struct kvm_regs regs = { .rip = entry, .rsp = 0x80000, .rflags = 2 };
 	CHK(ioctl(v->vcpu, KVM_SET_REGS, &regs));
+	if (getenv("RAW_SETUP") && !strcmp(getenv("RAW_SETUP"), "full"))
+		firmware_setup(v, irq && (!strcmp(irq, "kernel") || !strcmp(irq, "split")));
 }
 
 static void vm_destroy(struct vm *v)

@@ -88,7 +88,7 @@ KVM_STATS_UNIT_MASK KVM_STATS_UNIT_NONE KVM_STATS_UNIT_BYTES KVM_STATS_UNIT_SECO
 KVM_STATS_UNIT_CYCLES KVM_STATS_UNIT_BOOLEAN
 KVM_STATS_BASE_MASK KVM_STATS_BASE_POW10 KVM_STATS_BASE_POW2
 PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_MAX_UNCLAIMED PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_READ
-PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER
+PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER PYVMM_ACT_CLOCK
 PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
 PYVMM_TRACE_EINTR PYVMM_TRACE_FAST PYVMM_TRACE_PENDING
 MADV_HUGEPAGE MADV_DONTNEED MADV_REMOVE
@@ -230,7 +230,8 @@ struct kvm_sync_regs *pyvmm_run_sync_regs(struct kvm_run *run);
 
 struct pyvmm_fast_entry {
     uint64_t base; uint64_t len; uint64_t read_value; uint64_t last_value; uint64_t hits;
-    uint8_t space; uint8_t dirs; uint8_t action; uint8_t enabled; ...;
+    uint8_t space; uint8_t dirs; uint8_t action; uint8_t enabled;
+    uint64_t clock_hz; uint64_t clock_mask; ...;
 };
 struct pyvmm_trace_rec {
     uint64_t t_enter; uint64_t t_exit; uint64_t rip; uint64_t addr; uint64_t data;
@@ -243,9 +244,9 @@ struct pyvmm_loop {
     uint8_t *buf; uint32_t buf_cap; uint32_t buf_len; uint32_t buf_flush_at;
     uint32_t buf_flush_newline;
     uint32_t answer_unclaimed; uint32_t n_claimed_mmio; uint8_t *claimed_ports;
-    uint32_t *unclaimed_pio; uint64_t claimed_mmio[...][2]; uint32_t n_unclaimed_mmio;
+    uint64_t claimed_mmio[...][2]; uint32_t n_unclaimed_mmio;
     uint64_t unclaimed_mmio[...][2];
-    uint64_t n_unclaimed_pio;
+    uint32_t n_unclaimed_pio; uint64_t unclaimed_pio[...][2];
     struct pyvmm_trace_rec *trace; uint64_t trace_cap; uint64_t trace_head;
     uint64_t kvm_runs;
     uint64_t exit_counts[...];

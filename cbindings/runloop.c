@@ -153,14 +153,23 @@ static void store_le(uint8_t *p, unsigned n, uint64_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+/* A CLOCK entry's value as read at ``addr``: ticks since read_value (ns) at clock_hz. */
+static uint64_t clock_read(const struct pyvmm_fast_entry *e, uint64_t addr)
+{
+    uint64_t ns = pyvmm_monotonic_ns() - e->read_value;
+    uint64_t ticks = (uint64_t)((unsigned __int128)ns * e->clock_hz / 1000000000u);
+    return (ticks & e->clock_mask) >> (8 * (addr - e->base));
+}
+
 /* Returns -1 when the exit was answered and the loop goes on, else a PYVMM_RET_* code. */
 static int answer(struct pyvmm_loop *l, struct pyvmm_fast_entry *e, uint8_t *data,
-                  unsigned size, unsigned count, int is_write)
+                  unsigned size, unsigned count, int is_write, uint64_t addr)
 {
     e->hits++;
     if (!is_write) {
+        uint64_t v = e->action == PYVMM_ACT_CLOCK ? clock_read(e, addr) : e->read_value;
         for (unsigned i = 0; i < count; i++)
-            store_le(data + i * size, size, e->read_value);
+            store_le(data + i * size, size, v);
         return -1;
     }
     switch (e->action) {
@@ -203,17 +212,19 @@ static int mmio_claimed(struct pyvmm_loop *l, uint64_t addr, unsigned len)
     return 0;
 }
 
-static int count_unclaimed_mmio(struct pyvmm_loop *l, uint64_t addr)
+/* Count ``n`` accesses to ``addr`` in a table of PYVMM_MAX_UNCLAIMED (address, count)
+ * pairs; 0 when the table is full and ``addr`` is not in it (Python counts it then). */
+static int count_in(uint64_t table[][2], uint32_t *used, uint64_t addr, uint64_t n)
 {
-    for (uint32_t i = 0; i < l->n_unclaimed_mmio; i++)
-        if (l->unclaimed_mmio[i][0] == addr) {
-            l->unclaimed_mmio[i][1]++;
+    for (uint32_t i = 0; i < *used; i++)
+        if (table[i][0] == addr) {
+            table[i][1] += n;
             return 1;
         }
-    if (l->n_unclaimed_mmio == PYVMM_MAX_UNCLAIMED)
-        return 0; /* table full: Python counts this address */
-    l->unclaimed_mmio[l->n_unclaimed_mmio][0] = addr;
-    l->unclaimed_mmio[l->n_unclaimed_mmio++][1] = 1;
+    if (*used == PYVMM_MAX_UNCLAIMED)
+        return 0;
+    table[*used][0] = addr;
+    table[(*used)++][1] = n;
     return 1;
 }
 
@@ -232,14 +243,13 @@ int pyvmm_loop_dispatch(struct pyvmm_loop *l)
         struct pyvmm_fast_entry *e = lookup(l, PYVMM_SPACE_PIO, run->io.port, size,
                                             is_write ? PYVMM_DIR_WRITE : PYVMM_DIR_READ);
         if (e)
-            return answer(l, e, (uint8_t *)run + off, size, count, is_write);
+            return answer(l, e, (uint8_t *)run + off, size, count, is_write, run->io.port);
         uint16_t port = run->io.port;
-        if (l->answer_unclaimed && l->claimed_ports && l->unclaimed_pio &&
+        if (l->answer_unclaimed && l->claimed_ports &&
             !(l->claimed_ports[port >> 3] & (1u << (port & 7))) &&
             (port + size - 1 > 0xFFFF ||
-             !(l->claimed_ports[(port + size - 1) >> 3] & (1u << ((port + size - 1) & 7))))) {
-            l->unclaimed_pio[port] += count;
-            l->n_unclaimed_pio += count;
+             !(l->claimed_ports[(port + size - 1) >> 3] & (1u << ((port + size - 1) & 7)))) &&
+            count_in(l->unclaimed_pio, &l->n_unclaimed_pio, port, count)) {
             if (!is_write)
                 fill_ones((uint8_t *)run + off, size * count);
             return -1;
@@ -254,9 +264,9 @@ int pyvmm_loop_dispatch(struct pyvmm_loop *l)
             lookup(l, PYVMM_SPACE_MMIO, run->mmio.phys_addr, len,
                    run->mmio.is_write ? PYVMM_DIR_WRITE : PYVMM_DIR_READ);
         if (e)
-            return answer(l, e, run->mmio.data, len, 1, run->mmio.is_write);
+            return answer(l, e, run->mmio.data, len, 1, run->mmio.is_write, run->mmio.phys_addr);
         if (l->answer_unclaimed && !mmio_claimed(l, run->mmio.phys_addr, len) &&
-            count_unclaimed_mmio(l, run->mmio.phys_addr)) {
+            count_in(l->unclaimed_mmio, &l->n_unclaimed_mmio, run->mmio.phys_addr, 1)) {
             if (!run->mmio.is_write)
                 fill_ones(run->mmio.data, len);
             return -1;

@@ -17,7 +17,7 @@
 
 #define PYVMM_MAX_ENTRIES 64
 #define PYVMM_MAX_REASONS 64
-#define PYVMM_MAX_UNCLAIMED 16
+#define PYVMM_MAX_UNCLAIMED 32
 
 /* address spaces */
 #define PYVMM_SPACE_PIO 0
@@ -30,6 +30,7 @@
 #define PYVMM_ACT_BUFFER 2  /* written bytes appended to the loop's byte buffer */
 #define PYVMM_ACT_STOP 3    /* a write stops the loop; the value written is stop_value */
 #define PYVMM_ACT_COUNTER 4 /* like SINK, and the last value written is kept */
+#define PYVMM_ACT_CLOCK 5   /* reads: CLOCK_MONOTONIC since read_value (ns) at clock_hz, & clock_mask */
 
 /* why pyvmm_loop_run() returned */
 #define PYVMM_RET_EXIT 0   /* an exit the table does not cover: run->exit_reason says which */
@@ -49,6 +50,8 @@ struct pyvmm_fast_entry {
     uint8_t action;
     uint8_t enabled;
     uint32_t pad;
+    uint64_t clock_hz;   /* PYVMM_ACT_CLOCK: ticks per second (the ACPI PM timer: 3579545) */
+    uint64_t clock_mask; /* PYVMM_ACT_CLOCK: the counter's width */
 };
 
 /* One exit as --trace records it (struct pyvmm_loop.trace, a ring). */
@@ -87,18 +90,19 @@ struct pyvmm_loop {
     uint32_t buf_flush_newline; /* ... or when a '\n' was appended */
     /* Unclaimed I/O answered in C (reads all-ones, writes dropped) when answer_unclaimed
      * is set: a port is claimed when its bit in claimed_ports is set; an MMIO address is
-     * claimed when it falls in one of claimed_mmio[0..n_claimed_mmio).  Each unclaimed
-     * port access bumps unclaimed_pio[port] (65536 counters, owned by Python); MMIO ones
-     * are counted per address in unclaimed_mmio (the first PYVMM_MAX_UNCLAIMED addresses;
-     * any others go to Python, which counts them itself). */
+     * claimed when it falls in one of claimed_mmio[0..n_claimed_mmio).  Unclaimed
+     * accesses are counted per port in unclaimed_pio and per address in unclaimed_mmio
+     * (the first PYVMM_MAX_UNCLAIMED of each; any others go to Python, which counts them
+     * itself).  A small table, not 64K counters: machines are created by the thousand and
+     * every page a new one touches costs a fault. */
     uint32_t answer_unclaimed;
     uint32_t n_claimed_mmio;
     uint8_t *claimed_ports;
-    uint32_t *unclaimed_pio;
     uint64_t claimed_mmio[PYVMM_MAX_ENTRIES][2];
     uint32_t n_unclaimed_mmio;
     uint64_t unclaimed_mmio[PYVMM_MAX_UNCLAIMED][2]; /* address, count */
-    uint64_t n_unclaimed_pio;   /* unclaimed port accesses counted since Python last looked */
+    uint32_t n_unclaimed_pio;
+    uint64_t unclaimed_pio[PYVMM_MAX_UNCLAIMED][2];  /* port, count */
     /* --trace: when trace is set, every KVM_RUN leaves one record in this ring of
      * trace_cap (a power of two) records; trace_head counts every record ever written,
      * so records before trace_head - trace_cap were overwritten (dropped). */

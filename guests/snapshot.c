@@ -3,7 +3,9 @@
  * timer armed before the sync (its count and mode), the UART's scratch register, the AP's
  * registers and its place in a loop, the PIT-free TSC order, a page written by the host.
  *   (empty)   run; GUEST_SYNC(2, counter, ticks, scratch, ap_value); GUEST_SYNC(3, ap_seen)
- *   iters N   the same, N loop iterations after the sync instead of 1000 */
+ *   iters N   the same, N loop iterations after the sync instead of 1000
+ *   fuzz      after the sync: GUEST_SYNC(4, f(host_page[0])) and exit (bench/snapshot.py's loop)
+ *   dirty N   after the sync: write N pages, GUEST_SYNC(5, N) and exit (restore costs) */
 #include <pyvmm/guest.h>
 
 volatile uint64_t counter;
@@ -11,6 +13,7 @@ volatile uint64_t host_page[512] __attribute__((aligned(4096))); /* the host may
 static volatile int ticks;
 static volatile uint32_t go;
 static volatile uint64_t ap_value, ap_seen;
+static volatile uint8_t dirty_area[1024 * 4096] __attribute__((aligned(4096)));
 
 static void timer_isr(struct ex_regs *r)
 {
@@ -50,6 +53,18 @@ int main(struct boot_info *bi, const char *cmdline)
 	apic_write(APIC_LVTT, 0x40);        /* one-shot, vector 0x40, masked by IF=0 for now */
 	apic_write(APIC_TMICT, 20000000);   /* 20 ms at KVM's 1 GHz APIC bus */
 	GUEST_SYNC(1, counter);             /* the snapshot point */
+	if (!strcmp(cmdline, "fuzz")) {
+		uint64_t x = host_page[0];
+		GUEST_SYNC(4, x * 3 + counter, x ^ 0x5555);
+		return 0;
+	}
+	if (!strncmp(cmdline, "dirty ", 6)) {
+		uint64_t n = parse_u64(cmdline + 6);
+		for (uint64_t i = 0; i < n && i < 1024; i++)
+			dirty_area[i * 4096] = (uint8_t)(i + 1);
+		GUEST_SYNC(5, n);
+		return 0;
+	}
 	for (uint64_t i = 0; i < iters; i++)
 		counter++;
 	uint64_t end = rdtsc() + 26000000000ull; /* ~10 s: the timer must fire long before */

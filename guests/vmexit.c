@@ -42,6 +42,9 @@ static uint64_t op_inl(void) { return inl(0x2f0); }
 static uint64_t op_outl(void) { outl(0x2f0, 0); return 0; }
 static uint64_t op_mmio(void) { mmio_write32(0xd0000000ul, 0); return 0; }
 static uint64_t op_elcr(void) { return inb(0x4d0); }
+/* the ACPI PM timer (PIIX4 PM base 0x600 + 8 on both pyvmm's and QEMU's PC), as
+ * kvm-unit-tests' vmexit inl_from_pmtimer reads it */
+static uint64_t op_pmtimer(void) { return inl(0x608); }
 static uint64_t op_ipi(void)
 {
 	unsigned before = pongs;
@@ -78,6 +81,7 @@ int main(struct boot_info *bi, const char *cmdline)
 	row("outl_unassigned", op_outl, N, 1);
 	row("mmio_write", op_mmio, N, 1);
 	row("elcr", op_elcr, N, 1);
+	row("inl_pmtimer", op_pmtimer, N, 1);
 	if (bi->ncpus >= 2) {
 		idt_set_handler(0x60, ap_isr);
 		idt_set_handler(0x61, bsp_isr);

@@ -17,7 +17,6 @@ import click
 from pyvmm.console import StdoutSink, err, out, say
 from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.machine import Machine, memory_size
-from pyvmm.suite.command import suite
 from pyvmm.vstate.history import HistoryLimits
 
 if TYPE_CHECKING:
@@ -45,7 +44,27 @@ def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) ->
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Commands whose modules load only when that command runs (``pyvmm run`` never
+    imports the suite runner): name -> "module:attribute"."""
+
+    LAZY = {"suite": "pyvmm.suite.command:suite"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY and name not in self.commands:
+            import importlib
+
+            module, attr = self.LAZY[name].split(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            self.add_command(cmd, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pyvmm-kvm")
 def main() -> None:
     """pyvmm: run small guest kernels on /dev/kvm and see what KVM did."""
@@ -149,7 +168,8 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         elif save_at is not None:
             result = _run_and_save(machine, save_at[0], save_at[1], timeout, python_loop)
         else:
-            result = machine.run(timeout=timeout, python_loop=python_loop)
+            # KVM statistics only when shown: two snapshots of every stats fd otherwise wasted
+            result = machine.run(timeout=timeout, python_loop=python_loop, stats=stats)
         if core is not None and result.status in CORE_STATUSES:
             machine.write_core(core, result.status)
             say(f"core written to {core} (gdb {guest} {core})")
@@ -374,4 +394,3 @@ def info() -> int:
     out("\n".join(lines) + "\n")
     return ExitStatus.OK
 
-main.add_command(suite)

@@ -36,14 +36,11 @@ from pyvmm.loader import GuestImage, LoadPlan, open_image
 from pyvmm.loader.source import read_file
 from pyvmm.loader.symbols import Symbols
 from pyvmm.memory import GuestMemory, MemoryRegion
-from pyvmm.platform.pc import PcPlatform
 from pyvmm.vstate.fastpath import FastEntry, Space
 from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
 from pyvmm.vstate.loop import VcpuLoop
 from pyvmm.vstate.result import FINAL, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
-from pyvmm.vstate.trace import DEFAULT_CAPACITY as TRACE_CAPACITY
-from pyvmm.vstate.trace import ExitTrace
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
 from pyvmm.x86.entry import EntryState, apply_entry
@@ -51,7 +48,13 @@ from pyvmm.x86.reset import reset_vcpu
 
 if TYPE_CHECKING:
     from pyvmm.debug.debugger import Debugger
+    from pyvmm.platform.pc import PcPlatform
     from pyvmm.vstate.snapshot import Snapshot
+    from pyvmm.vstate.trace import ExitTrace
+
+#: exits each vCPU's trace ring keeps (pyvmm.vstate.trace.DEFAULT_CAPACITY; imported lazily:
+#: a run that does not trace never loads the module)
+TRACE_CAPACITY = 1 << 16
 
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
 
@@ -204,13 +207,20 @@ class Machine:
         for dev, port, n in ((self.uart, 0x3F8, 8), (self.debug_exit, 0xF4, 4), (self.post, 0x80, 1),
                              (self.ucall, UCALL_PORT, 4)):
             self.bus.register(Space.PIO, port, n, dev)
-        supported = self.kvm.get_supported_cpuid()
-        features = parse_cpu_features(self.cpu_features, supported)
+        supported: list[dict[str, int]] = []
+
+        def leaves() -> list[dict[str, int]]:  # only when the CPUID is not cached yet
+            if not supported:
+                supported.extend(self.kvm.get_supported_cpuid())
+            return supported
+
+        features = parse_cpu_features(self.cpu_features, leaves()) if self.cpu_features else {}
         for i in range(self.cpus):
             vcpu = self.vm.create_vcpu(i)
             self.vcpus.append(vcpu)
-            self._reset_lapics.append(reset_vcpu(vcpu, supported, self.cpus,
-                                                 lapic=self.irqchip != "none", features=features))
+            self._reset_lapics.append(reset_vcpu(vcpu, leaves, self.cpus,
+                                                 lapic=self.irqchip != "none", features=features,
+                                                 kvm_path=self.kvm.path))
 
     # --- building from a guest file ---------------------------------------------
     @classmethod
@@ -306,6 +316,8 @@ class Machine:
     def add_pc_platform(self) -> PcPlatform:
         """The PC devices and firmware state QEMU's ``-kernel`` guests expect."""
         if self.pc is None:
+            from pyvmm.platform.pc import PcPlatform  # multiboot guests only: loaded on use
+
             self.pc = PcPlatform(self)
         return self.pc
 
@@ -396,6 +408,8 @@ class Machine:
         """Record every exit from now on (the C loop keeps the newest ``capacity`` per
         vCPU, a power of two, between runs) and every guest event; each run's result
         carries the trace so far (``RunResult.trace``)."""
+        from pyvmm.vstate.trace import ExitTrace
+
         if self._trace is None:
             self._trace = ExitTrace()
             self.on_event(self._trace.events.append)
@@ -425,8 +439,9 @@ class Machine:
             pages = restore(self, snap)
         except ValueError as e:  # a struct of the wrong size from a file
             raise SnapshotError(f"the snapshot is corrupt: {e}") from None
-        for fe in self.bus.fast_entries:
-            self._sync_fast(fe)
+        for fe in self.bus.fast_entries:  # a device's state may have changed its answers
+            for loop in self.loops:
+                loop.sync_fast_entry(fe, only_if_changed=True)
         self._ended = None
         self._loaded = True
         if self._debugger is not None:

@@ -66,6 +66,7 @@ class Bus:
         self.unclaimed_other = 0
         self.fast_entries: list[FastEntry] = []
         self.lock = threading.RLock()
+        self._devices: list[tuple[str, Device]] | None = None
 
     def register(self, space: Space, base: int, length: int, device: Device) -> list[FastEntry]:
         """Claim ``[base, base+length)`` for ``device``; returns its new fast entries."""
@@ -85,16 +86,20 @@ class Bus:
             ranges.insert(i, (base, base + length, device))
             new = [fe for fe in device.fast_entries() if fe not in self.fast_entries]
             self.fast_entries += new
+            self._devices = None
         return new
 
     def devices(self) -> list[tuple[str, Device]]:
-        """Every device once, as ``(key, device)`` in registration order; the key
-        (``name@pio:0x3f8``) names it in snapshots."""
+        """Every device once, as ``(key, device)`` sorted by key; the key
+        (``name@pio:0x3f8``) names it in snapshots.  Kept until a device is registered."""
+        if self._devices is not None:
+            return self._devices
         out: dict[int, tuple[str, Device]] = {}
         for space, ranges in self._ranges.items():
             for start, _, d in sorted(ranges, key=lambda r: r[0]):
                 out.setdefault(id(d), (f"{d.name}@{space.name.lower()}:{start:#x}", d))
-        return sorted(out.values(), key=lambda kd: kd[0])
+        self._devices = sorted(out.values(), key=lambda kd: kd[0])
+        return self._devices
 
     def claimed(self, space: Space) -> list[tuple[int, int]]:
         """``[(base, length)]`` of every registered range in ``space``."""

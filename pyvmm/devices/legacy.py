@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import struct
 import time
+from typing import Any
 
 from pyvmm.devices.base import Device, VcpuContext, all_ones
 from pyvmm.devices.bus import GuestStop
+from pyvmm.vstate.fastpath import READ, Action, FastEntry, Space
 
 BOCHS_SHUTDOWN_PORT = 0x8900
 PCI_CONFIG_ADDRESS = 0xCF8
@@ -80,6 +82,16 @@ class AcpiPm(Device):
 
     def timer(self) -> int:
         return ((time.monotonic_ns() - self.t0) * PM_TIMER_HZ // 1_000_000_000) & 0xFFFFFFFF
+
+    def fast_entries(self) -> list[FastEntry]:
+        """The PM timer is read in C (a CLOCK entry over the same clock as :meth:`timer`):
+        guests poll it in tight loops, and each read is an exit."""
+        return [FastEntry(Space.PIO, PM_TIMER, 4, READ, Action.CLOCK, self, read_value=self.t0,
+                          clock_hz=PM_TIMER_HZ, clock_mask=0xFFFFFFFF)]
+
+    def state(self) -> dict[str, Any]:
+        """The registers; the timer is the host's clock, not state (it runs on)."""
+        return {"sts": self.sts, "en": self.en, "cnt": self.cnt}
 
     def _regs(self) -> bytes:
         return struct.pack("<HHHHI", self.sts, self.en, self.cnt, 0, self.timer())

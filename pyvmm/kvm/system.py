@@ -48,19 +48,29 @@ class Kvm(FdObject):
             raise KvmError(f"open {path}", err, OPEN_HINTS.get(err, "").format(path=path)) from None
         super().__init__(fd)
         self.path = path
+        if path in _CHECKED:
+            return
         version = self.get_api_version()
         if version != lib.KVM_API_VERSION:
             self.close()
             raise KvmError("KVM_GET_API_VERSION", 22,
                            f"API version {version}, pyvmm needs {lib.KVM_API_VERSION}")
+        _CHECKED.add(path)
 
     def get_api_version(self) -> int:
         """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
         return self._ioctl("KVM_GET_API_VERSION", lib.KVM_GET_API_VERSION)
 
     def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on the system fd: 0 if absent, else a cap-specific value."""
-        return self._ioctl_val("KVM_CHECK_EXTENSION", lib.KVM_CHECK_EXTENSION, cap)
+        """KVM_CHECK_EXTENSION on the system fd: 0 if absent, else a cap-specific value.
+        Asked once per process and device: the answer depends only on the loaded module,
+        and machines are created by the thousand (each ioctl costs ~15-40 us here)."""
+        key = (self.path, cap)
+        value = _EXTENSIONS.get(key)
+        if value is None:
+            value = _EXTENSIONS[key] = self._ioctl_val("KVM_CHECK_EXTENSION",
+                                                       lib.KVM_CHECK_EXTENSION, cap)
+        return value
 
     @cached_property
     def capabilities(self) -> Mapping[str, int]:
@@ -105,12 +115,27 @@ class Kvm(FdObject):
     def create_vm(self, vm_type: int = 0) -> Vm:
         """KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs)."""
         fd = self._ioctl_val("KVM_CREATE_VM", lib.KVM_CREATE_VM, vm_type)
-        return Vm(fd, self.vcpu_mmap_size)
+        vm = Vm(fd, self.vcpu_mmap_size)
+        key = (self.path, vm_type)
+        if key not in _XSAVE_SIZE:  # a VM ioctl, but the same answer for every VM of a type
+            _XSAVE_SIZE[key] = vm.check_extension(lib.KVM_CAP_XSAVE2)
+        vm.xsave_size = _XSAVE_SIZE[key]
+        return vm
 
-    @cached_property
+    @property
     def vcpu_mmap_size(self) -> int:
-        """KVM_GET_VCPU_MMAP_SIZE, asked once."""
-        return self.get_vcpu_mmap_size()
+        """KVM_GET_VCPU_MMAP_SIZE, asked once per process and device."""
+        size = _MMAP_SIZE.get(self.path)
+        if size is None:
+            size = _MMAP_SIZE[self.path] = self.get_vcpu_mmap_size()
+        return size
+
+
+#: per-process answers that depend only on the loaded KVM module (see check_extension)
+_CHECKED: set[str] = set()
+_EXTENSIONS: dict[tuple[str, int], int] = {}
+_MMAP_SIZE: dict[str, int] = {}
+_XSAVE_SIZE: dict[tuple[str, int], int] = {}
 
 
 def host_cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:

@@ -47,6 +47,12 @@ def msrs_struct(values: Mapping[int, int]) -> Cdata:
     return msrs
 
 
+def cpuid_struct(entries: Iterable[Mapping[str, int]]) -> Cdata:
+    """A ``struct kvm_cpuid2`` holding ``entries`` (dicts of the entry fields)."""
+    ents = [dict(e) for e in entries]
+    return ffi.new("struct kvm_cpuid2 *", {"nent": len(ents), "entries": ents})
+
+
 def xcrs_struct(xcrs: Mapping[int, int]) -> Cdata:
     """A ``struct kvm_xcrs`` for :meth:`Vcpu.set_xcrs`."""
     x = ffi.new("struct kvm_xcrs *")
@@ -102,11 +108,12 @@ class Vcpu(FdObject):
         """``kvm_run->s.regs`` (struct kvm_sync_regs), valid after an exit with sync regs on."""
         return lib.pyvmm_run_sync_regs(self.kvm_run)
 
-    def run_once(self) -> None:
-        """One KVM_RUN from Python (the run loops issue their own).  With
-        ``kvm_run.immediate_exit`` set it only completes a pending I/O instruction and
-        fails with EINTR."""
-        self._ioctl("KVM_RUN", lib.KVM_RUN)
+    def run_once(self) -> int:
+        """One KVM_RUN from Python (the run loops issue their own): 0, or the errno it
+        failed with (no exception: with ``kvm_run.immediate_exit`` set it only completes a
+        pending I/O instruction and EINTR is the expected answer)."""
+        r = int(lib.pyvmm_ioctl(self._fd("KVM_RUN"), lib.KVM_RUN, ffi.NULL))
+        return -r if r < 0 else 0
 
     # --- registers -------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
@@ -162,11 +169,11 @@ class Vcpu(FdObject):
         msrs = msrs_struct(values) if isinstance(values, Mapping) else values
         return self._ioctl("KVM_SET_MSRS", lib.KVM_SET_MSRS, msrs)
 
-    def set_cpuid2(self, entries: Iterable[Mapping[str, int]]) -> None:
+    def set_cpuid2(self, entries: Iterable[Mapping[str, int]] | Cdata) -> None:
         """KVM_SET_CPUID2: the CPUID leaves the guest sees (on kvm_pvm the guest still sees
-        host-like CPUID; see HOST-KVM.md)."""
-        ents = [dict(e) for e in entries]
-        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": len(ents), "entries": ents})
+        host-like CPUID; see HOST-KVM.md).  ``entries`` may be a struct from
+        :func:`cpuid_struct` (KVM copies it, so one struct serves many vCPUs)."""
+        cpuid = entries if isinstance(entries, ffi.CData) else cpuid_struct(entries)
         self._ioctl("KVM_SET_CPUID2", lib.KVM_SET_CPUID2, cpuid)
 
     def get_cpuid2(self, max_entries: int = 256) -> list[dict[str, int]]:

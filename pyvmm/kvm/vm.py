@@ -25,6 +25,9 @@ class Vm(FdObject):
         super().__init__(fd)
         self.vcpu_mmap_size = vcpu_mmap_size
         self.vcpus: list[Vcpu] = []
+        #: KVM_CAP_XSAVE2 on this VM (the XSAVE area's size); None: ask at the first vCPU
+        self.xsave_size: int | None = None
+        self._dirty_logs: dict[int, tuple[int, Cdata, Cdata]] = {}
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd: the answer for this VM (may differ from the
@@ -181,8 +184,12 @@ class Vm(FdObject):
         """KVM_GET_DIRTY_LOG: one bit per page of ``slot`` written since the last call
         (the call clears it).  The slot needs KVM_MEM_LOG_DIRTY_PAGES."""
         nbytes = ((npages + 63) // 64) * 8
-        bitmap = ffi.new("uint8_t[]", nbytes)
-        log = ffi.new("struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": bitmap})
+        cached = self._dirty_logs.get(slot)
+        if cached is None or cached[0] != nbytes:  # one buffer per slot: restores call often
+            bitmap = ffi.new("uint8_t[]", nbytes)
+            cached = self._dirty_logs[slot] = (nbytes, bitmap, ffi.new(
+                "struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": bitmap}))
+        _, bitmap, log = cached
         self._ioctl("KVM_GET_DIRTY_LOG", lib.KVM_GET_DIRTY_LOG, log)
         return bytes(ffi.buffer(bitmap, nbytes))
 
@@ -205,7 +212,9 @@ class Vm(FdObject):
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU: a vCPU whose APIC ID is ``vcpu_id``; maps its kvm_run."""
         fd = self._ioctl_val("KVM_CREATE_VCPU", lib.KVM_CREATE_VCPU, vcpu_id)
-        vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.check_extension(lib.KVM_CAP_XSAVE2))
+        if self.xsave_size is None:
+            self.xsave_size = self.check_extension(lib.KVM_CAP_XSAVE2)
+        vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.xsave_size)
         self.vcpus.append(vcpu)
         return vcpu
 

@@ -29,6 +29,7 @@ class Action(IntEnum):
     BUFFER = 2  # written bytes appended to the loop's byte buffer (owner.fast_event)
     STOP = 3  # a write stops the loop with the value written
     COUNTER = 4  # like SINK, and the last value written is kept
+    CLOCK = 5  # reads: host CLOCK_MONOTONIC since read_value (ns) at clock_hz, & clock_mask
 
 
 READ = 1  # PYVMM_DIR_READ
@@ -48,3 +49,5 @@ class FastEntry:
     owner: Device
     read_value: int = 0
     enabled: bool = True
+    clock_hz: int = 0
+    clock_mask: int = 0

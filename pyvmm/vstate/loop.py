@@ -9,11 +9,10 @@ each other.  This is the run loop's one door to the cffi extension.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyvmm._native import ffi, lib
 from pyvmm.devices.base import VcpuContext, all_ones
@@ -26,15 +25,16 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.vstate.exits import IO_SIZES, handle_exit, stop_outcome
 from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 from pyvmm.vstate.result import Outcome, RunStatus
-from pyvmm.vstate.trace import TraceRing
+
+if TYPE_CHECKING:
+    from pyvmm.vstate.trace import TraceRing
 
 # fastpath.py writes runloop.h's numbers down for devices; they must be the compiled ones
 assert (Space.PIO, Space.MMIO, READ, WRITE) == (lib.PYVMM_SPACE_PIO, lib.PYVMM_SPACE_MMIO,
                                                 lib.PYVMM_DIR_READ, lib.PYVMM_DIR_WRITE)
 assert [int(a) for a in Action] == [lib.PYVMM_ACT_SINK, lib.PYVMM_ACT_BUFFER,
-                                    lib.PYVMM_ACT_STOP, lib.PYVMM_ACT_COUNTER]
+                                    lib.PYVMM_ACT_STOP, lib.PYVMM_ACT_COUNTER, lib.PYVMM_ACT_CLOCK]
 
-_NONZERO = re.compile(b"[^\x00]")
 _EINTR, _EAGAIN = -4, -11
 MAX_ENTRIES = int(lib.PYVMM_MAX_ENTRIES)
 
@@ -88,13 +88,13 @@ class VcpuLoop:
         for fe in bus.fast_entries:
             self.add_fast_entry(fe)
         self._claimed_ports = ffi.new("uint8_t[]", 65536 // 8)
-        self._unclaimed_pio = ffi.new("uint32_t[]", 65536)
         self.c.claimed_ports = self._claimed_ports
-        self.c.unclaimed_pio = self._unclaimed_pio
         self.sync_claims()
 
     def enable_trace(self, capacity: int) -> TraceRing:
         """Have the C loop record every exit into a ring of ``capacity`` records."""
+        from pyvmm.vstate.trace import TraceRing
+
         if self.trace is None:
             self.trace = TraceRing(self.c, self.vcpu.id, capacity)
         return self.trace
@@ -129,17 +129,22 @@ class VcpuLoop:
         e = self.c.entries[n]
         e.base, e.len, e.space, e.dirs = fe.base, fe.length, int(fe.space), fe.dirs
         e.action, e.read_value, e.enabled = int(fe.action), fe.read_value, int(fe.enabled)
+        e.clock_hz, e.clock_mask = fe.clock_hz, fe.clock_mask
         self.entries.append(fe)
         self._reported.append(0)
         self.c.n_entries = n + 1
         return n
 
-    def sync_fast_entry(self, fe: FastEntry) -> None:
-        """Re-read ``fe.enabled``/``read_value`` after a device changed them."""
+    def sync_fast_entry(self, fe: FastEntry, only_if_changed: bool = False) -> None:
+        """Re-read ``fe.enabled``/``read_value`` after a device changed them (with
+        ``only_if_changed``, compare first: reads of the C table are cheaper than writes)."""
         for i, mine in enumerate(self.entries):
             if mine is fe:
-                self.c.entries[i].enabled = int(fe.enabled)
-                self.c.entries[i].read_value = fe.read_value
+                e = self.c.entries[i]
+                if only_if_changed and e.enabled == int(fe.enabled) and e.read_value == fe.read_value:
+                    return
+                e.enabled = int(fe.enabled)
+                e.read_value = fe.read_value
 
     def fast_hits(self) -> dict[str, int]:
         """Exits answered in C, per device and port (entries of one device at one base
@@ -176,13 +181,10 @@ class VcpuLoop:
         """After a run: buffered output to its device, the C loop's unclaimed-access counts
         to the bus's tally, and what C answered to each entry's device."""
         self.drain()
-        counts = self._unclaimed_pio
-        if self.c.n_unclaimed_pio:  # the scan below only runs when C counted something
-            self.c.n_unclaimed_pio = 0
-            raw = bytes(ffi.buffer(counts, 65536 * 4))
-            for port in sorted({m.start() // 4 for m in _NONZERO.finditer(raw)}):
-                self.bus.count_unclaimed(Space.PIO, port, int(counts[port]))
-                counts[port] = 0
+        for i in range(int(self.c.n_unclaimed_pio)):
+            port, n = int(self.c.unclaimed_pio[i][0]), int(self.c.unclaimed_pio[i][1])
+            self.bus.count_unclaimed(Space.PIO, port, n)
+        self.c.n_unclaimed_pio = 0
         for i in range(int(self.c.n_unclaimed_mmio)):
             addr, n = int(self.c.unclaimed_mmio[i][0]), int(self.c.unclaimed_mmio[i][1])
             self.bus.count_unclaimed(Space.MMIO, addr, n)

@@ -71,9 +71,10 @@ class Runner:
         self._stopped_by_host = True
         self._stop.set()
         self._done.set()
-        inline = self._inline
-        if inline is not None:
-            inline[0].kick()
+        # kick now, not when the waiting thread wakes: called from a sync handler, the
+        # vCPU must not enter the guest again (a snapshot at GUEST_SYNC is taken right there)
+        for loop in self.loops:
+            loop.kick()
 
     def run(self, timeout: float | None, python_loop: bool = False, *,
             vcpus: Collection[int] | None = None, collect_stats: bool = True) -> RunResult:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import json
 import mmap
 import os
@@ -91,6 +92,7 @@ class Snapshot:
     trusted: bool = True
     _mapping: mmap.mmap | None = field(default=None, repr=False)
     _prepared: dict[int, Prepared] = field(default_factory=dict, repr=False)
+    _checked_shape: tuple[int, int, bool] | None = field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the snapshot to ``path`` (replaced atomically)."""
@@ -154,12 +156,11 @@ def complete_pending_io(vcpu: Vcpu) -> None:
     run = vcpu.kvm_run
     run.immediate_exit = 1
     try:
-        vcpu.run_once()
-    except KvmError as e:
-        if e.errno not in (4, 11):  # EINTR is the expected answer
-            raise
+        err = vcpu.run_once()
     finally:
         run.immediate_exit = 0
+    if err not in (0, errno.EINTR, errno.EAGAIN):
+        raise KvmError("KVM_RUN", err, "completing the vCPU's last I/O instruction")
 
 
 def readable_msrs(m: Machine) -> list[int]:
@@ -231,11 +232,14 @@ def machine_config(m: Machine) -> dict[str, Any]:
 
 def restore(m: Machine, snap: Snapshot) -> int:
     """Put ``snap`` back into ``m`` (stopped); returns how many RAM pages were copied."""
-    mine = machine_config(m)
-    for k in ("mem", "cpus", "irqchip", "pit", "pc", "regions"):
-        if mine[k] != snap.config.get(k):
-            raise SnapshotError(f"the snapshot is of another machine: {k} is "
-                                f"{snap.config.get(k)!r} there, {mine[k]!r} here")
+    shape = (id(m), len(m.memory.regions), m.pc is not None)
+    if snap._checked_shape != shape:  # the machine's shape changes rarely: check it once
+        mine = machine_config(m)
+        for k in ("mem", "cpus", "irqchip", "pit", "pc", "regions"):
+            if mine[k] != snap.config.get(k):
+                raise SnapshotError(f"the snapshot is of another machine: {k} is "
+                                    f"{snap.config.get(k)!r} there, {mine[k]!r} here")
+        snap._checked_shape = shape
     pages = _restore_ram(m, snap)
     prepared = snap.prepared(m)
     for v, st, p in zip(m.vcpus, snap.vcpus, prepared.vcpus, strict=True):
@@ -302,10 +306,16 @@ def _restore_ram(m: Machine, snap: Snapshot) -> int:
         pages = 0
         for r, (_, saved) in zip(regions, snap.ram, strict=True):
             buf = r._map.buffer
-            for gpa in mem.written_since_base(r):
-                off = gpa - r.gpa
-                buf[off:off + PAGE] = saved[off:off + PAGE]
-                pages += 1
+            written = mem.written_since_base(r)
+            pages += len(written)
+            i = 0
+            while i < len(written):  # one copy per run of consecutive pages
+                j = i + 1
+                while j < len(written) and written[j] == written[j - 1] + PAGE:
+                    j += 1
+                lo, hi = written[i] - r.gpa, written[j - 1] - r.gpa + PAGE
+                buf[lo:hi] = saved[lo:hi]
+                i = j
         return pages
     for r, (gpa, saved) in zip(regions, snap.ram, strict=True):
         if gpa != r.gpa or len(saved) != r.size:

@@ -7,10 +7,10 @@ the GPRs in ``kvm_run`` at every exit (KVM_CAP_SYNC_REGS).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from pyvmm.kvm.vcpu import FPU_RESET
+from pyvmm.kvm.vcpu import FPU_RESET, cpuid_struct
 from pyvmm.x86.cpuid import vcpu_cpuid
 from pyvmm.x86.msrs import RESET_MSRS
 
@@ -23,12 +23,26 @@ LVT_EXTINT = 0x700
 LVT_NMI = 0x400
 
 
-def reset_vcpu(vcpu: Vcpu, supported_cpuid: Sequence[dict[str, int]], ncpus: int, *,
-               lapic: bool, features: Mapping[str, bool] | None = None) -> bytes | None:
-    """CPUID (with ``features`` set or cleared), MSRs, FPU and (``lapic``: the VM has an
-    in-kernel LAPIC) LINT0/LINT1.  Returns the LAPIC's register page as set (kept for a
-    reset at S3 resume), None without a LAPIC."""
-    vcpu.set_cpuid2(vcpu_cpuid(supported_cpuid, vcpu.id, ncpus, features or {}))
+#: prepared KVM_SET_CPUID2 arguments per (/dev/kvm path, vCPU, vCPU count, features):
+#: machines are created by the thousand, and building the struct costs more than the
+#: ioctl; KVM copies it, so one serves every machine
+_CPUID_CACHE: dict[tuple[str, int, int, tuple[tuple[str, bool], ...]], Any] = {}
+
+
+def reset_vcpu(vcpu: Vcpu, supported_cpuid: Callable[[], Sequence[dict[str, int]]], ncpus: int,
+               *, lapic: bool, features: Mapping[str, bool] | None = None,
+               kvm_path: str = "") -> bytes | None:
+    """CPUID (``supported_cpuid()``'s leaves with ``features`` set or cleared), MSRs, FPU
+    and (``lapic``: the VM has an in-kernel LAPIC) LINT0/LINT1.  Returns the LAPIC's register
+    page as set (kept for a reset at S3 resume), None without a LAPIC."""
+    feats = tuple(sorted((features or {}).items()))
+    key = (kvm_path, vcpu.id, ncpus, feats)
+    cpuid = _CPUID_CACHE.get(key) if kvm_path else None
+    if cpuid is None:
+        cpuid = cpuid_struct(vcpu_cpuid(supported_cpuid(), vcpu.id, ncpus, dict(feats)))
+        if kvm_path:
+            _CPUID_CACHE[key] = cpuid
+    vcpu.set_cpuid2(cpuid)
     vcpu.set_msrs(RESET_MSRS)
     vcpu.set_fpu(**FPU_RESET)
     if lapic:

@@ -184,3 +184,16 @@ def test_booted_guest_fixture_boots_once(pytester: pytest.Pytester, guests: Path
     """)
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     r.assert_outcomes(passed=6)
+
+
+def test_stop_from_a_sync_handler_stops_right_there(guests: Path) -> None:
+    """Machine.stop() from a GUEST_SYNC handler must stop that vCPU before it enters the
+    guest again.  Regression: the kick waited for the runner's thread, the guest ran on
+    past the sync and read host_page before the host wrote it (and --save-at-sync and
+    booted_guest snapshotted a guest already past its sync)."""
+    for i in range(5):
+        with boot_to_sync(guests / "snapshot.elf", cmdline="fuzz") as m:
+            assert m.symbols is not None
+            m.memory.write_int(m.symbols.address_of("host_page"), 8, 100 + i)
+            r = m.run(timeout=30)
+            assert syncs(r) == [(4, (4, (100 + i) * 3 + 41, (100 + i) ^ 0x5555))]

@@ -90,3 +90,33 @@ def test_counter_keeps_last_value_and_mmio(loop):
     assert bytes(ffi.buffer(mm.data))[:4] == bytes.fromhex("ddccbbaa") and m.hits == 1
     mm.phys_addr = 0xD0000FFE  # crosses the end of the range
     assert lib.pyvmm_loop_dispatch(loop) == lib.PYVMM_RET_EXIT
+
+
+def test_clock_entry_counts_host_time_at_its_rate(loop):
+    """The ACPI PM timer in C: ticks of CLOCK_MONOTONIC since read_value at clock_hz,
+    masked to the counter's width; a narrower read at an offset gets the upper bytes."""
+    import time
+
+    e = add(loop, Space.PIO, 0x608, 4, READ, Action.CLOCK, read_value=time.monotonic_ns() - 10**9)
+    e.clock_hz, e.clock_mask = 3_579_545, 0xFFFFFFFF
+
+    def read(port, size):
+        assert pio(loop, port, bytes(size), size=size, out=False) == HANDLED
+        return int.from_bytes(bytes(ffi.buffer(ffi.cast("uint8_t *", loop.run) + 4096, size)), "little")
+
+    a = read(0x608, 4)
+    time.sleep(0.01)
+    b = read(0x608, 4)
+    assert 3_579_545 <= a < 3_579_545 * 2  # one second since the base, read at most a second later
+    assert 3_579 * 9 < b - a < 3_579_545  # ~10 ms later
+    lo = read(0x608, 4) >> 16
+    upper = read(0x60A, 2)
+    assert lo <= upper <= read(0x608, 4) >> 16  # the upper half, read alone
+    e.clock_mask = 0xFFFFFF  # a 24-bit PM timer
+    assert all(read(0x608, 4) <= 0xFFFFFF for _ in range(20))
+    # the base may be the far past: no overflow in ns * hz (128-bit intermediate)
+    e.read_value, e.clock_mask = 0, (1 << 64) - 1
+    before = time.monotonic_ns() * 3_579_545 // 10**9
+    big = read(0x608, 4)
+    after = time.monotonic_ns() * 3_579_545 // 10**9
+    assert (before & 0xFFFFFFFF) <= big <= (after & 0xFFFFFFFF) or (after >> 32) != (before >> 32)

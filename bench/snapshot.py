@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Snapshot costs (guests/snapshot.c, one vCPU, kernel irqchip), ratios measured in one run:
+
+1. restore after the guest dirtied 1, 16 and 1024 pages, against creating a new machine
+   (Machine.from_file + load) and against the bare ioctls of the state it restores (the
+   same KVM_SET_* calls with their arguments prepared, timed alone);
+2. a clone from a snapshot file (Machine.from_snapshot) against a fresh boot to the same
+   point (Machine.from_file + run to GUEST_SYNC 1);
+3. a fuzzing loop, iterations per second: restore -> write an input -> run to a SYNC ->
+   read the result, against the same with a new machine each time.
+
+Run with ``make bench``.  Medians; this host's timings vary ~2x run to run (HOST-KVM.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pyvmm import Machine
+from pyvmm.vstate.snapshot import Snapshot
+
+GUEST = Path(__file__).resolve().parent.parent / "guests" / "build" / "snapshot.elf"
+ROUNDS = 30
+
+
+def boot(cmdline: str, **kw: object) -> Machine:
+    m = Machine.from_file(GUEST, cmdline=cmdline, **kw)  # type: ignore[arg-type]
+    m.on_sync(lambda ev: m.stop() if ev.stage == 1 else None)
+    r = m.run(timeout=30)
+    assert r.status == "stopped", r.message
+    m.ucall.sync_handlers.clear()
+    return m
+
+
+def med_us(fn: Callable[[], object], n: int = ROUNDS) -> float:
+    fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e6
+
+
+def bare_ioctls_us(m: Machine, snap: Snapshot) -> float:
+    """The KVM_SET_* ioctls a restore issues, arguments prepared, nothing else."""
+    p = snap.prepared(m)
+    v, st, pv = m.vcpus[0], snap.vcpus[0], p.vcpus[0]
+    region = m.memory.regions[0]
+
+    def ioctls() -> None:
+        m.vm.get_dirty_log(region.slot, region.size // 4096)
+        v.set_sregs(pv["sregs"])
+        v.set_regs(pv["regs"])
+        v.set_xsave(pv["xsave"]) if "xsave" in pv else v.set_fpu(pv["fpu"])
+        if "xcrs" in pv:
+            v.set_xcrs(pv["xcrs"])
+        if "debugregs" in pv:
+            v.set_debugregs(pv["debugregs"])
+        if "lapic" in pv:
+            v.set_lapic(pv["lapic"])
+        v.set_msrs(pv["msrs"])
+        v.set_vcpu_events(pv["events"])
+        v.set_mp_state(st.mp_state)
+        for chip in p.irqchips:
+            m.vm.set_irqchip(chip)
+        if p.pit is not None:
+            m.vm.set_pit2(p.pit)
+        if p.clock is not None:
+            m.vm.set_clock(p.clock)
+
+    return med_us(ioctls)
+
+
+def main() -> int:
+    if not GUEST.exists():
+        print(f"missing {GUEST}: run `make bench`", file=sys.stderr)
+        return 2
+    print("pyvmm snapshot bench: guests/snapshot.elf, 1 vCPU, kernel irqchip")
+
+    def new_machine() -> None:
+        with Machine.from_file(GUEST):
+            pass
+
+    t_new = med_us(new_machine, 15)
+    print("\n1. restore after the guest wrote N pages (us, median)")
+    print(f"   new machine (from_file + load + close)   {t_new:9.0f} us")
+    for pages in (1, 16, 1024):
+        with boot(f"dirty {pages}") as m:
+            snap = m.snapshot()
+
+            def dirty_then_restore() -> float:
+                r = m.run(timeout=30)
+                assert r.ok, r.message
+                t = time.perf_counter()
+                m.restore(snap)
+                return time.perf_counter() - t
+
+            dirty_then_restore()
+            t = statistics.median(dirty_then_restore() for _ in range(ROUNDS)) * 1e6
+            bare = bare_ioctls_us(m, snap)
+            print(f"   restore, {pages:4} dirty pages             {t:9.0f} us   bare ioctls "
+                  f"{bare:5.0f} us: {t / bare:.2f}x (target <= 2x)   new machine / restore "
+                  f"{t_new / t:5.1f}x (target >= 50x)")
+
+    print("\n2. clone from a file vs a fresh boot to the same point (ms, median)")
+    with tempfile.TemporaryDirectory() as d:
+        for irqchip in ("kernel", "split"):
+            path = Path(d) / f"{irqchip}.snap"
+            with boot("fuzz", irqchip=irqchip) as m:
+                m.snapshot().save(path)
+
+            def clone(path: Path = path) -> None:
+                Machine.from_snapshot(path).close()
+
+            def fresh(irqchip: str = irqchip) -> None:
+                boot("fuzz", irqchip=irqchip).close()
+
+            c, f = med_us(clone, 15) / 1000, med_us(fresh, 15) / 1000
+            print(f"   irqchip={irqchip:<6} clone {c:6.2f} ms   fresh boot {f:6.2f} ms   ratio "
+                  f"{c / f:.2f}x   (target: clone < 2 ms)")
+
+    print("\n3. fuzzing loop: restore, write an input, run to GUEST_SYNC 4, read it")
+    with boot("fuzz") as m:
+        assert m.symbols is not None
+        page = m.symbols.address_of("host_page")
+        snap = m.snapshot()
+        n = 200
+        t = time.perf_counter()
+        for i in range(n):
+            m.restore(snap)
+            m.memory.write_int(page, 8, i)
+            r = m.run(timeout=30)
+            assert r.syncs(4)[0].args[1] == i * 3 + 41, r.events
+        restored = n / (time.perf_counter() - t)
+    n = 20
+    t = time.perf_counter()
+    for i in range(n):
+        with boot("fuzz") as fresh_m:
+            fresh_m.memory.write_int(page, 8, i)
+            r = fresh_m.run(timeout=30)
+            assert r.syncs(4)[0].args[1] == i * 3 + 41, r.events
+    fresh_rate = n / (time.perf_counter() - t)
+    print(f"   restore each iteration   {restored:8.0f} it/s")
+    print(f"   new machine each time    {fresh_rate:8.0f} it/s   restore/new {restored / fresh_rate:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
