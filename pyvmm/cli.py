@@ -149,6 +149,16 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         raise click.UsageError("--trace records the C run loop's exits; drop --python-loop")
     if (guest is None) == (from_snapshot is None):
         raise click.UsageError("give a GUEST to boot or --from-snapshot FILE (one of them)")
+    if from_snapshot is not None:
+        ctx = click.get_current_context()
+        options = {"mem": "--mem", "cpus": "--cpus", "cmdline": "--append", "initrd": "--initrd",
+                   "fmt": "--format", "irqchip": "--irqchip", "pit": "--pit/--no-pit",
+                   "cpu_features": "--cpu-features", "save_at": "--save-at-sync"}
+        shape = [opt for name, opt in options.items()
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if shape:
+            raise click.UsageError(f"--from-snapshot takes the machine from the snapshot; drop "
+                                   f"{', '.join(shape)}")
     try:
         if from_snapshot is not None:
             machine = Machine.from_snapshot(from_snapshot, serial=sink, history=CLI_HISTORY,

@@ -266,8 +266,19 @@ class Machine:
             args = os.fsencode(cmdline)
         except UnicodeError as e:
             raise ConfigError(f"the command line cannot be encoded: {e}") from None
-        return image.plan(self.memory.ram_ranges(), cmdline=args, ncpus=self.cpus, initrd=data,
-                          initrd_name=os.fsdecode(initrd) if initrd is not None else "")
+        ram = self.memory.ram_ranges()
+        name = os.fsdecode(initrd) if initrd is not None else ""
+        # the same image planned for the same RAM and arguments gives the same plan (a
+        # harness or fuzzer reusing a parsed image skips rebuilding page tables and boot info)
+        key = (tuple(ram), args, self.cpus, data, name)
+        plans: dict[Any, LoadPlan] = image.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            plan = image.plan(ram, cmdline=args, ncpus=self.cpus, initrd=data, initrd_name=name)
+            if len(plans) >= 8:
+                plans.clear()
+            plans[key] = plan
+        return plan
 
     def load(self, plan: LoadPlan, image: GuestImage | None = None) -> None:
         """Apply a loader's plan: its bytes to RAM, its entry state to the BSP."""
