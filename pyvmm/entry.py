@@ -10,25 +10,31 @@ the traceback with ``-v``.
 
 from __future__ import annotations
 
-import signal
+import _signal  # type: ignore[import-not-found]  # the C module: ``signal`` builds enums first
 import sys
 from types import FrameType
+
+_NAMES = {2: "SIGINT", 15: "SIGTERM", 1: "SIGHUP"}
+
+
+def _name(signum: int) -> str:
+    return _NAMES.get(signum) or f"signal {signum}"
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     from pyvmm.errors import Interrupted
 
-    raise Interrupted(signum, signal.Signals(signum).name)
+    raise Interrupted(signum, _name(signum))
 
 
 def main(argv: list[str] | None = None) -> None:
     """The console script ``pyvmm``; ``python -m pyvmm`` is the same."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupted)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (a `&` job)
+    for sig in (_signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, _raise_interrupted)
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not ignored (`&` job)
         # Ctrl-C as our own exception: click turns a KeyboardInterrupt into a stray newline
         # on stderr and Abort before the one line below
-        signal.signal(signal.SIGINT, _raise_interrupted)
+        _signal.signal(_signal.SIGINT, _raise_interrupted)
     from pyvmm.console import guard_standard_fds
 
     guard_standard_fds()
@@ -80,16 +86,16 @@ def _run(args: list[str]) -> int:
                 + ("" if verbose else " (run with -v for the traceback)"))
             return int(ExitStatus.VMM_ERROR)
     except (KeyboardInterrupt, Exception) as e:  # a signal before the handlers above exist
-        signum = int(signal.SIGINT) if isinstance(e, KeyboardInterrupt) else getattr(e, "signum", None)
+        signum = int(_signal.SIGINT) if isinstance(e, KeyboardInterrupt) else getattr(e, "signum", None)
         if signum is None:
             raise
-        _stderr(f"pyvmm: interrupted ({signal.Signals(signum).name})\n")
+        _stderr(f"pyvmm: interrupted ({_name(signum)})\n")
         return 128 + signum
     except BaseException as e:
         signum = getattr(e, "signum", None)
         if signum is None:
             raise
-        _stderr(f"pyvmm: interrupted ({signal.Signals(signum).name})\n")
+        _stderr(f"pyvmm: interrupted ({_name(int(signum))})\n")
         return 128 + int(signum)
 
 
