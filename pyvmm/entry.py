@@ -29,17 +29,29 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The console script ``pyvmm``; ``python -m pyvmm`` is the same."""
-    for sig in (_signal.SIGTERM, _signal.SIGHUP):
-        _signal.signal(sig, _raise_interrupted)
-    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not ignored (`&` job)
-        # Ctrl-C as our own exception: click turns a KeyboardInterrupt into a stray newline
-        # on stderr and Abort before the one line below
-        _signal.signal(_signal.SIGINT, _raise_interrupted)
-    from pyvmm.console import guard_standard_fds
+    try:
+        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not ignored
+            # Ctrl-C as our own exception: click turns a KeyboardInterrupt into a stray
+            # newline on stderr and Abort before the one line below
+            _signal.signal(_signal.SIGINT, _raise_interrupted)
+        for sig in (_signal.SIGTERM, _signal.SIGHUP):  # SIGHUP last: all are in place then
+            _signal.signal(sig, _raise_interrupted)
+        from pyvmm.console import guard_standard_fds
 
-    guard_standard_fds()
+        guard_standard_fds()
+    except BaseException as e:  # a signal between the handlers and _run's own handling
+        sys.exit(_interrupted(e))
     args = sys.argv[1:] if argv is None else argv
     sys.exit(_run(args))
+
+
+def _interrupted(e: BaseException) -> int:
+    """The status for a KeyboardInterrupt or Interrupted (one line said); re-raise others."""
+    signum = int(_signal.SIGINT) if isinstance(e, KeyboardInterrupt) else getattr(e, "signum", None)
+    if signum is None:
+        raise e
+    _stderr(f"pyvmm: interrupted ({_name(int(signum))})\n")
+    return 128 + int(signum)
 
 
 def _run(args: list[str]) -> int:
@@ -85,18 +97,8 @@ def _run(args: list[str]) -> int:
             say(f"internal error: {type(e).__name__}: {e}"
                 + ("" if verbose else " (run with -v for the traceback)"))
             return int(ExitStatus.VMM_ERROR)
-    except (KeyboardInterrupt, Exception) as e:  # a signal before the handlers above exist
-        signum = int(_signal.SIGINT) if isinstance(e, KeyboardInterrupt) else getattr(e, "signum", None)
-        if signum is None:
-            raise
-        _stderr(f"pyvmm: interrupted ({_name(signum)})\n")
-        return 128 + signum
-    except BaseException as e:
-        signum = getattr(e, "signum", None)
-        if signum is None:
-            raise
-        _stderr(f"pyvmm: interrupted ({_name(int(signum))})\n")
-        return 128 + int(signum)
+    except BaseException as e:  # a signal while importing, before the handling above
+        return _interrupted(e)
 
 
 def _stderr(text: str) -> None:
