@@ -94,7 +94,7 @@ def main() -> int:
         with boot(f"dirty {pages}") as m:
             snap = m.snapshot()
 
-            def dirty_then_restore() -> float:
+            def dirty_then_restore(m: Machine = m, snap: Snapshot = snap) -> float:
                 r = m.run(timeout=30)
                 assert r.ok, r.message
                 t = time.perf_counter()
