@@ -82,7 +82,8 @@ def test_save_and_clone_in_another_process(guests: Path, tmp_path: Path) -> None
             with open({str(path)!r}, "rb") as f:
                 assert f.read(8) == b"PYVMMSNP"  # the clone never wrote the file
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)  # never the source tree: the installed pyvmm
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"exit {[(s, list(a)) for s, a in want]}"
     snap = load(path)
