@@ -28,7 +28,6 @@ from pyvmm.devices.uart import Uart16550
 from pyvmm.devices.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
 from pyvmm.errors import ConfigError, GuestExitedError, GuestImageError
 from pyvmm.kvm.errors import KvmError
-from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
 from pyvmm.kvm.vcpu import MP_STATE_UNINITIALIZED, Vcpu
 from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
@@ -48,6 +47,7 @@ from pyvmm.x86.reset import reset_vcpu
 
 if TYPE_CHECKING:
     from pyvmm.debug.debugger import Debugger
+    from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
     from pyvmm.platform.pc import PcPlatform
     from pyvmm.vstate.snapshot import Snapshot
     from pyvmm.vstate.trace import ExitTrace

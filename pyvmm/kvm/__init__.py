@@ -6,11 +6,24 @@ failure.  The modules import one way only: system -> vm -> vcpu -> (fd, stats, e
 native); ``native`` is the layer's one door to the cffi extension.
 """
 
+from typing import TYPE_CHECKING
+
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.run import exit_name
-from pyvmm.kvm.stats import StatsReader
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
+if TYPE_CHECKING:
+    from pyvmm.kvm.stats import StatsReader
+
 __all__ = ["Kvm", "KvmError", "StatsReader", "Vcpu", "Vm", "exit_name"]
+
+
+def __getattr__(name: str) -> object:
+    """``StatsReader`` on first use: a run that reads no statistics never loads it."""
+    if name == "StatsReader":
+        from pyvmm.kvm.stats import StatsReader
+
+        return StatsReader
+    raise AttributeError(f"module 'pyvmm.kvm' has no attribute {name!r}")

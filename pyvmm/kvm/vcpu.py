@@ -8,11 +8,14 @@ natural view (sregs, events), which they may change and hand back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.fd import FdObject
 from pyvmm.kvm.native import Cdata, ffi, lib
-from pyvmm.kvm.stats import StatsReader
+
+if TYPE_CHECKING:
+    from pyvmm.kvm.stats import StatsReader
 
 #: the general-purpose registers of ``struct kvm_regs``, in its order, then RIP and RFLAGS
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
@@ -278,6 +281,8 @@ class Vcpu(FdObject):
 
     def get_stats_fd(self) -> StatsReader:
         """KVM_GET_STATS_FD: this vCPU's statistics (exits, insn_emulation, halt_*, pf_*)."""
+        from pyvmm.kvm.stats import StatsReader  # only machines that read stats load it
+
         return StatsReader(self._ioctl("KVM_GET_STATS_FD", lib.KVM_GET_STATS_FD))
 
     def close(self) -> None:

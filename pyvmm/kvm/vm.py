@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pyvmm.kvm.fd import FdObject
 from pyvmm.kvm.native import Cdata, ffi, lib
-from pyvmm.kvm.stats import StatsReader
 from pyvmm.kvm.vcpu import Vcpu
+
+if TYPE_CHECKING:
+    from pyvmm.kvm.stats import StatsReader
 
 PIC_MASTER = int(lib.KVM_IRQCHIP_PIC_MASTER)
 PIC_SLAVE = int(lib.KVM_IRQCHIP_PIC_SLAVE)
@@ -207,6 +211,8 @@ class Vm(FdObject):
 
     def get_stats_fd(self) -> StatsReader:
         """KVM_GET_STATS_FD: the VM's binary statistics (mmu_pte_write, pages_4k, ...)."""
+        from pyvmm.kvm.stats import StatsReader  # only machines that read stats load it
+
         return StatsReader(self._ioctl("KVM_GET_STATS_FD", lib.KVM_GET_STATS_FD))
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:

@@ -12,10 +12,10 @@ then lays it out against the machine's RAM.  Formats:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from pyvmm.errors import GuestImageError
 from pyvmm.loader.boot import ElfImage, parse_elf64
-from pyvmm.loader.multiboot import FLAG_ADDRESSES, MultibootImage, find_header, parse_multiboot
 from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import read_file, shown
 from pyvmm.loader.symbols import Symbols
@@ -23,7 +23,24 @@ from pyvmm.loader.symbols import Symbols
 __all__ = ["FORMATS", "ElfImage", "GuestImage", "LoadPlan", "MultibootImage", "Symbols", "detect",
            "open_image", "parse_image"]
 
-GuestImage = ElfImage | MultibootImage
+if TYPE_CHECKING:
+    from pyvmm.loader.multiboot import MultibootImage
+
+    GuestImage = ElfImage | MultibootImage
+
+#: the multiboot header's magic as it appears in a file: files without it never load the
+#: multiboot module (an ELF64 guest's start-up does not pay for it)
+_MB_MAGIC = (0x1BADB002).to_bytes(4, "little")
+_MB_SEARCH = 8192 + 12
+
+
+def __getattr__(name: str) -> object:
+    """``MultibootImage`` and ``GuestImage`` on first use (see _MB_MAGIC)."""
+    if name in ("MultibootImage", "GuestImage"):
+        from pyvmm.loader.multiboot import MultibootImage
+
+        return MultibootImage if name == "MultibootImage" else ElfImage | MultibootImage
+    raise AttributeError(f"module 'pyvmm.loader' has no attribute {name!r}")
 FORMATS = ("elf64", "multiboot")
 #: the guest file may carry symbols and debug information beyond what it loads
 FILE_SLACK = 64 << 20
@@ -36,7 +53,11 @@ def detect(data: bytes, name: str = "<guest>") -> str:
     decides: a multiboot header wins where it can be loaded as such (any ELF32, or any file
     whose header carries its load addresses, flag 16, an ELF64 too); otherwise an ELF64
     is pyvmm's own convention.  GuestImageError for anything else."""
-    header = find_header(data)
+    header = None
+    if _MB_MAGIC in data[:_MB_SEARCH]:
+        from pyvmm.loader.multiboot import FLAG_ADDRESSES, find_header
+
+        header = find_header(data)
     elf64 = data[:4] == b"\x7fELF" and data[4:5] == b"\x02"
     if header is not None and (not elf64 or header.flags & FLAG_ADDRESSES):
         return "multiboot"
@@ -54,6 +75,8 @@ def parse_image(data: bytes, name: str, fmt: str | None = None) -> GuestImage:
     if fmt == "elf64":
         return parse_elf64(data, name)
     if fmt == "multiboot":
+        from pyvmm.loader.multiboot import parse_multiboot
+
         return parse_multiboot(data, name)
     raise GuestImageError(f"{name}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
 
@@ -64,6 +87,6 @@ def open_image(path: str | os.PathLike[str], *, mem: int | None = None,
     bounds how much of a file is read at all."""
     limit = (mem or DEFAULT_LIMIT) + FILE_SLACK
     image = parse_image(read_file(path, limit), shown(path), fmt)
-    if isinstance(image, MultibootImage):
-        image.argv0 = os.fsencode(path)
+    if image.format == "multiboot":
+        image.argv0 = os.fsencode(path)  # type: ignore[union-attr]
     return image

@@ -18,13 +18,13 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
-from pyvmm.crash import GuestCrash, capture
 from pyvmm.errors import Interrupted
-from pyvmm.kvm.stats import StatDesc, StatValue, delta, split
 from pyvmm.vstate.result import Outcome, RunResult, RunStatus
 
 if TYPE_CHECKING:
+    from pyvmm.crash import GuestCrash
     from pyvmm.devices.bus import Bus
+    from pyvmm.kvm.stats import StatDesc, StatValue
     from pyvmm.loader.symbols import Symbols
     from pyvmm.memory import GuestMemory
     from pyvmm.vstate.history import EventLog, SerialLog
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 FLUSH_INTERVAL = 0.05
 #: how long one vCPU may run on the caller's thread before it moves to a thread of its own
 INLINE_LIMIT = 0.05
-Snapshot = dict[str, dict[str, StatValue]]
+Snapshot = dict[str, dict[str, "StatValue"]]
 
 
 class Runner:
@@ -94,6 +94,8 @@ class Runner:
         result.serial, result.serial_dropped = self.serial.since(serial_mark)
         result.events, result.events_dropped = self.events.since(events_mark)
         if collect_stats:
+            from pyvmm.kvm.stats import delta, split
+
             after = self.stats()
             for scope in after:
                 moved = delta(self.descriptors(scope), before.get(scope, {}), after[scope])
@@ -167,6 +169,8 @@ class Runner:
             return None  # the watchdog: a leg that blocks (HLT) goes on in a thread
         crashes = []
         if out is not None and out.kind == RunStatus.CRASH:
+            from pyvmm.crash import capture  # loaded when a guest crashes
+
             crashes.append(capture(loop.vcpu, self.memory, self.symbols(), out.reason, out.details))
         return ([out] if out is not None else []), crashes, interrupted, signum
 
@@ -207,6 +211,8 @@ class Runner:
                               details={"traceback": traceback.format_exc()})
             crash = None
             if out.kind == RunStatus.CRASH:
+                from pyvmm.crash import capture
+
                 crash = capture(loop.vcpu, self.memory, self.symbols(), out.reason, out.details)
             with lock:
                 outcomes.append(out)
