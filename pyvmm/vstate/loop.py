@@ -9,6 +9,7 @@ each other.  This is the run loop's one door to the cffi extension.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +37,9 @@ assert [int(a) for a in Action] == [lib.PYVMM_ACT_SINK, lib.PYVMM_ACT_BUFFER,
                                     lib.PYVMM_ACT_STOP, lib.PYVMM_ACT_COUNTER, lib.PYVMM_ACT_CLOCK]
 
 _EINTR, _EAGAIN = -4, -11
+#: struct kvm_run's io member: direction, size, port, count, data_offset (checked below)
+_IO_VIEW = struct.Struct("<BBHIQ")
+assert _IO_VIEW.size == ffi.sizeof("struct pyvmm_run_io")
 MAX_ENTRIES = int(lib.PYVMM_MAX_ENTRIES)
 
 _kick_installed = False
@@ -253,9 +257,17 @@ class VcpuLoop:
         run = self.vcpu.kvm_run
         io = lib.pyvmm_run_io(run)
         window = ffi.buffer(ffi.cast("uint8_t *", run), self.vcpu.run_size)
+        # exit_reason and the whole io view in one unpack: each cffi field read costs more
+        # than the struct call (offsets from the compiled header, not written by hand)
+        reason_at = ffi.offsetof("struct kvm_run", "exit_reason")
+        io_at = int(ffi.cast("uintptr_t", io)) - int(ffi.cast("uintptr_t", run))
+        unpack_reason = struct.Struct("<I").unpack_from
+        unpack_io = _IO_VIEW.unpack_from
+        window_len = len(window)
         ioctl, KVM_RUN, NULL = lib.pyvmm_ioctl, lib.KVM_RUN, ffi.NULL
         EXIT_IO, OUT = lib.KVM_EXIT_IO, lib.KVM_EXIT_IO_OUT
         counts = [0] * int(lib.PYVMM_MAX_REASONS)
+        n_reasons = len(counts)
         ports: dict[int, Any] = {}
         bus, c, lock, ctx, vid = self.bus, self.c, self.bus.lock, self.ctx, self.vcpu.id
         runs = 0
@@ -271,17 +283,22 @@ class VcpuLoop:
                         counts[lib.KVM_EXIT_INTR] += 1
                         continue
                     return Outcome(RunStatus.ERROR, vid, reason=str(KvmError("KVM_RUN", -r)))
-                reason = run.exit_reason
-                counts[reason if reason < len(counts) else 0] += 1
-                if reason == EXIT_IO and io.count == 1:
-                    size, port, off = io.size, io.port, io.data_offset
+                reason = unpack_reason(window, reason_at)[0]
+                counts[reason if reason < n_reasons else 0] += 1
+                if reason == EXIT_IO:
+                    direction, size, port, count, off = unpack_io(window, io_at)
+                    if count != 1:
+                        out = handle_exit(run, self.vcpu.run_size, ctx, bus, self.msrs)
+                        if out is None:
+                            continue
+                        return out
                     dev: Any = ports.get(port * 8 + size)
                     if dev is None:
                         dev = ports[port * 8 + size] = bus.find(Space.PIO, port, size) or bus
-                    if dev is not bus and size in IO_SIZES and off + size <= len(window):
+                    if dev is not bus and size in IO_SIZES and off + size <= window_len:
                         try:
                             with lock:
-                                if io.direction == OUT:
+                                if direction == OUT:
                                     dev.write(port, size, int.from_bytes(window[off:off + size], "little"),
                                               ctx)
                                 else:
