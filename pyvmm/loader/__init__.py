@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     GuestImage = ElfImage | MultibootImage
 
-#: the multiboot header's magic as it appears in a file: files without it never load the
-#: multiboot module (an ELF64 guest's start-up does not pay for it)
+#: the multiboot header's magic as it appears in a file: files without it never look
+#: further (and an ELF64 guest never loads the multiboot loader)
 _MB_MAGIC = (0x1BADB002).to_bytes(4, "little")
 _MB_SEARCH = 8192 + 12
 
@@ -55,7 +55,7 @@ def detect(data: bytes, name: str = "<guest>") -> str:
     is pyvmm's own convention.  GuestImageError for anything else."""
     header = None
     if _MB_MAGIC in data[:_MB_SEARCH]:
-        from pyvmm.loader.multiboot import FLAG_ADDRESSES, find_header
+        from pyvmm.loader.mbheader import FLAG_ADDRESSES, find_header
 
         header = find_header(data)
     elf64 = data[:4] == b"\x7fELF" and data[4:5] == b"\x02"

@@ -20,18 +20,16 @@ from dataclasses import dataclass, field
 
 from pyvmm.errors import GuestImageError
 from pyvmm.loader.elf import ELFCLASS32, EM_386, MAGIC, LoadSegment, parse
+from pyvmm.loader.mbheader import FLAG_ADDRESSES, MultibootHeader, find_header
 from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.symbols import Symbols
 from pyvmm.x86.entry import EntryState
 from pyvmm.x86.segments import gdt_bytes
 
-HEADER_MAGIC = 0x1BADB002
 BOOT_MAGIC = 0x2BADB002
-SEARCH = 8192
 FLAG_PAGE_ALIGN = 1 << 0
 FLAG_MEMORY_INFO = 1 << 1
 FLAG_VIDEO = 1 << 2
-FLAG_ADDRESSES = 1 << 16
 SUPPORTED_REQUIRED = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO | FLAG_VIDEO  # video: ignored, as QEMU
 
 MMAP_ADDR = 0x9000  # QEMU's multiboot option ROM: the e820 map at 0x9000 ...
@@ -43,17 +41,6 @@ MBI_MEM, MBI_CMDLINE, MBI_MODS, MBI_MMAP, MBI_LOADER = 1 << 0, 1 << 2, 1 << 3, 1
 LOW_RAM_END = 0x9FC00  # 639 KiB: what a BIOS reports below the EBDA
 E820_RAM, E820_RESERVED = 1, 2
 BIOS_AREA = (0x9FC00, 0x100000)  # EBDA, VGA hole, option ROMs and the BIOS (ACPI lives here)
-
-
-@dataclass(frozen=True)
-class MultibootHeader:
-    offset: int
-    flags: int
-    header_addr: int = 0
-    load_addr: int = 0
-    load_end_addr: int = 0
-    bss_end_addr: int = 0
-    entry_addr: int = 0
 
 
 @dataclass
@@ -85,19 +72,6 @@ class MultibootImage:
         return LoadPlan(self.path, self.format, entry, mb.writes, self.symbols,
                         full.decode("utf-8", "backslashreplace"), mb,
                         [(s.paddr, s.end) for s in self.segments])
-
-
-def find_header(data: bytes) -> MultibootHeader | None:
-    """The multiboot header in the first 8 KiB, or None."""
-    for off in range(0, min(len(data), SEARCH) - 11, 4):
-        magic, flags, csum = struct.unpack_from("<III", data, off)
-        if magic == HEADER_MAGIC and (magic + flags + csum) & 0xFFFFFFFF == 0:
-            if flags & FLAG_ADDRESSES:
-                if off + 32 > len(data):
-                    return None
-                return MultibootHeader(off, flags, *struct.unpack_from("<5I", data, off + 12))
-            return MultibootHeader(off, flags)
-    return None
 
 
 def is_multiboot(data: bytes) -> bool:

@@ -10,14 +10,8 @@ from pyvmm.devices.fw_cfg import FwCfg
 from pyvmm.devices.legacy import AcpiPm, BochsShutdown, PciConfigMech1
 from pyvmm.devices.rtc import Rtc
 from pyvmm.errors import GuestImageError
-from pyvmm.loader.multiboot import (
-    HEADER_MAGIC,
-    INFO_ADDR,
-    Module,
-    find_header,
-    parse_multiboot,
-    plan_multiboot,
-)
+from pyvmm.loader.mbheader import HEADER_MAGIC, find_header
+from pyvmm.loader.multiboot import INFO_ADDR, Module, parse_multiboot, plan_multiboot
 from pyvmm.platform import acpi
 
 MiB = 1 << 20

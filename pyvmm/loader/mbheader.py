@@ -1,0 +1,38 @@
+"""The multiboot v1 header: where it is and what it says (spec 0.6.96, section 3.1.1).
+
+Apart from the loader (``multiboot.py``) so that telling formats apart (``detect``) does
+not load the whole multiboot loader for every ELF64 guest.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+HEADER_MAGIC = 0x1BADB002
+#: the header must lie, 4-byte aligned, in the file's first 8 KiB
+SEARCH = 8192
+#: flags bit 16: the header's own addresses say what to load where
+FLAG_ADDRESSES = 1 << 16
+
+@dataclass(frozen=True)
+class MultibootHeader:
+    offset: int
+    flags: int
+    header_addr: int = 0
+    load_addr: int = 0
+    load_end_addr: int = 0
+    bss_end_addr: int = 0
+    entry_addr: int = 0
+
+def find_header(data: bytes) -> MultibootHeader | None:
+    """The multiboot header in the first 8 KiB, or None."""
+    for off in range(0, min(len(data), SEARCH) - 11, 4):
+        magic, flags, csum = struct.unpack_from("<III", data, off)
+        if magic == HEADER_MAGIC and (magic + flags + csum) & 0xFFFFFFFF == 0:
+            if flags & FLAG_ADDRESSES:
+                if off + 32 > len(data):
+                    return None
+                return MultibootHeader(off, flags, *struct.unpack_from("<5I", data, off + 12))
+            return MultibootHeader(off, flags)
+    return None
