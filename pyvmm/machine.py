@@ -31,7 +31,7 @@ from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
 from pyvmm.kvm.vcpu import MP_STATE_UNINITIALIZED, Vcpu
 from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
-from pyvmm.loader import GuestImage, LoadPlan, open_image
+from pyvmm.loader import LoadPlan, open_image
 from pyvmm.loader.source import read_file
 from pyvmm.loader.symbols import Symbols
 from pyvmm.memory import GuestMemory, MemoryRegion
@@ -48,6 +48,7 @@ from pyvmm.x86.reset import reset_vcpu
 if TYPE_CHECKING:
     from pyvmm.debug.debugger import Debugger
     from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
+    from pyvmm.loader import GuestImage
     from pyvmm.platform.pc import PcPlatform
     from pyvmm.vstate.snapshot import Snapshot
     from pyvmm.vstate.trace import ExitTrace
