@@ -14,6 +14,8 @@ import _signal  # type: ignore[import-not-found]  # the C module: ``signal`` bui
 import sys
 from types import FrameType
 
+from pyvmm.errors import Interrupted  # before any handler exists (see _raise_interrupted)
+
 _NAMES = {2: "SIGINT", 15: "SIGTERM", 1: "SIGHUP"}
 
 
@@ -22,8 +24,8 @@ def _name(signum: int) -> str:
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    from pyvmm.errors import Interrupted
-
+    # no import here: a signal that lands while a module is half imported would make that
+    # import fail ("partially initialized module") instead of raising Interrupted
     raise Interrupted(signum, _name(signum))
 
 

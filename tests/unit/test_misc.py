@@ -58,3 +58,27 @@ def test_detect_mmu_kinds(tmp_path):
     assert detect(fake_sys(tmp_path / "c", {"kvm": {}, "kvm_intel": {"ept": "N"}})).mmu == "shadow"
     pvm = detect(fake_sys(tmp_path / "d", {"kvm": {"tdp_mmu": "N"}, "kvm_pvm": {}}))
     assert pvm.module == "kvm_pvm" and not pvm.tdp
+
+
+def test_signal_handler_imports_nothing(monkeypatch):
+    """pyvmm's signal handler runs wherever the signal lands, also in the middle of an
+    import; it once imported pyvmm.errors itself, and a SIGTERM during the import of
+    `collections` became "partially initialized module" and a traceback instead of one line
+    and 143 (seen in CI, test_signal_during_start_up[15-0.0])."""
+    import builtins
+
+    from pyvmm import entry
+    from pyvmm.errors import Interrupted
+
+    def no_imports(*a, **kw):
+        raise ImportError("an import inside the signal handler")
+
+    caught: BaseException | None = None
+    with monkeypatch.context() as mp:
+        mp.setattr(builtins, "__import__", no_imports)
+        try:
+            entry._raise_interrupted(15, None)
+        except BaseException as e:
+            caught = e
+    assert isinstance(caught, Interrupted), repr(caught)
+    assert (caught.signum, caught.name) == (15, "SIGTERM")
