@@ -95,12 +95,13 @@ class Debugger:
     called from any thread."""
 
     def __init__(self, machine: Machine, *, software_breakpoints: bool = False,
-                 emulate_watchpoints: bool = False) -> None:
+                 emulate_watchpoints: bool | None = None) -> None:
         self.machine = machine
         #: patch int3 for breakpoints (the host can run it); else use a debug register
         self.software_breakpoints = software_breakpoints
         #: the host's debug registers never fire on data accesses (pyvmm doctor:
-        #: hw-watchpoint): write watchpoints single-step every vCPU and compare the bytes
+        #: hw-watchpoint): write watchpoints single-step every vCPU and compare the bytes.
+        #: None: ask the doctor's (cached) probe at the first watchpoint
         self.emulate_watchpoints = emulate_watchpoints
         self.soft_watches: dict[tuple[int, int], tuple[int, bytes]] = {}
         self._watch_lock = threading.Lock()
@@ -150,6 +151,11 @@ class Debugger:
         if length not in DR7_LEN or address % length:
             raise DebugError(f"a debug register watches 1, 2, 4 or 8 bytes aligned to their "
                              f"size, not {length} at {address:#x}")
+        if self.emulate_watchpoints is None:
+            from pyvmm.doctor import host_features
+
+            probe = host_features().features.get("hw-watchpoint")
+            self.emulate_watchpoints = not (probe is not None and probe.works)
         if not self.emulate_watchpoints:
             self._add_slot(HwSlot(address, kind, length))
             return

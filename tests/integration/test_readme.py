@@ -20,3 +20,28 @@ def test_embedding_example(capsys):
     out = capsys.readouterr().out
     assert out.startswith("exit 0 mmio: wrote 0x1234abcd to 0xd0000000, read 1234abcd")
     assert "'MMIO': 2" in out
+
+
+def _block(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"## {title}", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_debugging_example(capsys):
+    block = _block("Debugging a guest").replace('"guests/build/', f'"{ROOT}/guests/build/')
+    exec(compile("from pyvmm import Machine\n" + block, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("breakpoint 22 ") and lines[1] == "watchpoint", lines
+
+
+def test_snapshot_example(tmp_path, monkeypatch):
+    block = _block("Snapshots and clones").replace('"guests/build/', f'"{ROOT}/guests/build/')
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(compile("from pyvmm import Machine\n" + block, "README.md", "exec"), scope)
+    r1, r2, clone = scope["r1"], scope["r2"], scope["clone"]
+    assert r1.ok and [e.args for e in r1.syncs()] == [e.args for e in r2.syncs()]
+    r3 = clone.run(timeout=30)
+    clone.close()
+    assert [e.args for e in r3.syncs()] == [e.args for e in r1.syncs()]
