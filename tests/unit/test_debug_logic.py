@@ -25,7 +25,7 @@ def fake_machine(ncpus: int = 2) -> Any:
 
 
 def test_dr7_encodes_each_slot() -> None:
-    d = Debugger(fake_machine())
+    d = Debugger(fake_machine(), emulate_watchpoints=False)
     d.add_breakpoint(0x1000, hardware=True)
     d.add_watchpoint(0x2000, 8, "write")
     d.add_watchpoint(0x3002, 2, "access")
@@ -41,7 +41,7 @@ def test_dr7_encodes_each_slot() -> None:
 
 
 def test_slots_run_out_and_watchpoints_must_be_aligned() -> None:
-    d = Debugger(fake_machine())
+    d = Debugger(fake_machine(), emulate_watchpoints=False)
     for a in range(4):
         d.add_breakpoint(0x1000 + a, hardware=True)
     with pytest.raises(DebugError, match="in use"):
