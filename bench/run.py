@@ -157,6 +157,27 @@ def vmexit_rows(results: dict[str, object], qemu_microvm: list[str] | None) -> N
     results["vmexit_cycles"] = out
 
 
+def imports_row(results: dict[str, object]) -> None:
+    """The import cost of the CLI, as ``python -X importtime -c "import pyvmm.cli"`` reports
+    it (cumulative microseconds of pyvmm.cli, median of 5), beside the bare interpreter's
+    start, and the five largest pyvmm modules by their own time."""
+    cum, selfs = [], []
+    for _ in range(5):
+        err = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pyvmm.cli"],
+                             capture_output=True, text=True, check=True).stderr
+        rows = [line.split("|") for line in err.splitlines() if line.startswith("import time:")]
+        own = {r[2].strip(): int(r[0].split(":")[1]) for r in rows if r[0].split(":")[1].strip().isdigit()}
+        cum.append(next(int(r[1]) for r in rows if r[2].strip() == "pyvmm.cli") / 1000)
+        selfs.append(own)
+    bare = med([process([sys.executable, "-c", "pass"])[0] * 1000 for _ in range(5)])
+    top = sorted(((k, med([s.get(k, 0) / 1000 for s in selfs])) for k in selfs[0]
+                  if k.startswith("pyvmm")), key=lambda kv: -kv[1])[:5]
+    print(f"   import pyvmm.cli       {med(cum):7.1f} ms (-X importtime, cumulative)   bare "
+          f"interpreter {bare:.1f} ms   largest: "
+          + ", ".join(f"{k.removeprefix('pyvmm.')} {v:.1f}" for k, v in top))
+    results["imports"] = {"pyvmm_cli_ms": med(cum), "bare_interpreter_ms": bare}
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -248,6 +269,7 @@ def main() -> int:
         print("   QEMU microvm         installed, but did not boot hello with any CPU model")
     else:
         print("   QEMU microvm         not installed (apt-get install qemu-system-x86 to compare)")
+    imports_row(results)
     vmexit_rows(results, qcmd)
     (B / "results.json").write_text(json.dumps(results, indent=1))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
