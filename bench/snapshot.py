@@ -30,10 +30,8 @@ ROUNDS = 30
 
 def boot(cmdline: str, **kw: object) -> Machine:
     m = Machine.from_file(GUEST, cmdline=cmdline, **kw)  # type: ignore[arg-type]
-    m.on_sync(lambda ev: m.stop() if ev.stage == 1 else None)
-    r = m.run(timeout=30)
+    r = m.run_to_sync(1, 30)
     assert r.status == "stopped", r.message
-    m.ucall.sync_handlers.clear()
     return m
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
 
 import click
 
@@ -18,9 +17,6 @@ from pyvmm.console import StdoutSink, err, out, say
 from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.machine import Machine, memory_size
 from pyvmm.vstate.history import HistoryLimits
-
-if TYPE_CHECKING:
-    from pyvmm.devices.ucall import GuestEvent
 from pyvmm.vstate.result import RunResult, RunStatus, exit_status
 
 #: the run outcomes --core writes a core for
@@ -199,15 +195,8 @@ def _run_and_save(machine: Machine, stage: int, path: str, timeout: float | None
                   python_loop: bool) -> RunResult:
     """Run to the first GUEST_SYNC of ``stage``, save a snapshot there, run on.  The
     snapshot is taken with every vCPU stopped, right after the sync's exit completes."""
-    hit: list[bool] = []
-
-    def at_sync(ev: GuestEvent) -> None:
-        if ev.stage == stage and not hit:
-            hit.append(True)
-            machine.stop()
-
-    machine.on_sync(at_sync)
-    result = machine.run(timeout=timeout, python_loop=python_loop)
+    result = machine.run_to_sync(stage, timeout, python_loop=python_loop)
+    hit = bool(result.syncs(stage))
     if result.status != RunStatus.STOPPED or not hit:
         if not hit and result.status not in (RunStatus.INTERRUPTED,):
             say(f"note: the guest never reached GUEST_SYNC {stage}; no snapshot was saved")

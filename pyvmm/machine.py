@@ -352,6 +352,25 @@ class Machine:
         waits: the place to inspect or change the VM at a known point of the guest."""
         self.ucall.sync_handlers.append(handler)
 
+    def run_to_sync(self, stage: int, timeout: float | None = None, *,
+                    python_loop: bool = False) -> RunResult:
+        """:meth:`run` until the guest's first GUEST_SYNC of ``stage``, and stop every vCPU
+        right there (the sync's own vCPU never re-enters the guest): the point to take a
+        snapshot.  Reached when the result is ``stopped`` and holds that sync
+        (``r.syncs(stage)``); otherwise the run ended another way first."""
+        reached: list[bool] = []
+
+        def stop_at(ev: GuestEvent) -> None:
+            if ev.stage == stage and not reached:
+                reached.append(True)
+                self.stop()
+
+        self.on_sync(stop_at)
+        try:
+            return self.run(timeout, python_loop=python_loop)
+        finally:
+            self.ucall.sync_handlers.remove(stop_at)
+
     def on_event(self, handler: Callable[[GuestEvent], None]) -> None:
         """Call ``handler(event)`` for every guest event as it happens (on the vCPU's
         thread, before sync handlers run): ``pyvmm run -v`` prints them."""

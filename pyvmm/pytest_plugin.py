@@ -197,17 +197,8 @@ def booted_guest(request: pytest.FixtureRequest,
             b.restores += 1
             return m
         m = Machine.from_file(guest, cmdline=cmdline, **kw)
-        reached: list[bool] = []
-
-        def stop_at(ev: Any) -> None:
-            if ev.stage == at_sync and not reached:
-                reached.append(True)
-                m.stop()
-
-        m.on_sync(stop_at)
-        r = m.run(timeout=limit)
-        m.ucall.sync_handlers.remove(stop_at)
-        if not reached or r.status != "stopped":
+        r = m.run_to_sync(at_sync, limit)
+        if not r.syncs(at_sync) or r.status != "stopped":
             m.close()
             check(r, "stopped")  # fails in the guest's words
             pytest.fail(f"{guest} never reached GUEST_SYNC {at_sync}", pytrace=False)

@@ -24,10 +24,8 @@ def syncs(r):  # type: ignore[no-untyped-def]
 
 def boot_to_sync(path: Path, stage: int = 1, **kw: object) -> Machine:
     m = Machine.from_file(path, **kw)  # type: ignore[arg-type]
-    m.on_sync(lambda ev: m.stop() if ev.stage == stage else None)
-    r = m.run(timeout=30)
-    assert r.status == "stopped", r.message
-    m.ucall.sync_handlers.clear()
+    r = m.run_to_sync(stage, 30)
+    assert r.status == "stopped" and r.syncs(stage), r.message
     return m
 
 
