@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyvmm import Machine
-from pyvmm.vstate.snapshot import Snapshot
+from pyvmm.vstate.snapshot import Snapshot, set_vcpu_state, set_vm_state
 
 GUEST = Path(__file__).resolve().parent.parent / "guests" / "build" / "snapshot.elf"
 ROUNDS = 30
@@ -46,31 +46,15 @@ def med_us(fn: Callable[[], object], n: int = ROUNDS) -> float:
 
 
 def bare_ioctls_us(m: Machine, snap: Snapshot) -> float:
-    """The KVM_SET_* ioctls a restore issues, arguments prepared, nothing else."""
+    """The KVM_SET_* ioctls a restore issues (the restore's own functions), arguments
+    prepared, plus the dirty-log read: nothing of the RAM copy, devices or checks."""
     p = snap.prepared(m)
-    v, st, pv = m.vcpus[0], snap.vcpus[0], p.vcpus[0]
     region = m.memory.regions[0]
 
     def ioctls() -> None:
         m.vm.get_dirty_log(region.slot, region.size // 4096)
-        v.set_sregs(pv["sregs"])
-        v.set_regs(pv["regs"])
-        v.set_xsave(pv["xsave"]) if "xsave" in pv else v.set_fpu(pv["fpu"])
-        if "xcrs" in pv:
-            v.set_xcrs(pv["xcrs"])
-        if "debugregs" in pv:
-            v.set_debugregs(pv["debugregs"])
-        if "lapic" in pv:
-            v.set_lapic(pv["lapic"])
-        v.set_msrs(pv["msrs"])
-        v.set_vcpu_events(pv["events"])
-        v.set_mp_state(st.mp_state)
-        for chip in p.irqchips:
-            m.vm.set_irqchip(chip)
-        if p.pit is not None:
-            m.vm.set_pit2(p.pit)
-        if p.clock is not None:
-            m.vm.set_clock(p.clock)
+        set_vcpu_state(m.vcpus[0], snap.vcpus[0], p.vcpus[0])
+        set_vm_state(m, p)
 
     return med_us(ioctls)
 

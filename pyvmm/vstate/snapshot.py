@@ -245,28 +245,8 @@ def restore(m: Machine, snap: Snapshot) -> int:
     for v, st, p in zip(m.vcpus, snap.vcpus, prepared.vcpus, strict=True):
         if int(v.kvm_run.exit_reason) in PENDING_EXITS:
             complete_pending_io(v)
-        v.set_sregs(p["sregs"])
-        v.set_regs(p["regs"])
-        if "xsave" in p:
-            v.set_xsave(p["xsave"])
-        else:
-            v.set_fpu(p["fpu"])
-        if "xcrs" in p:
-            v.set_xcrs(p["xcrs"])
-        if "debugregs" in p:
-            v.set_debugregs(p["debugregs"])
-        if "lapic" in p:
-            v.set_lapic(p["lapic"])
-        _set_msrs(v, st.msrs, p["msrs"])
-        v.set_vcpu_events(p["events"])
-        v.set_mp_state(st.mp_state)
-    for chip in prepared.irqchips:
-        m.vm.set_irqchip(chip)
-    if prepared.pit is not None:
-        m.vm.set_pit2(prepared.pit)
-    if prepared.clock is not None:
-        with contextlib.suppress(KvmError):
-            m.vm.set_clock(prepared.clock)
+        set_vcpu_state(v, st, p)
+    set_vm_state(m, prepared)
     for key, dev in m.bus.devices():
         state = snap.devices.get(key)
         if isinstance(state, dict):
@@ -276,6 +256,37 @@ def restore(m: Machine, snap: Snapshot) -> int:
                 dev.set_state(state)
     prepared.trusted = True  # checked against these devices once; plain setattr from now
     return pages
+
+
+def set_vcpu_state(v: Vcpu, st: VcpuState, p: dict[str, Any]) -> None:
+    """The KVM_SET_* ioctls that put one vCPU back, in the order KVM needs (special
+    registers before the LAPIC, the LAPIC before the MSRs such as TSC_DEADLINE)."""
+    v.set_sregs(p["sregs"])
+    v.set_regs(p["regs"])
+    if "xsave" in p:
+        v.set_xsave(p["xsave"])
+    else:
+        v.set_fpu(p["fpu"])
+    if "xcrs" in p:
+        v.set_xcrs(p["xcrs"])
+    if "debugregs" in p:
+        v.set_debugregs(p["debugregs"])
+    if "lapic" in p:
+        v.set_lapic(p["lapic"])
+    _set_msrs(v, st.msrs, p["msrs"])
+    v.set_vcpu_events(p["events"])
+    v.set_mp_state(st.mp_state)
+
+
+def set_vm_state(m: Machine, prepared: Prepared) -> None:
+    """The VM-wide ioctls of a restore: PIC/IOAPIC, PIT, kvmclock."""
+    for chip in prepared.irqchips:
+        m.vm.set_irqchip(chip)
+    if prepared.pit is not None:
+        m.vm.set_pit2(prepared.pit)
+    if prepared.clock is not None:
+        with contextlib.suppress(KvmError):
+            m.vm.set_clock(prepared.clock)
 
 
 def _set_msrs(v: Vcpu, msrs: dict[int, int], prepared: Any) -> None:
