@@ -151,12 +151,7 @@ class Debugger:
         if length not in DR7_LEN or address % length:
             raise DebugError(f"a debug register watches 1, 2, 4 or 8 bytes aligned to their "
                              f"size, not {length} at {address:#x}")
-        if self.emulate_watchpoints is None:
-            from pyvmm.doctor import host_features
-
-            probe = host_features().features.get("hw-watchpoint")
-            self.emulate_watchpoints = not (probe is not None and probe.works)
-        if not self.emulate_watchpoints:
+        if not self.watchpoints_emulated():
             self._add_slot(HwSlot(address, kind, length))
             return
         if kind != "write":
@@ -165,8 +160,19 @@ class Debugger:
         gpa = self._gpa(address, 0)
         self.soft_watches[(address, length)] = (gpa, self.machine.memory.read(gpa, length))
 
+    def watchpoints_emulated(self) -> bool:
+        """Whether write watchpoints are emulated by stepping: as set, or else as the
+        doctor's (cached) hw-watchpoint probe answers, asked once (a probe that could not
+        run counts as "emulate")."""
+        if self.emulate_watchpoints is None:
+            from pyvmm.doctor import host_features
+
+            probe = host_features().features.get("hw-watchpoint")
+            self.emulate_watchpoints = not (probe is not None and probe.works)
+        return self.emulate_watchpoints
+
     def remove_watchpoint(self, address: int, length: int, kind: str = "write") -> bool:
-        if self.emulate_watchpoints:
+        if self.watchpoints_emulated():
             return self.soft_watches.pop((address, length), None) is not None
         return self._remove_slot(HwSlot(address, kind, length))
 

@@ -260,7 +260,7 @@ class GdbProtocol:
                 else:
                     d.remove_breakpoint(addr, hardware=True)
             elif ztype in _WATCH:
-                if ztype != Z_WRITE and self.dbg.emulate_watchpoints is not False:
+                if ztype != Z_WRITE and self.dbg.watchpoints_emulated():
                     return b""  # x86 cannot emulate a read watch by comparing values
                 if insert:
                     d.add_watchpoint(addr, kind, _WATCH[ztype])

@@ -76,6 +76,9 @@ class FakeDebugger:
     software_breakpoints = False
     emulate_watchpoints = True
 
+    def watchpoints_emulated(self) -> bool:
+        return self.emulate_watchpoints
+
     def __init__(self) -> None:
         self.machine = fake_machine(2)
         self.regs = FakeRegs()
