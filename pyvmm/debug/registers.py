@@ -128,10 +128,16 @@ class RegisterError(ValueError):
     register number or size)."""
 
 
-def _full_tag(abridged: int, fsw: int) -> int:
-    """FXSAVE's abridged tag byte as the x87 16-bit tag word gdb shows (valid or empty)."""
-    del fsw  # the exact zero/special classes need the register contents; valid is enough
+def _full_tag(abridged: int) -> int:
+    """FXSAVE's abridged tag byte as the x87 16-bit tag word gdb shows: valid or empty (the
+    exact zero/special classes would need the register contents)."""
     return sum((0 if abridged >> i & 1 else 3) << (2 * i) for i in range(8))
+
+
+def _x87_control(f: Any) -> tuple[int, ...]:
+    """The x87 control registers from a ``struct kvm_fpu``, in X87_CONTROL's order."""
+    return (int(f.fcw), int(f.fsw), _full_tag(int(f.ftwx)), 0, int(f.last_ip) & 0xFFFFFFFF, 0,
+            int(f.last_dp) & 0xFFFFFFFF, int(f.last_opcode))
 
 
 class RegisterFile:
@@ -181,10 +187,9 @@ class RegisterFile:
             return int.from_bytes(bytes(f.fpr[int(n[2:])][0:10]), "little")
         if n.startswith("xmm"):
             return int.from_bytes(bytes(f.xmm[int(n[3:])][0:16]), "little")
-        return {"fctrl": int(f.fcw), "fstat": int(f.fsw), "ftag": _full_tag(int(f.ftwx), int(f.fsw)),
-                "fiseg": 0, "fioff": int(f.last_ip) & 0xFFFFFFFF, "foseg": 0,
-                "fooff": int(f.last_dp) & 0xFFFFFFFF, "fop": int(f.last_opcode),
-                "mxcsr": int(f.mxcsr)}[n]
+        if n == "mxcsr":
+            return int(f.mxcsr)
+        return _x87_control(f)[X87_CONTROL.index(n)]
 
     def encode(self, index: int) -> bytes:
         r = LAYOUT[index]
@@ -199,9 +204,7 @@ class RegisterFile:
             _CORE.pack(*(r[n] for n in GDB_GPRS), r["rip"], r["rflags"] & 0xFFFFFFFF,
                        *(int(getattr(s, n).selector) for n in SEGMENTS)),
             b"".join(fpr[16 * i:16 * i + 10] for i in range(8)),
-            _X87.pack(int(f.fcw), int(f.fsw), _full_tag(int(f.ftwx), 0), 0,
-                      int(f.last_ip) & 0xFFFFFFFF, 0, int(f.last_dp) & 0xFFFFFFFF,
-                      int(f.last_opcode)),
+            _X87.pack(*_x87_control(f)),
             cdata_bytes(f.xmm), struct.pack("<I", int(f.mxcsr)),
             _SYS.pack(int(s.fs.base), int(s.gs.base), *(int(getattr(s, n)) for n in SYSTEM)),
         ))
