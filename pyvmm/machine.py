@@ -383,9 +383,9 @@ class Machine:
         if event.kind == "print":
             self.serial.write(event.text.encode() + (b"" if event.text.endswith("\n") else b"\n"))
 
-    def _sync_fast(self, fe: FastEntry) -> None:
+    def _sync_fast(self, fe: FastEntry, only_if_changed: bool = False) -> None:
         for loop in self.loops:
-            loop.sync_fast_entry(fe)
+            loop.sync_fast_entry(fe, only_if_changed)
 
     # --- events ----------------------------------------------------------------
     def next_event(self, timeout: float | None = None) -> GuestEvent | None:
@@ -471,8 +471,7 @@ class Machine:
         except ValueError as e:  # a struct of the wrong size from a file
             raise SnapshotError(f"the snapshot is corrupt: {e}") from None
         for fe in self.bus.fast_entries:  # a device's state may have changed its answers
-            for loop in self.loops:
-                loop.sync_fast_entry(fe, only_if_changed=True)
+            self._sync_fast(fe, only_if_changed=True)
         self._ended = None
         self._loaded = True
         if self._debugger is not None:
