@@ -163,13 +163,15 @@ def imports_row(results: dict[str, object]) -> None:
     start, and the five largest pyvmm modules by their own time."""
     cum, selfs = [], []
     for _ in range(5):
-        err = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pyvmm.cli"],
+        # -P: the working directory stays off sys.path, so a run from the repository root
+        # measures the installed package, not the source tree (which has no _native)
+        err = subprocess.run([sys.executable, "-P", "-X", "importtime", "-c", "import pyvmm.cli"],
                              capture_output=True, text=True, check=True).stderr
         rows = [line.split("|") for line in err.splitlines() if line.startswith("import time:")]
         own = {r[2].strip(): int(r[0].split(":")[1]) for r in rows if r[0].split(":")[1].strip().isdigit()}
         cum.append(next(int(r[1]) for r in rows if r[2].strip() == "pyvmm.cli") / 1000)
         selfs.append(own)
-    bare = med([process([sys.executable, "-c", "pass"])[0] * 1000 for _ in range(5)])
+    bare = med([process([sys.executable, "-P", "-c", "pass"])[0] * 1000 for _ in range(5)])
     top = sorted(((k, med([s.get(k, 0) / 1000 for s in selfs])) for k in selfs[0]
                   if k.startswith("pyvmm")), key=lambda kv: -kv[1])[:5]
     print(f"   import pyvmm.cli       {med(cum):7.1f} ms (-X importtime, cumulative)   bare "
