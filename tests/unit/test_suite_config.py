@@ -225,7 +225,8 @@ def test_manifest_defaults_and_fields(tmp_path):
     ("[tests.a]\nkernal = 'x'\n", "tests.a: unknown keys kernal"),
     ("[tests.a]\ncpus = 2\n", "tests.a has no kernel"),
     ("[tests.a]\nkernel = 'k'\nexpect_output = '('\n", "tests.a: missing ), unterminated subpattern"),
-    ("[tests.a]\nkernel = 'k'\ncpus = 'many'\n", "tests.a: cpus must be a whole number from 1 to 1024, not 'many'"),
+    ("[tests.a]\nkernel = 'k'\ncpus = 'many'\n", "tests.a: cpus must be a whole number from 1 to 1024, "
+     "not 'many'"),
     # values from the file are checked for type and range, never used as whatever they are
     ("[tests.a]\nkernel = 'k'\nmem = 64\n", 'tests.a: mem must be a size with its unit, such as "64M" '
      '(did you mean "64M"?), not 64'),
@@ -238,7 +239,8 @@ def test_manifest_defaults_and_fields(tmp_path):
     ("[tests.a]\nkernel = 'k'\ntimeout = true\n", "tests.a: timeout must be a number of seconds, not True"),
     ("[tests.a]\nkernel = 'k'\ncpus = 2.5\n", "tests.a: cpus must be a whole number"),
     ("[tests.a]\nkernel = 'k'\ncpus = true\n", "tests.a: cpus must be a whole number"),
-    ("[tests.a]\nkernel = 'k'\nexpect_status = 256\n", "tests.a: expect_status must be a whole number from 0 to 255"),
+    ("[tests.a]\nkernel = 'k'\nexpect_status = 256\n", "tests.a: expect_status must be a whole "
+     "number from 0 to 255"),
     ("[tests.a]\nkernel = 'k'\ngroups = 'smoke'\n", "tests.a: groups must be a list of strings"),
     ("[tests.a]\nkernel = 'k'\ngroups = [[1]]\n", "tests.a: groups must be a list of strings, not list"),
     ("[tests.a]\nkernel = 'k'\nirqchip = 'apic'\n", "tests.a: irqchip must be one of kernel, split, none"),
