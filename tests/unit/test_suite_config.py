@@ -361,3 +361,18 @@ def test_plain_words_split_as_bash_splits_them(words, tmp_path):
     p = subprocess.run(["bash", "-c", 'eval "set -- $1" && printf "%s\\0" "$@"', "_", words],
                        capture_output=True, check=True)
     assert kut.expand(words, tmp_path) == [w.decode() for w in p.stdout.split(b"\0")[:-1]]
+
+
+def test_output_that_cannot_be_saved_is_one_output_error(tmp_path):
+    """Before: an -o tree that could not be written failed the test with a traceback."""
+    from pyvmm.errors import ExitStatus, OutputError
+    from pyvmm.suite.execute import save_output
+    from pyvmm.suite.model import TestOutcome
+
+    (tmp_path / "afile").write_text("")
+    t = SuiteTest("t", tmp_path / "k", tmp_path / "m.toml", style=MANIFEST)
+    why = r"^cannot save the output of t in .*afile/t: Not a directory$"
+    with pytest.raises(OutputError, match=why) as e:
+        save_output(t, TestOutcome(Verdict.PASS), tmp_path / "afile")
+    assert e.value.status == ExitStatus.OUTPUT
+    assert (save_output(t, TestOutcome(Verdict.PASS), tmp_path / "out") / "result").read_text() == "PASS\n"
