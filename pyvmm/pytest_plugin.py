@@ -28,13 +28,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from pyvmm.machine import Machine, RunResult
 
 DEFAULT_TIMEOUT = 30.0
+#: how a skip for want of KVM begins (``pyvmm suite`` counts them to say what to do)
+KVM_SKIP = "needs /dev/kvm: "
 FAILED = {"assert", "crash", "timeout", "error", "io-error", "interrupted"}
 
 
@@ -57,6 +59,13 @@ def kvm_unavailable_reason() -> str | None:
     return None
 
 
+def skip_here(reason: str) -> NoReturn:
+    """Skip the running test, reported at the test (``pytest -rs`` shows its file and
+    line) instead of the line in this module that decided it, as pytest reports a
+    ``skipif`` marker's skip."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
 def require_kvm() -> None:
     """Skip (or, with PYVMM_REQUIRE_KVM=1, fail) when KVM is unusable."""
     reason = kvm_unavailable_reason()
@@ -64,7 +73,7 @@ def require_kvm() -> None:
         return
     if os.environ.get("PYVMM_REQUIRE_KVM") == "1":
         pytest.fail(f"PYVMM_REQUIRE_KVM=1 but KVM is unusable: {reason}", pytrace=False)
-    pytest.skip(f"needs /dev/kvm: {reason}")
+    skip_here(f"{KVM_SKIP}{reason}")
 
 
 def require(features: tuple[str, ...] = (), caps: tuple[str, ...] = ()) -> None:
@@ -76,7 +85,7 @@ def require(features: tuple[str, ...] = (), caps: tuple[str, ...] = ()) -> None:
         with Kvm() as kvm:
             for cap in caps:
                 if not kvm.capabilities.get(cap):
-                    pytest.skip(f"host KVM lacks KVM_CAP_{cap}")
+                    skip_here(f"host KVM lacks KVM_CAP_{cap}")
     if features:
         from pyvmm.doctor import PROBES, host_features
 
@@ -92,9 +101,9 @@ def require(features: tuple[str, ...] = (), caps: tuple[str, ...] = ()) -> None:
                 msg = f"could not probe host feature {feat}: {f.detail}"
                 if os.environ.get("PYVMM_REQUIRE_KVM") == "1":
                     pytest.fail(f"PYVMM_REQUIRE_KVM=1 but {msg}", pytrace=False)
-                pytest.skip(msg)
+                skip_here(msg)
             if not f.works:
-                pytest.skip(f"host lacks {feat}: {f.detail}")
+                skip_here(f"host lacks {feat}: {f.detail}")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -113,7 +122,8 @@ def check(result: RunResult, expect: str = "ok") -> RunResult:
         if result.crash is not None:
             detail = result.crash.format()
         tail = result.text[-2000:]
-        pytest.fail(f"guest run ended with status {result.status!r}, expected {expect!r}: "
+        # str(): a RunStatus as its user-facing name ('assert'), not <RunStatus.ASSERT: ...>
+        pytest.fail(f"guest run ended with status {str(result.status)!r}, expected {expect!r}: "
                     f"{detail}" + (f"\n--- guest output ---\n{tail}" if tail else ""),
                     pytrace=False)
     return result

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import OutputError, PyvmmError
+from pyvmm.loader.source import shown
 from pyvmm.suite import kut
 from pyvmm.suite.model import KUT, SuiteTest, TestOutcome, Verdict, report_lines
 from pyvmm.vstate.history import HistoryLimits
@@ -138,11 +139,18 @@ def safe_name(name: str) -> str:
 
 def save_output(t: SuiteTest, out: TestOutcome, root: Path) -> Path:
     """``root/NAME/``: ``cmdline`` (the ``pyvmm run`` command that reruns it), ``serial.log``,
-    ``stderr.log`` and ``result`` (verdict and reason)."""
+    ``stderr.log`` and ``result`` (verdict and reason).  OutputError (one line) when they
+    cannot be written: ``root`` was checked before the run, so that is a full disk or the
+    like, never a usage problem."""
     d = root / safe_name(t.name)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "cmdline").write_text(t.describe() + "\n")
-    (d / "serial.log").write_text(out.serial)
-    (d / "stderr.log").write_text(out.stderr + ("\n" if out.stderr and not out.stderr.endswith("\n") else ""))
-    (d / "result").write_text(f"{out.verdict} {out.reason}".rstrip() + "\n")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cmdline").write_text(t.describe() + "\n")
+        (d / "serial.log").write_text(out.serial)
+        newline = "\n" if out.stderr and not out.stderr.endswith("\n") else ""
+        (d / "stderr.log").write_text(out.stderr + newline)
+        (d / "result").write_text(f"{out.verdict} {out.reason}".rstrip() + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot save the output of {t.name} in {shown(d)}: "
+                          f"{e.strerror or e}") from None
     return d

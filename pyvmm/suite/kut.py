@@ -23,7 +23,8 @@ import subprocess
 from pathlib import Path
 
 from pyvmm.suite import qemu_args
-from pyvmm.suite.model import DEFAULT_TIMEOUT, KUT, SuiteTest
+from pyvmm.suite.files import FileRefused, read_check, read_config
+from pyvmm.suite.model import DEFAULT_TIMEOUT, KUT, SuiteTest, check_timeout
 
 ARCH = "x86_64"
 _SECTION = re.compile(r"^\[(.*)\]$")
@@ -69,22 +70,24 @@ def bash_true(condition: str, cwd: Path) -> bool:
 
 
 def parse_timeout(text: str) -> float:
-    """timeout(1)'s durations: ``90``, ``90s``, ``5m``, ``1h``, ``1d``."""
+    """timeout(1)'s durations: ``90``, ``90s``, ``5m``, ``1h``, ``1d``; ValueError for
+    anything else, and for one that is 0 (timeout(1): no limit) or longer than a week."""
     m = re.fullmatch(r"\s*([0-9.]+)\s*([smhd]?)\s*", text)
     if m is None:
         raise ValueError(f"not a timeout: {text!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return check_timeout(float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
 
 
-def read_entries(text: str) -> list[tuple[str, dict[str, str]]]:
-    """``[(name, {key: raw value})]`` in file order, as ``for_each_unittest`` reads them."""
-    entries: list[tuple[str, dict[str, str]]] = []
-    lines = iter(text.splitlines())
-    for raw in lines:
+def read_entries(text: str) -> list[tuple[str, dict[str, str], int]]:
+    """``[(name, {key: raw value}, line)]`` in file order, as ``for_each_unittest`` reads
+    them; ``line`` is the 0-based line of the ``[name]``."""
+    entries: list[tuple[str, dict[str, str], int]] = []
+    lines = iter(enumerate(text.splitlines()))
+    for number, raw in lines:
         line = raw.strip()  # `read -r` drops leading and trailing blanks
         m = _SECTION.match(line)
         if m:
-            entries.append((m.group(1), {}))
+            entries.append((m.group(1), {}, number))
             continue
         m = _KEY.match(line)
         if m is None or not entries:
@@ -92,7 +95,7 @@ def read_entries(text: str) -> list[tuple[str, dict[str, str]]]:
         key, value = m.group(1), m.group(2)
         if key in ("extra_params", "qemu_params") and value.startswith(_TRIPLE):
             block = [value[len(_TRIPLE):]]
-            for more in lines:
+            for _, more in lines:
                 end = more.rstrip().endswith(_TRIPLE)
                 block.append(more.rstrip()[:-len(_TRIPLE)] if end else more)
                 if end:
@@ -106,11 +109,11 @@ def parse(path: Path, *, run_all: bool = False, groups_selected: bool = False) -
     """The tests of a ``unittests.cfg``; kernels are found beside it (``file = x.flat``)."""
     base = path.parent
     tests = []
-    for name, fields in read_entries(path.read_text()):
-        t = SuiteTest(name, base / fields.get("file", ""), path, style=KUT)
+    for name, fields, line in read_entries(read_config(path)):
+        t = SuiteTest(name, base / fields.get("file", ""), path, style=KUT, line=line)
         try:
             _fill(t, fields, base, run_all=run_all, groups_selected=groups_selected)
-        except (ValueError, subprocess.SubprocessError) as e:
+        except (ValueError, subprocess.SubprocessError) as e:  # FileRefused is a ValueError
             t.error = f"cannot read its entry in {path.name}: {e}"
         tests.append(t)
     return tests
@@ -156,9 +159,9 @@ def _fill(t: SuiteTest, fields: dict[str, str], base: Path, *, run_all: bool,
         for check in fields.get("check", "").split():
             file, _, want = check.partition("=")
             try:
-                have = Path(file).read_text().strip()
-            except OSError:
-                have = ""
+                have = read_check(Path(file))
+            except FileRefused as e:
+                raise ValueError(f"check {check}: {e}") from None
             if have != want:
                 t.skip = f"{file} not equal to {want}"
                 break

@@ -15,6 +15,8 @@ from pathlib import Path
 
 KUT, MANIFEST = "kvm-unit-tests", "manifest"
 DEFAULT_TIMEOUT = 90.0  # kvm-unit-tests' TIMEOUT
+#: the longest timeout a config may give (a week): more is a typo or a way never to stop
+MAX_TIMEOUT = 7 * 86400.0
 #: report lines a test kernel prints, kvm-unit-tests style
 REPORT_PREFIXES = ("PASS: ", "FAIL: ", "SKIP: ", "XFAIL: ", "XPASS: ")
 FAILING_PREFIXES = ("FAIL: ", "XPASS: ")
@@ -52,6 +54,9 @@ class SuiteTest:
     notes: list[str] = field(default_factory=list)
     #: the test's own command line in its config, for the record
     original: str = ""
+    #: the line of its entry in the config (0-based; 0 when not known), where pytest
+    #: reports it
+    line: int = 0
 
     def skip_reason(self, run_unsupported: bool = False) -> str | None:
         if self.skip:
@@ -111,6 +116,15 @@ class TestOutcome:
         """The failure message: the first failing report line, else the reason."""
         failing = self.failing_lines
         return failing[0] if failing else self.reason
+
+
+def check_timeout(value: float) -> float:
+    """``value`` if it is a timeout a test can have: positive, finite and at most
+    :data:`MAX_TIMEOUT` (NaN, ``inf`` or ``1e308`` would never time out); else ValueError."""
+    if not (0 < value <= MAX_TIMEOUT):  # False for NaN too
+        raise ValueError(f"timeout {value:g} is not a number of seconds between 0 and "
+                         f"{MAX_TIMEOUT:g} (7 days)")
+    return value
 
 
 def report_lines(serial: str) -> tuple[list[str], str]:

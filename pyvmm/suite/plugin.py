@@ -13,20 +13,39 @@ failure's message is its first failing line or the crash/timeout reason.
 
 from __future__ import annotations
 
+import argparse
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pyvmm.errors import ConfigError, OutputError
 from pyvmm.suite import SuiteConfigError, is_suite_file, load
 from pyvmm.suite.model import SuiteTest, Verdict
 
 PROP = "pyvmm."
+#: the largest --timeout-scale: with the longest timeout a config may give, still a
+#: deadline the host's clock and timers can hold
+MAX_TIMEOUT_SCALE = 1000.0
 
 
 class SuiteFailure(Exception):
     """A suite entry failed; the message is its headline."""
+
+
+def timeout_scale(text: str) -> float:
+    """``--pyvmm-timeout-scale``: a finite factor above 0 and at most
+    :data:`MAX_TIMEOUT_SCALE` (NaN or ``inf`` would make every timeout never pass)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 < value <= MAX_TIMEOUT_SCALE) or math.isnan(value):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a factor above 0 and at most {MAX_TIMEOUT_SCALE:g}")
+    return value
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="Run nodefault entries too (run_tests.sh -a).")
     g.addoption("--pyvmm-run-unsupported", action="store_true",
                 help="Run entries that need QEMU devices or CPUID pyvmm cannot give.")
-    g.addoption("--pyvmm-timeout-scale", type=float, default=1.0, metavar="F",
+    g.addoption("--pyvmm-timeout-scale", type=timeout_scale, default=1.0, metavar="F",
                 help="Multiply every entry's timeout by F.")
     g.addoption("--pyvmm-output", metavar="DIR", default=None,
                 help="Keep each entry's command line, serial output and stderr in DIR/NAME/.")
@@ -65,6 +84,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args += [str(Path(s)) for s in suites]
     if _is_worker(config):
         return
+    output = config.getoption("pyvmm_output")
+    if output:  # before any test runs: a path that cannot be a directory fails no test
+        from pyvmm.suite.outputs import check_output_dir
+
+        try:
+            check_output_dir(output, "--pyvmm-output")
+        except ConfigError as e:
+            raise pytest.UsageError(str(e)) from None
     tap = config.getoption("pyvmm_tap")
     if tap:
         from pyvmm.suite.reporter import TapPlugin
@@ -128,7 +155,7 @@ class SuiteItem(pytest.Item):
         self.test = test
 
     def runtest(self) -> None:
-        from pyvmm.pytest_plugin import require_kvm
+        from pyvmm.pytest_plugin import require_kvm, skip_here
         from pyvmm.suite.execute import run_test, save_output
 
         t, opt = self.test, self.config.option
@@ -141,12 +168,18 @@ class SuiteItem(pytest.Item):
         reason = t.skip_reason(opt.pyvmm_run_unsupported)
         if reason:
             self.user_properties.append((PROP + "verdict", Verdict.SKIP.value))
-            pytest.skip(reason)
+            skip_here(reason)
         require_kvm()
         out = run_test(t, timeout_scale=opt.pyvmm_timeout_scale,
                        run_unsupported=opt.pyvmm_run_unsupported)
         if opt.pyvmm_output:
-            save_output(t, out, Path(opt.pyvmm_output))
+            try:
+                save_output(t, out, Path(opt.pyvmm_output))
+            except OutputError as e:
+                # the run's own verdict stays in the properties; `pyvmm suite` ends with 119
+                self.user_properties += [(PROP + "verdict", Verdict.FAIL.value),
+                                         (PROP + "kind", "error"), (PROP + "output-error", str(e))]
+                raise SuiteFailure(str(e)) from None
         self.user_properties += [(PROP + "verdict", out.verdict.value),
                                  (PROP + "kind", out.kind), (PROP + "status", str(out.status)),
                                  (PROP + "duration", f"{out.duration:.3f}")]
@@ -161,7 +194,7 @@ class SuiteItem(pytest.Item):
         if out.stderr:
             self.add_report_section("call", "stderr", out.stderr)
         if out.verdict == Verdict.SKIP:
-            pytest.skip(out.reason)
+            skip_here(out.reason)
         if out.verdict == Verdict.FAIL:
             raise SuiteFailure(out.headline())
 
@@ -172,12 +205,13 @@ class SuiteItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.path.name}::{self.name}"
+        return self.path, self.test.line, f"{self.path.name}::{self.name}"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Under plain pytest: name every failed suite entry with its failing report lines."""
-    from pyvmm.suite.reporter import failure_summary
+    """Under plain pytest: name every failed suite entry with its failing report lines,
+    and say how to make a run that skipped everything for want of KVM a failure."""
+    from pyvmm.suite.reporter import failure_summary, finished, kvm_hint
 
     reports = [r for r in terminalreporter.stats.get("failed", [])
                if any(k.startswith(PROP) for k, _ in getattr(r, "user_properties", ()))]
@@ -186,3 +220,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_sep("=", "pyvmm suite failures")
         for line in lines:
             terminalreporter.write_line(line)
+    ends = [f for key in ("passed", "failed", "skipped")
+            for r in terminalreporter.stats.get(key, []) if isinstance(r, pytest.TestReport)
+            for f in [finished(r)] if f is not None]
+    hint = kvm_hint(ends)
+    if hint:
+        terminalreporter.write_line(f"pyvmm: {hint}")

@@ -114,6 +114,39 @@ def _failure_lines(f: Finished) -> list[str]:
     return out
 
 
+def kvm_hint(ends: Iterable[Finished]) -> str | None:
+    """When no test ran and some skipped for want of KVM: one line saying so and how to
+    make that a failure (a CI job on a host without KVM would otherwise pass)."""
+    from pyvmm.pytest_plugin import KVM_SKIP
+
+    ends = list(ends)
+    if any(f.verdict != Verdict.SKIP for f in ends):
+        return None
+    kvm = [f.reason for f in ends if f.reason.startswith(KVM_SKIP)]
+    if not kvm:
+        return None
+    return (f"no test ran: {len(kvm)} of {len(ends)} skipped because KVM is unusable "
+            f"({kvm[0][len(KVM_SKIP):]}); set PYVMM_REQUIRE_KVM=1 to make that a failure")
+
+
+class RunWatch:
+    """What ``pyvmm suite`` says after the run besides the reporter's output: tests that
+    could not save their output (status 119) and a run where KVM was missing."""
+
+    def __init__(self) -> None:
+        self.ends: list[Finished] = []
+        self.output_errors: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        f = finished(report)
+        if f is not None:
+            self.ends.append(f)
+            self.output_errors += _props(report).get("output-error", [])
+
+    def kvm_hint(self) -> str | None:
+        return kvm_hint(self.ends)
+
+
 class _Out:
     """A text stream that never raises into pytest: the first failed write silences it and
     keeps why, and :meth:`stop` then ends the session with ``pyvmm run``'s status for it

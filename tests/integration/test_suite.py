@@ -6,6 +6,7 @@ selection, and pytest used directly."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -235,3 +236,108 @@ def test_full_stdout_is_status_119(guests, tmp_path):
                            stderr=subprocess.PIPE, text=True, timeout=60)
     assert p.returncode == 119 and "Traceback" not in p.stderr
     assert p.stderr == "pyvmm: cannot write the suite's output to stdout; the suite was stopped\n"
+
+
+# --- hostile configs and outputs (none of these needs KVM: the entries skip or never run) ---
+
+def one_line(p: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in p.stdout + p.stderr and "INTERNALERROR" not in p.stdout + p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def shell(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    cmd = " ".join(shlex.quote(c) for c in cli.COMMAND)
+    return subprocess.run(["bash", "-c", script.replace("PYVMM", cmd)], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, **env))
+
+
+@pytest.fixture
+def skipping(tmp_path: Path) -> Path:
+    """A manifest whose one test skips: the suite machinery runs in full, no guest boots."""
+    m = tmp_path / "s.pyvmm.toml"
+    m.write_text('[tests.later]\nkernel = "k.elf"\nskip = "not today"\n')
+    return m
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_config_that_is_no_file_is_one_line_and_status_2(tmp_path, kind):
+    """Before: a symlink to /dev/zero was read until memory ran out; a FIFO blocked for ever."""
+    cfg = tmp_path / "unittests.cfg"
+    if kind == "dev-zero":
+        cfg.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(cfg)
+    for args in (["--list"], ["-j1"]):
+        p = suite(*args, str(cfg), timeout=30)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert one_line(p).endswith("unittests.cfg: not a regular file (a pipe, FIFO or device); "
+                                    "a suite config must be a file")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("mem = 64", 'mem must be a size with its unit, such as "64M" (did you mean "64M"?), not 64'),
+    ("timeout = nan", "timeout nan is not a number of seconds between 0 and 604800 (7 days)"),
+    ("timeout = inf", "timeout inf is not a number of seconds between 0 and 604800 (7 days)"),
+    ("timeout = 1e308", "timeout 1e+308 is not a number of seconds between 0 and 604800 (7 days)"),
+])
+def test_manifest_values_are_checked_before_use(tmp_path, body, message):
+    """Before: mem = 64 failed the test inside shlex, a NaN timeout never timed out, a deep
+    array was 125 RecursionError."""
+    m = tmp_path / "m.toml"
+    m.write_text(f'[tests.a]\nkernel = "k.elf"\n{body}\n')
+    p = suite("--list", str(m))
+    assert p.returncode == 2 and one_line(p) == f"pyvmm: {m}: tests.a: {message}"
+    p = suite("-j1", str(m))
+    assert p.returncode == 1 and f"ERROR m.toml: {m}: tests.a: {message}" in p.stdout
+    assert "Traceback" not in p.stdout + p.stderr
+    m.write_text('[tests.a]\nkernel = "k.elf"\ngroups = ' + "[" * 100_000 + "]" * 100_000 + "\n")
+    p = suite("--list", str(m))
+    assert p.returncode == 2 and one_line(p) == f"pyvmm: {m}: arrays or tables nested too deeply"
+
+
+def test_output_paths_are_checked_before_any_test(skipping, tmp_path):
+    """Before: -o under a file failed every test with a traceback, --junit /dev/full was 125."""
+    (tmp_path / "afile").write_text("")
+    cases = [(["-o", str(tmp_path / "afile")], "-o {}/afile: not a directory"),
+             (["-o", str(tmp_path / "afile" / "sub")],
+              "-o {}/afile/sub: cannot create the directory: Not a directory"),
+             (["--junit", str(tmp_path)], "--junit {}: is a directory, not a file"),
+             (["--junit", str(tmp_path / "nodir" / "r.xml")],
+              "--junit {0}/nodir/r.xml: no directory {0}/nodir to write it in")]
+    for args, message in cases:
+        p = suite("-j1", *args, str(skipping))
+        assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
+        assert one_line(p) == "pyvmm: " + message.format(tmp_path)
+
+
+def test_junit_that_cannot_be_written_is_119_after_the_summary(skipping):
+    p = suite("-j1", "--junit", "/dev/full", str(skipping))
+    assert p.returncode == 119, p.stdout + p.stderr
+    assert "SKIP later (not today)" in p.stdout and "SUMMARY: 1 tests" in p.stdout
+    assert one_line(p) == "pyvmm: cannot write JUnit XML to /dev/full: No space left on device"
+
+
+def test_closed_stdout_is_119_and_closed_stderr_still_runs(skipping):
+    """Before: with stdout closed the suite exited 0 (or 1); with stderr closed it was 125
+    and ran nothing (pytest's faulthandler needs sys.stderr)."""
+    p = shell(f"PYVMM suite -j1 {skipping} >&-; echo rc=$?")
+    assert p.stdout == "rc=119\n"
+    assert one_line(p) == "pyvmm: cannot write the suite's output: stdout is closed"
+    p = shell(f"PYVMM suite -j1 {skipping} 2>&-; echo rc=$?")
+    assert "SKIP later (not today)" in p.stdout and p.stdout.endswith("rc=0\n"), p.stdout
+    p = shell(f"PYVMM suite -j1 --tap {skipping} <&- 2>&-; echo rc=$?")
+    assert "ok 1 - later # SKIP not today" in p.stdout and p.stdout.endswith("rc=0\n"), p.stdout
+
+
+def test_a_run_without_kvm_says_how_to_make_it_fail(tmp_path):
+    m = tmp_path / "m.toml"
+    m.write_text(f'[tests.a]\nkernel = "{tmp_path}/m.toml"\n[tests.b]\nkernel = "k"\nskip = "x"\n')
+    hidden = {"PYVMM_KVM_DEVICE": str(tmp_path / "no-kvm")}
+    p = cli.pyvmm("suite", "-j1", str(m), env=dict(hidden, PYVMM_REQUIRE_KVM="0"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert one_line(p).endswith("; set PYVMM_REQUIRE_KVM=1 to make that a failure")
+    assert one_line(p).startswith("pyvmm: no test ran: 1 of 2 skipped because KVM is unusable (")
+    p = cli.pyvmm("suite", "-j1", str(m), env=dict(hidden, PYVMM_REQUIRE_KVM="1"))
+    assert p.returncode == 1 and "FAIL a (PYVMM_REQUIRE_KVM=1 but KVM is unusable" in p.stdout

@@ -225,7 +225,32 @@ def test_manifest_defaults_and_fields(tmp_path):
     ("[tests.a]\nkernal = 'x'\n", "tests.a: unknown keys kernal"),
     ("[tests.a]\ncpus = 2\n", "tests.a has no kernel"),
     ("[tests.a]\nkernel = 'k'\nexpect_output = '('\n", "tests.a: missing ), unterminated subpattern"),
-    ("[tests.a]\nkernel = 'k'\ncpus = 'many'\n", "tests.a: invalid literal"),
+    ("[tests.a]\nkernel = 'k'\ncpus = 'many'\n", "tests.a: cpus must be a whole number from 1 to 1024, "
+     "not 'many'"),
+    # values from the file are checked for type and range, never used as whatever they are
+    ("[tests.a]\nkernel = 'k'\nmem = 64\n", 'tests.a: mem must be a size with its unit, such as "64M" '
+     '(did you mean "64M"?), not 64'),
+    ("[tests.a]\nkernel = 'k'\nmem = '64Q'\n", "tests.a: not a size: '64Q'"),
+    ("[tests.a]\nkernel = 'k'\ntimeout = nan\n", "tests.a: timeout nan is not a number of seconds"),
+    ("[tests.a]\nkernel = 'k'\ntimeout = inf\n", "tests.a: timeout inf is not"),
+    ("[tests.a]\nkernel = 'k'\ntimeout = 1e308\n", "tests.a: timeout 1e+308 is not"),
+    ("[tests.a]\nkernel = 'k'\ntimeout = 0\n", "tests.a: timeout 0 is not"),
+    ("[tests.a]\nkernel = 'k'\ntimeout = 99999999999999999999\n", "tests.a: timeout inf is not"),
+    ("[tests.a]\nkernel = 'k'\ntimeout = true\n", "tests.a: timeout must be a number of seconds, not True"),
+    ("[tests.a]\nkernel = 'k'\ncpus = 2.5\n", "tests.a: cpus must be a whole number"),
+    ("[tests.a]\nkernel = 'k'\ncpus = true\n", "tests.a: cpus must be a whole number"),
+    ("[tests.a]\nkernel = 'k'\nexpect_status = 256\n", "tests.a: expect_status must be a whole "
+     "number from 0 to 255"),
+    ("[tests.a]\nkernel = 'k'\ngroups = 'smoke'\n", "tests.a: groups must be a list of strings"),
+    ("[tests.a]\nkernel = 'k'\ngroups = [[1]]\n", "tests.a: groups must be a list of strings, not list"),
+    ("[tests.a]\nkernel = 'k'\nirqchip = 'apic'\n", "tests.a: irqchip must be one of kernel, split, none"),
+    ("[tests.a]\nkernel = 'k'\npit = 'off'\n", "tests.a: pit must be true or false"),
+    ("[tests.a]\nkernel = 2024-01-01\n", "tests.a: kernel must be a string, not date"),
+    ("[tests.a]\nkernel = 'k'\nappend = 1\n", "tests.a: append must be a string"),
+    ("[tests.a]\nkernel = 'k'\nexpect_output = 1\n", "tests.a: expect_output must be a string"),
+    ("[tests.a]\nkernel = ''\n", "tests.a: kernel is empty"),
+    ("[tests.a]\nkernel = 'k'\ngroups = " + "[" * 100_000 + "]" * 100_000 + "\n",
+     "arrays or tables nested too deeply"),
     ("tests = 3\n", "no [tests.NAME] tables"),
     ("[tests\n", "pyvmm.toml: "),
 ])
@@ -242,6 +267,72 @@ def test_unreadable_config_is_a_config_error(tmp_path):
     (tmp_path / "bin.cfg").write_bytes(b"\xff\xfe[x]\n")
     with pytest.raises(SuiteConfigError, match="not a text file"):
         load(tmp_path / "bin.cfg")
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge"])
+@pytest.mark.parametrize("name", ["pyvmm.toml", "unittests.cfg"])
+def test_a_config_that_is_no_file_is_refused_at_once(tmp_path, kind, name):
+    """Before, a symlink to /dev/zero was read until memory ran out and a FIFO blocked for
+    ever; a config is read as a guest file is: regular files only, bounded."""
+    import os
+
+    from pyvmm.suite.files import MAX_CONFIG
+
+    path = tmp_path / name
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b"# " + b"x" * MAX_CONFIG)
+    why = "more than the 4 MiB pyvmm reads" if kind == "huge" else "not a regular file"
+    with pytest.raises(SuiteConfigError, match=f"{name}: .*{why}"):
+        load(path)
+
+
+def test_check_files_are_read_bounded_and_regular_only(tmp_path):
+    """``check = /dev/zero=1`` read /dev/zero until memory ran out: a check file that is not a
+    regular file (or is huge) makes the entry an error naming it; a missing one is a skip,
+    as kvm-unit-tests' ``$(cat ...)`` gives; /proc and /sys files (whose size stat gives
+    as 0 or 4096) are read as they are."""
+    import os
+
+    (tmp_path / "k.flat").write_bytes(b"\0")
+    (tmp_path / "Y").write_text("Y\n")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big").write_bytes(b"Y" * (1 << 20))
+    cfg = tmp_path / "unittests.cfg"
+    cfg.write_text(f"[zero]\nfile = k.flat\ncheck = /dev/zero=1\n"
+                   f"[fifo]\nfile = k.flat\ncheck = {tmp_path}/fifo=1\n"
+                   f"[big]\nfile = k.flat\ncheck = {tmp_path}/big=Y\n"
+                   f"[missing]\nfile = k.flat\ncheck = {tmp_path}/nothere=Y\n"
+                   f"[equal]\nfile = k.flat\ncheck = {tmp_path}/Y=Y\n"
+                   f"[proc]\nfile = k.flat\ncheck = /proc/sys/kernel/ostype=Linux\n")
+    t = {x.name: x for x in load(cfg)}
+    assert t["zero"].error is not None and "/dev/zero: not a regular file" in t["zero"].error
+    assert t["fifo"].error is not None and "fifo: not a regular file" in t["fifo"].error
+    assert t["big"].error is not None and "more than the 64 KiB" in t["big"].error
+    assert t["missing"].skip == f"{tmp_path}/nothere not equal to Y" and t["missing"].error is None
+    assert t["equal"].skip is None and t["equal"].error is None
+    assert t["proc"].skip is None and t["proc"].error is None
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "8d", "9" * 400, "99999999h"])
+def test_kut_timeouts_that_would_never_pass_are_entry_errors(tmp_path, value):
+    with pytest.raises(ValueError, match="is not a number of seconds between 0 and 604800"):
+        kut.parse_timeout(value)
+    (tmp_path / "k.flat").write_bytes(b"\0")
+    (tmp_path / "unittests.cfg").write_text(f"[t]\nfile = k.flat\ntimeout = {value}\n")
+    (t,) = load(tmp_path / "unittests.cfg")
+    assert t.error is not None and "timeout" in t.error
+
+
+def test_entries_know_their_line_for_pytest_reports(tmp_path):
+    (tmp_path / "unittests.cfg").write_text("# c\n[a]\nfile = k\n\n[b]\nfile = k\n")
+    assert [(t.name, t.line) for t in load(tmp_path / "unittests.cfg")] == [("a", 1), ("b", 4)]
+    (tmp_path / "pyvmm.toml").write_text('[defaults]\ntimeout = 1\n[tests.a]\nkernel = "k"\n'
+                                         '\n[ tests . "b c" ]\nkernel = "k"\n')
+    assert [(t.name, t.line) for t in load(tmp_path / "pyvmm.toml")] == [("a", 2), ("b c", 5)]
 
 
 def test_which_files_pytest_collects():
@@ -270,3 +361,18 @@ def test_plain_words_split_as_bash_splits_them(words, tmp_path):
     p = subprocess.run(["bash", "-c", 'eval "set -- $1" && printf "%s\\0" "$@"', "_", words],
                        capture_output=True, check=True)
     assert kut.expand(words, tmp_path) == [w.decode() for w in p.stdout.split(b"\0")[:-1]]
+
+
+def test_output_that_cannot_be_saved_is_one_output_error(tmp_path):
+    """Before: an -o tree that could not be written failed the test with a traceback."""
+    from pyvmm.errors import ExitStatus, OutputError
+    from pyvmm.suite.execute import save_output
+    from pyvmm.suite.model import TestOutcome
+
+    (tmp_path / "afile").write_text("")
+    t = SuiteTest("t", tmp_path / "k", tmp_path / "m.toml", style=MANIFEST)
+    why = r"^cannot save the output of t in .*afile/t: Not a directory$"
+    with pytest.raises(OutputError, match=why) as e:
+        save_output(t, TestOutcome(Verdict.PASS), tmp_path / "afile")
+    assert e.value.status == ExitStatus.OUTPUT
+    assert (save_output(t, TestOutcome(Verdict.PASS), tmp_path / "out") / "result").read_text() == "PASS\n"
