@@ -320,8 +320,12 @@ def check(meta: Any, name: str, size: int, data_start: int,
 
 
 # --- reading -----------------------------------------------------------------------------
+class _NotANumber(ValueError):
+    pass
+
+
 def _refuse_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not a number JSON allows")
+    raise _NotANumber(token)
 
 
 def _metadata(raw: bytes, name: str) -> Any:
@@ -329,6 +333,9 @@ def _metadata(raw: bytes, name: str) -> Any:
         return json.loads(raw, parse_constant=_refuse_constant)
     except RecursionError:
         raise SnapshotError(f"{name} is corrupt (its metadata nests too deep)") from None
+    except _NotANumber as e:
+        raise SnapshotError(f"{name} is corrupt (its metadata has {e}, which is not a JSON "
+                            "number)") from None
     except (ValueError, UnicodeDecodeError):
         raise SnapshotError(f"{name} is corrupt (its metadata is not JSON)") from None
 
@@ -404,13 +411,14 @@ def _destination(name: str) -> str:
     return os.path.realpath(name) if os.path.islink(name) else name
 
 
-def _write_ram(fd: int, data: memoryview, off: int) -> None:
-    """``data`` at ``off``, skipping all-zero pages (holes); runs of pages in one write."""
+def _write_ram(fd: int, data: memoryview, off: int, start: int = 0, n: int | None = None) -> None:
+    """``data[start:start+n]`` at ``off + start``, skipping all-zero pages (holes); runs of
+    pages in one write."""
     zero = bytes(64 * PAGE)
-    n = len(data)
-    p = 0
+    n = len(data) if n is None else start + n
+    p = start
     while p < n:
-        chunk = data[p:p + len(zero)]
+        chunk = data[p:min(p + len(zero), n)]
         if chunk == zero[:len(chunk)]:
             p += len(chunk)
             continue
@@ -428,8 +436,11 @@ def _write_ram(fd: int, data: memoryview, off: int) -> None:
         p += len(chunk)
 
 
-def write(snap: Snapshot, path: str | os.PathLike[str]) -> None:
-    """Write ``snap`` to ``path``, replaced atomically (see the module docstring)."""
+def write(snap: Snapshot, path: str | os.PathLike[str],
+          extents: list[list[tuple[int, int]] | None] | None = None) -> None:
+    """Write ``snap`` to ``path``, replaced atomically (see the module docstring).
+    ``extents`` (per RAM region: ``[(offset, length)]`` that may hold data, or None for
+    all of it) limits what is read of RAM to what a machine ever wrote."""
     name = os.fsdecode(path)
     target = _destination(name)
     meta: dict[str, Any] = {"host": host_identity(), "config": {k: snap.config[k] for k in CONFIG_KEYS},
@@ -449,8 +460,11 @@ def write(snap: Snapshot, path: str | os.PathLike[str]) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         os.pwrite(fd, HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(body)) + body, 0)
-        for (_, data), (_, _, off) in zip(snap.ram, layout, strict=True):
-            _write_ram(fd, memoryview(data).cast("B"), off)
+        for i, ((_, data), (_, _, off)) in enumerate(zip(snap.ram, layout, strict=True)):
+            view = memoryview(data).cast("B")
+            ranges = extents[i] if extents is not None else None
+            for start, n in ranges if ranges is not None else [(0, len(view))]:
+                _write_ram(fd, view, off, start, n)
         os.ftruncate(fd, offset)
         os.close(fd)
         fd = -1

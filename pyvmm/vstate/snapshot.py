@@ -202,7 +202,8 @@ def take(m: Machine, *, copy_ram: bool = True) -> Snapshot:
 def save_machine(m: Machine, path: str | os.PathLike[str]) -> None:
     """Write a snapshot of ``m`` (stopped) to ``path``, streaming RAM from the machine's
     own memory: saving costs no copy of guest RAM (an in-memory snapshot would)."""
-    write(take(m, copy_ram=False), path)
+    extents = [r._map.data_ranges() for r in m.memory.regions if not r.readonly]
+    write(take(m, copy_ram=False), path, extents)
 
 
 def load(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
