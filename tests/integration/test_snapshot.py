@@ -107,17 +107,19 @@ def test_cli_save_at_sync_and_from_snapshot(guests: Path, tmp_path: Path) -> Non
     assert r.returncode == 0 and "never reached GUEST_SYNC 9" in r.stderr
 
 
-def _rewrite(data: bytes, edit: Callable[[dict[str, Any]], object]) -> bytes:
-    """The snapshot with its metadata edited and written back whole: the header gets the
-    new metadata length, and the RAM moves by whole pages (its offsets with it) when the
-    metadata outgrows the gap before it.  So the file is exactly the case ``edit`` names,
-    on every host (an edit in place grew the JSON where the host's CPU name is short)."""
+def _rewrite(data: bytes, edit: Callable[[dict[str, Any]], object],
+             text: Callable[[bytes], bytes] = lambda body: body) -> bytes:
+    """The snapshot with its metadata edited (then its text, for what JSON cannot say)
+    and written back whole: the header gets the new metadata length, and the RAM moves by
+    whole pages (its offsets with it) when the metadata outgrows the gap before it.  So the
+    file is exactly the case ``edit`` names, on every host (an edit in place grew the JSON
+    where the host's CPU name is short, and the file was "not JSON" instead)."""
     n = HEADER.unpack_from(data)[3]
     meta = json.loads(data[HEADER.size:HEADER.size + n])
     start = min(off for _, _, off in meta["ram"])
     edit(meta)
     shift = 0
-    while HEADER.size + len(body := json.dumps(meta).encode()) > start + shift:
+    while HEADER.size + len(body := text(json.dumps(meta).encode())) > start + shift:
         shift += PAGE
         for entry in meta["ram"] if isinstance(meta["ram"], list) else []:
             if isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[2], int):
@@ -140,11 +142,15 @@ def _device(meta: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _more_ram(meta: dict[str, Any]) -> None:
-    """Metadata that claims 4x the RAM, consistently: only the file lacks it (SIGBUS)."""
+    """A machine shape with 4x the RAM the file holds (a clone mapped it all: SIGBUS)."""
     mem = meta["config"]["mem"] * 4
     meta["config"]["mem"] = mem
     meta["config"]["regions"] = [[0, mem]]
-    meta["ram"][0][1] = mem
+
+
+def _ram_past_end(meta: dict[str, Any]) -> None:
+    _more_ram(meta)
+    meta["ram"][0][1] = meta["config"]["mem"]
 
 
 EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
@@ -165,7 +171,8 @@ EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
     "mem-string": lambda m: m["config"].update(mem="64M"),
     "mem-odd": lambda m: m["config"].update(mem=12345),
     "devices-deep": lambda m: _device(m, "uart").update(regs=json.loads("[" * 12 + "]" * 12)),
-    "ram-past-end": _more_ram,
+    "more-ram": _more_ram,
+    "ram-past-end": _ram_past_end,
 }
 
 
@@ -180,26 +187,12 @@ def _corrupt(src: Path, dst: Path, edit: str) -> Path:
     elif edit == "not-json":
         data[HEADER.size:HEADER.size + 10] = b"\xff" * 10
     elif edit == "json-deep":
-        data = bytearray(_rewrite(bytes(data), lambda m: m.update(devices="@")))
-        n = HEADER.unpack_from(data)[3]
-        body = bytes(data[HEADER.size:HEADER.size + n]).replace(b'"@"', b"[" * 100_000 + b"]" * 100_000)
-        data = bytearray(_rewrite_raw(bytes(data), body))
+        data = bytearray(_rewrite(bytes(data), lambda m: m.update(devices="@"),
+                                  lambda body: body.replace(b'"@"', b"[" * 10**5 + b"]" * 10**5)))
     else:
         data = bytearray(_rewrite(bytes(data), EDITS[edit]))
     dst.write_bytes(data)
     return dst
-
-
-def _rewrite_raw(data: bytes, body: bytes) -> bytes:
-    """``data`` with metadata ``body`` (not JSON a parser can take), RAM moved to fit."""
-    n = HEADER.unpack_from(data)[3]
-    meta = json.loads(data[HEADER.size:HEADER.size + n])
-    start = min(off for _, _, off in meta["ram"])
-    shift = (HEADER.size + len(body) - start + PAGE - 1) // PAGE * PAGE if HEADER.size + len(
-        body) > start else 0
-    head = bytearray(data[:HEADER.size])
-    struct.pack_into("<Q", head, 16, len(body))
-    return bytes(head) + body.ljust(start + shift - HEADER.size, b" ") + data[start:]
 
 
 @pytest.mark.parametrize("edit, says", [
@@ -213,7 +206,8 @@ def _rewrite_raw(data: bytes, body: bytes) -> bytes:
     ("msr-negative", "index is -1"), ("rip-2^64", "rip is 18446744073709551616"),
     ("xcrs-17", "xcrs has 17 entries"), ("mp-2^32", "mp_state is 4294967296"),
     ("mem-string", "config.mem is '64M'"), ("mem-odd", "config.mem"),
-    ("devices-deep", "nests deeper"), ("ram-past-end", "end of the"),
+    ("devices-deep", "nests deeper"), ("more-ram", "not the machine's"),
+    ("ram-past-end", "end of the"),
 ])
 def test_bad_snapshot_files_are_one_line(guests: Path, tmp_path: Path, edit: str, says: str) -> None:
     good = tmp_path / "good.snap"
@@ -235,7 +229,7 @@ def test_ram_past_the_file_is_refused_before_it_is_mapped(guests: Path, tmp_path
     good = tmp_path / "good.snap"
     with boot_to_sync(guests / "snapshot.elf") as m:
         m.snapshot().save(good)
-    bad = _corrupt(good, tmp_path / "big.snap", "ram-past-end")
+    bad = _corrupt(good, tmp_path / "big.snap", "more-ram")
     code = textwrap.dedent(f"""
         from pyvmm.machine import Machine
         from pyvmm.vstate.snapshot import SnapshotError
@@ -248,7 +242,7 @@ def test_ram_past_the_file_is_refused_before_it_is_mapped(guests: Path, tmp_path
                          timeout=60, cwd=tmp_path)
     assert out.returncode == 0 and "refused:" in out.stdout, (out.returncode, out.stderr)
     r = pyvmm("run", "--core", str(tmp_path / "core"), "--from-snapshot", str(bad))
-    assert r.returncode == 120 and "end of the" in r.stderr, (r.returncode, r.stderr)
+    assert r.returncode == 120 and "not the machine's" in r.stderr, (r.returncode, r.stderr)
 
 
 @pytest.mark.parametrize("device, edit", [
@@ -265,8 +259,8 @@ def test_bad_device_states_are_refused_at_restore(guests: Path, tmp_path: Path, 
     with boot_to_sync(guests / "snapshot.flat") as m:
         m.snapshot().save(good)
     bad = tmp_path / "bad.snap"
-    data = _rewrite(good.read_bytes(), lambda m: _device(m, device).update(edit))
-    bad.write_bytes(data.replace(b"Infinity", b"1e999 "))  # JSON's way to write an infinity
+    bad.write_bytes(_rewrite(good.read_bytes(), lambda m: _device(m, device).update(edit),
+                             lambda body: body.replace(b"Infinity", b"1e999")))  # JSON's infinity
     r = pyvmm("run", "--from-snapshot", str(bad))
     assert r.returncode == 120, r.stderr
     assert "corrupt" in r.stderr and device in r.stderr and "Traceback" not in r.stderr, r.stderr
