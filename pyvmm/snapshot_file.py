@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import math
 import mmap
@@ -75,8 +76,8 @@ class _Bad(Exception):
     """A value the schema refuses; the message says where and why."""
 
 
-def host_identity() -> dict[str, str]:
-    """What a snapshot must agree with to be restored here."""
+@functools.cache
+def _host_identity() -> tuple[tuple[str, str], ...]:
     from pyvmm import __version__
     from pyvmm.hostinfo import detect
 
@@ -84,7 +85,13 @@ def host_identity() -> dict[str, str]:
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f
                     if line.startswith("model name")), "")
-    return {"pyvmm": __version__, "cpu": cpu, "kvm": detect().module}
+    return (("pyvmm", __version__), ("cpu", cpu), ("kvm", detect().module))
+
+
+def host_identity() -> dict[str, str]:
+    """What a snapshot must agree with to be restored here (found once per process: a
+    clone loop loads a file per clone)."""
+    return dict(_host_identity())
 
 
 # --- value encoding ----------------------------------------------------------------------
@@ -167,6 +174,9 @@ def _int_map(v: Any, where: str, most: int, key_hi: int) -> dict[int, int]:
     if v == {"d": {}}:
         return {}
     pairs = _list(_obj(v, where, ("p",))["p"], where, most=most)
+    if all(type(p) is list and len(p) == 2 and type(p[0]) is int and type(p[1]) is int
+           and 0 <= p[0] <= key_hi and 0 <= p[1] <= U64 for p in pairs):
+        return {p[0]: p[1] for p in pairs}  # the usual case, at a lower cost per MSR
     out: dict[int, int] = {}
     for i, pair in enumerate(pairs):
         k, x = _list(pair, f"{where}[{i}]", 2)
