@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,16 @@ def test_a_closed_clone_holds_nothing_of_the_file(guests: Path, tmp_path: Path) 
         clone.close()
     assert holds() == []  # the clone itself is still referenced: no help from the GC
     assert clone.memory.dirty_base is None
+
+
+def test_a_closed_machine_keeps_no_snapshot_alive(guests: Path) -> None:
+    """A machine's last snapshot is its dirty base (a copy of all of RAM): close() lets it
+    go, as it does the machine's own RAM."""
+    m = boot_to_sync(guests / "snapshot.elf")
+    snap = weakref.ref(m.snapshot())
+    assert snap() is not None
+    m.close()
+    assert snap() is None
 
 
 def test_save_streams_ram(guests: Path, tmp_path: Path) -> None:
