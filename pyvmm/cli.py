@@ -201,7 +201,7 @@ def _run_and_save(machine: Machine, stage: int, path: str, timeout: float | None
         if not hit and result.status not in (RunStatus.INTERRUPTED,):
             say(f"note: the guest never reached GUEST_SYNC {stage}; no snapshot was saved")
         return result
-    machine.snapshot().save(path)
+    machine.save_snapshot(path)  # streamed: no second copy of guest RAM
     say(f"snapshot saved to {path} at GUEST_SYNC {stage}")
     left = None if timeout is None else max(0.001, timeout - result.duration)
     return machine.run(timeout=left, python_loop=python_loop)

@@ -459,6 +459,14 @@ class Machine:
         self._check_stopped("snapshot")
         return take(self)
 
+    def save_snapshot(self, path: str | os.PathLike[str]) -> None:
+        """:meth:`snapshot` written straight to ``path`` (as :meth:`Snapshot.save`), RAM
+        streamed from the guest's own memory: no in-memory copy of guest RAM."""
+        from pyvmm.vstate.snapshot import save_machine
+
+        self._check_stopped("snapshot")
+        save_machine(self, path)
+
     def restore(self, snap: Snapshot) -> int:
         """Put the machine back as it was at ``snap`` (taken from this machine, or one of
         the same shape); returns how many RAM pages were copied.  A guest that had ended
@@ -484,27 +492,28 @@ class Machine:
         in-memory one).  From a file the RAM is mapped copy-on-write from it: nothing is
         copied up front.  ``kw`` may set what is not part of the guest's state (``serial``,
         ``history``, ``strict_io``)."""
-        from pyvmm.vstate.snapshot import Snapshot, SnapshotError, load
+        from pyvmm.snapshot_file import ram_file as snapshot_ram_file
+        from pyvmm.vstate.snapshot import Snapshot, load
 
         snap = source if isinstance(source, Snapshot) else load(source)
+        try:
+            return cls._clone(snap, snapshot_ram_file(snap), snap is not source, **kw)
+        finally:
+            if snap is not source:  # this call's own: its fd and mapping go now, not at GC
+                snap.close()
+
+    @classmethod
+    def _clone(cls, snap: Snapshot, ram_file: tuple[int, list[int]] | None, owned: bool,
+               **kw: Any) -> Machine:
+        from pyvmm.vstate.snapshot import SnapshotError
+
         cfg = snap.config
-        fd = -1
-        ram_file = None
-        if cfg.get("file") and snap.ram:
-            try:
-                fd = os.open(cfg["file"], os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise SnapshotError(f"cannot open snapshot {cfg['file']}: {e.strerror}") from None
-            ram_file = (fd, list(cfg["ram_offsets"]))
         try:
             m = cls(mem=cfg["mem"], cpus=cfg["cpus"], irqchip=cfg["irqchip"], pit=cfg["pit"],
                     cpu_features=cfg.get("cpu_features", ""), cmdline=cfg.get("cmdline", ""),
                     ram_file=ram_file, **kw)
-        except (KeyError, TypeError) as e:
-            raise SnapshotError(f"the snapshot's machine description is corrupt: {e}") from None
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        except (KeyError, TypeError, ConfigError) as e:
+            raise SnapshotError(f"the snapshot's machine description is unusable here: {e}") from None
         try:
             if cfg.get("pc"):
                 m.add_pc_platform()
@@ -518,6 +527,8 @@ class Machine:
                 m.memory.start_dirty_tracking()  # RAM is the snapshot's already
                 m.memory.dirty_base = snap
             m.restore(snap)
+            if owned:  # no one else can restore it: do not keep it alive
+                m.memory.dirty_base = None
         except BaseException:
             m.close()
             raise

@@ -71,7 +71,7 @@ class GuestMemory:
     def add_ram(self, gpa: int, size: int, *, readonly: bool = False, log_dirty: bool = False,
                 name: str = "ram", hugepages: bool = False,
                 file: tuple[int, int] | None = None) -> MemoryRegion:
-        """Map ``size`` bytes of fresh anonymous memory at ``gpa`` as a new memslot (or,
+        """Map ``size`` bytes of fresh zeroed memory (a memfd's) at ``gpa`` as a new memslot (or,
         with ``file=(fd, offset)``, that part of a file copy-on-write).
 
         Read-only slots make guest writes exit as KVM_EXIT_MMIO (and be dropped); dirty
@@ -217,3 +217,4 @@ class GuestMemory:
             m.close()
         self._retired.clear()
         self.regions = []
+        self.dirty_base = None  # a closed machine does not keep a snapshot (its RAM) alive

@@ -11,7 +11,8 @@ bytes, ``fast_hits`` for counts).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, ClassVar
 
 from pyvmm.vstate.fastpath import FastEntry
 
@@ -71,13 +72,38 @@ class Device:
         and :meth:`set_state`."""
         return {k: _copy(v) for k, v in vars(self).items() if k != "name" and _plain(v)}
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Put back what :meth:`state` returned (only the attributes it names, of the
-        types they have now: a snapshot file cannot plant other attributes)."""
+    #: the largest value each integer attribute of the state may hold (every integer in
+    #: it, for a list or dict); integers not named here must fit in 64 bits, and none may
+    #: be negative.  What the device's code indexes or packs with must be named here.
+    state_limits: ClassVar[dict[str, int]] = {}
+    #: attributes in the state that describe the device, not its state (its port): a
+    #: state must carry them unchanged
+    state_fixed: ClassVar[tuple[str, ...]] = ()
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        """ValueError naming the first value of ``state`` (from a snapshot file, so
+        untrusted) that this device cannot hold: an attribute it does not have, another
+        type or shape than it has now, a number out of range, NaN or infinite."""
         mine = self.state()
         for k, v in state.items():
-            if k in mine and _same_shape(mine[k], v):
-                setattr(self, k, _copy(v))
+            if k not in mine:
+                raise ValueError(f"it has no {k!r}")
+            if not _same_shape(mine[k], v):
+                raise ValueError(f"{k} is {_short(v)}, not like {_short(mine[k])}")
+            if k in self.state_fixed and v != mine[k]:
+                raise ValueError(f"{k} is {_short(v)}, not {_short(mine[k])}")
+            bad = _out_of_range(v, self.state_limits.get(k, (1 << 64) - 1))
+            if bad is not None:
+                raise ValueError(f"{k} holds {bad!r}, out of range")
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state` returned, after :meth:`check_state` (only the
+        attributes it names, of the types they have now: a snapshot file cannot plant
+        other attributes or values the device's code cannot take)."""
+        self.check_state(state)
+        mine = self.state()
+        for k, v in state.items():
+            setattr(self, k, bytearray(v) if isinstance(mine[k], bytearray) else _copy(v))
 
     def apply_state(self, state: dict[str, Any]) -> None:
         """:meth:`set_state` for a state already checked against this device (a restore
@@ -86,7 +112,8 @@ class Device:
             self.set_state(state)
             return
         for k, v in state.items():
-            setattr(self, k, _copy(v))
+            now = getattr(self, k, None)
+            setattr(self, k, bytearray(v) if isinstance(now, bytearray) else _copy(v))
 
     def close(self) -> None:
         """Release what the device holds beyond Python objects (timer threads)."""
@@ -100,6 +127,32 @@ def _plain(v: Any) -> bool:
     if isinstance(v, dict):
         return all(_plain(k) and _plain(x) for k, x in v.items())
     return False
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _out_of_range(v: Any, limit: int) -> int | float | None:
+    """The first number in ``v`` outside ``0..limit`` (or not finite), else None."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int):
+        return v if not 0 <= v <= limit else None
+    if isinstance(v, float):
+        return v if not math.isfinite(v) or not 0 <= v <= limit else None
+    if isinstance(v, list | tuple):
+        items: list[Any] = list(v)
+    elif isinstance(v, dict):
+        items = list(v.values())
+    else:
+        return None
+    for x in items:
+        bad = _out_of_range(x, limit)
+        if bad is not None:
+            return bad
+    return None
 
 
 def _copy(v: Any) -> Any:

@@ -9,6 +9,8 @@ DEBUG_EXIT_PORT = 0xF4
 
 
 class DebugExit(Device):
+    state_fixed = ("port",)
+
     def __init__(self, port: int = DEBUG_EXIT_PORT, name: str = "debug-exit") -> None:
         self.name = name
         self.port = port

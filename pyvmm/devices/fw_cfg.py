@@ -14,6 +14,9 @@ SIGNATURE, ID, RAM_SIZE, NB_CPUS, MAX_CPUS = 0x00, 0x01, 0x03, 0x05, 0x0F
 
 
 class FwCfg(Device):
+    state_limits = {"key": 0xFFFF}
+    state_fixed = ("items",)  # the machine's description, not state
+
     def __init__(self, ram_size: int, ncpus: int, max_cpus: int | None = None,
                  name: str = "fw_cfg") -> None:
         self.name = name

@@ -41,6 +41,10 @@ MIN_PERIOD_NS = 100_000
 LEGACY_GSI = (0, 8)
 
 
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 class Timer:
     def __init__(self, n: int) -> None:
         self.n = n
@@ -237,16 +241,39 @@ class Hpet(Device):
             return {"conf": self.conf, "isr": self.isr, "counter": self.counter(),
                     "timers": [[t.config, t.cmp, t.period] for t in self.timers]}
 
+    def check_state(self, state: dict[str, Any]) -> None:
+        """ValueError unless ``state`` is one this HPET can be in: only its configuration
+        bits set, comparators and periods within the counter's width, and each timer's
+        read-only capability bits as they are."""
+        self._checked(state)
+
+    def _checked(self, state: dict[str, Any]) -> tuple[int, int, int, list[tuple[int, int, int]]]:
+        if set(state) != {"conf", "isr", "counter", "timers"}:
+            raise ValueError("it needs conf, isr, counter and timers")
+        conf, isr, counter, timers = state["conf"], state["isr"], state["counter"], state["timers"]
+        if not isinstance(timers, list | tuple) or len(timers) != NUM_TIMERS or not all(
+                isinstance(t, list | tuple) and len(t) == 3 for t in timers):
+            raise ValueError(f"timers must be {NUM_TIMERS} [config, comparator, period]")
+        fields = [("conf", conf, ENABLE_CNF | LEG_RT_CNF), ("isr", isr, (1 << NUM_TIMERS) - 1),
+                  ("counter", counter, (1 << 64) - 1)]
+        for n, (config, cmp, period) in enumerate(timers):
+            width = (1 << 32) - 1 if _int(config) and config & TN_32MODE else (1 << 64) - 1
+            fields += [(f"timer {n} config", config, (1 << 64) - 1),
+                       (f"timer {n} comparator", cmp, width), (f"timer {n} period", period, width)]
+        for what, v, most in fields:
+            if not _int(v) or not 0 <= v <= most or v & ~most:
+                raise ValueError(f"{what} is {v!r}, out of range")
+        fixed = TN_PER_INT_CAP | TN_SIZE_CAP | (ROUTE_CAP << 32)
+        for n, (config, _, _) in enumerate(timers):
+            if config & ~TN_WRITABLE != fixed:
+                raise ValueError(f"timer {n} config {config:#x} is not one this HPET can have")
+        return conf, isr, counter, [(a, b, c) for a, b, c in timers]
+
     def set_state(self, state: dict[str, Any]) -> None:
-        """The counter goes on from the saved value (time in between is not seen)."""
+        """The counter goes on from the saved value (time in between is not seen); a state
+        :meth:`check_state` refuses is a ValueError, and nothing changes."""
+        conf, isr, counter, timers = self._checked(state)
         with self._cond:
-            try:
-                conf, isr, counter = int(state["conf"]), int(state["isr"]), int(state["counter"])
-                timers = [(int(a), int(b), int(c)) for a, b, c in state["timers"]]
-            except (KeyError, TypeError, ValueError):
-                return
-            if len(timers) != len(self.timers):
-                return
             self.conf, self.isr = conf, isr
             self._offset, self._t0 = counter & ((1 << 64) - 1), time.monotonic_ns()
             for t, (config, cmp, period) in zip(self.timers, timers, strict=True):

@@ -24,6 +24,7 @@ class BochsShutdown(Device):
     """Writing the bytes of "Shutdown" to port 0x8900 powers the machine off."""
 
     WORD = b"Shutdown"
+    state_limits = {"matched": len(WORD) - 1}  # an index into WORD
 
     def __init__(self, name: str = "bochs-shutdown") -> None:
         self.name = name
@@ -42,6 +43,8 @@ class BochsShutdown(Device):
 
 class PciConfigMech1(Device):
     """0xcf8 holds the address; 0xcfc-0xcff read all-ones: no device on any bus."""
+
+    state_limits = {"address": 0xFFFFFFFF}
 
     def __init__(self, name: str = "pci-config") -> None:
         self.name = name
@@ -72,6 +75,7 @@ class AcpiPm(Device):
     SCI_EN, SLP_EN = 1 << 0, 1 << 13
     SLP_TYP_SHIFT = 10
     S3, S5 = 1, 0
+    state_limits = {"sts": 0xFFFF, "en": 0xFFFF, "cnt": 0xFFFF}  # 16-bit registers
 
     def __init__(self, name: str = "acpi-pm") -> None:
         self.name = name

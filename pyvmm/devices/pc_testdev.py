@@ -26,6 +26,8 @@ IOMEM_LEN = 0x10000
 
 
 class PcTestScratch(Device):
+    state_limits = {"value": 0xFFFFFFFF}
+
     def __init__(self, name: str = "pc-testdev") -> None:
         self.name = name
         self.value = 0

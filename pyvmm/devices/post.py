@@ -14,6 +14,9 @@ POST_PORT = 0x80
 
 
 class PostPort(Device):
+    state_limits = {"last": 0xFF}
+    state_fixed = ("port",)
+
     def __init__(self, port: int = POST_PORT, name: str = "post") -> None:
         self.name = name
         self.port = port

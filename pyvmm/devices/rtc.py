@@ -34,6 +34,8 @@ def _unbcd(v: int) -> int:
 
 
 class Rtc(Device):
+    state_limits = {"index": 0x7F}  # an index into the 128 bytes of CMOS
+
     def __init__(self, ram_below_4g: int, ram_above_4g: int = 0, name: str = "rtc") -> None:
         self.name = name
         self.index = 0

@@ -24,6 +24,9 @@ MSR_IDLE = 0xB0  # DCD, DSR, CTS: a terminal is attached
 
 
 class Uart16550(Device):
+    state_limits = {"regs": 0xFF}  # 8-bit registers
+    state_fixed = ("base",)
+
     def __init__(self, output: Callable[[bytes], None], base: int = COM1, name: str = "uart") -> None:
         self.name = name
         self.base = base

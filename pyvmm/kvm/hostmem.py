@@ -1,12 +1,17 @@
-"""Host memory that backs guest RAM: anonymous shared mappings (``mmap``), owned here.
+"""Host memory that backs guest RAM: shared mappings of a memfd (``mmap``), owned here.
 
-Guest RAM is ``MAP_SHARED | MAP_ANONYMOUS`` (shmem): dropping a page's host PTEs with
+Guest RAM is a ``MAP_SHARED`` mapping of a memfd (shmem): dropping a page's host PTEs with
 ``MADV_DONTNEED`` keeps its contents, so :meth:`HostMapping.drop_page` can make KVM forget
 a page (its MMU notifier fires) without ever leaving the page inaccessible to the VMM's
-own threads, which may be reading it at that moment.
+own threads, which may be reading it at that moment.  The memfd also tells which parts of
+RAM were ever written (``SEEK_DATA``, :meth:`HostMapping.data_ranges`): saving a snapshot
+reads only those, where reading every page would allocate all of guest RAM.
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.native import Cdata, ffi, lib
@@ -24,11 +29,23 @@ class HostMapping:
         """``file=(fd, offset)`` maps that part of a file copy-on-write (MAP_PRIVATE)
         instead of fresh anonymous memory: a clone's RAM from a snapshot file."""
         err = ffi.new("int *")
+        #: the memfd behind the mapping (-1: hugepages or a file's, not ours to ask)
+        self._fd = -1
         if file is not None:
             ptr = lib.pyvmm_mmap_file(size, file[0], file[1], err)
+        elif hugepages:
+            ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | _MAP_HUGETLB, err)
         else:
-            ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | (_MAP_HUGETLB if hugepages else 0), err)
+            try:
+                self._fd = os.memfd_create("pyvmm-ram", os.MFD_CLOEXEC)
+                os.ftruncate(self._fd, size)
+            except OSError as e:
+                self._close_fd()
+                raise KvmError(f"memfd {what}", e.errno or errno.ENOMEM,
+                               f"cannot make {size >> 20} MiB for {what}") from None
+            ptr = lib.pyvmm_mmap(size, self._fd, _MAP_NORESERVE, err)
         if ptr == ffi.NULL:
+            self._close_fd()
             raise KvmError(f"mmap {what}", err[0], f"cannot map {size >> 20} MiB for {what}")
         self.private = file is not None
         if not hugepages and file is None:
@@ -53,9 +70,37 @@ class HostMapping:
         """Give the pages back to the host (reads see zeros); the mapping stays valid."""
         lib.pyvmm_madvise(self._ptr, self.size, lib.MADV_REMOVE)
 
+    def data_ranges(self) -> list[tuple[int, int]] | None:
+        """``[(offset, length)]`` of the parts ever written (SEEK_DATA/SEEK_HOLE of the
+        memfd; the rest reads as zeros), or None when unknown (then all of it may hold
+        data).  Reading these only does not allocate the rest, as reading it all would."""
+        if self._fd < 0:
+            return None
+        out: list[tuple[int, int]] = []
+        off = 0
+        try:
+            while off < self.size:
+                try:
+                    start = os.lseek(self._fd, off, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # no data after off
+                        break
+                    raise
+                off = min(os.lseek(self._fd, start, os.SEEK_HOLE), self.size)
+                out.append((start, off - start))
+        except OSError:
+            return None
+        return out
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def close(self) -> None:
         if self._ptr is not None:
             lib.pyvmm_munmap(self._ptr, self.size)
             self._ptr = None
             self.host = None
             self.buffer = None
+        self._close_fd()

@@ -10,54 +10,38 @@ base*: KVM's dirty log is on for every RAM slot and pyvmm notes the pages it wri
 (``GuestMemory.write``), so the next restore of the same snapshot copies back only the pages
 written since.  A restore of another snapshot copies everything again.
 
-On disk (:meth:`Snapshot.save`, :func:`load`): a header (magic, format version), JSON
-metadata (pyvmm's version, the host CPU model and KVM module, the machine's shape, the
-vCPU and VM state, device states; bytes as base64) and then the RAM regions at page-aligned
-offsets, all-zero pages left as holes, so that a clone maps RAM ``MAP_PRIVATE`` from the
-file and copies nothing up front.  The file is input like any guest image: every field is
-checked before use and a bad file is one :class:`SnapshotError` line.
+On disk (:meth:`Snapshot.save`, :func:`load`): see :mod:`pyvmm.snapshot_file`, which
+checks a file against its schema once, at load.  A snapshot from a file is *untrusted*
+until its first restore: device states are checked by each device's ``check_state`` before
+anything is changed, and KVM's refusal of a vCPU or VM state is a SnapshotError.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
-import json
 import mmap
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyvmm.errors import ExitStatus, PyvmmError
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.native import cdata_bytes, cdata_from
 from pyvmm.kvm.run import EXIT_IO, EXIT_MMIO, EXIT_X86_RDMSR, EXIT_X86_WRMSR
 from pyvmm.kvm.vcpu import lapic_struct, msrs_struct, regs_struct, xcrs_struct
+from pyvmm.snapshot_file import HEADER, MAGIC, PAGE, SnapshotError, host_identity, read, write
 
 if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
     from pyvmm.machine import Machine
 
-MAGIC = b"PYVMMSNP"
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<8sIIQ")  # magic, version, reserved, metadata length
-PAGE = 4096
-MAX_METADATA = 64 << 20
+__all__ = ["HEADER", "MAGIC", "Snapshot", "SnapshotError", "VcpuState", "host_identity", "load",
+           "restore", "save", "take"]
+
 #: KVM_GET_IRQCHIP chip ids: PIC master, PIC slave, IOAPIC
 IRQCHIPS = (0, 1, 2)
 #: exits after which KVM completes the instruction only at the next KVM_RUN
 PENDING_EXITS = frozenset({EXIT_IO, EXIT_MMIO, EXIT_X86_RDMSR, EXIT_X86_WRMSR})
-
-
-class SnapshotError(PyvmmError):
-    """A snapshot cannot be used: not a pyvmm snapshot, another format version, taken with
-    another pyvmm or on another host CPU, truncated or corrupt, or not matching the
-    machine it is restored into."""
-
-    status = ExitStatus.GUEST_IMAGE
 
 
 @dataclass
@@ -91,12 +75,15 @@ class Snapshot:
     #: device states came from this process's devices (not from a file)
     trusted: bool = True
     _mapping: mmap.mmap | None = field(default=None, repr=False)
+    #: the snapshot file, open while the snapshot is (a clone maps its RAM from it)
+    _fd: int = field(default=-1, repr=False)
     _prepared: dict[int, Prepared] = field(default_factory=dict, repr=False)
     _checked_shape: tuple[int, int, bool] | None = field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the snapshot to ``path`` (replaced atomically)."""
-        save(self, path)
+        """Write the snapshot to ``path`` (replaced atomically; only a regular file or
+        nothing is replaced)."""
+        write(self, path)
 
     def prepared(self, m: Machine) -> Prepared:
         """The ioctl arguments for restoring into ``m`` (built on first use)."""
@@ -127,25 +114,17 @@ class Snapshot:
         return p
 
     def close(self) -> None:
-        """Unmap a snapshot loaded from a file (machines cloned from it keep their own
-        private mapping)."""
+        """Unmap a snapshot loaded from a file and close the file (machines cloned from it
+        keep their own private mapping)."""
         self.ram = []
+        self._prepared = {}
         if self._mapping is not None:
             with contextlib.suppress(BufferError):
                 self._mapping.close()
             self._mapping = None
-
-
-def host_identity() -> dict[str, str]:
-    """What a snapshot must agree with to be restored here."""
-    from pyvmm import __version__
-    from pyvmm.hostinfo import detect
-
-    cpu = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f
-                    if line.startswith("model name")), "")
-    return {"pyvmm": __version__, "cpu": cpu, "kvm": detect().module}
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 # --- taking and restoring -------------------------------------------------------------
@@ -180,8 +159,10 @@ def readable_msrs(m: Machine) -> list[int]:
     return good
 
 
-def take(m: Machine) -> Snapshot:
-    """Snapshot ``m`` (stopped: between runs)."""
+def take(m: Machine, *, copy_ram: bool = True) -> Snapshot:
+    """Snapshot ``m`` (stopped: between runs).  ``copy_ram=False`` gives a snapshot whose
+    RAM is the machine's own memory, valid only until the machine runs again: for writing
+    it to a file at once without a second copy of guest RAM (:func:`save_machine`)."""
     msrs = readable_msrs(m)
     vcpus = []
     for v in m.vcpus:
@@ -207,11 +188,32 @@ def take(m: Machine) -> Snapshot:
     except KvmError:
         clock = None
     devices = {key: dev.state() for key, dev in m.bus.devices()}
+    regions = [r for r in m.memory.regions if not r.readonly]
+    if not copy_ram:
+        return Snapshot(machine_config(m), vcpus, chips, pit, clock, devices,
+                        [(r.gpa, memoryview(r._map.buffer)) for r in regions])
     m.memory.start_dirty_tracking()
-    ram = [(r.gpa, memoryview(bytearray(r._map.buffer))) for r in m.memory.regions if not r.readonly]
+    ram = [(r.gpa, memoryview(bytearray(r._map.buffer))) for r in regions]
     snap = Snapshot(machine_config(m), vcpus, chips, pit, clock, devices, ram)
     m.memory.dirty_base = snap
     return snap
+
+
+def save_machine(m: Machine, path: str | os.PathLike[str]) -> None:
+    """Write a snapshot of ``m`` (stopped) to ``path``, streaming RAM from the machine's
+    own memory: saving costs no copy of guest RAM (an in-memory snapshot would)."""
+    extents = [r._map.data_ranges() for r in m.memory.regions if not r.readonly]
+    write(take(m, copy_ram=False), path, extents)
+
+
+def load(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
+    """Read and check a snapshot file (:func:`pyvmm.snapshot_file.read`)."""
+    return read(path, check_host=check_host)
+
+
+def save(snap: Snapshot, path: str | os.PathLike[str]) -> None:
+    """Write ``snap`` to ``path`` (:func:`pyvmm.snapshot_file.write`)."""
+    write(snap, path)
 
 
 def _xcrs(v: Vcpu) -> dict[int, int]:
@@ -240,20 +242,31 @@ def restore(m: Machine, snap: Snapshot) -> int:
                 raise SnapshotError(f"the snapshot is of another machine: {k} is "
                                     f"{snap.config.get(k)!r} there, {mine[k]!r} here")
         snap._checked_shape = shape
-    pages = _restore_ram(m, snap)
     prepared = snap.prepared(m)
-    for v, st, p in zip(m.vcpus, snap.vcpus, prepared.vcpus, strict=True):
-        if int(v.kvm_run.exit_reason) in PENDING_EXITS:
-            complete_pending_io(v)
-        set_vcpu_state(v, st, p)
-    set_vm_state(m, prepared)
-    for key, dev in m.bus.devices():
-        state = snap.devices.get(key)
-        if isinstance(state, dict):
-            if prepared.trusted:
-                dev.apply_state(state)
-            else:
-                dev.set_state(state)
+    devices = [(dev, state) for key, dev in m.bus.devices()
+               if isinstance(state := snap.devices.get(key), dict)]
+    if not prepared.trusted:  # from a file: every device state checked before any change
+        for dev, state in devices:
+            try:
+                dev.check_state(state)
+            except ValueError as e:
+                raise SnapshotError(f"the snapshot's state of device {dev.name} is corrupt: {e}") from None
+    pages = _restore_ram(m, snap)
+    try:
+        for v, st, p in zip(m.vcpus, snap.vcpus, prepared.vcpus, strict=True):
+            if int(v.kvm_run.exit_reason) in PENDING_EXITS:
+                complete_pending_io(v)
+            set_vcpu_state(v, st, p)
+        set_vm_state(m, prepared)
+    except KvmError as e:
+        if prepared.trusted:
+            raise
+        raise SnapshotError(f"KVM refuses the snapshot's state: {e}") from None
+    for dev, state in devices:
+        if prepared.trusted:
+            dev.apply_state(state)
+        else:
+            dev.set_state(state)
     prepared.trusted = True  # checked against these devices once; plain setattr from now
     return pages
 
@@ -337,138 +350,3 @@ def _restore_ram(m: Machine, snap: Snapshot) -> int:
     return sum(r.size for r in regions) // PAGE
 
 
-# --- on disk ---------------------------------------------------------------------------
-def _enc(v: Any) -> Any:
-    """JSON for state values: bytes as {"b64": ...}, dicts with non-str keys as pairs."""
-    if isinstance(v, bytes | bytearray | memoryview):
-        return {"b64": base64.b64encode(bytes(v)).decode()}
-    if isinstance(v, dict):
-        if all(isinstance(k, str) for k in v):
-            return {"d": {k: _enc(x) for k, x in v.items()}}
-        return {"p": [[_enc(k), _enc(x)] for k, x in v.items()]}
-    if isinstance(v, list | tuple):
-        return [_enc(x) for x in v]
-    return v
-
-
-def _dec(v: Any) -> Any:
-    if isinstance(v, dict):
-        if set(v) == {"b64"}:
-            return base64.b64decode(v["b64"], validate=True)
-        if set(v) == {"d"} and isinstance(v["d"], dict):
-            return {k: _dec(x) for k, x in v["d"].items()}
-        if set(v) == {"p"} and isinstance(v["p"], list):
-            return {_dec(k): _dec(x) for k, x in v["p"]}
-        raise SnapshotError("corrupt snapshot: an unknown value encoding")
-    if isinstance(v, list):
-        return [_dec(x) for x in v]
-    return v
-
-
-def save(snap: Snapshot, path: str | os.PathLike[str]) -> None:
-    layout = []
-    meta: dict[str, Any] = {"host": host_identity(), "config": snap.config,
-                            "vcpus": [_enc(vars(s)) for s in snap.vcpus],
-                            "irqchips": _enc(snap.irqchips), "pit": _enc(snap.pit),
-                            "clock": _enc(snap.clock), "devices": _enc(snap.devices)}
-    body_probe = json.dumps({**meta, "ram": [[0, 0, 0]] * len(snap.ram)}).encode()
-    offset = (HEADER.size + len(body_probe) + 64 * len(snap.ram) + PAGE - 1) & ~(PAGE - 1)
-    for gpa, data in snap.ram:
-        layout.append([gpa, len(data), offset])
-        offset += (len(data) + PAGE - 1) & ~(PAGE - 1)
-    meta["ram"] = layout
-    body = json.dumps(meta).encode()
-    assert HEADER.size + len(body) <= layout[0][2] if layout else True
-    tmp = f"{os.fsdecode(path)}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.pwrite(fd, HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(body)) + body, 0)
-            zero = bytes(PAGE)
-            for (_, data), (_, size, off) in zip(snap.ram, layout, strict=True):
-                for p in range(0, size, PAGE):
-                    page = data[p:p + PAGE]
-                    if page != zero[:len(page)]:
-                        os.pwrite(fd, page, off + p)
-            os.ftruncate(fd, offset)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise SnapshotError(f"cannot write the snapshot to {os.fsdecode(path)}: {e.strerror}") from None
-
-
-def load(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
-    """Read a snapshot file; its RAM stays in the file, mapped copy-on-write."""
-    name = os.fsdecode(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise SnapshotError(f"cannot open snapshot {name}: {e.strerror}") from None
-    try:
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, HEADER.size, 0)
-        if len(head) < HEADER.size or head[:8] != MAGIC:
-            raise SnapshotError(f"{name} is not a pyvmm snapshot")
-        _, version, _, meta_len = HEADER.unpack(head)
-        if version != FORMAT_VERSION:
-            raise SnapshotError(f"{name} is snapshot format {version}; this pyvmm reads format "
-                                f"{FORMAT_VERSION}")
-        if meta_len > min(MAX_METADATA, size - HEADER.size):
-            raise SnapshotError(f"{name} is truncated or corrupt (metadata of {meta_len} bytes)")
-        try:
-            meta = json.loads(os.pread(fd, meta_len, HEADER.size))
-        except (ValueError, UnicodeDecodeError):
-            raise SnapshotError(f"{name} is corrupt (its metadata is not JSON)") from None
-        snap = _from_meta(name, meta, check_host)
-        mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) if size else None
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
-        raise SnapshotError(f"{name} is corrupt ({type(e).__name__}: {e})") from None
-    finally:
-        os.close(fd)
-    ram = []
-    view = memoryview(mapping) if mapping is not None else memoryview(b"")
-    for gpa, length, off in meta["ram"]:
-        if not (isinstance(gpa, int) and isinstance(length, int) and isinstance(off, int)) or \
-                off % PAGE or length <= 0 or length % PAGE or off < HEADER.size or off + length > size:
-            raise SnapshotError(f"{name} is truncated or corrupt (RAM at offset {off} of a "
-                                f"{size}-byte file)")
-        ram.append((gpa, view[off:off + length]))
-    snap.ram = ram
-    snap._mapping = mapping
-    snap.config["file"] = name
-    snap.config["ram_offsets"] = [off for _, _, off in meta["ram"]]
-    return snap
-
-
-def _from_meta(name: str, meta: dict[str, Any], check_host: bool) -> Snapshot:
-    host, here = meta["host"], host_identity()
-    if check_host:
-        for k, what in (("pyvmm", "pyvmm"), ("cpu", "host CPU"), ("kvm", "KVM module")):
-            if host.get(k) != here[k]:
-                raise SnapshotError(f"{name} was taken with {what} {host.get(k)!r}; this is "
-                                    f"{here[k]!r}: take the snapshot again here")
-    config = meta["config"]
-    if not isinstance(config, dict) or not isinstance(config.get("cpus"), int):
-        raise SnapshotError(f"{name} is corrupt (no machine shape)")
-    vcpus = []
-    for raw in meta["vcpus"]:
-        d = _dec(raw)
-        vcpus.append(VcpuState(
-            {str(k): int(v) for k, v in d["regs"].items()}, bytes(d["sregs"]), bytes(d["fpu"]),
-            None if d["xsave"] is None else bytes(d["xsave"]),
-            {int(k): int(v) for k, v in d["xcrs"].items()},
-            None if d["lapic"] is None else bytes(d["lapic"]),
-            {int(k): int(v) for k, v in d["msrs"].items()}, bytes(d["events"]), int(d["mp_state"]),
-            None if d["debugregs"] is None else bytes(d["debugregs"])))
-    if len(vcpus) != config["cpus"]:
-        raise SnapshotError(f"{name} is corrupt ({len(vcpus)} vCPU states for {config['cpus']} vCPUs)")
-    chips = [bytes(c) for c in _dec(meta["irqchips"])]
-    pit, clock = _dec(meta["pit"]), _dec(meta["clock"])
-    devices = _dec(meta["devices"])
-    if not isinstance(devices, dict):
-        raise SnapshotError(f"{name} is corrupt (device states)")
-    return Snapshot(config, vcpus, chips, None if pit is None else bytes(pit),
-                    None if clock is None else bytes(clock), devices, [], trusted=False)

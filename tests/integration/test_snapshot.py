@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import textwrap
+import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyvmm.machine import Machine
+from pyvmm.snapshot_file import PAGE
 from pyvmm.vstate.snapshot import HEADER, MAGIC, SnapshotError, load
 from tests.cli import pyvmm
 
@@ -103,10 +108,77 @@ def test_cli_save_at_sync_and_from_snapshot(guests: Path, tmp_path: Path) -> Non
     assert r.returncode == 0 and "never reached GUEST_SYNC 9" in r.stderr
 
 
+def _rewrite(data: bytes, edit: Callable[[dict[str, Any]], object],
+             text: Callable[[bytes], bytes] = lambda body: body) -> bytes:
+    """The snapshot with its metadata edited (then its text, for what JSON cannot say)
+    and written back whole: the header gets the new metadata length, and the RAM moves by
+    whole pages (its offsets with it) when the metadata outgrows the gap before it.  So the
+    file is exactly the case ``edit`` names, on every host (an edit in place grew the JSON
+    where the host's CPU name is short, and the file was "not JSON" instead)."""
+    n = HEADER.unpack_from(data)[3]
+    meta = json.loads(data[HEADER.size:HEADER.size + n])
+    start = min(off for _, _, off in meta["ram"])
+    edit(meta)
+    shift = 0
+    while HEADER.size + len(body := text(json.dumps(meta).encode())) > start + shift:
+        shift += PAGE
+        for entry in meta["ram"] if isinstance(meta["ram"], list) else []:
+            if isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[2], int):
+                entry[2] += PAGE
+    head = bytearray(data[:HEADER.size])
+    struct.pack_into("<Q", head, 16, len(body))
+    return bytes(head) + body.ljust(start + shift - HEADER.size, b" ") + data[start:]
+
+
+def _vcpu0(meta: dict[str, Any]) -> dict[str, Any]:
+    d: dict[str, Any] = meta["vcpus"][0]["d"]
+    return d
+
+
+def _device(meta: dict[str, Any], prefix: str) -> dict[str, Any]:
+    devices = meta["devices"]["d"]
+    key = next(k for k in devices if k.startswith(prefix))
+    state: dict[str, Any] = devices[key]["d"]
+    return state
+
+
+def _more_ram(meta: dict[str, Any]) -> None:
+    """A machine shape with 4x the RAM the file holds (a clone mapped it all: SIGBUS)."""
+    mem = meta["config"]["mem"] * 4
+    meta["config"]["mem"] = mem
+    meta["config"]["regions"] = [[0, mem]]
+
+
+def _ram_past_end(meta: dict[str, Any]) -> None:
+    _more_ram(meta)
+    meta["ram"][0][1] = meta["config"]["mem"]
+
+
+EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "pyvmm": lambda m: m["host"].update(pyvmm="0.0.1"),
+    "cpu": lambda m: m["host"].update(cpu="Some Other CPU"),
+    "ram-offset": lambda m: m["ram"][0].__setitem__(2, 123),
+    "vcpus": lambda m: m.update(vcpus=[]),
+    "sregs": lambda m: _vcpu0(m).update(sregs={"b64": "AAAA"}),
+    "encoding": lambda m: m.update(devices={"x": 1}),
+    "host-list": lambda m: m.update(host=["pyvmm", "cpu"]),
+    "regs-str": lambda m: _vcpu0(m)["regs"]["d"].update(rax="0x10"),
+    "ram-missing": lambda m: m.update(ram=[]),
+    "ram-extra": lambda m: m["ram"][0].append(0),
+    "msr-negative": lambda m: _vcpu0(m)["msrs"]["p"][0].__setitem__(0, -1),
+    "rip-2^64": lambda m: _vcpu0(m)["regs"]["d"].update(rip=1 << 64),
+    "xcrs-17": lambda m: _vcpu0(m).update(xcrs={"p": [[i, 1] for i in range(17)]}),
+    "mp-2^32": lambda m: _vcpu0(m).update(mp_state=1 << 32),
+    "mem-string": lambda m: m["config"].update(mem="64M"),
+    "mem-odd": lambda m: m["config"].update(mem=12345),
+    "devices-deep": lambda m: _device(m, "uart").update(regs=json.loads("[" * 12 + "]" * 12)),
+    "more-ram": _more_ram,
+    "ram-past-end": _ram_past_end,
+}
+
+
 def _corrupt(src: Path, dst: Path, edit: str) -> Path:
     data = bytearray(src.read_bytes())
-    n = HEADER.unpack_from(data)[3]
-    meta = json.loads(bytes(data[HEADER.size:HEADER.size + n]))
     if edit == "version":
         struct.pack_into("<I", data, 8, 99)
     elif edit == "truncate":
@@ -115,23 +187,11 @@ def _corrupt(src: Path, dst: Path, edit: str) -> Path:
         struct.pack_into("<Q", data, 16, 1 << 40)
     elif edit == "not-json":
         data[HEADER.size:HEADER.size + 10] = b"\xff" * 10
+    elif edit == "json-deep":
+        data = bytearray(_rewrite(bytes(data), lambda m: m.update(devices="@"),
+                                  lambda body: body.replace(b'"@"', b"[" * 10**5 + b"]" * 10**5)))
     else:
-        if edit == "pyvmm":
-            meta["host"]["pyvmm"] = "0.0.1"
-        elif edit == "cpu":
-            meta["host"]["cpu"] = "Some Other CPU"
-        elif edit == "ram-offset":
-            meta["ram"][0][2] = 123
-        elif edit == "vcpus":
-            meta["vcpus"] = meta["vcpus"][:0]
-        elif edit == "sregs":
-            meta["vcpus"][0]["d"]["sregs"] = {"b64": "AAAA"}
-        elif edit == "encoding":
-            meta["devices"] = {"x": 1}
-        body = json.dumps(meta).encode()
-        assert len(body) <= n + 64
-        body = body.ljust(n)
-        data[HEADER.size:HEADER.size + n] = body
+        data = bytearray(_rewrite(bytes(data), EDITS[edit]))
     dst.write_bytes(data)
     return dst
 
@@ -141,6 +201,14 @@ def _corrupt(src: Path, dst: Path, edit: str) -> Path:
     ("not-json", "not JSON"), ("pyvmm", "pyvmm '0.0.1'"), ("cpu", "host CPU 'Some Other CPU'"),
     ("ram-offset", "truncated or corrupt"), ("vcpus", "vCPU states"), ("sregs", "corrupt"),
     ("encoding", "corrupt"),
+    # issue 17: each of these was 125 "internal error" (or SIGBUS, 135) before the schema
+    ("json-deep", "nests too deep"), ("host-list", "host is list"), ("regs-str", "rax is '0x10'"),
+    ("ram-missing", "ram has 0 entries"), ("ram-extra", "ram[0] has 4 entries"),
+    ("msr-negative", "index is -1"), ("rip-2^64", "rip is 18446744073709551616"),
+    ("xcrs-17", "xcrs has 17 entries"), ("mp-2^32", "mp_state is 4294967296"),
+    ("mem-string", "config.mem is '64M'"), ("mem-odd", "config.mem"),
+    ("devices-deep", "nests deeper"), ("more-ram", "not the machine's"),
+    ("ram-past-end", "end of the"),
 ])
 def test_bad_snapshot_files_are_one_line(guests: Path, tmp_path: Path, edit: str, says: str) -> None:
     good = tmp_path / "good.snap"
@@ -149,8 +217,109 @@ def test_bad_snapshot_files_are_one_line(guests: Path, tmp_path: Path, edit: str
     bad = _corrupt(good, tmp_path / f"{edit}.snap", edit)
     r = pyvmm("run", "--from-snapshot", str(bad))
     assert r.returncode == 120, r.stderr
-    assert says in r.stderr and "Traceback" not in r.stderr
+    assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    with pytest.raises(SnapshotError, match=re.escape(says)):
+        Machine.from_snapshot(bad)
+
+
+def test_ram_past_the_file_is_refused_before_it_is_mapped(guests: Path, tmp_path: Path) -> None:
+    """Regression (issue 17): metadata claiming more RAM than the file holds was mapped
+    as it was, and the first touch of the missing part killed pyvmm with SIGBUS (135):
+    on --from-snapshot, on Machine.from_snapshot(...).snapshot() and on --core."""
+    good = tmp_path / "good.snap"
+    with boot_to_sync(guests / "snapshot.elf") as m:
+        m.snapshot().save(good)
+    bad = _corrupt(good, tmp_path / "big.snap", "more-ram")
+    code = textwrap.dedent(f"""
+        from pyvmm.machine import Machine
+        from pyvmm.vstate.snapshot import SnapshotError
+        try:
+            Machine.from_snapshot({str(bad)!r}).snapshot()
+        except SnapshotError as e:
+            print("refused:", e)
+    """)
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == 0 and "refused:" in out.stdout, (out.returncode, out.stderr)
+    r = pyvmm("run", "--core", str(tmp_path / "core"), "--from-snapshot", str(bad))
+    assert r.returncode == 120 and "not the machine's" in r.stderr, (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("device, edit", [
+    ("rtc", {"index": 200}), ("rtc", {"_last_c_read": 1e999}), ("bochs-shutdown", {"matched": 99}),
+    ("acpi-pm", {"cnt": 0x12345}), ("hpet", {"timers": [[0, 1 << 64, 0]] * 3}),
+    ("hpet", {"conf": 0x80}), ("uart", {"base": 0x2F8}), ("pci-config", {"address": 1 << 40}),
+])
+def test_bad_device_states_are_refused_at_restore(guests: Path, tmp_path: Path, device: str,
+                                                  edit: dict[str, Any]) -> None:
+    """Regression (issue 17): device states from a file were taken if only their types
+    matched, and blew up at the guest's next access to the device (125, or a traceback from
+    the HPET's thread).  Each is refused when the snapshot is restored, with one line."""
+    good = tmp_path / "good.snap"
+    with boot_to_sync(guests / "snapshot.flat") as m:
+        m.snapshot().save(good)
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(_rewrite(good.read_bytes(), lambda m: _device(m, device).update(edit),
+                             lambda body: body.replace(b"Infinity", b"1e999")))  # JSON's infinity
+    r = pyvmm("run", "--from-snapshot", str(bad))
+    assert r.returncode == 120, r.stderr
+    assert "corrupt" in r.stderr and device in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_closed_clone_holds_nothing_of_the_file(guests: Path, tmp_path: Path) -> None:
+    """Regression (issue 17): a closed Machine.from_snapshot clone kept an fd and a mapping
+    of the snapshot file until garbage collection."""
+    path = tmp_path / "s.snap"
+    with boot_to_sync(guests / "snapshot.elf") as m:
+        m.snapshot().save(path)
+
+    def holds() -> list[str]:
+        fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}")]
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        return [x for x in fds + maps if str(path) in x]
+
+    clone = Machine.from_snapshot(path)
+    try:
+        assert clone.run(timeout=30).ok
+    finally:
+        clone.close()
+    assert holds() == []  # the clone itself is still referenced: no help from the GC
+    assert clone.memory.dirty_base is None
+
+
+def test_a_closed_machine_keeps_no_snapshot_alive(guests: Path) -> None:
+    """A machine's last snapshot is its dirty base (a copy of all of RAM): close() lets it
+    go, as it does the machine's own RAM."""
+    m = boot_to_sync(guests / "snapshot.elf")
+    snap = weakref.ref(m.snapshot())
+    assert snap() is not None
+    m.close()
+    assert snap() is None
+
+
+def test_save_streams_ram(guests: Path, tmp_path: Path) -> None:
+    """Regression (issue 17): --save-at-sync copied guest RAM into a snapshot in memory
+    (and read every page of it, which allocates it) before writing the file, so saving
+    peaked at twice the guest's RAM.  Now it streams what the guest ever wrote."""
+    mem = 512 << 20
+
+    def peak_kib(*args: str) -> int:
+        code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", code, str(Path(sys.executable).parent / "pyvmm"),
+                              "run", "--mem", f"{mem >> 20}M", *args, str(guests / "snapshot.elf")],
+                             capture_output=True, text=True, timeout=120)
+        status, kib = out.stdout.split()
+        assert status == "0", out.stderr
+        return int(kib)
+
+    plain = peak_kib()
+    saving = peak_kib("--save-at-sync", "1", str(tmp_path / "s.snap"))
+    assert saving - plain < (mem >> 10) // 8, (plain, saving)
+    assert load(tmp_path / "s.snap").config["mem"] == mem
 
 
 def test_not_a_snapshot(tmp_path: Path) -> None:

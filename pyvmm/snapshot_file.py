@@ -1,0 +1,489 @@
+"""The snapshot file: its layout, the schema every file is checked against, and writing one.
+
+Layout: a header (magic, format version, reserved, metadata length), JSON metadata (pyvmm's
+version, the host CPU model and KVM module, the machine's shape, the vCPU and VM state,
+device states; bytes as ``{"b64": ...}``, dicts with integer keys as ``{"p": [[k, v]]}``) and
+then the RAM regions at page-aligned offsets, all-zero pages left as holes, so that a clone
+maps RAM ``MAP_PRIVATE`` from the file and copies nothing up front.
+
+A snapshot file is untrusted input, like a guest image: :func:`read` checks the *whole*
+metadata against the schema below before anything is built from it -- bounded nesting, the
+type and range of every value, the size of every KVM struct, RAM entries that lie inside the
+file and match the machine's shape -- so a bad file is one :class:`SnapshotError` line (exit
+status 120), never a crash at restore time or a SIGBUS when the guest touches RAM the file
+does not have.  The checks run once, at load: restores of a loaded snapshot cost nothing more.
+
+:func:`write` streams RAM from where it is (a snapshot's copy, or a stopped machine's own
+memory) page by page, into a temporary file beside the target that is renamed over it; an
+error or a signal removes the temporary file, and only a regular file (or nothing) is ever
+replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import math
+import mmap
+import os
+import stat
+import struct
+from typing import TYPE_CHECKING, Any
+
+from pyvmm.errors import ExitStatus, PyvmmError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pyvmm.vstate.snapshot import Snapshot, VcpuState
+
+MAGIC = b"PYVMMSNP"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIQ")  # magic, version, reserved, metadata length
+PAGE = 4096
+MAX_METADATA = 64 << 20
+#: how deep device states may nest (lists and dicts in dicts): pyvmm's own go 3 deep
+MAX_STATE_DEPTH = 8
+#: KVM refuses more in one KVM_SET_MSRS (MAX_IO_MSRS) and KVM_SET_XCRS (KVM_MAX_XCRS)
+MAX_MSRS = 255
+MAX_XCRS = 16
+#: KVM_MP_STATE_RUNNABLE .. KVM_MP_STATE_SUSPENDED
+MAX_MP_STATE = 10
+#: an XSAVE area larger than any CPU's (AMX makes it about 11 KiB)
+MAX_XSAVE = 256 << 10
+MAX_STRING = 64 << 10
+U64 = (1 << 64) - 1
+U32 = (1 << 32) - 1
+HOST_KEYS = ("pyvmm", "cpu", "kvm")
+CONFIG_KEYS = frozenset({"mem", "cpus", "irqchip", "pit", "pc", "cpu_features", "cmdline", "image",
+                         "format", "regions"})
+VCPU_KEYS = frozenset({"regs", "sregs", "fpu", "xsave", "xcrs", "lapic", "msrs", "events",
+                       "mp_state", "debugregs"})
+
+
+class SnapshotError(PyvmmError):
+    """A snapshot cannot be used: not a pyvmm snapshot, another format version, taken with
+    another pyvmm or on another host CPU, truncated or corrupt, or not matching the
+    machine it is restored into."""
+
+    status = ExitStatus.GUEST_IMAGE
+
+
+class _Bad(Exception):
+    """A value the schema refuses; the message says where and why."""
+
+
+@functools.cache
+def _host_identity() -> tuple[tuple[str, str], ...]:
+    from pyvmm import __version__
+    from pyvmm.hostinfo import detect
+
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), "")
+    return (("pyvmm", __version__), ("cpu", cpu), ("kvm", detect().module))
+
+
+def host_identity() -> dict[str, str]:
+    """What a snapshot must agree with to be restored here (found once per process: a
+    clone loop loads a file per clone)."""
+    return dict(_host_identity())
+
+
+# --- value encoding ----------------------------------------------------------------------
+def encode(v: Any) -> Any:
+    """JSON for state values: bytes as {"b64": ...}, dicts with non-str keys as pairs."""
+    if isinstance(v, bytes | bytearray | memoryview):
+        return {"b64": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, dict):
+        if all(isinstance(k, str) for k in v):
+            return {"d": {k: encode(x) for k, x in v.items()}}
+        return {"p": [[encode(k), encode(x)] for k, x in v.items()]}
+    if isinstance(v, list | tuple):
+        return [encode(x) for x in v]
+    return v
+
+
+# --- the schema ----------------------------------------------------------------------------
+def _show(v: Any) -> str:
+    text = repr(v) if not isinstance(v, list | dict) else type(v).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(v: Any, where: str, lo: int = 0, hi: int = U64) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise _Bad(f"{where} is {_show(v)}, not an integer in {lo}..{hi:#x}")
+    return v
+
+
+def _bool(v: Any, where: str) -> bool:
+    if type(v) is not bool:
+        raise _Bad(f"{where} is {_show(v)}, not true or false")
+    return v
+
+
+def _str(v: Any, where: str) -> str:
+    if type(v) is not str or len(v) > MAX_STRING:
+        raise _Bad(f"{where} is {_show(v)}, not a string")
+    return v
+
+
+def _list(v: Any, where: str, n: int | None = None, most: int = 1 << 20) -> list[Any]:
+    if type(v) is not list:
+        raise _Bad(f"{where} is {_show(v)}, not a list")
+    if (n is not None and len(v) != n) or len(v) > most:
+        raise _Bad(f"{where} has {len(v)} entries, not {n if n is not None else f'at most {most}'}")
+    return v
+
+
+def _obj(v: Any, where: str, keys: Iterable[str]) -> dict[str, Any]:
+    want = set(keys)
+    if type(v) is not dict:
+        raise _Bad(f"{where} is {_show(v)}, not an object")
+    if set(v) != want:
+        odd = sorted(set(v) ^ want)[:3]
+        raise _Bad(f"{where} has the wrong fields ({', '.join(map(repr, odd))})")
+    return v
+
+
+def _blob(v: Any, where: str, lo: int, hi: int | None = None) -> bytes:
+    """``{"b64": ...}`` of ``lo`` bytes (or ``lo..hi``)."""
+    hi = lo if hi is None else hi
+    s = _obj(v, where, ("b64",))["b64"]
+    if type(s) is not str or len(s) > 4 * (hi // 3 + 1):
+        raise _Bad(f"{where} is not base64 of at most {hi} bytes")
+    try:
+        data = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Bad(f"{where} is not base64") from None
+    if not lo <= len(data) <= hi:
+        raise _Bad(f"{where} is {len(data)} bytes, not {lo if lo == hi else f'{lo}..{hi}'}")
+    return data
+
+
+def _opt_blob(v: Any, where: str, lo: int, hi: int | None = None) -> bytes | None:
+    return None if v is None else _blob(v, where, lo, hi)
+
+
+def _int_map(v: Any, where: str, most: int, key_hi: int) -> dict[int, int]:
+    """``{"p": [[k, v], ...]}`` (an empty map is ``{"d": {}}``) of u32 keys, u64 values."""
+    if v == {"d": {}}:
+        return {}
+    pairs = _list(_obj(v, where, ("p",))["p"], where, most=most)
+    if all(type(p) is list and len(p) == 2 and type(p[0]) is int and type(p[1]) is int
+           and 0 <= p[0] <= key_hi and 0 <= p[1] <= U64 for p in pairs):
+        return {p[0]: p[1] for p in pairs}  # the usual case, at a lower cost per MSR
+    out: dict[int, int] = {}
+    for i, pair in enumerate(pairs):
+        k, x = _list(pair, f"{where}[{i}]", 2)
+        out[_int(k, f"{where}[{i}] index", 0, key_hi)] = _int(x, f"{where}[{i}] value")
+    return out
+
+
+def _state_value(v: Any, where: str, depth: int = 0) -> Any:
+    """A device state value: plain data, nested at most MAX_STATE_DEPTH deep, numbers
+    finite and within 64 bits (each device's set_state checks its own ranges)."""
+    if depth > MAX_STATE_DEPTH:
+        raise _Bad(f"{where} nests deeper than {MAX_STATE_DEPTH}")
+    if v is None or type(v) in (bool, str):
+        return v
+    if type(v) is int:
+        return _int(v, where, -(1 << 63), U64)
+    if type(v) is float:
+        if not math.isfinite(v):
+            raise _Bad(f"{where} is {v}")
+        return v
+    if type(v) is list:
+        return [_state_value(x, where, depth + 1) for x in v]
+    if type(v) is dict:
+        if set(v) == {"b64"}:
+            return _blob(v, where, 0, MAX_METADATA)
+        if set(v) == {"d"} and type(v["d"]) is dict:
+            return {k: _state_value(x, f"{where}.{k}", depth + 1) for k, x in v["d"].items()}
+        if set(v) == {"p"} and type(v["p"]) is list:
+            out = {}
+            for pair in v["p"]:
+                k, x = _list(pair, where, 2)
+                if type(k) not in (int, str):
+                    raise _Bad(f"{where} has a key {_show(k)}")
+                out[k] = _state_value(x, f"{where}.{k}", depth + 1)
+            return out
+    raise _Bad(f"{where} is {_show(v)}, an unknown value encoding")
+
+
+def _struct_size(ctype: str) -> int:
+    from pyvmm.kvm.native import ffi
+
+    return int(ffi.sizeof(ctype))
+
+
+def check_host(host: Any, name: str) -> None:
+    """Refuse a snapshot taken with another pyvmm, on another CPU model or KVM module."""
+    here = host_identity()
+    for k, what in (("pyvmm", "pyvmm"), ("cpu", "host CPU"), ("kvm", "KVM module")):
+        if host[k] != here[k]:
+            raise SnapshotError(f"{name} was taken with {what} {host[k]!r}; this is "
+                                f"{here[k]!r}: take the snapshot again here")
+
+
+def _config(v: Any) -> dict[str, Any]:
+    from pyvmm.machine import IRQCHIP_MODES, MAX_CPUS
+    from pyvmm.x86 import layout
+
+    c = _obj(v, "config", CONFIG_KEYS)
+    mem = _int(c["mem"], "config.mem", PAGE, U64)
+    if mem % PAGE:
+        raise _Bad(f"config.mem is {mem}, not a multiple of 4 KiB")
+    _int(c["cpus"], "config.cpus", 1, MAX_CPUS)
+    if c["irqchip"] not in IRQCHIP_MODES:
+        raise _Bad(f"config.irqchip is {_show(c['irqchip'])}, not one of {', '.join(IRQCHIP_MODES)}")
+    _bool(c["pit"], "config.pit")
+    _bool(c["pc"], "config.pc")
+    for k in ("cpu_features", "cmdline", "image", "format"):
+        _str(c[k], f"config.{k}")
+    want = [[gpa, size] for gpa, size in layout.ram_ranges(mem)]
+    if c["regions"] != want:
+        raise _Bad(f"config.regions do not match {mem} bytes of RAM")
+    return dict(c)
+
+
+def _vcpu(v: Any, where: str) -> VcpuState:
+    from pyvmm.kvm.vcpu import REGS
+    from pyvmm.vstate.snapshot import VcpuState
+
+    d = _obj(_obj(v, where, ("d",))["d"], where, VCPU_KEYS)
+    regs = _obj(_obj(d["regs"], f"{where}.regs", ("d",))["d"], f"{where}.regs", REGS)
+    lapic = _struct_size("struct kvm_lapic_state")
+    return VcpuState(
+        {k: _int(regs[k], f"{where}.{k}") for k in REGS},
+        _blob(d["sregs"], f"{where}.sregs", _struct_size("struct kvm_sregs")),
+        _blob(d["fpu"], f"{where}.fpu", _struct_size("struct kvm_fpu")),
+        _opt_blob(d["xsave"], f"{where}.xsave", _struct_size("struct kvm_xsave"), MAX_XSAVE),
+        _int_map(d["xcrs"], f"{where}.xcrs", MAX_XCRS, U32),
+        _opt_blob(d["lapic"], f"{where}.lapic", lapic),
+        _int_map(d["msrs"], f"{where}.msrs", MAX_MSRS, U32),
+        _blob(d["events"], f"{where}.events", _struct_size("struct kvm_vcpu_events")),
+        _int(d["mp_state"], f"{where}.mp_state", 0, MAX_MP_STATE),
+        _opt_blob(d["debugregs"], f"{where}.debugregs", _struct_size("struct kvm_debugregs")))
+
+
+def _ram(v: Any, config: dict[str, Any], data_start: int, size: int) -> list[tuple[int, int, int]]:
+    """``[(gpa, length, offset)]``: one per RAM region of the machine, each page-aligned
+    and wholly inside the file (a region past the file's end would SIGBUS the VMM)."""
+    out = []
+    for i, entry in enumerate(_list(v, "ram", len(config["regions"])), ):
+        gpa, length, off = _list(entry, f"ram[{i}]", 3)
+        want_gpa, want_len = config["regions"][i]
+        if gpa != want_gpa or length != want_len:
+            raise _Bad(f"ram[{i}] is {_show(gpa)}+{_show(length)}, not the machine's "
+                       f"{want_gpa:#x}+{want_len:#x}")
+        if type(off) is not int or off % PAGE or off < data_start or off + length > size:
+            raise SnapshotError(f"RAM at offset {_show(off)} of {length} bytes is past the "
+                                f"metadata or the end of the {size}-byte file")
+        out.append((gpa, length, off))
+    return out
+
+
+def check(meta: Any, name: str, size: int, data_start: int,
+          host: bool) -> tuple[Snapshot, list[tuple[int, int, int]]]:
+    """The whole metadata against the schema; a Snapshot (RAM not attached yet) and the
+    RAM layout ``[(gpa, length, offset)]``.  SnapshotError names what is wrong."""
+    from pyvmm.vstate.snapshot import Snapshot
+
+    try:
+        m = _obj(meta, "metadata", ("host", "config", "vcpus", "irqchips", "pit", "clock",
+                                    "devices", "ram"))
+        hid = _obj(m["host"], "host", HOST_KEYS)
+        for k in HOST_KEYS:
+            _str(hid[k], f"host.{k}")
+        if host:
+            check_host(hid, name)
+        config = _config(m["config"])
+        vcpus = [_vcpu(v, f"vcpus[{i}]")
+                 for i, v in enumerate(_list(m["vcpus"], "vcpus", most=1 << 16))]
+        if len(vcpus) != config["cpus"]:
+            raise SnapshotError(f"{name} is corrupt ({len(vcpus)} vCPU states for "
+                                f"{config['cpus']} vCPUs)")
+        kernel = config["irqchip"] == "kernel"
+        chip = _struct_size("struct kvm_irqchip")
+        chips = [_blob(c, f"irqchips[{i}]", chip)
+                 for i, c in enumerate(_list(m["irqchips"], "irqchips", 3 if kernel else 0))]
+        pit = _opt_blob(m["pit"], "pit", _struct_size("struct kvm_pit_state2"))
+        if (pit is not None) != (config["pit"] and kernel):
+            raise _Bad("pit state and config.pit disagree")
+        clock = _opt_blob(m["clock"], "clock", _struct_size("struct kvm_clock_data"))
+        devices = _state_value(m["devices"], "devices")
+        if type(devices) is not dict or not all(type(s) is dict for s in devices.values()):
+            raise _Bad("devices is not an object of device states")
+        ram = _ram(m["ram"], config, data_start, size)
+    except _Bad as e:
+        raise SnapshotError(f"{name} is corrupt ({e})") from None
+    except SnapshotError as e:
+        if str(e).startswith(name):
+            raise
+        raise SnapshotError(f"{name} is truncated or corrupt ({e})") from None
+    return Snapshot(config, vcpus, chips, pit, clock, devices, [], trusted=False), ram
+
+
+# --- reading -----------------------------------------------------------------------------
+class _NotANumber(ValueError):
+    pass
+
+
+def _refuse_constant(token: str) -> Any:
+    raise _NotANumber(token)
+
+
+def _metadata(raw: bytes, name: str) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise SnapshotError(f"{name} is corrupt (its metadata nests too deep)") from None
+    except _NotANumber as e:
+        raise SnapshotError(f"{name} is corrupt (its metadata has {e}, which is not a JSON "
+                            "number)") from None
+    except (ValueError, UnicodeDecodeError):
+        raise SnapshotError(f"{name} is corrupt (its metadata is not JSON)") from None
+
+
+def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
+    """Read and check a snapshot file; its RAM stays in the file, mapped copy-on-write.
+    The snapshot keeps the file open (a clone maps its RAM from it) until ``close()``."""
+    name = os.fsdecode(path)
+    try:  # O_NONBLOCK: a FIFO must not block the open; it is refused below
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise SnapshotError(f"cannot open snapshot {name}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SnapshotError(f"{name} is not a regular file, so not a pyvmm snapshot")
+        size = st.st_size
+        head = os.pread(fd, HEADER.size, 0)
+        if len(head) < HEADER.size or head[:8] != MAGIC:
+            raise SnapshotError(f"{name} is not a pyvmm snapshot")
+        _, version, _, meta_len = HEADER.unpack(head)
+        if version != FORMAT_VERSION:
+            raise SnapshotError(f"{name} is snapshot format {version}; this pyvmm reads format "
+                                f"{FORMAT_VERSION}")
+        if meta_len > min(MAX_METADATA, size - HEADER.size):
+            raise SnapshotError(f"{name} is truncated or corrupt (metadata of {meta_len} bytes)")
+        raw = os.pread(fd, meta_len, HEADER.size)
+        if len(raw) != meta_len:
+            raise SnapshotError(f"{name} is truncated or corrupt (metadata of {meta_len} bytes)")
+        snap, layout = check(_metadata(raw, name), name, size, HEADER.size + meta_len, check_host)
+        try:
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        except OSError as e:
+            raise SnapshotError(f"cannot map snapshot {name}: {e.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    view = memoryview(mapping)
+    snap.ram = [(gpa, view[off:off + length]) for gpa, length, off in layout]
+    del view
+    snap._mapping, snap._fd = mapping, fd
+    snap.config["file"] = name
+    snap.config["ram_offsets"] = [off for _, _, off in layout]
+    return snap
+
+
+def ram_file(snap: Snapshot) -> tuple[int, list[int]] | None:
+    """``(fd, offsets)`` to map a clone's RAM from the snapshot's file, after checking the
+    file still holds every region (it may have been truncated since it was read)."""
+    if snap._fd < 0 or not snap.ram:
+        return None
+    offsets: list[int] = snap.config["ram_offsets"]
+    size = os.fstat(snap._fd).st_size
+    for (_, data), off in zip(snap.ram, offsets, strict=True):
+        if off + len(data) > size:
+            raise SnapshotError(f"{snap.config['file']} was truncated after it was read")
+    return snap._fd, list(offsets)
+
+
+# --- writing -----------------------------------------------------------------------------
+def _destination(name: str) -> str:
+    """Where to write: ``name``, or the regular file a symlink there points to.  Anything
+    else (a device node, a FIFO, a directory) is refused: renaming over it would replace it."""
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        return name
+    except OSError as e:
+        raise SnapshotError(f"cannot write the snapshot to {name}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SnapshotError(f"cannot write the snapshot to {name}: not a regular file (a "
+                            "snapshot replaces only a regular file)")
+    return os.path.realpath(name) if os.path.islink(name) else name
+
+
+def _write_ram(fd: int, data: memoryview, off: int, start: int = 0, n: int | None = None) -> None:
+    """``data[start:start+n]`` at ``off + start``, skipping all-zero pages (holes); runs of
+    pages in one write."""
+    zero = bytes(64 * PAGE)
+    n = len(data) if n is None else start + n
+    p = start
+    while p < n:
+        chunk = data[p:min(p + len(zero), n)]
+        if chunk == zero[:len(chunk)]:
+            p += len(chunk)
+            continue
+        run_start = -1
+        for q in range(p, p + len(chunk), PAGE):
+            page = data[q:q + PAGE]
+            if page == zero[:len(page)]:
+                if run_start >= 0:
+                    os.pwrite(fd, data[run_start:q], off + run_start)
+                    run_start = -1
+            elif run_start < 0:
+                run_start = q
+        if run_start >= 0:
+            os.pwrite(fd, data[run_start:p + len(chunk)], off + run_start)
+        p += len(chunk)
+
+
+def write(snap: Snapshot, path: str | os.PathLike[str],
+          extents: list[list[tuple[int, int]] | None] | None = None) -> None:
+    """Write ``snap`` to ``path``, replaced atomically (see the module docstring).
+    ``extents`` (per RAM region: ``[(offset, length)]`` that may hold data, or None for
+    all of it) limits what is read of RAM to what a machine ever wrote."""
+    name = os.fsdecode(path)
+    target = _destination(name)
+    meta: dict[str, Any] = {"host": host_identity(), "config": {k: snap.config[k] for k in CONFIG_KEYS},
+                            "vcpus": [encode(vars(s)) for s in snap.vcpus],
+                            "irqchips": encode(snap.irqchips), "pit": encode(snap.pit),
+                            "clock": encode(snap.clock), "devices": encode(snap.devices)}
+    probe = json.dumps({**meta, "ram": [[U64, U64, U64]] * len(snap.ram)}).encode()
+    offset = (HEADER.size + len(probe) + PAGE - 1) & ~(PAGE - 1)
+    layout = []
+    for gpa, data in snap.ram:
+        layout.append([gpa, len(data), offset])
+        offset += (len(data) + PAGE - 1) & ~(PAGE - 1)
+    meta["ram"] = layout
+    body = json.dumps(meta).encode()
+    tmp = f"{target}.{os.getpid()}.tmp"
+    fd = -1
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.pwrite(fd, HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(body)) + body, 0)
+        for i, ((_, data), (_, _, off)) in enumerate(zip(snap.ram, layout, strict=True)):
+            view = memoryview(data).cast("B")
+            ranges = extents[i] if extents is not None else None
+            for start, n in ranges if ranges is not None else [(0, len(view))]:
+                _write_ram(fd, view, off, start, n)
+        os.ftruncate(fd, offset)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, target)
+    except BaseException as e:  # an error, or a signal (Interrupted, KeyboardInterrupt)
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise SnapshotError(f"cannot write the snapshot to {name}: {e.strerror}") from None
+        raise
