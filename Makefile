@@ -14,7 +14,7 @@ PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -t
 GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile debugme snapshot
 MB_GUESTS := hello selftest mbtest vmexit hostile pcplat debugme snapshot
 # hand-written kernels with linker scripts of their own, as third-party kernels are
-ASM_KERNELS := mb_rmpit.flat mb_bios.flat mb_low.flat mb_elf64.elf
+ASM_KERNELS := mb_rmpit.flat mb_bios.flat mb_stiwin.flat mb_low.flat mb_elf64.elf
 B := guests/build
 
 .PHONY: all install dev guests test unit lint types examples suite bench clean
@@ -49,7 +49,7 @@ $(B)/%.flat: guests/%.c $(STAMP)
 $(B)/mb16_entry.o: guests/mb16_entry.S
 	mkdir -p $(B)
 	as --32 -o $@ $<
-$(B)/mb_rmpit.flat $(B)/mb_bios.flat: $(B)/%.flat: guests/%.S $(B)/mb16_entry.o guests/mb16.ld
+$(B)/mb_rmpit.flat $(B)/mb_bios.flat $(B)/mb_stiwin.flat: $(B)/%.flat: guests/%.S $(B)/mb16_entry.o guests/mb16.ld
 	as --32 -o $(B)/$*.o $<
 	ld -m elf_i386 --build-id=none -T guests/mb16.ld -o $@ $(B)/mb16_entry.o $(B)/$*.o
 $(B)/mb_low.flat: guests/mb_low.S guests/mb_low.ld

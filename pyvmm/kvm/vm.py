@@ -94,6 +94,12 @@ class Vm(FdObject):
         """KVM_SET_IRQCHIP: replace one in-kernel interrupt controller's state."""
         self._ioctl("KVM_SET_IRQCHIP", lib.KVM_SET_IRQCHIP, chip)
 
+    def pic_state(self, chip_id: int) -> dict[str, int]:
+        """KVM_GET_IRQCHIP of a PIC: its ``kvm_pic_state`` fields by name (``irr``, ``isr``,
+        ``imr``, ``last_irr``, ...)."""
+        pic = lib.pyvmm_irqchip_pic(self.get_irqchip(chip_id))
+        return {name: int(getattr(pic, name)) for name, _ in ffi.typeof(pic[0]).fields}
+
     def update_pic(self, chip_id: int, **fields: int) -> None:
         """KVM_GET_IRQCHIP + KVM_SET_IRQCHIP: change fields of a PIC's ``kvm_pic_state``
         (``irq_base``, ``imr``, ``init_state``, ...)."""

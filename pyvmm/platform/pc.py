@@ -3,9 +3,9 @@
 fw_cfg, pc-testdev, the Bochs shutdown port, PCI configuration mechanism #1 (no devices),
 the ACPI PM block (S3 and S5) and tables (RSDP/RSDT/FADT/FACS/DSDT/MADT/HPET), the HPET,
 RTC/CMOS, and the state a BIOS leaves: the IVT with an INT 08h tick counter, the PICs
-initialised, PIT channel 0 at 18.2 Hz, and the interrupt wiring of every PC (ISA IRQ 0 on
-PIC pin 0 and IOAPIC pin 2, IRQ n on IOAPIC pin n).  The PIT comes with
-``Machine(pit=True)``.
+initialised, PIT channel 0 at 18.2 Hz with one tick latched in the PIC at entry, and the
+interrupt wiring of every PC (ISA IRQ 0 on PIC pin 0 and IOAPIC pin 2, IRQ n on IOAPIC
+pin n).  The PIT comes with ``Machine(pit=True)``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class PcPlatform:
             bios.init_pics(m.vm)
             if m.pit:
                 bios.start_pit(m.vm)
+                bios.latch_pit_tick(m.vm)
 
     def waking_vector(self) -> int:
         """The FACS's firmware waking vector: where the BSP resumes from S3, in real mode."""
