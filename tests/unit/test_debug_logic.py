@@ -270,3 +270,107 @@ def test_bulk_g_packet_equals_register_by_register() -> None:
                                      get_fpu=lambda: fpu))
     assert f.encode_all() == b"".join(f.encode(i) for i in range(len(LAYOUT)))
     assert len(f.encode_all()) == G_PACKET_SIZE
+
+
+class KvmVcpu:
+    """A vCPU whose KVM_SET_SREGS refuses what kvm_pvm refuses (CR4.LA57) with EINVAL, as
+    KVM does, and counts the ioctls; its state is real ``struct kvm_*`` data."""
+
+    def __init__(self) -> None:
+        from pyvmm.kvm.native import ffi
+
+        self.id = 0
+        self.regs = {n: 0 for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8",
+                                    "r9", "r10", "r11", "r12", "r13", "r14", "r15")}
+        self.regs.update(rip=0x401000, rflags=0x2)
+        self.sregs = ffi.new("struct kvm_sregs *")
+        self.sregs.cr0, self.sregs.cr4, self.sregs.efer = 0x80000011, 0x20, 0xD00
+        self.sregs.cs.l = 1
+        self.fpu = ffi.new("struct kvm_fpu *")
+        self.set_calls: list[int] = []
+        self.applied_cr4 = int(self.sregs.cr4)
+
+    def get_regs(self) -> dict[str, int]:
+        return dict(self.regs)
+
+    def get_sregs(self) -> Any:
+        from pyvmm.kvm.native import ffi
+
+        return ffi.new("struct kvm_sregs *", self.sregs[0])
+
+    def get_fpu(self) -> Any:
+        return self.fpu
+
+    def set_sregs(self, sregs: Any) -> None:
+        import errno
+
+        from pyvmm.kvm.errors import KvmError
+
+        self.set_calls.append(int(sregs.cr4))
+        if int(sregs.cr4) & (1 << 12):
+            raise KvmError("KVM_SET_SREGS", errno.EINVAL)
+        self.applied_cr4 = int(sregs.cr4)
+
+    def set_regs(self, regs: Any) -> None:
+        self.regs = dict(regs)
+
+    def set_fpu(self, fpu: Any) -> None:
+        pass
+
+    def set_guest_debug(self, control: int, debugreg: Any = ()) -> None:
+        for v in debugreg:
+            assert 0 <= v < 1 << 64  # a cffi struct field: OverflowError otherwise
+
+
+def real_debugger() -> tuple[Debugger, KvmVcpu]:
+    vcpu = KvmVcpu()
+    return Debugger(SimpleNamespace(vcpus=[vcpu], _closed=False), emulate_watchpoints=False), vcpu  # type: ignore[arg-type]
+
+
+def p_packet(name: str, value: int) -> bytes:
+    from pyvmm.debug.registers import BY_NAME
+
+    return b"P%x=%s" % (BY_NAME[name], value.to_bytes(LAYOUT[BY_NAME[name]].size, "little").hex().encode())
+
+
+def test_register_writes_kvm_refuses_get_an_error_and_keep_the_vcpu() -> None:
+    """Regression: P of CR4.LA57 was acknowledged, kept for the resume, and the resume's
+    KVM_SET_SREGS failed with EINVAL, ending pyvmm (121) under gdb's feet.  Now the write is
+    tried at once: refused with E, the vCPU keeps its old CR4, the session goes on."""
+    d, vcpu = real_debugger()
+    p = GdbProtocol(d)
+    assert p.handle(p_packet("cr4", 0x20 | (1 << 12))) == b"E16"
+    assert vcpu.applied_cr4 == 0x20 and int(d.registers(0).sregs.cr4) == 0x20
+    assert p.handle(p_packet("cr4", 0x20 | (1 << 7))) == b"OK"  # PGE: KVM takes it
+    assert vcpu.applied_cr4 == 0xA0
+    # reserved bits and impossible combinations are refused before KVM is asked
+    calls = len(vcpu.set_calls)
+    for name, value in (("cr4", 1 << 40), ("cr4", 0x20 | (1 << 13)), ("cr0", 1 << 32),
+                        ("cr0", 0x80000010), ("efer", 0xD00 | (1 << 3)), ("cr8", 16),
+                        ("fs_base", 1 << 60), ("eflags", 0x2 | (1 << 15)), ("eflags", 0x20002),
+                        ("rip", 0x0000_8000_0000_0000), ("mxcsr", 1 << 16),
+                        ("fctrl", 0x10000), ("fstat", 0x10000), ("ftag", 0x10000), ("fop", 0x800)):
+        assert p.handle(p_packet(name, value)) == b"E16", (name, value)
+    assert len(vcpu.set_calls) == calls
+    assert p.handle(b"c") == Resume(None)  # the session goes on
+    d.registers(0).commit()  # what the resume writes: KVM takes it
+    assert vcpu.applied_cr4 == 0xA0
+
+
+@pytest.mark.parametrize("packet", [
+    b"c10000000000000000", b"cffffffffffffffffffff", b"c0000800000000000",
+    b"Z1,10000000000000000,1", b"Z0,1ffffffffffffffff,1", b"Z2,10000000000000000,8",
+    b"mffffffffffffffff,ffffffffffffffff", b"m10000000000000000,1", b"m0,10000000000000000",
+    b"M10000000000000000,1:00", b"Mffffffffffffffff,2:0000",
+])
+def test_addresses_beyond_64_bits_are_refused(packet: bytes) -> None:
+    """Regression: these ended pyvmm with 125 (OverflowError from a cffi struct field) at
+    the reply or at the next continue; now each is an E reply and the session goes on."""
+    d, vcpu = real_debugger()
+    d.translate = lambda address, vcpu=0: None  # type: ignore[method-assign]  # nothing mapped
+    p = GdbProtocol(d)
+    r = p.handle(packet)
+    assert isinstance(r, bytes) and r.startswith(b"E"), (packet, r)
+    assert all(s is None for s in d.slots)
+    d._program(None, {})  # what the next continue does first
+    assert vcpu.regs["rip"] == 0x401000 and d.registers(0).regs["rip"] == 0x401000
