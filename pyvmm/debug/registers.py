@@ -12,6 +12,7 @@ three ioctls, ~7 us each on the PVM host) and writes back only the groups that c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -334,10 +335,8 @@ class RegisterFile:
             self.vcpu.set_sregs(s)
         except KvmError as e:
             setattr(target, field, old)
-            try:
-                self.vcpu.set_sregs(s)  # a refusal may have applied part of the state
-            except KvmError:
-                pass
+            with contextlib.suppress(KvmError):  # a refusal may have applied part of it
+                self.vcpu.set_sregs(s)
             raise RegisterError(f"KVM refuses {name} = {value:#x} (KVM_SET_SREGS: "
                                 f"{os.strerror(e.errno or 0)})") from None
         self._dirty.discard("sregs")  # the vCPU holds all of them now
