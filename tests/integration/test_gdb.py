@@ -212,6 +212,26 @@ def test_assertion_core_and_timeout_core(guests: Path, tmp_path: Path) -> None:
             assert any(s.header.p_vaddr <= main < s.header.p_vaddr + s.header.p_memsz for s in loads)
 
 
+def test_core_of_tables_that_alias_all_of_ram_is_bounded(guests: Path, tmp_path: Path) -> None:
+    """Regression: a guest whose page tables alias RAM ~100,000 times (guests/hostile.c
+    aliascore) made --core write a file whose apparent size headed for terabytes, still
+    writing after 60 s.  Now each physical page is written once: the core is no larger than
+    guest RAM plus its headers, written in seconds, and still holds the guest's code."""
+    core = tmp_path / "core"
+    elf = guests / "hostile.elf"
+    start = time.monotonic()
+    r = pyvmm("run", "--mem", "32M", "--core", str(core), "--append", "aliascore", str(elf),
+              timeout=60)
+    assert r.returncode == 123, r.stderr
+    assert time.monotonic() - start < 30
+    assert core.stat().st_size <= (32 << 20) + (1 << 20)
+    with core.open("rb") as f:
+        loads = [s.header for s in ELFFile(f).iter_segments() if s.header.p_type == "PT_LOAD"]
+    assert sum(h.p_filesz for h in loads) <= 32 << 20
+    main = symbol(elf, "main")
+    assert any(h.p_vaddr <= main < h.p_vaddr + h.p_memsz for h in loads)
+
+
 def test_no_core_when_the_guest_exits_cleanly(guests: Path, tmp_path: Path) -> None:
     core = tmp_path / "core"
     r = pyvmm("run", "--core", str(core), str(guests / "debugme.elf"))
