@@ -11,10 +11,14 @@
  *   wildrip          jump to an address outside RAM and the image
  *   fault            #GP outside GUEST_TRY after idt_catch_faults(): reported, not a storm
  *   badcmd           a ucall with an unknown command
+ *   aliascore        every free PML4 slot -> one PDPT of 512 1 GiB pages at physical 0
+ *                    (all of RAM aliased ~100,000 times; never accessed), then a triple
+ *                    fault: a --core must still hold each page once
  */
 #include <pyvmm/guest.h>
 
 static char chunk[4096];
+static uint64_t alias_pdpt[512] __attribute__((aligned(4096)));
 static volatile int go;
 
 static void flood(uint64_t mib)
@@ -102,6 +106,15 @@ int main(struct boot_info *bi, const char *cmdline)
 		struct ucall uc = { .cmd = 99 };
 		ucall(&uc);
 		return 0;
+	}
+	if (!strcmp(cmdline, "aliascore")) {
+		uint64_t *pml4 = (uint64_t *)(read_cr3() & ~0xffful);
+		for (int i = 0; i < 512; i++)
+			alias_pdpt[i] = 0x83; /* present, writable, 1 GiB page at 0 */
+		for (int i = 0; i < 256; i++)
+			if (!pml4[i])
+				pml4[i] = (uint64_t)alias_pdpt | 3;
+		__asm__ volatile("ud2"); /* no IDT: a triple fault, and the core */
 	}
 	printf("hostile: unknown mode \"%s\"\n", cmdline);
 	return 99;

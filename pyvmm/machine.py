@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 #: exits each vCPU's trace ring keeps (pyvmm.vstate.trace.DEFAULT_CAPACITY; imported lazily:
 #: a run that does not trace never loads the module)
 TRACE_CAPACITY = 1 << 16
+#: guest events a trace keeps (pyvmm.vstate.trace.DEFAULT_EVENTS)
+TRACE_EVENTS = 1 << 16
 
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
 
@@ -435,15 +437,17 @@ class Machine:
         self.pc.woke()
         return True
 
-    def enable_trace(self, capacity: int = TRACE_CAPACITY) -> ExitTrace:
+    def enable_trace(self, capacity: int = TRACE_CAPACITY, *, events: int = TRACE_EVENTS
+                     ) -> ExitTrace:
         """Record every exit from now on (the C loop keeps the newest ``capacity`` per
-        vCPU, a power of two, between runs) and every guest event; each run's result
-        carries the trace so far (``RunResult.trace``)."""
+        vCPU, a power of two, between runs and across them) and the newest ``events``
+        guest events (older ones are counted: ``ExitTrace.dropped_events``); each run's
+        result carries the trace so far (``RunResult.trace``)."""
         from pyvmm.vstate.trace import ExitTrace
 
         if self._trace is None:
-            self._trace = ExitTrace()
-            self.on_event(self._trace.events.append)
+            self._trace = ExitTrace(capacity=capacity, max_events=events)
+            self.on_event(self._trace.add_event)
         self._runner_for()
         for loop in self.loops:
             loop.enable_trace(capacity)

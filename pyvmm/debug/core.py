@@ -8,9 +8,10 @@ map (``p_paddr`` holds the guest-physical address).  Without paging the virtual 
 the physical one.  Each vCPU is a thread (``pr_pid`` = vCPU index + 1), so ``gdb guest.elf
 core`` shows ``bt``, ``info registers``, ``info threads`` and ``x`` of the guest's data.
 
-The page tables belong to the guest: the walk is bounded (``pyvmm.x86.paging.mappings``),
-only ranges backed by guest RAM are written, and all-zero pages are left as holes in a
-sparse file.
+The page tables belong to the guest: the walk is bounded in entries and time, each
+physical page of RAM is written once however many virtual addresses map it
+(``pyvmm.debug.coremap``), so a core is never larger than guest RAM plus its headers, and
+all-zero pages are left as holes in a sparse file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import signal
 import struct
 from typing import TYPE_CHECKING, Any
 
+from pyvmm.debug.coremap import WalkLimit, core_segments, physical_segments
 from pyvmm.errors import GuestMemoryError, PyvmmError
 from pyvmm.vstate.result import RunStatus
-from pyvmm.x86.paging import MappingLimit, mappings
 
 if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
@@ -92,24 +93,27 @@ def prpsinfo(name: str) -> bytes:
 
 def segments(machine: Machine, vcpu: Vcpu) -> list[tuple[int, int, int]]:
     """``(va, pa, size)`` runs of guest RAM as ``vcpu`` sees them (its page tables when
-    paging is on, else physical addresses), clipped to RAM."""
+    paging is on, else physical addresses), each physical page at most once
+    (``pyvmm.debug.coremap``): the core never holds more than guest RAM, however the
+    guest's tables alias it.  Tables that are too large or too slow to walk give the
+    physical layout; at most MAX_SEGMENTS runs are written."""
     sregs = vcpu.get_sregs()
     ram = machine.memory.ram_ranges()
     if int(sregs.cr0) & CR0_PG and int(sregs.efer) & EFER_LMA:
+
+        def read_table(pa: int) -> bytes | None:
+            try:
+                return machine.memory.read(pa, PAGE)
+            except GuestMemoryError:
+                return None
+
         try:
-            maps = mappings(lambda a: machine.memory.read_int(a, 8), int(sregs.cr3),
-                            max_entries=1 << 20)
-        except MappingLimit:
+            maps = core_segments(read_table, int(sregs.cr3), ram)
+        except WalkLimit:
             maps = []
         if maps:
-            out = []
-            for va, pa, size in maps:
-                for base, length in ram:  # only the parts backed by RAM
-                    lo, hi = max(pa, base), min(pa + size, base + length)
-                    if lo < hi:
-                        out.append((va + (lo - pa), lo, hi - lo))
-            return out[:MAX_SEGMENTS]
-    return [(base, base, length) for base, length in ram]
+            return maps[:MAX_SEGMENTS]
+    return physical_segments(ram)[:MAX_SEGMENTS]
 
 
 def write_core(machine: Machine, path: str | os.PathLike[str], *, status: RunStatus | None = None,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyvmm.debug.registers import RegisterFile
+from pyvmm.debug.registers import RegisterError, RegisterFile, check_value
 from pyvmm.errors import GuestExitedError, GuestMemoryError, PyvmmError
 from pyvmm.kvm.vcpu import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP, GUESTDBG_USE_SW_BP
 from pyvmm.vstate.result import Outcome, RunResult, RunStatus
@@ -42,6 +42,7 @@ INT3 = b"\xcc"
 CR0_PG = 1 << 31
 EFER_LMA = 1 << 10
 PAGE = 4096
+ADDRESS_LIMIT = 1 << 64
 
 #: gdb's signal numbers for the ways a guest stops (the stub sends them in T packets)
 SIGTRAP, SIGINT, SIGSEGV, SIGABRT, SIGBUS = 5, 2, 11, 6, 7
@@ -52,6 +53,13 @@ _TERMINAL_SIGNAL = {RunStatus.CRASH: SIGSEGV, RunStatus.ASSERT: SIGABRT,
 class DebugError(PyvmmError):
     """A debugger request the machine cannot carry out: no free debug register, an
     unaligned or oversized watchpoint, an address that is not mapped."""
+
+
+def _check_address(address: int) -> None:
+    """A guest-virtual address is 64 bits: anything else (from a gdb packet, from a
+    script) is refused here, before it reaches a debug register or an ioctl's struct."""
+    if not 0 <= address < ADDRESS_LIMIT:
+        raise DebugError(f"{address:#x} is not a 64-bit address")
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ class Debugger:
     def add_breakpoint(self, address: int, *, hardware: bool | None = None) -> None:
         """A breakpoint at guest-virtual ``address``: a debug register when ``hardware``
         (or when the host cannot run int3), else an int3 patched into memory."""
+        _check_address(address)
         if hardware is None:
             hardware = not self.software_breakpoints
         if hardware:
@@ -146,6 +155,7 @@ class Debugger:
         """Stop after the guest writes (``write``), reads or writes (``read``/``access``:
         x86 cannot watch reads alone) ``length`` bytes at ``address`` (1, 2, 4 or 8,
         aligned to the length; longer ranges need one watchpoint per aligned piece)."""
+        _check_address(address)
         if kind not in ("write", "read", "access"):
             raise DebugError(f"watchpoint kind must be write, read or access, not {kind!r}")
         if length not in DR7_LEN or address % length:
@@ -251,6 +261,11 @@ class Debugger:
         unknown = set(values) - set(f.regs)
         if unknown:
             raise DebugError(f"not a general register: {', '.join(sorted(unknown))}")
+        for name, value in values.items():
+            try:
+                check_value(name, value, f.sregs)
+            except RegisterError as e:
+                raise DebugError(str(e)) from None
         f.regs.update(values)
         f._dirty.add("regs")
 
@@ -284,6 +299,8 @@ class Debugger:
         """Up to ``length`` bytes at guest-virtual ``address``: fewer when the range runs
         into an unmapped page or into non-RAM; DebugError when its first byte is not
         readable.  Software breakpoints read as the original bytes."""
+        _check_address(address)
+        length = min(length, ADDRESS_LIMIT - address)  # the last byte is 2^64-1
         out = bytearray()
         while len(out) < length:
             va = address + len(out)
@@ -305,6 +322,10 @@ class Debugger:
     def write_memory(self, address: int, data: bytes, vcpu: int = 0) -> None:
         """Write ``data`` at guest-virtual ``address``: every page is translated before
         anything is written, so a write into an unmapped page changes nothing."""
+        _check_address(address)
+        if address + len(data) > ADDRESS_LIMIT:
+            raise DebugError(f"{len(data)} bytes at {address:#x} run past the end of the "
+                             "64-bit address space")
         pieces: list[tuple[int, bytes]] = []
         off = 0
         while off < len(data):

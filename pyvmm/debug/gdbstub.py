@@ -34,6 +34,9 @@ Z_SW, Z_HW, Z_WRITE, Z_READ, Z_ACCESS = 0, 1, 2, 3, 4
 _WATCH = {Z_WRITE: "write", Z_READ: "read", Z_ACCESS: "access"}
 _STOP_WATCH = {"write": "watch", "read": "rwatch", "access": "awatch"}
 MAX_MEMORY = (rsp.MAX_PACKET - 8) // 2
+#: packets kept that a client sent while the guest ran (gdb in all-stop mode sends none,
+#: only Ctrl-C); beyond this they are dropped and counted, so a flood cannot grow the stub
+MAX_PENDING = 64
 SIGKILL = 9
 E_BADARG, E_FAULT, E_NOSPC = b"E16", b"E0e", b"E1c"  # EINVAL, EFAULT, ENOSPC
 
@@ -236,13 +239,13 @@ class GdbProtocol:
         addr, sep, length = text.partition(b",")
         if not sep:
             raise rsp.RspError("expected ADDR,LENGTH")
-        return rsp.hex_int(addr), rsp.hex_int(length)
+        return rsp.hex_u64(addr), rsp.hex_u64(length)
 
     def _breakpoint(self, insert: bool, rest: bytes) -> bytes:
         fields = rest.split(b";", 1)[0].split(b",")
         if len(fields) != 3:
             return E_BADARG
-        ztype, addr, kind = rsp.hex_int(fields[0]), rsp.hex_int(fields[1]), rsp.hex_int(fields[2])
+        ztype, addr, kind = rsp.hex_u64(fields[0]), rsp.hex_u64(fields[1]), rsp.hex_u64(fields[2])
         d = self.dbg
         try:
             if ztype == Z_SW:
@@ -277,7 +280,7 @@ class GdbProtocol:
         if cmd in (b"C", b"S"):
             rest = rest.partition(b";")[2]  # the signal is not delivered to a guest
         if rest:
-            self.dbg.set_regs(self.thread, rip=rsp.hex_int(rest))
+            self.dbg.set_regs(self.thread, rip=rsp.hex_u64(rest))
         return Resume(self.thread if cmd in (b"s", b"S") else None)
 
     def _vcont(self, p: bytes) -> Action:
@@ -470,6 +473,9 @@ class GdbServer:
                             else self.dbg.cont(left))
                 finally:
                     link.running(False)
+                if link.dropped:
+                    self.log(f"gdb: {link.dropped} packets sent while the guest ran were dropped")
+                    link.dropped = 0
                 left = None if left is None else max(0.0, left - stop.result.duration)
                 if stop.reason == "timeout":
                     self._send(conn, rsp.frame(b"X%02x" % stop.signal))
@@ -496,14 +502,18 @@ class GdbServer:
 
 class _Link:
     """The socket of one gdb connection.  While the guest is stopped the stub's own thread
-    reads packets from it; while the guest runs a watcher thread reads it instead, so a
-    Ctrl-C (0x03) pauses the guest and anything else waits for the stop."""
+    reads packets from it (one recv at a time, only when the last is used up: a client
+    that sends faster than the stub answers is held back by TCP); while the guest runs a
+    watcher thread reads it instead, so a Ctrl-C (0x03) pauses the guest and anything else
+    waits for the stop, at most MAX_PENDING packets of it."""
 
     def __init__(self, conn: socket.socket, pause: Callable[[], None]) -> None:
         self.conn = conn
         self.pause = pause
         self.parser = rsp.PacketReader()
         self.pending: collections.deque[rsp.Item | None] = collections.deque()
+        #: packets dropped while the guest ran because MAX_PENDING were already waiting
+        self.dropped = 0
         self._lock = threading.Lock()
         self._running = False
         self._wake = threading.Event()
@@ -560,8 +570,10 @@ class _Link:
                     for item in self.parser.feed(data):
                         if isinstance(item, rsp.Interrupt):
                             self.pause()
-                        else:
+                        elif len(self.pending) < MAX_PENDING:
                             self.pending.append(item)
+                        else:
+                            self.dropped += 1
 
 
 __all__ = ["Detach", "GdbProtocol", "GdbServer", "Kill", "Resume", "parse_address"]

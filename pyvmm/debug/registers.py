@@ -12,10 +12,13 @@ three ioctls, ~7 us each on the PVM host) and writes back only the groups that c
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.native import cdata_bytes
 from pyvmm.kvm.vcpu import GPRS
 
@@ -125,7 +128,79 @@ def target_xml() -> bytes:
 
 class RegisterError(ValueError):
     """A register write the vCPU cannot take (a selector without its descriptor, a bad
-    register number or size)."""
+    register number or size, a reserved bit, a value KVM refuses)."""
+
+
+#: the bits x86-64 defines (Intel SDM vol. 3A 2.5, 2.2.1); a debugger write that sets any
+#: other bit is refused, because KVM_SET_SREGS (or the next VM entry) would refuse it and
+#: end the run, not only the write
+CR0_BITS = 0xE005_003F  # PE MP EM TS ET NE WP AM NW CD PG
+CR4_BITS = 0x13FF_7FFF  # VME..UMIP LA57 VMXE SMXE FSGSBASE..UINTR LAM_SUP
+CR4_LA57, CR4_VMXE, CR4_SMXE = 1 << 12, 1 << 13, 1 << 14
+EFER_BITS = 0x0020_FD01  # SCE LME LMA NXE SVME LMSLE FFXSR TCE AUTOIBRS
+EFER_LMA = 1 << 10
+CR0_PE, CR0_NW, CR0_CD, CR0_PG = 1, 1 << 29, 1 << 30, 1 << 31
+#: RFLAGS bits a guest can hold (bit 1 reads as 1; 3, 5, 15 and 22-63 are reserved)
+RFLAGS_BITS = 0x003F_7FD7
+RFLAGS_VM = 1 << 17
+MXCSR_BITS = 0xFFFF
+#: x87 control registers that are narrower in ``struct kvm_fpu`` than gdb's 32 bits
+_X87_WIDTH = {"fctrl": 16, "fstat": 16, "ftag": 16, "fop": 11}
+
+
+def _canonical(value: int) -> bool:
+    return value < 1 << 47 or value >= 0xFFFF_8000_0000_0000
+
+
+def check_value(name: str, value: int, sregs: Any) -> None:
+    """RegisterError when ``value`` cannot go into register ``name`` of a vCPU whose
+    special registers are ``sregs`` (as they are now): the checks KVM_SET_REGS/SREGS/FPU
+    or the next VM entry would fail on, made while the debugger can still say no."""
+    if not 0 <= value < 1 << 64:
+        raise RegisterError(f"{value:#x} does not fit in 64-bit register {name}")
+    long_mode = bool(int(sregs.efer) & EFER_LMA)
+    why = ""
+    if name == "rip":
+        if long_mode and int(sregs.cs.l) and not _canonical(value):
+            why = "is not canonical (bits 63:47 must all be equal in 64-bit mode)"
+        elif not (long_mode and int(sregs.cs.l)) and value >> 32:
+            why = "does not fit in 32 bits outside 64-bit mode"
+    elif name in ("rflags", "eflags"):
+        if value & ~RFLAGS_BITS:
+            why = f"sets reserved RFLAGS bits {value & ~RFLAGS_BITS:#x}"
+        elif value & RFLAGS_VM and long_mode:
+            why = "sets RFLAGS.VM (virtual-8086 mode) in long mode"
+    elif name == "cr0":
+        if value & ~CR0_BITS:
+            why = f"sets reserved CR0 bits {value & ~CR0_BITS:#x}"
+        elif value & CR0_PG and not value & CR0_PE:
+            why = "sets CR0.PG without CR0.PE"
+        elif value & CR0_NW and not value & CR0_CD:
+            why = "sets CR0.NW without CR0.CD"
+    elif name == "cr4":
+        old = int(sregs.cr4)
+        if value & ~CR4_BITS:
+            why = f"sets reserved CR4 bits {value & ~CR4_BITS:#x}"
+        elif value & (CR4_VMXE | CR4_SMXE):
+            why = "sets CR4.VMXE/SMXE (VMX and SMX are not offered to guests)"
+        elif (value ^ old) & CR4_LA57 and int(sregs.cr0) & CR0_PG:
+            why = "changes CR4.LA57 while paging is on"
+    elif name == "efer":
+        if value & ~EFER_BITS:
+            why = f"sets reserved EFER bits {value & ~EFER_BITS:#x}"
+    elif name == "cr8":
+        if value > 0xF:
+            why = "is more than 4 bits (CR8 is the task priority, 0-15)"
+    elif name in ("fs_base", "gs_base"):
+        if not _canonical(value):
+            why = "is not a canonical address"
+    elif name == "mxcsr":
+        if value & ~MXCSR_BITS:
+            why = f"sets reserved MXCSR bits {value & ~MXCSR_BITS:#x}"
+    elif name in _X87_WIDTH and value >> _X87_WIDTH[name]:
+        why = f"does not fit in {_X87_WIDTH[name]} bits"
+    if why:
+        raise RegisterError(f"{name} = {value:#x} {why}")
 
 
 def _full_tag(abridged: int) -> int:
@@ -220,16 +295,15 @@ class RegisterFile:
         if v == self.value(index):
             return
         n = r.name
+        if n in SEGMENTS:
+            raise RegisterError(f"{n} cannot be changed from the debugger (the selector "
+                                "needs its descriptor)")
+        check_value(n, v, self.sregs)
         if r.group == "regs":
             self.regs["rflags" if n == "eflags" else n] = v
         elif r.group == "sregs":
-            if n in SEGMENTS:
-                raise RegisterError(f"{n} cannot be changed from the debugger (the selector "
-                                    "needs its descriptor)")
-            if n in ("fs_base", "gs_base"):
-                getattr(self.sregs, n[:2]).base = v
-            else:
-                setattr(self.sregs, n, v)
+            self._set_system(n, v)
+            return  # already in the vCPU (KVM said yes) or refused
         else:
             f = self.fpu
             if n.startswith("st"):
@@ -247,6 +321,25 @@ class RegisterFile:
             else:
                 raise RegisterError(f"{n} cannot be changed")
         self._dirty.add(r.group)
+
+    def _set_system(self, name: str, value: int) -> None:
+        """A CR, EFER or segment base: KVM_SET_SREGS at once, so that a combination KVM
+        refuses (its checks vary by host: LA57, PAE, reserved bits under the guest's CPUID)
+        is refused here, with the vCPU left as it was, not at the next resume."""
+        s = self.sregs
+        target, field = (getattr(s, name[:2]), "base") if name in ("fs_base", "gs_base") \
+            else (s, name)
+        old = int(getattr(target, field))
+        setattr(target, field, value)
+        try:
+            self.vcpu.set_sregs(s)
+        except KvmError as e:
+            setattr(target, field, old)
+            with contextlib.suppress(KvmError):  # a refusal may have applied part of it
+                self.vcpu.set_sregs(s)
+            raise RegisterError(f"KVM refuses {name} = {value:#x} (KVM_SET_SREGS: "
+                                f"{os.strerror(e.errno or 0)})") from None
+        self._dirty.discard("sregs")  # the vCPU holds all of them now
 
     def set_all(self, data: bytes) -> None:
         """A ``G`` packet: every register, in gdb's order (a shorter packet sets a prefix)."""

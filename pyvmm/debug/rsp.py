@@ -162,6 +162,15 @@ def hex_int(text: bytes) -> int:
     return int(text, 16)
 
 
+def hex_u64(text: bytes) -> int:
+    """A hex field that must fit in 64 bits (an address, a length, a register number):
+    RspError beyond, so that no larger number reaches a debug register or an ioctl."""
+    n = hex_int(text)
+    if n >> 64:
+        raise RspError(f"{text[:40]!r} does not fit in 64 bits")
+    return n
+
+
 def hex_bytes(text: bytes) -> bytes:
     """Bytes from hex pairs; RspError for an odd length or a non-hex digit."""
     try:

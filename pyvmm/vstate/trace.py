@@ -10,7 +10,9 @@ In the JSON (the trace-event format that ui.perfetto.dev and chrome://tracing op
 vCPU is a thread track: ``KVM_RUN`` slices for time in the guest, one slice per exit for
 the time pyvmm took to answer it (named by reason and port/address; its args hold RIP,
 size, data and whether the fast table answered), and instant events for GUEST_SYNC,
-GUEST_PRINTF and the other guest messages.
+GUEST_PRINTF and the other guest messages.  The trace keeps the newest records of each
+vCPU and the newest guest events, both bounded; ``otherData`` says how many of each were
+dropped.  The JSON is written one event at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +37,8 @@ RECORD = struct.Struct("<QQQQQIHBB")
 EINTR = int(lib.PYVMM_TRACE_EINTR)
 FAST = int(lib.PYVMM_TRACE_FAST)
 DEFAULT_CAPACITY = 1 << 16
+#: guest events a trace keeps (the newest; older ones are counted)
+DEFAULT_EVENTS = 1 << 16
 assert RECORD.size == ffi.sizeof("struct pyvmm_trace_rec")
 
 
@@ -104,70 +110,133 @@ class TraceRing:
 
 
 class ExitTrace:
-    """Every exit recorded so far (``RunResult.trace``), per vCPU, and the guest events.
-    Runs append the rings' raw bytes; :attr:`records` decodes them on first use."""
+    """The exits recorded so far (``RunResult.trace``), per vCPU, and the guest events,
+    both bounded as the rings are: the newest ``capacity`` records of each vCPU and the
+    newest ``max_events`` events are kept, the older ones counted in :attr:`dropped` and
+    :attr:`dropped_events` (a guest that sends a million messages must not make the VMM
+    keep them all).  Runs append the rings' raw bytes; :attr:`records` decodes them."""
 
     def __init__(self, records: list[ExitRecord] | None = None,
-                 events: list[GuestEvent] | None = None) -> None:
-        self._records: list[ExitRecord] = list(records or [])
-        self._raw: list[tuple[int, bytes]] = []
-        self.events: list[GuestEvent] = list(events or [])
-        #: records the rings overwrote before Python read them
+                 events: list[GuestEvent] | None = None, *, capacity: int = DEFAULT_CAPACITY,
+                 max_events: int = DEFAULT_EVENTS) -> None:
+        if capacity <= 0 or max_events < 0:
+            raise ValueError(f"trace bounds must be positive, not {capacity}/{max_events}")
+        self.capacity = capacity
+        self.max_events = max_events
+        self._given: list[ExitRecord] = list(records or [])
+        self._raw: dict[int, bytearray] = {}
+        self._lock = threading.Lock()
+        self.events: deque[GuestEvent] = deque(maxlen=max_events)
+        #: records the rings overwrote before Python read them, or that fell out of the
+        #: newest ``capacity`` kept per vCPU
         self.dropped = 0
+        #: guest events older than the newest ``max_events``
+        self.dropped_events = 0
+        for e in events or ():
+            self.add_event(e)
 
     def add(self, vcpu: int, raw: bytes, dropped: int) -> None:
         """Records of ``vcpu`` as :meth:`TraceRing.drain` returned them."""
-        if raw:
-            self._raw.append((vcpu, raw))
         self.dropped += dropped
+        if not raw:
+            return
+        buf = self._raw.setdefault(vcpu, bytearray())
+        buf += raw
+        excess = len(buf) - self.capacity * RECORD.size
+        if excess > 0:
+            del buf[:excess]
+            self.dropped += excess // RECORD.size
+
+    def add_event(self, event: GuestEvent) -> None:
+        """A guest event (``Machine.on_event`` calls it on the vCPU threads)."""
+        with self._lock:
+            if len(self.events) == self.max_events:
+                self.dropped_events += 1
+            if self.max_events:
+                self.events.append(event)
+
+    def _decoded(self, vcpu: int | None = None) -> Iterator[ExitRecord]:
+        for r in self._given:
+            if vcpu is None or r.vcpu == vcpu:
+                yield r
+        for v, raw in list(self._raw.items()):
+            if vcpu is not None and v != vcpu:
+                continue
+            for t_enter, t_exit, rip, addr, data, reason, size, is_write, flags in RECORD.iter_unpack(raw):
+                yield ExitRecord(v, t_enter, t_exit, None if reason == EINTR else reason,
+                                 rip, addr, size, bool(is_write), data, bool(flags & FAST))
 
     @property
     def records(self) -> list[ExitRecord]:
-        for vcpu, raw in self._raw:
-            for t_enter, t_exit, rip, addr, data, reason, size, is_write, flags in RECORD.iter_unpack(raw):
-                self._records.append(ExitRecord(vcpu, t_enter, t_exit, None if reason == EINTR else reason,
-                                                rip, addr, size, bool(is_write), data, bool(flags & FAST)))
-        self._raw.clear()
-        return self._records
+        """Every record kept, decoded (a new list each time: at most ``capacity`` per
+        vCPU plus those given to the constructor)."""
+        return list(self._decoded())
 
     def by_vcpu(self, vcpu: int) -> list[ExitRecord]:
-        return [r for r in self.records if r.vcpu == vcpu]
+        return list(self._decoded(vcpu))
+
+    def metadata(self) -> dict[str, int]:
+        """What the trace left out and why: its ``otherData`` in the JSON."""
+        return {"dropped_records": self.dropped, "records_kept_per_vcpu": self.capacity,
+                "dropped_events": self.dropped_events, "events_kept": self.max_events}
 
     def trace_events(self, name: str = "pyvmm") -> Iterator[dict[str, Any]]:
-        """The trace-event dicts (timestamps in microseconds from the first record)."""
-        stamps = [r.t_enter for r in self.records] + [e.time_ns for e in self.events]
-        t0 = min(stamps) if stamps else 0
+        """The trace-event dicts (timestamps in microseconds from the first record), one
+        at a time: the records are decoded as they are written, never all at once."""
+        with self._lock:
+            events = list(self.events)
+        vcpus = sorted({r.vcpu for r in self._given} | set(self._raw) | {e.vcpu for e in events})
+        t0 = min((r.t_enter for r in self._decoded()), default=None)
+        if events:
+            first = min(e.time_ns for e in events)
+            t0 = first if t0 is None else min(t0, first)
+        base = t0 or 0
 
         def us(ns: int) -> float:
-            return (ns - t0) / 1000.0
+            return (ns - base) / 1000.0
 
         yield {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": name}}
-        vcpus = sorted({r.vcpu for r in self.records} | {e.vcpu for e in self.events})
         for v in vcpus:
             yield {"ph": "M", "name": "thread_name", "pid": 1, "tid": v + 1,
                    "args": {"name": f"vCPU {v}"}}
-            recs = self.by_vcpu(v)
-            for i, r in enumerate(recs):
+            prev: ExitRecord | None = None
+            for r in self._decoded(v):
+                if prev is not None:
+                    yield _exit_slice(prev, r.t_enter, us)
                 yield {"ph": "X", "cat": "guest", "name": "KVM_RUN", "pid": 1, "tid": v + 1,
                        "ts": us(r.t_enter), "dur": max(0.0, (r.t_exit - r.t_enter) / 1000.0)}
-                nxt = recs[i + 1].t_enter if i + 1 < len(recs) else r.t_exit
-                args: dict[str, Any] = {"rip": f"{r.rip:#x}", "fast": r.fast}
-                if r.size:
-                    args.update(addr=f"{r.addr:#x}", size=r.size, data=f"{r.data:#x}")
-                yield {"ph": "X", "cat": "exit", "name": r.name, "pid": 1, "tid": v + 1,
-                       "ts": us(r.t_exit), "dur": max(0.0, (nxt - r.t_exit) / 1000.0), "args": args}
-        for e in self.events:
+                prev = r
+            if prev is not None:
+                yield _exit_slice(prev, prev.t_exit, us)
+        for e in events:
             yield {"ph": "i", "s": "t", "cat": "guest-event", "name": _event_name(e), "pid": 1,
                    "tid": e.vcpu + 1, "ts": us(e.time_ns), "args": {"text": e.describe()}}
 
     def to_json(self, name: str = "pyvmm") -> dict[str, Any]:
         return {"displayTimeUnit": "ns", "traceEvents": list(self.trace_events(name)),
-                "otherData": {"dropped_records": self.dropped}}
+                "otherData": self.metadata()}
 
     def write_json(self, path: str | os.PathLike[str], name: str = "pyvmm") -> None:
-        """Write the trace as trace-event JSON (ui.perfetto.dev, chrome://tracing)."""
+        """Write the trace as trace-event JSON (ui.perfetto.dev, chrome://tracing),
+        streaming: one event at a time, so writing holds no more than the trace does."""
+        encode = json.JSONEncoder(separators=(",", ":")).encode
         with open(path, "w") as f:
-            json.dump(self.to_json(name), f, separators=(",", ":"))
+            f.write('{"displayTimeUnit":"ns","otherData":' + encode(self.metadata()) +
+                    ',"traceEvents":[')
+            sep = ""
+            for event in self.trace_events(name):
+                f.write(sep + encode(event))
+                sep = ","
+            f.write("]}\n")
+
+
+def _exit_slice(r: ExitRecord, until: int, us: Callable[[int], float]) -> dict[str, Any]:
+    """The time pyvmm took to answer exit ``r``: from its return to the next KVM_RUN."""
+    args: dict[str, Any] = {"rip": f"{r.rip:#x}", "fast": r.fast}
+    if r.size:
+        args.update(addr=f"{r.addr:#x}", size=r.size, data=f"{r.data:#x}")
+    return {"ph": "X", "cat": "exit", "name": r.name, "pid": 1, "tid": r.vcpu + 1,
+            "ts": us(r.t_exit), "dur": max(0.0, (until - r.t_exit) / 1000.0), "args": args}
 
 
 def _event_name(e: GuestEvent) -> str:

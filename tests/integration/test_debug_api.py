@@ -173,3 +173,28 @@ def test_cli_trace_writes_perfetto_json(guests: Path, tmp_path: Path) -> None:
     assert [e["name"] for e in ev if e["ph"] == "i"][:2] == ["GUEST_SYNC 1", "GUEST_SYNC 1"]
     r = pyvmm("run", "--trace", str(out), "--python-loop", str(guests / "hello.elf"))
     assert r.returncode == 2 and "--python-loop" in r.stderr
+
+
+def test_trace_of_a_message_flood_is_bounded(guests: Path, tmp_path: Path) -> None:
+    """Regression: every guest event was kept for the trace (a guest printing 1,000,000
+    messages under --trace peaked at 1.19 GB) and records piled up run after run.  With the
+    bounds lowered, the trace keeps the newest events and records, its JSON (written
+    streaming) parses, and otherData says how many of each were dropped (runs after the
+    first: tests/unit/test_debug_logic.py)."""
+    with Machine.from_file(guests / "hostile.elf", cmdline="printf 2000") as m:
+        m.enable_trace(capacity=256, events=300)
+        r = m.run(timeout=60)
+    assert r.status == "exit" and r.exit_code == 0, r
+    assert r.trace is not None
+    trace = r.trace
+    assert len(trace.events) == 300 and trace.dropped_events >= 2000 - 300
+    assert "line 1999 of a long printf flood" in trace.events[-1].describe()
+    assert len(trace.records) == 256 and trace.dropped == r.kvm_runs - 256
+    out = tmp_path / "t.json"
+    trace.write_json(out)
+    with out.open() as f:
+        doc = json.load(f)
+    assert doc["otherData"]["dropped_events"] == trace.dropped_events
+    assert doc["otherData"]["dropped_records"] == trace.dropped
+    assert sum(1 for e in doc["traceEvents"] if e["ph"] == "i") == 300
+    assert sum(1 for e in doc["traceEvents"] if e.get("name") == "KVM_RUN") == 256

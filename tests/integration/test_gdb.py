@@ -3,6 +3,7 @@ guests/debugme.c (ELF64 and multiboot) on the real /dev/kvm; cores opened by gdb
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -212,6 +213,26 @@ def test_assertion_core_and_timeout_core(guests: Path, tmp_path: Path) -> None:
             assert any(s.header.p_vaddr <= main < s.header.p_vaddr + s.header.p_memsz for s in loads)
 
 
+def test_core_of_tables_that_alias_all_of_ram_is_bounded(guests: Path, tmp_path: Path) -> None:
+    """Regression: a guest whose page tables alias RAM ~100,000 times (guests/hostile.c
+    aliascore) made --core write a file whose apparent size headed for terabytes, still
+    writing after 60 s.  Now each physical page is written once: the core is no larger than
+    guest RAM plus its headers, written in seconds, and still holds the guest's code."""
+    core = tmp_path / "core"
+    elf = guests / "hostile.elf"
+    start = time.monotonic()
+    r = pyvmm("run", "--mem", "32M", "--core", str(core), "--append", "aliascore", str(elf),
+              timeout=60)
+    assert r.returncode == 123, r.stderr
+    assert time.monotonic() - start < 30
+    assert core.stat().st_size <= (32 << 20) + (1 << 20)
+    with core.open("rb") as f:
+        loads = [s.header for s in ELFFile(f).iter_segments() if s.header.p_type == "PT_LOAD"]
+    assert sum(h.p_filesz for h in loads) <= 32 << 20
+    main = symbol(elf, "main")
+    assert any(h.p_vaddr <= main < h.p_vaddr + h.p_memsz for h in loads)
+
+
 def test_no_core_when_the_guest_exits_cleanly(guests: Path, tmp_path: Path) -> None:
     core = tmp_path / "core"
     r = pyvmm("run", "--core", str(core), str(guests / "debugme.elf"))
@@ -326,3 +347,71 @@ def test_break_next_step_finish(guests: Path) -> None:
     assert "debug_compute (seed=seed@entry=7) at guests/debugme.c:25" in out, out  # finish
     assert "exited normally" in out
     assert rc == 0, err
+
+
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) // 1024
+
+
+def test_packet_flood_keeps_the_stub_bounded(guests: Path) -> None:
+    """Regression: packets sent while the guest ran were all queued (the stub's RSS grew
+    by hundreds of MB in seconds).  Now at most a few are kept while it runs, and while it
+    is stopped a client that does not read its replies is held back by TCP."""
+    from pyvmm.debug.rsp import frame
+
+    stub = Stub(guests / "debugme.elf", "--append", "spin")
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=20) as s:
+        assert b"OK" in _exchange(s, frame(b"QStartNoAckMode"))
+        before = _rss_mib(stub.proc.pid)
+        s.sendall(frame(b"c"))
+        s.setblocking(False)
+        blob = frame(b"") * 16384 + frame(b"qSupported") * 1024
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                s.send(blob)
+            with contextlib.suppress(BlockingIOError):
+                s.recv(1 << 20)
+        running = _rss_mib(stub.proc.pid)
+        s.setblocking(True)
+        s.sendall(b"\x03")  # Ctrl-C: still heard behind the flood
+        buf = b""
+        while b"$T" not in buf:
+            buf += s.recv(65536)
+        # stopped: m packets whose replies are never read
+        s.setblocking(False)
+        blob = frame(b"m100000,2000") * 512
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                s.send(blob)
+            except BlockingIOError:
+                time.sleep(0.01)
+        stopped = _rss_mib(stub.proc.pid)
+    assert running - before < 25 and stopped - before < 25, (before, running, stopped)
+    assert max(running, stopped) < 100
+
+
+def test_refused_register_writes_and_huge_addresses_keep_the_session(guests: Path) -> None:
+    """Regression: P of CR4.LA57 was acknowledged and the next continue ended pyvmm with
+    121 (KVM_SET_SREGS: EINVAL) and gdb saw EOF; an address past 2^64 in c/Z ended it with
+    125 (OverflowError).  Each now gets an E reply, and the guest then runs to its end."""
+    from pyvmm.debug.registers import BY_NAME
+    from pyvmm.debug.rsp import frame
+
+    stub = Stub(guests / "debugme.elf")
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=20) as s:
+        cr4 = int.from_bytes(bytes.fromhex(_exchange(s, frame(b"p%x" % BY_NAME["cr4"]))
+                                           .split(b"$")[1][:16].decode()), "little")
+        for value in (cr4 | 1 << 12, cr4 | 1 << 40, cr4 | 1 << 13):
+            packet = b"P%x=%s" % (BY_NAME["cr4"], value.to_bytes(8, "little").hex().encode())
+            assert b"$E" in _exchange(s, frame(packet)), hex(value)
+        for packet in (b"c10000000000000000", b"Z1,10000000000000000,1", b"mffffffffffffffff,10",
+                       b"Mffffffffffffffff,2:0000", b"P%x=%s" % (BY_NAME["fctrl"], b"00000100")):
+            assert b"$E" in _exchange(s, frame(packet)), packet
+        assert b"$T05thread:1;#" in _exchange(s, frame(b"?"))
+        assert b"$W00#" in _exchange(s, frame(b"c"))
+    rc, stdout, err = stub.finish()
+    assert rc == 0, err
+    assert "debugme: computed 22" in stdout

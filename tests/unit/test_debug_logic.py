@@ -270,3 +270,163 @@ def test_bulk_g_packet_equals_register_by_register() -> None:
                                      get_fpu=lambda: fpu))
     assert f.encode_all() == b"".join(f.encode(i) for i in range(len(LAYOUT)))
     assert len(f.encode_all()) == G_PACKET_SIZE
+
+
+class KvmVcpu:
+    """A vCPU whose KVM_SET_SREGS refuses what kvm_pvm refuses (CR4.LA57) with EINVAL, as
+    KVM does, and counts the ioctls; its state is real ``struct kvm_*`` data."""
+
+    def __init__(self) -> None:
+        from pyvmm.kvm.native import ffi
+
+        self.id = 0
+        self.regs = {n: 0 for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8",
+                                    "r9", "r10", "r11", "r12", "r13", "r14", "r15")}
+        self.regs.update(rip=0x401000, rflags=0x2)
+        self.sregs = ffi.new("struct kvm_sregs *")
+        self.sregs.cr0, self.sregs.cr4, self.sregs.efer = 0x80000011, 0x20, 0xD00
+        self.sregs.cs.l = 1
+        self.fpu = ffi.new("struct kvm_fpu *")
+        self.set_calls: list[int] = []
+        self.applied_cr4 = int(self.sregs.cr4)
+
+    def get_regs(self) -> dict[str, int]:
+        return dict(self.regs)
+
+    def get_sregs(self) -> Any:
+        from pyvmm.kvm.native import ffi
+
+        return ffi.new("struct kvm_sregs *", self.sregs[0])
+
+    def get_fpu(self) -> Any:
+        return self.fpu
+
+    def set_sregs(self, sregs: Any) -> None:
+        import errno
+
+        from pyvmm.kvm.errors import KvmError
+
+        self.set_calls.append(int(sregs.cr4))
+        if int(sregs.cr4) & (1 << 12):
+            raise KvmError("KVM_SET_SREGS", errno.EINVAL)
+        self.applied_cr4 = int(sregs.cr4)
+
+    def set_regs(self, regs: Any) -> None:
+        self.regs = dict(regs)
+
+    def set_fpu(self, fpu: Any) -> None:
+        pass
+
+    def set_guest_debug(self, control: int, debugreg: Any = ()) -> None:
+        for v in debugreg:
+            assert 0 <= v < 1 << 64  # a cffi struct field: OverflowError otherwise
+
+
+def real_debugger() -> tuple[Debugger, KvmVcpu]:
+    vcpu = KvmVcpu()
+    return Debugger(SimpleNamespace(vcpus=[vcpu], _closed=False), emulate_watchpoints=False), vcpu  # type: ignore[arg-type]
+
+
+def p_packet(name: str, value: int) -> bytes:
+    from pyvmm.debug.registers import BY_NAME
+
+    return b"P%x=%s" % (BY_NAME[name], value.to_bytes(LAYOUT[BY_NAME[name]].size, "little").hex().encode())
+
+
+def test_register_writes_kvm_refuses_get_an_error_and_keep_the_vcpu() -> None:
+    """Regression: P of CR4.LA57 was acknowledged, kept for the resume, and the resume's
+    KVM_SET_SREGS failed with EINVAL, ending pyvmm (121) under gdb's feet.  Now the write is
+    tried at once: refused with E, the vCPU keeps its old CR4, the session goes on."""
+    d, vcpu = real_debugger()
+    p = GdbProtocol(d)
+    assert p.handle(p_packet("cr4", 0x20 | (1 << 12))) == b"E16"
+    assert vcpu.applied_cr4 == 0x20 and int(d.registers(0).sregs.cr4) == 0x20
+    assert p.handle(p_packet("cr4", 0x20 | (1 << 7))) == b"OK"  # PGE: KVM takes it
+    assert vcpu.applied_cr4 == 0xA0
+    # reserved bits and impossible combinations are refused before KVM is asked
+    calls = len(vcpu.set_calls)
+    for name, value in (("cr4", 1 << 40), ("cr4", 0x20 | (1 << 13)), ("cr0", 1 << 32),
+                        ("cr0", 0x80000010), ("efer", 0xD00 | (1 << 3)), ("cr8", 16),
+                        ("fs_base", 1 << 60), ("eflags", 0x2 | (1 << 15)), ("eflags", 0x20002),
+                        ("rip", 0x0000_8000_0000_0000), ("mxcsr", 1 << 16),
+                        ("fctrl", 0x10000), ("fstat", 0x10000), ("ftag", 0x10000), ("fop", 0x800)):
+        assert p.handle(p_packet(name, value)) == b"E16", (name, value)
+    assert len(vcpu.set_calls) == calls
+    assert p.handle(b"c") == Resume(None)  # the session goes on
+    d.registers(0).commit()  # what the resume writes: KVM takes it
+    assert vcpu.applied_cr4 == 0xA0
+
+
+@pytest.mark.parametrize("packet", [
+    b"c10000000000000000", b"cffffffffffffffffffff", b"c0000800000000000",
+    b"Z1,10000000000000000,1", b"Z0,1ffffffffffffffff,1", b"Z2,10000000000000000,8",
+    b"mffffffffffffffff,ffffffffffffffff", b"m10000000000000000,1", b"m0,10000000000000000",
+    b"M10000000000000000,1:00", b"Mffffffffffffffff,2:0000",
+])
+def test_addresses_beyond_64_bits_are_refused(packet: bytes) -> None:
+    """Regression: these ended pyvmm with 125 (OverflowError from a cffi struct field) at
+    the reply or at the next continue; now each is an E reply and the session goes on."""
+    d, vcpu = real_debugger()
+    d.translate = lambda address, vcpu=0: None  # type: ignore[method-assign]  # nothing mapped
+    p = GdbProtocol(d)
+    r = p.handle(packet)
+    assert isinstance(r, bytes) and r.startswith(b"E"), (packet, r)
+    assert all(s is None for s in d.slots)
+    d._program(None, {})  # what the next continue does first
+    assert vcpu.regs["rip"] == 0x401000 and d.registers(0).regs["rip"] == 0x401000
+
+
+def _raw_records(n: int, vcpu_t0: int = 0) -> bytes:
+    from pyvmm.vstate.trace import RECORD
+
+    return b"".join(RECORD.pack(vcpu_t0 + 10 * i, vcpu_t0 + 10 * i + 5, 0x1000 + i, 0x3F8, 0x41,
+                                2, 1, 1, 0) for i in range(n))
+
+
+def test_trace_keeps_the_newest_events_and_records_and_says_how_many_it_dropped(
+        tmp_path: Any) -> None:
+    """Regression: every guest event went into a list (1,000,000 GUEST_PRINTFs: 1.19 GB
+    of RSS) and records piled up run after run; now both are bounded like the ring, and
+    the JSON's otherData counts what was dropped."""
+    import json
+
+    from pyvmm.devices.ucall import GuestEvent
+
+    t = ExitTrace(capacity=8, max_events=5)
+    for i in range(12):
+        t.add_event(GuestEvent("print", 0, (f"line {i}",), time_ns=1000 + i))
+    for run in range(3):  # three runs of 6 records each: the newest 8 stay
+        t.add(0, _raw_records(6, vcpu_t0=100 * run), dropped=1)
+    assert [e.args[0] for e in t.events] == [f"line {i}" for i in range(7, 12)]
+    assert t.dropped_events == 7
+    assert len(t.records) == 8 and t.dropped == 3 + 10
+    assert [r.t_enter for r in t.records][-1] == 200 + 50
+    path = tmp_path / "t.json"
+    t.write_json(path, "g")
+    with path.open() as f:
+        doc = json.load(f)
+    assert doc["otherData"]["dropped_events"] == 7 and doc["otherData"]["dropped_records"] == 13
+    assert sum(1 for e in doc["traceEvents"] if e["ph"] == "i") == 5
+    assert sum(1 for e in doc["traceEvents"] if e.get("name") == "KVM_RUN") == 8
+    assert doc == json.loads(json.dumps(t.to_json("g")))  # the same document, streamed
+
+
+def test_trace_json_is_written_streaming(tmp_path: Any) -> None:
+    """Writing a trace must not build the whole document in memory: the peak Python
+    allocation while writing stays a small fraction of the file written."""
+    import tracemalloc
+
+    t = ExitTrace()
+    t.add(0, _raw_records(12_000), 0)
+    t.add(1, _raw_records(12_000, vcpu_t0=7), 0)
+    path = tmp_path / "t.json"
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        t.write_json(path)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    size = path.stat().st_size
+    assert size > 5 << 20
+    assert peak < size // 8, (peak, size)
