@@ -38,7 +38,7 @@ from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.vstate.fastpath import FastEntry, Space
 from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
 from pyvmm.vstate.loop import VcpuLoop
-from pyvmm.vstate.result import FINAL, RunResult, RunStatus
+from pyvmm.vstate.result import FINAL, Outcome, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
@@ -414,10 +414,13 @@ class Machine:
                                   self._sleep_s3)
         return self._runner
 
-    def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool:
+    def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool | Outcome:
         """The guest entered ACPI S3: sleep until the PC platform's wake-up (the RTC
         alarm), then reset every vCPU as the chipset does, RAM kept, and let the BSP resume
-        in real mode at the FACS's waking vector.  False when no wake-up comes in time."""
+        in real mode at the FACS's waking vector.  False when no wake-up comes in time; a
+        crash outcome when the guest's waking vector cannot be resumed at."""
+        from pyvmm.platform.pc import ResumeError
+
         wait = self.pc.seconds_to_wake() if self.pc is not None else None
         if wait is None or (left is not None and wait > left):
             stop.wait(left)  # asleep for good: until the timeout, a stop or a signal
@@ -425,13 +428,17 @@ class Machine:
         if stop.wait(wait):
             return False
         assert self.pc is not None
+        try:
+            entry = self.pc.resume_entry()
+        except ResumeError as e:  # the guest's value: a guest fault, never a usage error
+            return Outcome(RunStatus.CRASH, self.vcpus[0].id, reason=str(e))
         for vcpu, lapic in zip(self.vcpus, self._reset_lapics, strict=True):
             if lapic is not None:
                 vcpu.set_lapic(lapic)
             if vcpu.id:
                 vcpu.set_mp_state(MP_STATE_UNINITIALIZED)  # APs wait for INIT/SIPI again
         self.pc.reset_after_sleep()
-        apply_entry(self.vcpus[0], EntryState.real_mode(self.pc.waking_vector()))
+        apply_entry(self.vcpus[0], entry)
         self.pc.woke()
         return True
 
@@ -629,12 +636,12 @@ class Machine:
         for _, reader in self._stats:
             reader.close()
         self._stats.clear()
+        if hasattr(self, "bus"):
+            self.bus.close()  # device threads (the HPET's timers) end while the VM's fd is open
         if hasattr(self, "vm"):
             self.vm.close()  # closes its vCPUs and their kvm_run mappings
         if hasattr(self, "memory"):
             self.memory.close()
-        if hasattr(self, "bus"):
-            self.bus.close()
         self.kvm.close()
         self.loops = []
         self.vcpus = []
