@@ -9,6 +9,7 @@
  *               vector checks that RAM was kept and reports
  *   s3-high     ACPI S3 with a waking vector at 1 MiB, out of real mode's reach: the
  *               machine must not resume (pyvmm: a guest crash, status 123)
+ *   s3-zero     ACPI S3 with no waking vector (0): likewise
  *   hpet        the HPET from its ACPI table: counter, one-shot, periodic, legacy routing
  *   hpet-storm  the HPET's fastest periodic timer left running while the kernel exits
  *   cpuid-brand the CPU brand string (CPUID 0x80000002-4)
@@ -429,6 +430,8 @@ int main(struct boot_info *bi, const char *cmdline)
 		s3(S3_STUB);
 	else if (!strcmp(cmdline, "s3-high"))
 		s3(0x100000u);
+	else if (!strcmp(cmdline, "s3-zero"))
+		s3(0);
 	else if (!strcmp(cmdline, "hpet"))
 		hpet();
 	else if (!strcmp(cmdline, "hpet-storm"))

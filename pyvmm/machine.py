@@ -455,9 +455,9 @@ class Machine:
         while True:
             running = self._bg.is_alive()
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            # a short wait while the run goes on, so that its end is seen
-            ev = self.events.next(EVENT_POLL if left is None else min(left, EVENT_POLL)
-                                  if running else 0.0)
+            # short waits while the run goes on, so that its end is seen; none after it
+            wait = 0.0 if not running else EVENT_POLL if left is None else min(left, EVENT_POLL)
+            ev = self.events.next(wait)
             if ev is not None or not running or (deadline is not None and
                                                  time.monotonic() >= deadline):
                 return ev

@@ -39,3 +39,9 @@ def test_s3_waking_vector_above_1mib_is_a_guest_crash(guests):
     with Machine.from_file(guests / "pcplat.flat", cmdline="s3-high") as m:
         r = m.run(timeout=T)
     assert r.status == "crash" and "waking vector 0x100000" in r.message
+
+
+def test_s3_without_a_waking_vector_is_a_guest_crash(guests):
+    with Machine.from_file(guests / "pcplat.flat", cmdline="s3-zero") as m:
+        r = m.run(timeout=T)
+    assert r.status == "crash" and "waking vector is 0" in r.message, r.message
