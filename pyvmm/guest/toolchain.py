@@ -22,6 +22,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -110,9 +111,20 @@ def build_runtime(out_dir: Path, src: Path = SRC, include: Path = INCLUDE) -> Pa
     return library
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where a compiled runtime may go: the user's cache, else a per-user temporary one
+    (a home that cannot be written must not stop guest builds)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "pyvmm" / "guest-runtime"
+    return [base / "pyvmm" / "guest-runtime",
+            Path(tempfile.gettempdir()) / f"pyvmm-{os.getuid()}" / "guest-runtime"]
+
+
+def _private(d: Path) -> bool:
+    """``d`` (made 0700 if missing) is this user's and nobody else may write it: a
+    library from a shared temporary folder is linked into guests."""
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = d.lstat()
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def runtime_library() -> Path:
@@ -129,9 +141,19 @@ def runtime_library() -> Path:
     for d in (SRC, INCLUDE / "pyvmm"):
         for f in sorted(d.iterdir()):
             h.update(f.name.encode() + f.read_bytes())
-    cached = _cache_dir() / h.hexdigest()[:16]
-    library = cached / LIBRARY_NAME
-    return library if library.exists() else build_runtime(cached)
+    failed: list[str] = []
+    for i, cache in enumerate(_cache_dirs()):
+        library = cache / h.hexdigest()[:16] / LIBRARY_NAME
+        try:
+            if i and not _private(cache.parent):
+                failed.append(f"{cache.parent}: not a directory of this user's alone")
+                continue
+            if library.exists():
+                return library
+            return build_runtime(library.parent)
+        except OSError as e:
+            failed.append(f"{library.parent}: {e.strerror}")
+    raise GuestBuildError(f"cannot write the guest runtime library ({'; '.join(failed)})")
 
 
 def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool = False,

@@ -102,3 +102,16 @@ def test_gdb_lists_the_runtime_source(built_guest):
     out = p.stdout + p.stderr
     assert "No such file" not in out, out
     assert "_start:" in out and "printf(const char *fmt" in out.replace("\t", " "), out
+
+
+@wheel_only
+def test_runtime_library_falls_back_when_the_cache_cannot_be_written(tmp_path):
+    # XDG_CACHE_HOME under a regular file: no cache can be made there, even as root
+    (tmp_path / "file").write_text("")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    p = pyvmm("guest", "flags", "--libs", env={"XDG_CACHE_HOME": str(tmp_path / "file" / "cache"),
+                                               "TMPDIR": str(tmp)}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lib = Path(p.stdout.split()[1])
+    assert lib.is_file() and lib.is_relative_to(tmp / f"pyvmm-{os.getuid()}")
