@@ -353,8 +353,8 @@ class Machine:
 
     @property
     def symbols(self) -> Symbols | None:
-        """The loaded guest's symbols (``symbols.lookup(name)``, ``symbols.describe(addr)``),
-        None before a guest is loaded or for a guest file without a symbol table."""
+        """The loaded guest's symbol table (``symbols.address_of(name)``,
+        ``symbols.lookup(addr)`` -> ``"name+0x12"``), None before a guest is loaded."""
         return self.image.symbols if self.image is not None else None
 
     # --- devices and memory ----------------------------------------------------
