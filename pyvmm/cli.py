@@ -1,5 +1,5 @@
 """``pyvmm`` command line: ``run`` a guest, ``suite`` (:mod:`pyvmm.suite.command`), ``doctor``,
-``info``, ``guest build|flags``.
+``info``, ``guest build|flags|docs``.
 
 Every command returns its exit status; errors are :class:`~pyvmm.errors.PyvmmError`s that
 ``pyvmm.entry`` turns into one line on stderr and their documented status (README, "Exit
@@ -327,7 +327,7 @@ def doctor(refresh: bool, as_json: bool) -> int:
 
 @main.group()
 def guest() -> None:
-    """Build guests of your own against pyvmm's guest runtime (docs/guests.md)."""
+    """Build guests of your own against pyvmm's guest runtime (its reference: pyvmm guest docs)."""
 
 
 @guest.command("build")
@@ -374,6 +374,18 @@ def guest_flags(multiboot: bool, only: str | None) -> int:
             out(f"{name}={value}\n")
         elif only == name:
             out(value + "\n")
+    return ExitStatus.OK
+
+
+@guest.command("docs")
+@click.option("--path", "path_only", is_flag=True, help="Print only where the file is.")
+def guest_docs(path_only: bool) -> int:
+    """Print the guest SDK's reference (docs/guests.md, installed with pyvmm): the runtime's
+    API, every macro and helper, with examples."""
+    from pyvmm.guest import docs_path
+
+    path = docs_path()
+    out(f"{path}\n" if path_only else path.read_text(encoding="utf-8"))
     return ExitStatus.OK
 
 

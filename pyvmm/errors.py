@@ -86,6 +86,18 @@ class GuestExitedError(PyvmmError):
     status = ExitStatus.VMM_ERROR
 
 
+class MachineStateError(PyvmmError, RuntimeError):
+    """A :class:`~pyvmm.Machine` method was called in a state it cannot serve: while the
+    machine runs, before :meth:`~pyvmm.Machine.start`, or after it was closed.  A misuse of
+    the Python API (the ``pyvmm`` command never makes one)."""
+
+    status = ExitStatus.VMM_ERROR
+
+
+class MachineClosedError(MachineStateError):
+    """The :class:`~pyvmm.Machine` was closed (its fds and memory are gone)."""
+
+
 class OutputError(PyvmmError):
     """Guest output could not be written to its destination."""
 

@@ -13,6 +13,7 @@ Data flows one way: guest file -> loader plan (``pyvmm.loader``) -> memory and v
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -26,7 +27,13 @@ from pyvmm.devices.msr import MsrHandlers, MsrRead, MsrWrite
 from pyvmm.devices.post import PostPort
 from pyvmm.devices.uart import Uart16550
 from pyvmm.devices.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
-from pyvmm.errors import ConfigError, GuestExitedError, GuestImageError
+from pyvmm.errors import (
+    ConfigError,
+    GuestExitedError,
+    GuestImageError,
+    MachineClosedError,
+    MachineStateError,
+)
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
 from pyvmm.kvm.vcpu import MP_STATE_UNINITIALIZED, Vcpu
@@ -38,7 +45,7 @@ from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.vstate.fastpath import FastEntry, Space
 from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
 from pyvmm.vstate.loop import VcpuLoop
-from pyvmm.vstate.result import FINAL, RunResult, RunStatus
+from pyvmm.vstate.result import FINAL, Outcome, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
@@ -71,6 +78,22 @@ MAX_CPUS = 64
 MULTIBOOT_MEM = 128 << 20
 
 
+#: how often next_event() looks whether a start()-ed run has ended
+EVENT_POLL = 0.05
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """``timeout`` as the run and wait methods take it: None (no limit) or seconds >= 0;
+    infinity is None.  TypeError for a non-number, ValueError for a negative or NaN one."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0:  # NaN too
+        raise ConfigError(f"timeout {timeout} is not a number of seconds >= 0 (None: no limit)")
+    return None if math.isinf(timeout) else timeout
+
+
 class PortHandler(Device):
     """Adapts two callables to the :class:`Device` interface for :meth:`Machine.add_handler`."""
 
@@ -90,13 +113,19 @@ class PortHandler(Device):
 
 def memory_size(mem: int | str) -> int:
     """``mem`` in bytes: an int is bytes; a string takes K/M/G/T suffixes and a bare number
-    is MiB, as QEMU's ``-m``.  ConfigError for sizes a guest cannot have here."""
+    is MiB, as QEMU's ``-m`` (and ``pyvmm run --mem``).  ConfigError for sizes a guest
+    cannot have here; for an int that is no whole number of pages it asks whether MiB were
+    meant (``mem=64`` is 64 bytes, ``--mem 64`` 64 MiB)."""
+    if isinstance(mem, bool) or not isinstance(mem, int | str):
+        raise ConfigError(f"memory size must be an int (bytes) or a size string such as '64M', "
+                          f"not {type(mem).__name__} {mem!r}")
     try:
-        size = layout.parse_size(mem, default_unit=layout.MiB) if isinstance(mem, str) else int(mem)
+        size = layout.parse_size(mem, default_unit=layout.MiB) if isinstance(mem, str) else mem
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if size <= 0 or size % 4096:
-        raise ConfigError(f"memory size {size} bytes is not a positive multiple of 4 KiB")
+        hint = f" (an int is bytes: did you mean '{mem}M'?)" if isinstance(mem, int) and size > 0 else ""
+        raise ConfigError(f"memory size {size} bytes is not a positive multiple of 4 KiB{hint}")
     host = layout.host_memory()
     if host and size > host:
         raise ConfigError(f"{layout.format_size(size)} of guest RAM is more than this host's "
@@ -112,6 +141,20 @@ class Machine:
 
     ``serial`` receives guest output as it comes; ``history`` bounds what the API keeps
     of it and of guest events for results.
+
+    Attributes, for tools and tests that go below the API:
+
+    - ``mem_size``: guest RAM in bytes (``mem`` parsed);
+    - ``memory``: the guest's RAM (:class:`pyvmm.memory.GuestMemory`: ``read``, ``write``,
+      ``read_int``, its memslots);
+    - ``vcpus``: the :class:`pyvmm.kvm.vcpu.Vcpu` objects, BSP first (registers, MSRs,
+      LAPIC by ioctl);
+    - ``symbols``: the loaded guest's symbol table (None before a guest is loaded);
+    - ``vm``, ``kvm``, ``bus``, ``pc``, ``image``, ``plan``, ``serial``, ``events``.
+
+    Misuse raises :class:`~pyvmm.errors.MachineStateError` (a RuntimeError): any method
+    after :meth:`close` (:class:`~pyvmm.errors.MachineClosedError`), changing the machine
+    while it runs, waiting for events with no :meth:`start`-ed run.
     """
 
     kvm: Kvm
@@ -163,6 +206,7 @@ class Machine:
         self._loaded = False
         self._bg: threading.Thread | None = None
         self._bg_result: RunResult | None = None
+        self._bg_error: BaseException | None = None
         self._ended: RunResult | None = None
         self._closed = False
         self.kvm = Kvm(kvm_path)
@@ -285,6 +329,7 @@ class Machine:
 
     def load(self, plan: LoadPlan, image: GuestImage | None = None) -> None:
         """Apply a loader's plan: its bytes to RAM, its entry state to the BSP."""
+        self._check_open("load")
         for gpa, data in plan.writes:
             self.memory.write(gpa, data)
         apply_entry(self.vcpus[0], plan.entry)
@@ -297,6 +342,7 @@ class Machine:
     def load_file(self, path: str | os.PathLike[str], *, fmt: str | None = None,
                   cmdline: str = "", initrd: str | os.PathLike[str] | None = None) -> GuestImage:
         """Read, plan and load a guest into this (already built) machine."""
+        self._check_open("load_file")
         image = open_image(path, mem=self.mem_size, fmt=fmt)
         self.load(self.plan_for(image, cmdline=cmdline, initrd=initrd), image)
         return image
@@ -304,15 +350,19 @@ class Machine:
     def enter_real_mode(self, address: int) -> None:
         """Start the BSP in real mode at ``address`` (below 1 MiB, 16-byte aligned) instead
         of the loader's entry: for guests that bring themselves up from real mode."""
+        self._check_open("enter_real_mode")
         apply_entry(self.vcpus[0], EntryState.real_mode(address))
 
     @property
     def symbols(self) -> Symbols | None:
+        """The loaded guest's symbol table (``symbols.address_of(name)``,
+        ``symbols.lookup(addr)`` -> ``"name+0x12"``), None before a guest is loaded."""
         return self.image.symbols if self.image is not None else None
 
     # --- devices and memory ----------------------------------------------------
     def add_device(self, space: Space, base: int, length: int, device: Device) -> None:
         """Put ``device`` on the bus; its fast entries (if any) reach every vCPU's table."""
+        self._check_open("add_device")
         new = self.bus.register(space, base, length, device)
         for loop in self.loops:
             for fe in new:
@@ -329,6 +379,7 @@ class Machine:
 
     def add_pc_platform(self) -> PcPlatform:
         """The PC devices and firmware state QEMU's ``-kernel`` guests expect."""
+        self._check_open("add_pc_platform")
         if self.pc is None:
             from pyvmm.platform.pc import PcPlatform  # multiboot guests only: loaded on use
 
@@ -340,6 +391,7 @@ class Machine:
         """Send guest RDMSR/WRMSR of ``index`` to Python: KVM's MSR filter denies the MSR
         and KVM_CAP_X86_USER_SPACE_MSR turns the denial into a KVM_EXIT_X86_RDMSR/WRMSR.
         A direction with no handler gives the guest #GP."""
+        self._check_open("add_msr_handler")
         if not self.msrs:
             self.vm.enable_user_space_msr()
         self.msrs.add(index, read, write)
@@ -347,6 +399,7 @@ class Machine:
 
     def add_ram(self, gpa: int, size: int, **kw: Any) -> MemoryRegion:
         """Another memslot (``readonly=True`` for ROM, ``log_dirty=True`` for dirty logging)."""
+        self._check_open("add_ram")
         return self.memory.add_ram(gpa, size, **kw)
 
     def on_sync(self, handler: SyncHandler) -> None:
@@ -391,13 +444,32 @@ class Machine:
 
     # --- events ----------------------------------------------------------------
     def next_event(self, timeout: float | None = None) -> GuestEvent | None:
-        """The next guest event (for a run started with :meth:`start`), or None on timeout."""
-        return self.events.next(timeout)
+        """The next guest event of a run started with :meth:`start`, or None after
+        ``timeout`` seconds or once that run has ended with no event left to read.
+        MachineStateError when no run was started (nothing could ever come)."""
+        self._check_open("next_event")
+        timeout = check_timeout(timeout)
+        if self._bg is None:
+            raise MachineStateError("next_event()/wait_event() read the events of a run started "
+                                    "with start(); call start() first (run() returns its events "
+                                    "in RunResult.events)")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            running = self._bg.is_alive()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # short waits while the run goes on, so that its end is seen; none after it
+            wait = 0.0 if not running else EVENT_POLL if left is None else min(left, EVENT_POLL)
+            ev = self.events.next(wait)
+            if ev is not None or not running or (deadline is not None and
+                                                 time.monotonic() >= deadline):
+                return ev
 
     def wait_event(self, kind: str | None = None, stage: int | None = None,
                    timeout: float | None = None) -> GuestEvent | None:
         """The next guest event of ``kind`` (and sync ``stage``), or None after ``timeout``
-        seconds; events that do not match are skipped (they stay in the history)."""
+        seconds or when the run ended without one; events that do not match are skipped
+        (they stay in the history).  As :meth:`next_event`, it needs a :meth:`start`-ed run."""
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -416,10 +488,13 @@ class Machine:
                                   self._sleep_s3)
         return self._runner
 
-    def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool:
+    def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool | Outcome:
         """The guest entered ACPI S3: sleep until the PC platform's wake-up (the RTC
         alarm), then reset every vCPU as the chipset does, RAM kept, and let the BSP resume
-        in real mode at the FACS's waking vector.  False when no wake-up comes in time."""
+        in real mode at the FACS's waking vector.  False when no wake-up comes in time; a
+        crash outcome when the guest's waking vector cannot be resumed at."""
+        from pyvmm.platform.pc import ResumeError
+
         wait = self.pc.seconds_to_wake() if self.pc is not None else None
         if wait is None or (left is not None and wait > left):
             stop.wait(left)  # asleep for good: until the timeout, a stop or a signal
@@ -427,13 +502,17 @@ class Machine:
         if stop.wait(wait):
             return False
         assert self.pc is not None
+        try:
+            entry = self.pc.resume_entry()
+        except ResumeError as e:  # the guest's value: a guest fault, never a usage error
+            return Outcome(RunStatus.CRASH, self.vcpus[0].id, reason=str(e))
         for vcpu, lapic in zip(self.vcpus, self._reset_lapics, strict=True):
             if lapic is not None:
                 vcpu.set_lapic(lapic)
             if vcpu.id:
                 vcpu.set_mp_state(MP_STATE_UNINITIALIZED)  # APs wait for INIT/SIPI again
         self.pc.reset_after_sleep()
-        apply_entry(self.vcpus[0], EntryState.real_mode(self.pc.waking_vector()))
+        apply_entry(self.vcpus[0], entry)
         self.pc.woke()
         return True
 
@@ -443,6 +522,7 @@ class Machine:
         vCPU, a power of two, between runs and across them) and the newest ``events``
         guest events (older ones are counted: ``ExitTrace.dropped_events``); each run's
         result carries the trace so far (``RunResult.trace``)."""
+        self._check_open("enable_trace")
         from pyvmm.vstate.trace import ExitTrace
 
         if self._trace is None:
@@ -460,6 +540,7 @@ class Machine:
         :meth:`restore` of this snapshot copies back only the pages written since."""
         from pyvmm.vstate.snapshot import take
 
+        self._check_open("snapshot")
         self._check_stopped("snapshot")
         return take(self)
 
@@ -468,15 +549,24 @@ class Machine:
         streamed from the guest's own memory: no in-memory copy of guest RAM."""
         from pyvmm.vstate.snapshot import save_machine
 
+        self._check_open("save_snapshot")
         self._check_stopped("snapshot")
         save_machine(self, path)
 
     def restore(self, snap: Snapshot) -> int:
         """Put the machine back as it was at ``snap`` (taken from this machine, or one of
         the same shape); returns how many RAM pages were copied.  A guest that had ended
-        can run again."""
-        from pyvmm.vstate.snapshot import SnapshotError, restore
+        can run again.  ``snap`` is a :class:`~pyvmm.vstate.snapshot.Snapshot` (TypeError
+        for anything else): for a file, ``restore(pyvmm.vstate.snapshot.load(path))``, or a
+        new machine with :meth:`from_snapshot`."""
+        from pyvmm.vstate.snapshot import Snapshot, SnapshotError, restore
 
+        if not isinstance(snap, Snapshot):
+            what = f"{type(snap).__name__} {snap!r}" if isinstance(snap, str | os.PathLike) \
+                else type(snap).__name__
+            raise TypeError(f"restore() takes a Snapshot, not {what}; for a snapshot file use "
+                            "restore(pyvmm.vstate.snapshot.load(path)) or Machine.from_snapshot(path)")
+        self._check_open("restore")
         self._check_stopped("restore")
         try:
             pages = restore(self, snap)
@@ -540,12 +630,18 @@ class Machine:
 
     def _check_stopped(self, what: str) -> None:
         if self._bg is not None and self._bg.is_alive():
-            raise RuntimeError(f"cannot {what} while the machine runs; stop() and join() first")
+            raise MachineStateError(f"cannot {what} while the machine runs; stop() and join() first")
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise MachineClosedError(f"{what}() on a closed Machine: its VM, fds and memory are "
+                                     "gone; make a new Machine")
 
     @property
     def debug(self) -> Debugger:
         """The debug API (:class:`pyvmm.debug.Debugger`): breakpoints, watchpoints, steps,
         registers and guest-virtual memory; what ``pyvmm run --gdb`` serves to gdb."""
+        self._check_open("debug")
         if self._debugger is None:
             from pyvmm.debug.debugger import Debugger
 
@@ -556,6 +652,7 @@ class Machine:
         """Write an ELF core file of the guest as it is now (every vCPU's registers, the
         guest memory the BSP's page tables map): ``gdb guest.elf FILE`` opens it.
         ``status`` (default: how the guest ended) picks the signal the core reports."""
+        self._check_open("write_core")
         from pyvmm.debug.core import write_core
 
         write_core(self, path, status=status or (self._ended.status if self._ended else None))
@@ -563,12 +660,14 @@ class Machine:
     def vcpu_loop(self, index: int = 0) -> VcpuLoop:
         """The run loop of vCPU ``index``, for driving one vCPU by hand (benchmarks,
         debuggers) instead of :meth:`run`."""
+        self._check_open("vcpu_loop")
         self._runner_for()
         return self.loops[index]
 
     def stats(self) -> dict[str, dict[str, StatValue]]:
         """A snapshot of the VM's and every vCPU's KVM binary stats (the stats fds are
         opened on first use, so machines driven by hand do not pay for them)."""
+        self._check_open("stats")
         if not self._stats:
             self._stats.append(("vm", self.vm.get_stats_fd()))
             self._stats += [(f"vcpu{v.id}", v.get_stats_fd()) for v in self.vcpus]
@@ -583,12 +682,16 @@ class Machine:
         stops, crashes or ``timeout`` seconds pass (None: no limit).  Ctrl-C stops the
         vCPUs and returns ``interrupted``.  May be called again to continue after a timeout
         or a stop, not after the guest ended (GuestExitedError).  ``stats=False`` leaves
-        ``RunResult.stats`` empty and saves the two snapshots of KVM's statistics."""
-        if not self._loaded:
-            raise GuestImageError("no guest loaded")
-        if self._ended is not None:
-            raise GuestExitedError(f"the guest has already ended ({self._ended.status}: "
-                                   f"{self._ended.message}); make a new Machine to run it again")
+        ``RunResult.stats`` empty and saves the two snapshots of KVM's statistics.
+
+        ``timeout`` is seconds >= 0 (ValueError for a negative or NaN one; infinity is no
+        limit).  MachineClosedError after :meth:`close`; MachineStateError while a
+        :meth:`start`-ed run goes on."""
+        self._check_open("run")
+        timeout = check_timeout(timeout)
+        if threading.current_thread() is not self._bg:
+            self._check_stopped("run")
+        self._check_runnable()
         result = self._runner_for().run(timeout, python_loop, vcpus=vcpus, collect_stats=stats)
         if self._trace is not None:
             for loop in self.loops:
@@ -599,16 +702,32 @@ class Machine:
             self._ended = result
         return result
 
+    def _check_runnable(self) -> None:
+        if not self._loaded:
+            raise GuestImageError("no guest loaded")
+        if self._ended is not None:
+            raise GuestExitedError(f"the guest has already ended ({self._ended.status}: "
+                                   f"{self._ended.message}); make a new Machine to run it again")
+
     def start(self, timeout: float | None = None, *, python_loop: bool = False) -> None:
         """:meth:`run` on a background thread: follow it with :meth:`wait_event`, end it
-        with :meth:`join` (or :meth:`stop` first)."""
+        with :meth:`join` (or :meth:`stop` first).  What :meth:`run` would refuse is
+        refused here, before the thread starts; an error the run meets on its thread is
+        raised by :meth:`join`."""
+        self._check_open("start")
+        timeout = check_timeout(timeout)
         if self._bg is not None and self._bg.is_alive():
-            raise RuntimeError("the machine is already running")
+            raise MachineStateError("the machine is already running")
+        self._check_runnable()
         self._bg_result = None
+        self._bg_error = None
         self.events.skip_to_end()
 
         def body() -> None:
-            self._bg_result = self.run(timeout, python_loop=python_loop)
+            try:
+                self._bg_result = self.run(timeout, python_loop=python_loop)
+            except BaseException as e:  # handed to join(), never a thread traceback
+                self._bg_error = e
 
         self._runner_for()
         self._bg = threading.Thread(target=body, name="pyvmm-run", daemon=True)
@@ -620,14 +739,18 @@ class Machine:
             self._runner.stop()
 
     def join(self, timeout: float | None = None) -> RunResult:
-        """Wait for a :meth:`start`-ed run and return its result."""
+        """Wait for a :meth:`start`-ed run and return its result (or raise what the run
+        raised on its thread)."""
         if self._bg is None:
-            raise RuntimeError("start() was not called")
-        self._bg.join(timeout)
+            raise MachineStateError("join() waits for a run started with start(); none was started")
+        self._bg.join(check_timeout(timeout))
         if self._bg.is_alive():
             raise TimeoutError("the run is still going; call stop() first")
+        if self._bg_error is not None:
+            error, self._bg_error = self._bg_error, None
+            raise error
         if self._bg_result is None:
-            raise RuntimeError("the background run failed before it produced a result")
+            raise MachineStateError("the background run failed before it produced a result")
         return self._bg_result
 
     # --- teardown --------------------------------------------------------------
@@ -644,12 +767,12 @@ class Machine:
         for _, reader in self._stats:
             reader.close()
         self._stats.clear()
+        if hasattr(self, "bus"):
+            self.bus.close()  # device threads (the HPET's timers) end while the VM's fd is open
         if hasattr(self, "vm"):
             self.vm.close()  # closes its vCPUs and their kvm_run mappings
         if hasattr(self, "memory"):
             self.memory.close()
-        if hasattr(self, "bus"):
-            self.bus.close()
         self.kvm.close()
         self.loops = []
         self.vcpus = []

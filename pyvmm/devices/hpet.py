@@ -208,7 +208,7 @@ class Hpet(Device):
             return  # a one-shot in the past fires only after the counter wraps
         heapq.heappush(self._heap, (self._host_ns(t.cmp), self._gen, t.n))
         t.gen = self._gen
-        if self._thread is None:
+        if self._thread is None and not self._closed:
             self._thread = threading.Thread(target=self._loop, name="hpet", daemon=True)
             self._thread.start()
 
@@ -290,8 +290,14 @@ class Hpet(Device):
             self.isr = 0
 
     def close(self) -> None:
+        """Stop the timer thread and wait for it: once this returns, no interrupt is
+        raised any more (the machine closes the VM's fd next, and a late KVM_IRQ_LINE
+        would fail with EBADF on a thread nobody watches)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         for t in self.timers:
             t.asserted_gsi = None

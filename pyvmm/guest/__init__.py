@@ -8,11 +8,15 @@ the linker scripts in ``ld/``) ships with pyvmm, prebuilt as ``lib/libpyvmm-gues
     guest.build(["my_guest.c"], "build/my_guest.flat", multiboot=True)  # QEMU -kernel too
 
 ``pyvmm guest build`` and ``pyvmm guest flags`` are the same from the shell; the API of the
-runtime itself is in docs/guests.md.
+runtime itself is in docs/guests.md, which the wheel carries (``pyvmm guest docs`` prints it,
+:func:`docs_path` finds it).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pyvmm.errors import PyvmmError
 from pyvmm.guest.toolchain import (
     INCLUDE,
     LD,
@@ -25,8 +29,23 @@ from pyvmm.guest.toolchain import (
     runtime_library,
 )
 
-__all__ = ["INCLUDE", "LD", "SRC", "GuestBuildError", "build", "cflags", "flags", "ldflags",
-           "libs", "runtime_library"]
+__all__ = ["INCLUDE", "LD", "SRC", "GuestBuildError", "build", "cflags", "docs_path", "flags",
+           "ldflags", "libs", "runtime_library"]
+
+#: the SDK's reference as the wheel installs it (setup.py copies docs/guests.md here)
+DOCS = INCLUDE.parent / "docs" / "guests.md"
+
+
+def docs_path() -> Path:
+    """Where the guest SDK's reference (docs/guests.md) is: the copy installed with the
+    package, or in a source checkout (an editable install) the repository's own."""
+    if DOCS.is_file():
+        return DOCS
+    checkout = INCLUDE.parents[2] / "docs" / "guests.md"
+    if checkout.is_file():
+        return checkout
+    raise PyvmmError(f"the guest SDK's reference is missing from this installation ({DOCS}); "
+                     "reinstall pyvmm")
 
 
 def flags(multiboot: bool = False) -> dict[str, str]:

@@ -22,6 +22,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -81,15 +82,17 @@ def libs(library: Path) -> list[str]:
     return ["-Wl,--whole-archive", str(library), "-Wl,--no-whole-archive"]
 
 
-def _run(cmd: Sequence[str], what: str) -> None:
-    p = subprocess.run(list(cmd), capture_output=True, text=True)
+def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> None:
+    p = subprocess.run(list(cmd), capture_output=True, text=True, cwd=cwd)
     if p.returncode != 0:
         out = (p.stdout + p.stderr).strip()
         raise GuestBuildError(f"{what} failed (exit {p.returncode}): {shlex.join(cmd)}\n{out}")
 
 
 def build_runtime(out_dir: Path, src: Path = SRC, include: Path = INCLUDE) -> Path:
-    """Compile the guest runtime into ``out_dir/libpyvmm-guest.a``; returns its path."""
+    """Compile the guest runtime into ``out_dir/libpyvmm-guest.a``; returns its path.
+    Compiled in ``src`` by absolute path, so that its debug info (DW_AT_name, comp_dir)
+    names the sources where they are: gdb shows them in guests linked with it."""
     cc = tool("cc", "CC", "gcc")
     ar = tool("ar", "AR", "ar")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,8 @@ def build_runtime(out_dir: Path, src: Path = SRC, include: Path = INCLUDE) -> Pa
         objs = []
         for name in RUNTIME_SOURCES:
             obj = Path(tmp) / (Path(name).stem + ".o")
-            _run([*cc, *cflags(include), "-c", "-o", str(obj), str(src / name)], f"compiling {name}")
+            _run([*cc, *cflags(include), "-c", "-o", str(obj), str(src.resolve() / name)],
+                 f"compiling {name}", cwd=src)
             objs.append(str(obj))
         library = out_dir / LIBRARY_NAME
         partial = library.with_suffix(".a.tmp")
@@ -107,25 +111,49 @@ def build_runtime(out_dir: Path, src: Path = SRC, include: Path = INCLUDE) -> Pa
     return library
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where a compiled runtime may go: the user's cache, else a per-user temporary one
+    (a home that cannot be written must not stop guest builds)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "pyvmm" / "guest-runtime"
+    return [base / "pyvmm" / "guest-runtime",
+            Path(tempfile.gettempdir()) / f"pyvmm-{os.getuid()}" / "guest-runtime"]
+
+
+def _private(d: Path) -> bool:
+    """``d`` (made 0700 if missing) is this user's and nobody else may write it: a
+    library from a shared temporary folder is linked into guests."""
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = d.lstat()
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def runtime_library() -> Path:
-    """The prebuilt runtime archive shipped in the wheel, or (in a source checkout where
-    it was not built) one compiled once into the user's cache, keyed by the runtime's
-    sources and flags so that an edit rebuilds it."""
+    """The runtime archive built in place (a source checkout's editable install), or one
+    compiled once into the user's cache from the installed sources, keyed by where they
+    are, their contents and the flags (an edit or another installation rebuilds it).  A
+    wheel ships the sources, not the archive: compiled where they are installed, the
+    archive's debug info points at them (one compiled in the wheel's build folder would
+    point into a folder deleted after the build, and gdb could not show the runtime)."""
     shipped = LIB / LIBRARY_NAME
     if shipped.exists():
         return shipped
-    h = hashlib.sha256(" ".join([*CFLAGS, os.environ.get("CC", "gcc")]).encode())
+    h = hashlib.sha256(" ".join([*CFLAGS, os.environ.get("CC", "gcc"), str(SRC)]).encode())
     for d in (SRC, INCLUDE / "pyvmm"):
         for f in sorted(d.iterdir()):
             h.update(f.name.encode() + f.read_bytes())
-    cached = _cache_dir() / h.hexdigest()[:16]
-    library = cached / LIBRARY_NAME
-    return library if library.exists() else build_runtime(cached)
+    failed: list[str] = []
+    for i, cache in enumerate(_cache_dirs()):
+        library = cache / h.hexdigest()[:16] / LIBRARY_NAME
+        try:
+            if i and not _private(cache.parent):
+                failed.append(f"{cache.parent}: not a directory of this user's alone")
+                continue
+            if library.exists():
+                return library
+            return build_runtime(library.parent)
+        except OSError as e:
+            failed.append(f"{library.parent}: {e.strerror}")
+    raise GuestBuildError(f"cannot write the guest runtime library ({'; '.join(failed)})")
 
 
 def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool = False,

@@ -38,8 +38,16 @@ from pyvmm.devices.rtc import Rtc
 from pyvmm.kvm.vm import IOAPIC, PIC_MASTER, PIC_SLAVE
 from pyvmm.platform import acpi, bios
 from pyvmm.vstate.fastpath import Space
+from pyvmm.x86.entry import EntryState
 
 IOAPIC_PINS = 24
+#: the first address real mode's segment:offset (CS = address >> 4) cannot reach
+REAL_MODE_LIMIT = 0x100000
+
+
+class ResumeError(Exception):
+    """The guest left S3 nowhere to resume (its waking vector); the run ends as a guest
+    crash with this message."""
 
 
 def pc_gsi_routes() -> list[tuple[int, int, int]]:
@@ -99,6 +107,25 @@ class PcPlatform:
     def waking_vector(self) -> int:
         """The FACS's firmware waking vector: where the BSP resumes from S3, in real mode."""
         return self.memory.read_int(self.facs_addr + 12, 4)
+
+    def resume_entry(self) -> EntryState:
+        """Where the firmware's S3 resume path jumps: the FACS's Firmware_Waking_Vector in
+        real mode, ``(vector >> 4):(vector & 0xF)`` as ACPI prescribes for PCs.  As with
+        SeaBIOS under QEMU, X_Firmware_Waking_Vector is not used (our FACS offers no 64-bit
+        wake, and this firmware resumes in real mode only).  The vector is the guest's own
+        value: one real mode cannot reach (0, or at or above 1 MiB, where a PC's firmware
+        jumps to a truncated address) is a :class:`ResumeError`, a guest fault."""
+        vector = self.waking_vector()
+        if vector == 0:
+            xvec = self.memory.read_int(self.facs_addr + 24, 8)
+            extra = (f" (X_Firmware_Waking_Vector {xvec:#x} is not used: this firmware resumes "
+                     "in real mode only)") if xvec else ""
+            raise ResumeError(f"ACPI S3 resume: the FACS firmware waking vector is 0{extra}; "
+                              "the guest cannot resume")
+        if vector >= REAL_MODE_LIMIT:
+            raise ResumeError(f"ACPI S3 resume: the FACS firmware waking vector {vector:#x} is "
+                              "at or above 1 MiB, out of real mode's reach; the guest cannot resume")
+        return EntryState.real_mode(vector)
 
     def seconds_to_wake(self) -> float | None:
         """How long an S3 sleep lasts: until the RTC alarm, when the guest armed it (status

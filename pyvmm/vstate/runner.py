@@ -44,7 +44,8 @@ class Runner:
                  symbols: Callable[[], Symbols | None], serial: SerialLog, events: EventLog,
                  stats: Callable[[], Snapshot],
                  descriptors: Callable[[str], Mapping[str, StatDesc]],
-                 on_suspend: Callable[[float | None, threading.Event], bool] | None = None) -> None:
+                 on_suspend: Callable[[float | None, threading.Event], bool | Outcome] | None = None
+                 ) -> None:
         self.loops = loops
         self.bus = bus
         self.memory = memory
@@ -54,7 +55,8 @@ class Runner:
         self.stats = stats
         self.descriptors = descriptors
         #: ``on_suspend(seconds_left, stop_event)`` sleeps through ACPI S3 and readies the
-        #: vCPUs to resume; False: no wake-up came (the run then ends as it would)
+        #: vCPUs to resume; False: no wake-up came (the run then ends as it would); an
+        #: Outcome: the guest cannot resume and the run ends with it (a guest crash)
         self.on_suspend = on_suspend or (lambda left, stop: False)
         self._done = threading.Event()
         self._stop = threading.Event()
@@ -123,7 +125,10 @@ class Runner:
                 # ACPI S3: the vCPUs are out; sleep until the platform's wake-up, then on
                 left = None if deadline is None else deadline - time.monotonic()
                 try:
-                    if self.on_suspend(left, self._stop):
+                    resumed = self.on_suspend(left, self._stop)
+                    if isinstance(resumed, Outcome):
+                        outcomes.append(resumed)
+                    elif resumed:
                         continue
                 except KeyboardInterrupt:
                     interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)

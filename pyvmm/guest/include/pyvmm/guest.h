@@ -1,4 +1,4 @@
-/* pyvmm/guest.h - everything a pyvmm guest uses, in one include (docs/guests.md).
+/* pyvmm/guest.h - everything a pyvmm guest uses, in one include (docs/guests.md: pyvmm guest docs).
  *
  *   #include <pyvmm/guest.h>
  *
