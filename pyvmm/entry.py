@@ -70,7 +70,9 @@ def _run(args: list[str]) -> int:
         except click.exceptions.Exit as e:
             return int(e.exit_code)
         except click.ClickException as e:
-            e.show()
+            from pyvmm.console import say
+
+            say(_one_line(e))
             return int(e.exit_code)
         except click.exceptions.Abort:
             raise KeyboardInterrupt from None
@@ -101,6 +103,18 @@ def _run(args: list[str]) -> int:
             return int(ExitStatus.VMM_ERROR)
     except BaseException as e:  # a signal while importing, before the handling above
         return _interrupted(e)
+
+
+def _one_line(e: Exception) -> str:
+    """A click error as one line (click's own is four: usage, a hint, a blank, the error),
+    ending with where the full usage is."""
+    import click
+
+    text = " ".join(e.format_message().split()) if isinstance(e, click.ClickException) else str(e)
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError):  # click gives some (a missing value) no context
+        text += f" (see '{ctx.command_path if ctx is not None else 'pyvmm'} --help')"
+    return text
 
 
 def _stderr(text: str) -> None:

@@ -20,6 +20,8 @@ from pyvmm.errors import GuestImageError
 from pyvmm.loader.symbols import Symbols
 
 MAGIC = b"\x7fELF"
+#: e_ident's size: class, data encoding and version lie in it, before any header field
+EI_NIDENT = 16
 ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB = 1
 ET_EXEC = 2
@@ -121,7 +123,9 @@ def parse(data: bytes, name: str) -> ElfFile:
     """Check and read an ELF file's headers.  Raises :class:`GuestImageError`."""
     if data[:4] != MAGIC:
         raise GuestImageError(f"{name}: not an ELF file (bad magic)")
-    cls = data[4] if len(data) > 4 else 0
+    if len(data) < EI_NIDENT:
+        raise _bad(name, f"truncated ELF identification ({len(data)} of {EI_NIDENT} bytes)")
+    cls = data[4]
     if cls not in _EHDR:
         raise _bad(name, f"EI_CLASS {cls}")
     if data[5] != ELFDATA2LSB:

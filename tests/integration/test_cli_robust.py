@@ -144,6 +144,7 @@ def test_signal_during_start_up(guests, sig, delay):
     (["--timeout", "-1"], "not a positive number"),
     (["--mem", "lots"], "not a size"),
     (["--mem", "1K"], "multiple of 4 KiB"),
+    (["--mem", "0.1K"], "not a whole number of bytes"),
     (["--mem", "65536G"], "more than this host's"),
     (["--irqchip", "maybe"], "maybe"),
     (["--cpus", "65"], "65"),
@@ -152,6 +153,40 @@ def test_bad_option_values_are_usage_errors(guests, args, words):
     p = pyvmm("run", str(guests / "hello.elf"), *args)
     assert p.returncode == ExitStatus.USAGE, p.stderr
     assert words in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--bogus"], "No such option '--bogus'"),
+    (["run", "x.elf", "--mem"], "'--mem' requires an argument"),
+    (["run", "x.elf", "--cpus", "0"], "'--cpus'"),
+    (["run", "/"], "is a directory"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["guest", "build"], "Missing argument 'SOURCES...'"),
+    (["guest", "flags", "--bogus"], "No such option"),
+    (["suite", "--bogus"], "No such option"),
+    (["doctor", "extra"], "unexpected extra argument"),
+    (["info", "--x"], "No such option"),
+])
+def test_argument_errors_are_one_line(args, words):
+    """click's own block was four lines (usage, hint, blank, error); the README promises
+    one line and status 2, for every subcommand."""
+    p = pyvmm(*args)
+    assert p.returncode == ExitStatus.USAGE, p.stderr
+    line = one_line(p)
+    assert line.startswith("pyvmm: ") and words in line and "--help" in line
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["guest", "build", "-h"]])
+def test_help_is_still_the_whole_usage(args):
+    p = pyvmm(*args)
+    assert p.returncode == 0 and p.stdout.startswith("Usage: pyvmm") and "Options:" in p.stdout
+
+
+@pytest.mark.kvm
+def test_fractional_mem_as_qemu(guests):
+    p = pyvmm("run", str(guests / "hello.elf"), "--mem", "0.5G")
+    assert p.returncode == 0, p.stderr
+    assert "512 MiB RAM" in p.stdout
 
 
 @pytest.mark.kvm
