@@ -49,7 +49,7 @@ def parse_size(text: str, default_unit: int = 1) -> int:
         # decimal only (no sign, no hex, no '_'): exact, in integers, never a float
         if not (whole + frac).isdigit():
             raise ValueError(bad)
-        scaled, denom = int(whole + frac) * unit, 10 ** len(frac)
+        scaled, denom = int(whole + frac) * unit, int(10 ** len(frac))
         if scaled % denom:
             raise ValueError(f"size {text.strip()!r} is not a whole number of bytes")
         value = scaled // denom
