@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from pyvmm.errors import ConfigError, GuestImageError
 from pyvmm.loader.elf import ELFCLASS64, EM_X86_64, ET_EXEC, MACHINES, LoadSegment, parse
+from pyvmm.loader.linux import linux_program
 from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.symbols import Symbols
 from pyvmm.x86.entry import EntryState
@@ -122,6 +123,12 @@ def parse_elf64(data: bytes, name: str = "<guest>") -> ElfImage:
     if data[:4] == b"\x7fELF" and data[4:5] != bytes([ELFCLASS64]):
         raise GuestImageError(f"{name}: ELFCLASS32 image; pyvmm runs ELF64 (ELFCLASS64) guests")
     elf = parse(data, name)
+    why = linux_program(elf)
+    if why is not None:
+        raise GuestImageError(
+            f"{name}: a Linux user-space program ({why}), not a guest kernel: pyvmm boots "
+            "kernels, such as C built against its guest runtime with `pyvmm guest build -o "
+            "guest.elf guest.c` (see docs/guests.md)")
     if elf.machine != EM_X86_64:
         raise GuestImageError(f"{name}: machine {MACHINES.get(elf.machine, elf.machine)}, pyvmm "
                               "runs x86-64 (EM_X86_64) guests")

@@ -88,6 +88,9 @@ class ElfFile:
     entry: int
     segments: list[LoadSegment]
     sections: list[SectionHeader] = field(default_factory=list)
+    #: ``(p_type, p_offset, p_filesz)`` of the program headers that are not PT_LOAD (notes,
+    #: an interpreter), unchecked: whoever reads one bounds it by the file
+    others: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def bits(self) -> int:
@@ -157,8 +160,8 @@ def parse(data: bytes, name: str) -> ElfFile:
                                      or sections[s.link].type != SHT_STRTAB):
             raise _bad(name, f"symbol table section {s.index} has entry size {s.entsize} or "
                        f"string table link {s.link} that is not valid")
-    segments = _load_segments(data, cls, phoff, phnum, name)
-    return ElfFile(name, data, cls, machine, etype, entry, segments, sections)
+    segments, others = _load_segments(data, cls, phoff, phnum, name)
+    return ElfFile(name, data, cls, machine, etype, entry, segments, sections, others)
 
 
 def _pick(sh: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
@@ -167,18 +170,24 @@ def _pick(sh: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
     return name, stype, offset, size, link, info, entsize
 
 
-def _load_segments(data: bytes, cls: int, phoff: int, phnum: int, name: str) -> list[LoadSegment]:
-    """The PT_LOAD segments, checked against the file and each other, sorted by paddr."""
+def _load_segments(data: bytes, cls: int, phoff: int, phnum: int,
+                   name: str) -> tuple[list[LoadSegment], list[tuple[int, int, int]]]:
+    """The PT_LOAD segments, checked against the file and each other, sorted by paddr; and
+    ``(type, offset, filesz)`` of the other program headers."""
     ph = _PHDR[cls]
     view = memoryview(data)
     out: list[LoadSegment] = []
+    others: list[tuple[int, int, int]] = []
     for i in range(phnum):
         raw = ph.unpack_from(data, phoff + i * ph.size)
         if cls == ELFCLASS64:
             ptype, flags, off, vaddr, paddr, filesz, memsz, _align = raw
         else:
             ptype, off, vaddr, paddr, filesz, memsz, flags, _align = raw
-        if ptype != PT_LOAD or memsz == 0:
+        if ptype != PT_LOAD:
+            others.append((ptype, off, filesz))
+            continue
+        if memsz == 0:
             continue
         if filesz > memsz:
             raise _bad(name, f"segment {i} has p_filesz > p_memsz")
@@ -197,7 +206,7 @@ def _load_segments(data: bytes, cls: int, phoff: int, phnum: int, name: str) -> 
         if b.paddr < a.end:
             raise GuestImageError(f"{name}: segments {a.index} and {b.index} overlap in "
                                   f"physical memory at {b.paddr:#x}")
-    return out
+    return out, others
 
 
 def _decode_symbols(data: bytes, symtab: int) -> list[tuple[int, int, str]]:

@@ -60,6 +60,7 @@ def test_smp_and_output_flushed(guests):
 @pytest.mark.parametrize("content, message", [
     (b"not an elf", "not an ELF file"),
     (b"\x7fELF\x01\x01\x01" + bytes(60), "ELF32 image without a multiboot header"),
+    (b"\x7fELF\x02", "truncated ELF identification"),
 ])
 def test_bad_guest_files(tmp_path, content, message):
     f = tmp_path / "g.elf"
@@ -67,6 +68,25 @@ def test_bad_guest_files(tmp_path, content, message):
     p = pyvmm("run", str(f))
     assert p.returncode == status.GUEST_IMAGE
     assert message in one_line_error(p)
+
+
+@pytest.mark.parametrize("flags", [["-static"], []], ids=["static", "dynamic"])
+def test_a_linux_program_is_refused_not_run(tmp_path, flags):
+    """``gcc -static hello.c`` was booted as a guest and spun silently for ever."""
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to build a Linux program with")
+    (tmp_path / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hi"); }\n')
+    built = subprocess.run(["gcc", *flags, "-o", str(tmp_path / "hello"), str(tmp_path / "hello.c")],
+                           capture_output=True)
+    if built.returncode:
+        pytest.skip(f"gcc {flags} cannot link here")
+    p = pyvmm("run", str(tmp_path / "hello"), timeout=30)
+    assert p.returncode == status.GUEST_IMAGE
+    line = one_line_error(p)
+    assert "a Linux user-space program" in line and "pyvmm guest build" in line
 
 
 def test_guest_too_big_for_ram(guests):
