@@ -110,3 +110,17 @@ def test_info():
     p = pyvmm("info")
     assert p.returncode == 0
     assert "KVM API version: 12" in p.stdout and "SYNC_REGS" in p.stdout and "MMU:" in p.stdout
+
+
+@pytest.mark.kvm
+def test_guest_puts_is_c_puts(tmp_path):
+    """The runtime's puts() added no newline, unlike C's."""
+    src = tmp_path / "puts.c"
+    src.write_text('#include <pyvmm/guest.h>\nint main(struct boot_info *bi, const char *c)\n'
+                   '{\n\t(void)bi; (void)c;\n\tputs("one");\n\tputs("");\n\tprintf("two");\n'
+                   '\tputs("three");\n\treturn 0;\n}\n')
+    b = pyvmm("guest", "build", "-o", str(tmp_path / "puts.elf"), str(src), timeout=120)
+    assert b.returncode == 0, b.stderr
+    p = pyvmm("run", str(tmp_path / "puts.elf"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "one\n\ntwothree\n"
