@@ -89,4 +89,20 @@ def open_image(path: str | os.PathLike[str], *, mem: int | None = None,
     image = parse_image(read_file(path, limit), shown(path), fmt)
     if image.format == "multiboot":
         image.argv0 = os.fsencode(path)  # type: ignore[union-attr]
+        if mem is not None:
+            _check_multiboot_ram(image, mem)  # type: ignore[arg-type]
     return image
+
+
+def _check_multiboot_ram(image: MultibootImage, mem: int) -> None:
+    """A multiboot kernel loads at or above 1 MiB, over the PC's BIOS area: with less RAM
+    than it reaches, say so and how much it needs (the PC platform's firmware tables at
+    0xE0000 failed first, as an unnamed guest-memory error, status 122)."""
+    from pyvmm.x86.layout import format_size
+
+    need = max(image.end, 1 << 20)
+    need = (need + 0xFFFFF) & ~0xFFFFF  # whole MiB, as --mem takes it
+    if mem < need:
+        raise GuestImageError(f"{image.path}: the guest has {format_size(mem)} of RAM; this "
+                              f"multiboot kernel needs at least {format_size(need)} (it loads "
+                              "above the PC's first MiB): give it more (--mem; 128M by default)")

@@ -95,6 +95,15 @@ def test_guest_too_big_for_ram(guests):
     assert "outside guest RAM" in one_line_error(p)
 
 
+@pytest.mark.parametrize("mem, has", [("512K", "512 KiB"), ("1M", "1 MiB")])
+def test_multiboot_kernel_in_too_little_ram_says_so(guests, mem, has):
+    """Under 1 MiB it was status 122 "guest range 0xe0000..0xe0210 is outside guest RAM"."""
+    p = pyvmm("run", str(guests / "hello.flat"), "--mem", mem)
+    assert p.returncode == status.GUEST_IMAGE, p.stderr
+    line = one_line_error(p)
+    assert f"the guest has {has} of RAM" in line and "needs at least" in line and "--mem" in line
+
+
 def test_missing_kvm_device(guests):
     p = pyvmm("run", str(guests / "hello.elf"), env={"PYVMM_KVM_DEVICE": "/nonexistent/kvm"})
     assert p.returncode == status.KVM_UNAVAILABLE
