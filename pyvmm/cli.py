@@ -336,7 +336,10 @@ def doctor(refresh: bool, as_json: bool) -> int:
                 lines.append(f"{group}:")
             word = "ERROR" if f.works is None else "yes" if f.works else "NO"
             lines.append(f"  {f.name:<16} {word:<5} {f.detail}")
-        if not found.errors:
+        if found.cache_error is not None:
+            lines.append(f"(could not be cached in {cache_path(found.key)}: "
+                         f"{found.cache_error}; the next run probes again)")
+        elif not found.errors:
             lines.append(f"(cached in {cache_path(found.key)}; --refresh to probe again)")
         out("\n".join(lines) + "\n")
     if found.errors:
