@@ -6,10 +6,9 @@ so ``import pyvmm.guest`` (or the CLI's ``guest`` and ``--help`` paths) never lo
 native extension or the loaders.
 """
 
-from __future__ import annotations
-
-# not typing.TYPE_CHECKING: importing typing costs ~17 ms, and this module is imported
-# before pyvmm.entry can install its signal handlers (mypy knows the name)
+# neither ``from __future__ import annotations`` (an import of its own) nor
+# typing.TYPE_CHECKING (importing typing costs ~17 ms): this module is imported before
+# pyvmm.entry can install its signal handlers (mypy knows the name)
 TYPE_CHECKING = False
 
 __version__ = "0.2.0"
@@ -34,7 +33,7 @@ _LAZY = {"Space": "pyvmm.vstate.fastpath", "KvmError": "pyvmm.kvm.errors",
          "RunStatus": "pyvmm.vstate.result", "HistoryLimits": "pyvmm.vstate.history"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyvmm' has no attribute {name!r}")

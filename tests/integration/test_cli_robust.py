@@ -6,6 +6,7 @@ documented status, never a traceback, never a hang."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -136,6 +137,36 @@ def test_signal_during_start_up(guests, sig, delay):
     assert p.returncode == 128 + sig, err
     assert b"Traceback" not in err and b"Aborted" not in err
     assert err in (b"", f"pyvmm: interrupted ({sig.name})\n".encode())
+
+
+def _before_pyvmm_code(err: bytes) -> bool:
+    """A KeyboardInterrupt traceback in which no line of pyvmm's code is: the signal came
+    while CPython was still starting (it takes SIGINT before it imports ``site``) or while
+    the console script's ``from pyvmm.entry import main`` was still looking for the
+    package, before its first line ran.  No program's code can run earlier."""
+    return b"Traceback" in err and re.search(rb'File "[^"]*/pyvmm/[^"]*\.py"', err) is None
+
+
+@pytest.mark.kvm
+def test_sigint_sweep_from_spawn(guests):
+    """SIGINT at every millisecond from 0 to 100 after the spawn (issue #17: 16 of 65
+    such points were a KeyboardInterrupt traceback through the console script's
+    ``from pyvmm.entry import main``, and through pyvmm's own imports): from pyvmm's
+    first line on, Ctrl-C is one line and status 130, never a traceback."""
+    ours = 0
+    for ms in range(0, 101):
+        p = start("run", str(guests / "hostile.elf"), "--append", "partial", "--timeout", "20")
+        time.sleep(ms / 1000)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=20)
+        if _before_pyvmm_code(err):
+            continue  # CPython's own (README, "Exit statuses")
+        assert b"Traceback" not in err, (ms, err.decode()[-800:])
+        assert p.returncode in (130, -signal.SIGINT), (ms, p.returncode, err)
+        if p.returncode == 130:
+            assert err in (b"", b"pyvmm: interrupted (SIGINT)\n"), (ms, err)
+            ours += 1
+    assert ours > 0  # the sweep reached pyvmm's own handling
 
 
 # --- bad values ---------------------------------------------------------------------

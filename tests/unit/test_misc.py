@@ -24,7 +24,7 @@ def test_fractions_are_taken_as_qemu_takes_them():
 
 
 @pytest.mark.parametrize("text, words", [
-    ("", "not a size"), ("M", "not a size"), ("-1M", "not a size"), ("abc", "not a size"),
+    ("", "not a size"), ("M", "not a size"), ("-1M", "positive"), ("abc", "not a size"),
     ("0", "positive"), ("0.0G", "positive"), ("-0.5G", "not a size"), ("1.2.3M", "not a size"),
     ("0x1.8G", "not a size"), ("1e3M", "not a size"), ("0.1K", "not a whole number of bytes"),
     ("1." + "0" * 5000 + "1G", "not a size"), ("\uff11M", "not a size"),
@@ -87,6 +87,7 @@ def test_signal_handler_imports_nothing(monkeypatch):
         raise ImportError("an import inside the signal handler")
 
     caught: BaseException | None = None
+    monkeypatch.setattr(entry, "_INTERRUPTED", Interrupted)  # as main() sets it
     with monkeypatch.context() as mp:
         mp.setattr(builtins, "__import__", no_imports)
         try:
