@@ -155,12 +155,14 @@ def test_sigint_sweep_from_spawn(guests):
     first line on, Ctrl-C is one line and status 130, never a traceback."""
     ours = 0
     for ms in range(0, 101):
-        p = start("run", str(guests / "hostile.elf"), "--append", "partial", "--timeout", "20")
+        p = start("run", str(guests / "hostile.elf"), "--append", "partial", "--timeout", "5")
         time.sleep(ms / 1000)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=20)
+        _, err = p.communicate(timeout=30)
         if _before_pyvmm_code(err):
-            continue  # CPython's own (README, "Exit statuses")
+            # CPython's own (README, "Exit statuses"); once in a few hundred it even prints
+            # "Failed checking if argv[0] is an import path entry" and goes on: --timeout
+            continue
         assert b"Traceback" not in err, (ms, err.decode()[-800:])
         assert p.returncode in (130, -signal.SIGINT), (ms, p.returncode, err)
         if p.returncode == 130:
