@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pyvmm.errors import GuestImageError
+from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
 
 MAGIC = b"\x7fELF"
@@ -81,7 +82,7 @@ class ElfFile:
     """A checked ELF file: its class, header fields, segments and symbol table."""
 
     name: str
-    data: bytes
+    data: ImageBytes
     elfclass: int
     machine: int
     type: int
@@ -110,7 +111,7 @@ def _bad(name: str, what: str) -> GuestImageError:
     return GuestImageError(f"{name}: malformed ELF: {what}")
 
 
-def _table(data: bytes, name: str, what: str, off: int, count: int, entsize: int,
+def _table(data: ImageBytes, name: str, what: str, off: int, count: int, entsize: int,
            want: int) -> None:
     """A header table must have entries of the size this class uses and lie in the file."""
     if count == 0:
@@ -122,7 +123,7 @@ def _table(data: bytes, name: str, what: str, off: int, count: int, entsize: int
                    f"the {len(data)}-byte file")
 
 
-def parse(data: bytes, name: str) -> ElfFile:
+def parse(data: ImageBytes, name: str) -> ElfFile:
     """Check and read an ELF file's headers.  Raises :class:`GuestImageError`."""
     if data[:4] != MAGIC:
         raise GuestImageError(f"{name}: not an ELF file (bad magic)")
@@ -170,7 +171,7 @@ def _pick(sh: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
     return name, stype, offset, size, link, info, entsize
 
 
-def _load_segments(data: bytes, cls: int, phoff: int, phnum: int,
+def _load_segments(data: ImageBytes, cls: int, phoff: int, phnum: int,
                    name: str) -> tuple[list[LoadSegment], list[tuple[int, int, int]]]:
     """The PT_LOAD segments, checked against the file and each other, sorted by paddr; and
     ``(type, offset, filesz)`` of the other program headers."""
@@ -209,16 +210,19 @@ def _load_segments(data: bytes, cls: int, phoff: int, phnum: int,
     return out, others
 
 
-def _decode_symbols(data: bytes, symtab: int) -> list[tuple[int, int, str]]:
+def _decode_symbols(data: ImageBytes, symtab: int) -> list[tuple[int, int, str]]:
     """``(address, size, name)`` of the function, object and label symbols of section
     ``symtab`` (already checked by :func:`parse`: in the file, right entry size, linked to a
     string table)."""
     import io
+    import mmap
 
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
-    section = ELFFile(io.BytesIO(data)).get_section(symtab)
+    # a mapping is a file already (read, seek, tell): no copy of a big image's bytes
+    stream = data if isinstance(data, mmap.mmap) else io.BytesIO(data)
+    section = ELFFile(stream).get_section(symtab)  # type: ignore[arg-type]  # read/seek/tell
     if not isinstance(section, SymbolTableSection):
         return []
     out = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 from pyvmm.loader.elf import SHT_STRTAB, ElfFile
+from pyvmm.loader.source import ImageBytes
 
 PT_DYNAMIC, PT_INTERP, PT_NOTE = 2, 3, 4
 ELFOSABI_GNU = 3
@@ -54,7 +55,7 @@ def linux_program(elf: ElfFile) -> str | None:
     return None
 
 
-def _has_abi_tag(data: bytes, off: int, size: int) -> bool:
+def _has_abi_tag(data: ImageBytes, off: int, size: int) -> bool:
     """Whether the notes at ``data[off:off+size]`` hold NT_GNU_ABI_TAG from "GNU"."""
     end = min(off + size, len(data))
     pos = off

@@ -313,3 +313,55 @@ def test_doctor_without_kvm_access_caches_nothing(tmp_path):
     assert p.returncode == ExitStatus.KVM_UNAVAILABLE
     assert "no /nonexistent/kvm" in one_line(p)
     assert not (tmp_path / "pyvmm").exists() or not list((tmp_path / "pyvmm").glob("doctor-*"))
+
+
+def _with_junk(src, dst, n: int):
+    """``src`` with ``n`` bytes that no loader reads appended (as debug information is)."""
+    with open(dst, "wb") as f:
+        f.write(src.read_bytes())
+        block = b"\x55" * (1 << 20)
+        for _ in range(n >> 20):
+            f.write(block)
+    return dst
+
+
+@pytest.mark.kvm
+def test_a_big_elf_guest_is_not_read_whole(guests, tmp_path):
+    """A guest file that fits was read whole: 200 MiB of debug information cost 200 MiB."""
+    def peak(path) -> int:
+        p = subprocess.Popen([*COMMAND, "run", str(path), "--mem", "256M"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        assert p.stderr is not None
+        err = p.stderr.read()
+        p.stderr.close()
+        assert p.returncode == 0, err
+        return usage.ru_maxrss << 10
+
+    big = _with_junk(guests / "hello.elf", tmp_path / "big.elf", 200 << 20)
+    assert peak(big) < peak(guests / "hello.elf") + (64 << 20)
+
+
+_LIMITED = """
+import resource, sys
+from pyvmm import entry
+import pyvmm.cli, pyvmm.loader.sparse  # everything a run imports, before the limit
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (96 << 20), vm + (96 << 20)))
+entry.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("name", ["hello.elf", "hello.flat"])
+def test_a_guest_file_beyond_the_memory_limit_is_one_line(guests, tmp_path, name):
+    """Under ``ulimit -v`` a guest file that fits the guest's RAM but not the process's
+    memory was status 125 with an empty message (a bare MemoryError)."""
+    import sys
+
+    big = _with_junk(guests / name, tmp_path / name, 200 << 20)
+    p = subprocess.run([sys.executable, "-P", "-c", _LIMITED, "run", str(big), "--mem", "256M"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == ExitStatus.GUEST_IMAGE, p.stderr
+    assert "not enough memory to read the 200.1 MiB guest image" in one_line(p)

@@ -148,3 +148,24 @@ def test_kernel_notes_are_not_linux_abi(hello):
     from pyvmm.loader.linux import linux_program
 
     assert linux_program(parse(hello, "hello")) is None
+
+
+@pytest.mark.parametrize("name", ["hello.elf", "mbtest.flat"])
+def test_a_big_image_read_in_parts_loads_as_read_whole(guests, tmp_path, name):
+    """Only the parts the loaders use are read of a big ELF file (debug information is
+    not): what they see of it must be what they see of the whole file."""
+    import mmap
+
+    from pyvmm.loader import parse_image
+    from pyvmm.loader.source import read_image
+
+    data = (guests / name).read_bytes()
+    big = tmp_path / name
+    big.write_bytes(data + b"\x55" * (3 << 20))
+    parts = read_image(big, 64 << 20)
+    assert isinstance(parts, mmap.mmap)  # not read whole
+    a, b = parse_image(data, name), parse_image(parts, name)
+    assert (a.entry, a.format) == (b.entry, b.format)
+    assert [(s.paddr, s.memsz, bytes(s.data)) for s in a.segments] == \
+        [(s.paddr, s.memsz, bytes(s.data)) for s in b.segments]
+    assert a.symbols.entries == b.symbols.entries and a.symbols.entries
