@@ -73,7 +73,7 @@ int main(struct boot_info *bi, const char *cmdline)
 		return 0;
 	}
 	if (!strcmp(cmdline, "partial")) {
-		puts("prompt> ");
+		printf("prompt> ");
 		for (;;)
 			__asm__ volatile("cli; hlt");
 	}

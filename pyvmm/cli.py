@@ -13,6 +13,7 @@ import os
 
 import click
 
+from pyvmm.artefacts import Artefacts, check_output_path
 from pyvmm.console import StdoutSink, err, out, say
 from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.machine import Machine, memory_size
@@ -68,8 +69,9 @@ def main() -> None:
 
 @main.command()
 @click.argument("guest", type=click.Path(dir_okay=False), required=False)
-@click.option("--mem", default=None, callback=_mem, help="Guest RAM: K/M/G suffixes, a bare "
-              "number is MiB (as QEMU's -m); 64M, or 128M for multiboot kernels.")
+@click.option("--mem", default=None, callback=_mem, help="Guest RAM: K/M/G/T suffixes, fractions "
+              "that come to whole bytes (0.5G), a bare number is MiB (as QEMU's -m); 64M, or "
+              "128M for multiboot kernels.")
 @click.option("--cpus", default=1, show_default=True, type=click.IntRange(1, 64),
               help="vCPUs; APs wait for INIT/SIPI.")
 @click.option("--timeout", type=float, default=None, callback=_timeout,
@@ -155,6 +157,13 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         if shape:
             raise click.UsageError(f"--from-snapshot takes the machine from the snapshot; drop "
                                    f"{', '.join(shape)}")
+    # a typo in an output path must not cost the run: found now, not after the guest ran
+    for path, option in ((core, "--core"), (trace, "--trace")):
+        if path is not None:
+            check_output_path(path, option)
+    if save_at is not None:  # saved by rename: a device node there would be replaced
+        check_output_path(save_at[1], "--save-at-sync", regular_only=True)
+    artefacts = Artefacts()
     try:
         if from_snapshot is not None:
             machine = Machine.from_snapshot(from_snapshot, serial=sink, history=CLI_HISTORY,
@@ -172,37 +181,50 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         if gdb is not None:
             result = _serve_gdb(machine, gdb, gdb_no_wait, gdb_allow_remote, timeout, verbose)
         elif save_at is not None:
-            result = _run_and_save(machine, save_at[0], save_at[1], timeout, python_loop)
+            result = _run_and_save(machine, save_at[0], save_at[1], timeout, python_loop, artefacts)
         else:
             # KVM statistics only when shown: two snapshots of every stats fd otherwise wasted
             result = machine.run(timeout=timeout, python_loop=python_loop, stats=stats)
         if core is not None and result.status in CORE_STATUSES:
-            machine.write_core(core, result.status)
-            say(f"core written to {core} (gdb {guest} {core})")
+            m, status = machine, result.status
+            if artefacts.write("core", core, lambda: m.write_core(core, status)):
+                say(f"core written to {core} (gdb {guest} {core})")
         if trace is not None and result.trace is not None:
-            result.trace.write_json(trace, name=f"pyvmm {os.path.basename(guest)}")
+            tr, label = result.trace, f"pyvmm {os.path.basename(guest)}"
+            artefacts.write("trace", trace, lambda: tr.write_json(trace, name=label))
     finally:
         if machine is not None:
             machine.close()
     if sink.error is not None:
-        return _output_failed(sink)
-    if stats:
-        _print_stats(result)
-    return _report(result, verbose, exit_code_mode)
+        code = _output_failed(sink)
+    else:
+        if stats:
+            _print_stats(result)
+        code = _report(result, verbose, exit_code_mode)
+    # the guest's outcome first; an artefact that could not be written after it, and the
+    # guest's status stands (a clean exit becomes 119: what was asked for is missing)
+    for line in artefacts.failures:
+        say(line)
+    if artefacts.failures and code == ExitStatus.OK:
+        return ExitStatus.OUTPUT
+    return code
 
 
 def _run_and_save(machine: Machine, stage: int, path: str, timeout: float | None,
-                  python_loop: bool) -> RunResult:
+                  python_loop: bool, artefacts: Artefacts) -> RunResult:
     """Run to the first GUEST_SYNC of ``stage``, save a snapshot there, run on.  The
-    snapshot is taken with every vCPU stopped, right after the sync's exit completes."""
+    snapshot is taken with every vCPU stopped, right after the sync's exit completes; a
+    snapshot that cannot be written is said after the guest's outcome, and the guest runs
+    on all the same."""
     result = machine.run_to_sync(stage, timeout, python_loop=python_loop)
     hit = bool(result.syncs(stage))
     if result.status != RunStatus.STOPPED or not hit:
         if not hit and result.status not in (RunStatus.INTERRUPTED,):
             say(f"note: the guest never reached GUEST_SYNC {stage}; no snapshot was saved")
         return result
-    machine.save_snapshot(path)  # streamed: no second copy of guest RAM
-    say(f"snapshot saved to {path} at GUEST_SYNC {stage}")
+    # streamed (no second copy of guest RAM); a failed write is said after the outcome
+    if artefacts.write("snapshot", path, lambda: machine.save_snapshot(path)):
+        say(f"snapshot saved to {path} at GUEST_SYNC {stage}")
     left = None if timeout is None else max(0.001, timeout - result.duration)
     return machine.run(timeout=left, python_loop=python_loop)
 
@@ -315,7 +337,10 @@ def doctor(refresh: bool, as_json: bool) -> int:
                 lines.append(f"{group}:")
             word = "ERROR" if f.works is None else "yes" if f.works else "NO"
             lines.append(f"  {f.name:<16} {word:<5} {f.detail}")
-        if not found.errors:
+        if found.cache_error is not None:
+            lines.append(f"(could not be cached in {cache_path(found.key)}: "
+                         f"{found.cache_error}; the next run probes again)")
+        elif not found.errors:
             lines.append(f"(cached in {cache_path(found.key)}; --refresh to probe again)")
         out("\n".join(lines) + "\n")
     if found.errors:

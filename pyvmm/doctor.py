@@ -68,6 +68,8 @@ class HostFeatures:
     host: str
     created: float
     features: dict[str, Feature] = field(default_factory=dict)
+    #: why this answer could not be cached (not part of the answer: never serialized)
+    cache_error: str | None = field(default=None, compare=False)
 
     @property
     def errors(self) -> list[Feature]:
@@ -408,6 +410,6 @@ def host_features(refresh: bool = False) -> HostFeatures:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(found.to_json())
         tmp.replace(path)
-    except OSError:
-        pass  # a read-only home still gets the answer, just not cached
+    except OSError as e:  # a read-only home still gets the answer, just not cached
+        found.cache_error = f"{e.strerror or e} ({e.filename or path})"
     return found

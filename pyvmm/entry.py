@@ -8,55 +8,104 @@ closed stdout pipe ends quietly with 141; anything else is a pyvmm bug: status 1
 the traceback with ``-v``.
 """
 
-from __future__ import annotations
-
 import _signal  # type: ignore[import-not-found]  # the C module: ``signal`` builds enums first
 import sys
-from types import FrameType
 
-from pyvmm.errors import Interrupted  # before any handler exists (see _raise_interrupted)
+# no other import here, not even ``from __future__`` (annotations naming what is not
+# imported are strings): this module's body runs before any handler of pyvmm's exists (the
+# console script imports it, then calls main), so it only defines names
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from pyvmm.errors import Interrupted
 
 _NAMES = {2: "SIGINT", 15: "SIGTERM", 1: "SIGHUP"}
+#: pyvmm.errors.Interrupted once main() has imported it (the handler imports nothing)
+_INTERRUPTED: "type[Interrupted] | None" = None
 
 
 def _name(signum: int) -> str:
     return _NAMES.get(signum) or f"signal {signum}"
 
 
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+def _raise_interrupted(signum: int, frame: "FrameType | None") -> None:
     # no import here: a signal that lands while a module is half imported would make that
     # import fail ("partially initialized module") instead of raising Interrupted
-    raise Interrupted(signum, _name(signum))
+    assert _INTERRUPTED is not None  # installed only after it is set
+    raise _INTERRUPTED(signum, _name(signum))
+
+
+def _signals() -> list[int]:
+    """SIGINT (unless it is ignored, as under ``nohup`` or ``&``, or someone else's), SIGTERM
+    and SIGHUP: the signals pyvmm takes; SIGHUP last, so all are in place once it is."""
+    sigs = [_signal.SIGTERM, _signal.SIGHUP]
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        sigs.insert(0, _signal.SIGINT)
+    return sigs
+
+
+#: signals noted while pyvmm is still importing (see main)
+_PENDING: list[int] = []
+
+
+def _note(signum: int, frame: "FrameType | None") -> None:
+    _PENDING.append(signum)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script ``pyvmm``; ``python -m pyvmm`` is the same."""
+    """The console script ``pyvmm``; ``python -m pyvmm`` is the same.
+
+    The very first thing it does is to take SIGINT, SIGTERM and SIGHUP: while pyvmm is
+    still being imported they are only noted (nothing is raised in the middle of an
+    import, where Python may wrap it into another error), and then acted on as one line
+    and 128 + the signal.  Ctrl-C a few milliseconds after the start was a
+    KeyboardInterrupt traceback from these imports."""
+    global _INTERRUPTED
+    sigs = _signals()
+    for sig in sigs:
+        _signal.signal(sig, _note)
     try:
-        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not ignored
-            # Ctrl-C as our own exception: click turns a KeyboardInterrupt into a stray
-            # newline on stderr and Abort before the one line below
-            _signal.signal(_signal.SIGINT, _raise_interrupted)
-        for sig in (_signal.SIGTERM, _signal.SIGHUP):  # SIGHUP last: all are in place then
-            _signal.signal(sig, _raise_interrupted)
+        from pyvmm.errors import Interrupted
+
+        _INTERRUPTED = Interrupted
         from pyvmm.console import guard_standard_fds
 
         guard_standard_fds()
-    except BaseException as e:  # a signal between the handlers and _run's own handling
+    except BaseException as e:  # not a signal (noted, not raised): re-raised
         sys.exit(_interrupted(e))
     args = sys.argv[1:] if argv is None else argv
-    sys.exit(_run(args))
+    sys.exit(_run(args, sigs))
+
+
+def _signum(e: BaseException) -> int | None:
+    """The signal behind ``e``: a KeyboardInterrupt or Interrupted, also one that Python
+    wrapped into another error (a signal during a class's ``__set_name__`` becomes a
+    RuntimeError whose cause it is)."""
+    cause: BaseException | None = e
+    for _ in range(16):
+        if cause is None:
+            break
+        if isinstance(cause, KeyboardInterrupt):
+            return int(_signal.SIGINT)
+        signum = getattr(cause, "signum", None)
+        if isinstance(signum, int):
+            return signum
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _interrupted(e: BaseException) -> int:
-    """The status for a KeyboardInterrupt or Interrupted (one line said); re-raise others."""
-    signum = int(_signal.SIGINT) if isinstance(e, KeyboardInterrupt) else getattr(e, "signum", None)
+    """The status for an exception that a signal caused (one line said); anything else is
+    re-raised."""
+    signum = _signum(e)
     if signum is None:
         raise e
-    _stderr(f"pyvmm: interrupted ({_name(int(signum))})\n")
-    return 128 + int(signum)
+    _stderr(f"pyvmm: interrupted ({_name(signum)})\n")
+    return 128 + signum
 
 
-def _run(args: list[str]) -> int:
+def _run(args: list[str], sigs: list[int]) -> int:
     verbose = "-v" in args or "--verbose" in args
     try:
         import click
@@ -64,13 +113,21 @@ def _run(args: list[str]) -> int:
         from pyvmm.cli import main as cli
         from pyvmm.errors import ExitStatus, Interrupted, PyvmmError
 
+        # from here on a signal is our own exception (click would turn a KeyboardInterrupt
+        # into a stray newline and Abort): the run is stopped where it is
+        for sig in sigs:
+            _signal.signal(sig, _raise_interrupted)
+        if _PENDING:
+            raise Interrupted(_PENDING[0], _name(_PENDING[0]))
         try:
             rv = cli.main(args, prog_name="pyvmm", standalone_mode=False)
             return int(rv) if isinstance(rv, int) else 0
         except click.exceptions.Exit as e:
             return int(e.exit_code)
         except click.ClickException as e:
-            e.show()
+            from pyvmm.console import say
+
+            say(_one_line(e))
             return int(e.exit_code)
         except click.exceptions.Abort:
             raise KeyboardInterrupt from None
@@ -90,6 +147,8 @@ def _run(args: list[str]) -> int:
             say(f"interrupted ({e.name})")
             return 128 + e.signum
         except Exception as e:
+            if _signum(e) is not None:  # a signal that Python wrapped into another error
+                return _interrupted(e)
             import traceback
 
             from pyvmm.console import err, say
@@ -101,6 +160,18 @@ def _run(args: list[str]) -> int:
             return int(ExitStatus.VMM_ERROR)
     except BaseException as e:  # a signal while importing, before the handling above
         return _interrupted(e)
+
+
+def _one_line(e: Exception) -> str:
+    """A click error as one line (click's own is four: usage, a hint, a blank, the error),
+    ending with where the full usage is."""
+    import click
+
+    text = " ".join(e.format_message().split()) if isinstance(e, click.ClickException) else str(e)
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError):  # click gives some (a missing value) no context
+        text += f" (see '{ctx.command_path if ctx is not None else 'pyvmm'} --help')"
+    return text
 
 
 def _stderr(text: str) -> None:

@@ -20,7 +20,8 @@ class ExitStatus(IntEnum):
     GUEST_BUILD = 1
     #: bad command-line arguments or machine configuration
     USAGE = 2
-    #: guest output could not be written (stdout closed, full or failing)
+    #: guest output could not be written (stdout closed, full or failing), or a --core,
+    #: --trace or --save-at-sync file could not be written after a guest that exited 0
     OUTPUT = 119
     #: the guest file cannot be loaded
     GUEST_IMAGE = 120

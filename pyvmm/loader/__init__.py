@@ -1,6 +1,7 @@
 """Guest image loaders: a guest file -> one :class:`LoadPlan` -> ``Machine.load(plan)``.
 
-:func:`open_image` reads the file once (bounded, regular files only), :func:`detect` picks
+:func:`open_image` reads the file once (bounded, regular files only; of a big ELF file only
+the parts the loaders use), :func:`detect` picks
 the format from its bytes, and the format's parser checks it; the image's ``plan(ram, ...)``
 then lays it out against the machine's RAM.  Formats:
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from pyvmm.errors import GuestImageError
 from pyvmm.loader.boot import ElfImage, parse_elf64
 from pyvmm.loader.plan import LoadPlan
-from pyvmm.loader.source import read_file, shown
+from pyvmm.loader.source import ImageBytes, read_image, shown
 from pyvmm.loader.symbols import Symbols
 
 __all__ = ["FORMATS", "ElfImage", "GuestImage", "LoadPlan", "MultibootImage", "Symbols", "detect",
@@ -48,7 +49,7 @@ FILE_SLACK = 64 << 20
 DEFAULT_LIMIT = 128 << 20
 
 
-def detect(data: bytes, name: str = "<guest>") -> str:
+def detect(data: ImageBytes, name: str = "<guest>") -> str:
     """``elf64`` or ``multiboot``, from the file's first bytes, as QEMU's ``-kernel``
     decides: a multiboot header wins where it can be loaded as such (any ELF32, or any file
     whose header carries its load addresses, flag 16, an ELF64 too); otherwise an ELF64
@@ -69,7 +70,7 @@ def detect(data: bytes, name: str = "<guest>") -> str:
     raise GuestImageError(f"{name}: not an ELF file and no multiboot header (bad magic)")
 
 
-def parse_image(data: bytes, name: str, fmt: str | None = None) -> GuestImage:
+def parse_image(data: ImageBytes, name: str, fmt: str | None = None) -> GuestImage:
     """Check ``data`` as ``fmt`` (detected when None)."""
     fmt = fmt or detect(data, name)
     if fmt == "elf64":
@@ -86,7 +87,23 @@ def open_image(path: str | os.PathLike[str], *, mem: int | None = None,
     """Read and check the guest file at ``path``; ``mem`` (the guest RAM, when known)
     bounds how much of a file is read at all."""
     limit = (mem or DEFAULT_LIMIT) + FILE_SLACK
-    image = parse_image(read_file(path, limit), shown(path), fmt)
+    image = parse_image(read_image(path, limit), shown(path), fmt)
     if image.format == "multiboot":
         image.argv0 = os.fsencode(path)  # type: ignore[union-attr]
+        if mem is not None:
+            _check_multiboot_ram(image, mem)  # type: ignore[arg-type]
     return image
+
+
+def _check_multiboot_ram(image: MultibootImage, mem: int) -> None:
+    """A multiboot kernel loads at or above 1 MiB, over the PC's BIOS area: with less RAM
+    than it reaches, say so and how much it needs (the PC platform's firmware tables at
+    0xE0000 failed first, as an unnamed guest-memory error, status 122)."""
+    from pyvmm.x86.layout import format_size
+
+    need = max(image.end, 1 << 20)
+    need = (need + 0xFFFFF) & ~0xFFFFF  # whole MiB, as --mem takes it
+    if mem < need:
+        raise GuestImageError(f"{image.path}: the guest has {format_size(mem)} of RAM; this "
+                              f"multiboot kernel needs at least {format_size(need)} (it loads "
+                              "above the PC's first MiB): give it more (--mem; 128M by default)")

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 
 from pyvmm.errors import ConfigError, GuestImageError
 from pyvmm.loader.elf import ELFCLASS64, EM_X86_64, ET_EXEC, MACHINES, LoadSegment, parse
+from pyvmm.loader.linux import linux_program
 from pyvmm.loader.plan import LoadPlan
+from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
 from pyvmm.x86.entry import EntryState
 from pyvmm.x86.layout import MMIO_HOLE_END, MMIO_HOLE_START, GiB
@@ -117,11 +119,17 @@ class ElfImage:
                         [(s.paddr, s.end) for s in self.segments])
 
 
-def parse_elf64(data: bytes, name: str = "<guest>") -> ElfImage:
+def parse_elf64(data: ImageBytes, name: str = "<guest>") -> ElfImage:
     """Check an ELF64 x86-64 executable.  Raises :class:`GuestImageError`."""
     if data[:4] == b"\x7fELF" and data[4:5] != bytes([ELFCLASS64]):
         raise GuestImageError(f"{name}: ELFCLASS32 image; pyvmm runs ELF64 (ELFCLASS64) guests")
     elf = parse(data, name)
+    why = linux_program(elf)
+    if why is not None:
+        raise GuestImageError(
+            f"{name}: a Linux user-space program ({why}), not a guest kernel: pyvmm boots "
+            "kernels, such as C built against its guest runtime with `pyvmm guest build -o "
+            "guest.elf guest.c` (see docs/guests.md)")
     if elf.machine != EM_X86_64:
         raise GuestImageError(f"{name}: machine {MACHINES.get(elf.machine, elf.machine)}, pyvmm "
                               "runs x86-64 (EM_X86_64) guests")

@@ -17,9 +17,12 @@ import struct
 from dataclasses import dataclass, field
 
 from pyvmm.errors import GuestImageError
+from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
 
 MAGIC = b"\x7fELF"
+#: e_ident's size: class, data encoding and version lie in it, before any header field
+EI_NIDENT = 16
 ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB = 1
 ET_EXEC = 2
@@ -79,13 +82,16 @@ class ElfFile:
     """A checked ELF file: its class, header fields, segments and symbol table."""
 
     name: str
-    data: bytes
+    data: ImageBytes
     elfclass: int
     machine: int
     type: int
     entry: int
     segments: list[LoadSegment]
     sections: list[SectionHeader] = field(default_factory=list)
+    #: ``(p_type, p_offset, p_filesz)`` of the program headers that are not PT_LOAD (notes,
+    #: an interpreter), unchecked: whoever reads one bounds it by the file
+    others: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def bits(self) -> int:
@@ -105,7 +111,7 @@ def _bad(name: str, what: str) -> GuestImageError:
     return GuestImageError(f"{name}: malformed ELF: {what}")
 
 
-def _table(data: bytes, name: str, what: str, off: int, count: int, entsize: int,
+def _table(data: ImageBytes, name: str, what: str, off: int, count: int, entsize: int,
            want: int) -> None:
     """A header table must have entries of the size this class uses and lie in the file."""
     if count == 0:
@@ -117,11 +123,13 @@ def _table(data: bytes, name: str, what: str, off: int, count: int, entsize: int
                    f"the {len(data)}-byte file")
 
 
-def parse(data: bytes, name: str) -> ElfFile:
+def parse(data: ImageBytes, name: str) -> ElfFile:
     """Check and read an ELF file's headers.  Raises :class:`GuestImageError`."""
     if data[:4] != MAGIC:
         raise GuestImageError(f"{name}: not an ELF file (bad magic)")
-    cls = data[4] if len(data) > 4 else 0
+    if len(data) < EI_NIDENT:
+        raise _bad(name, f"truncated ELF identification ({len(data)} of {EI_NIDENT} bytes)")
+    cls = data[4]
     if cls not in _EHDR:
         raise _bad(name, f"EI_CLASS {cls}")
     if data[5] != ELFDATA2LSB:
@@ -153,8 +161,8 @@ def parse(data: bytes, name: str) -> ElfFile:
                                      or sections[s.link].type != SHT_STRTAB):
             raise _bad(name, f"symbol table section {s.index} has entry size {s.entsize} or "
                        f"string table link {s.link} that is not valid")
-    segments = _load_segments(data, cls, phoff, phnum, name)
-    return ElfFile(name, data, cls, machine, etype, entry, segments, sections)
+    segments, others = _load_segments(data, cls, phoff, phnum, name)
+    return ElfFile(name, data, cls, machine, etype, entry, segments, sections, others)
 
 
 def _pick(sh: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
@@ -163,18 +171,24 @@ def _pick(sh: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
     return name, stype, offset, size, link, info, entsize
 
 
-def _load_segments(data: bytes, cls: int, phoff: int, phnum: int, name: str) -> list[LoadSegment]:
-    """The PT_LOAD segments, checked against the file and each other, sorted by paddr."""
+def _load_segments(data: ImageBytes, cls: int, phoff: int, phnum: int,
+                   name: str) -> tuple[list[LoadSegment], list[tuple[int, int, int]]]:
+    """The PT_LOAD segments, checked against the file and each other, sorted by paddr; and
+    ``(type, offset, filesz)`` of the other program headers."""
     ph = _PHDR[cls]
     view = memoryview(data)
     out: list[LoadSegment] = []
+    others: list[tuple[int, int, int]] = []
     for i in range(phnum):
         raw = ph.unpack_from(data, phoff + i * ph.size)
         if cls == ELFCLASS64:
             ptype, flags, off, vaddr, paddr, filesz, memsz, _align = raw
         else:
             ptype, off, vaddr, paddr, filesz, memsz, flags, _align = raw
-        if ptype != PT_LOAD or memsz == 0:
+        if ptype != PT_LOAD:
+            others.append((ptype, off, filesz))
+            continue
+        if memsz == 0:
             continue
         if filesz > memsz:
             raise _bad(name, f"segment {i} has p_filesz > p_memsz")
@@ -193,19 +207,22 @@ def _load_segments(data: bytes, cls: int, phoff: int, phnum: int, name: str) -> 
         if b.paddr < a.end:
             raise GuestImageError(f"{name}: segments {a.index} and {b.index} overlap in "
                                   f"physical memory at {b.paddr:#x}")
-    return out
+    return out, others
 
 
-def _decode_symbols(data: bytes, symtab: int) -> list[tuple[int, int, str]]:
+def _decode_symbols(data: ImageBytes, symtab: int) -> list[tuple[int, int, str]]:
     """``(address, size, name)`` of the function, object and label symbols of section
     ``symtab`` (already checked by :func:`parse`: in the file, right entry size, linked to a
     string table)."""
     import io
+    import mmap
 
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
-    section = ELFFile(io.BytesIO(data)).get_section(symtab)
+    # a mapping is a file already (read, seek, tell): no copy of a big image's bytes
+    stream = data if isinstance(data, mmap.mmap) else io.BytesIO(data)
+    section = ELFFile(stream).get_section(symtab)  # type: ignore[arg-type]  # read/seek/tell
     if not isinstance(section, SymbolTableSection):
         return []
     out = []

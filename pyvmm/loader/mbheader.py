@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pyvmm.loader.source import ImageBytes
+
 HEADER_MAGIC = 0x1BADB002
 #: the header must lie, 4-byte aligned, in the file's first 8 KiB
 SEARCH = 8192
@@ -25,7 +27,7 @@ class MultibootHeader:
     bss_end_addr: int = 0
     entry_addr: int = 0
 
-def find_header(data: bytes) -> MultibootHeader | None:
+def find_header(data: ImageBytes) -> MultibootHeader | None:
     """The multiboot header in the first 8 KiB, or None."""
     for off in range(0, min(len(data), SEARCH) - 11, 4):
         magic, flags, csum = struct.unpack_from("<III", data, off)

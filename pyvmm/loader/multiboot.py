@@ -22,6 +22,7 @@ from pyvmm.errors import GuestImageError
 from pyvmm.loader.elf import ELFCLASS32, EM_386, MAGIC, LoadSegment, parse
 from pyvmm.loader.mbheader import FLAG_ADDRESSES, MultibootHeader, find_header
 from pyvmm.loader.plan import LoadPlan
+from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
 from pyvmm.x86.entry import EntryState
 from pyvmm.x86.segments import gdt_bytes
@@ -78,7 +79,7 @@ def is_multiboot(data: bytes) -> bool:
     return find_header(data) is not None
 
 
-def parse_multiboot(data: bytes, name: str = "<kernel>") -> MultibootImage:
+def parse_multiboot(data: ImageBytes, name: str = "<kernel>") -> MultibootImage:
     """Validate and collect what to load.  Raises :class:`GuestImageError`."""
     hdr = find_header(data)
     if hdr is None:
@@ -92,7 +93,7 @@ def parse_multiboot(data: bytes, name: str = "<kernel>") -> MultibootImage:
     return _by_elf(data, hdr, name)
 
 
-def _by_header(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
+def _by_header(data: ImageBytes, hdr: MultibootHeader, name: str) -> MultibootImage:
     if hdr.header_addr < hdr.load_addr or hdr.offset < hdr.header_addr - hdr.load_addr:
         raise GuestImageError(f"{name}: multiboot header addresses are inconsistent "
                               f"(header_addr {hdr.header_addr:#x} < load_addr {hdr.load_addr:#x})")
@@ -108,7 +109,7 @@ def _by_header(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
     return MultibootImage(name, hdr, hdr.entry_addr, [seg])
 
 
-def _by_elf(data: bytes, hdr: MultibootHeader, name: str) -> MultibootImage:
+def _by_elf(data: ImageBytes, hdr: MultibootHeader, name: str) -> MultibootImage:
     if data[:4] != MAGIC:
         raise GuestImageError(f"{name}: multiboot header without load addresses (flag 16) "
                               "needs an ELF file")

@@ -1,7 +1,7 @@
 """Reading a guest's files (the image, an initrd): once, bounded, regular files only.
 
-A guest file is read whole, so its size is checked against the limit (the guest RAM it
-must fit in) *before* reading: ``--initrd /dev/zero`` or a 3 GiB image for a 64 MiB guest
+A guest file's size is checked against the limit (the guest RAM it must fit in) *before*
+reading: ``--initrd /dev/zero`` or a 3 GiB image for a 64 MiB guest
 is refused at once instead of filling the host's memory.  Anything that is not a regular
 file (a FIFO, a pipe, a device) is refused too: it has no size to check, and a FIFO with no
 writer would block forever.
@@ -10,10 +10,15 @@ writer would block forever.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 
 from pyvmm.errors import GuestImageError, PyvmmError
+
+#: what the loaders parse: the file's bytes, or (a big ELF file) an anonymous mapping of
+#: its size holding only the parts they read
+ImageBytes = bytes | mmap.mmap
 
 
 def shown(path: str | os.PathLike[str]) -> str:
@@ -28,10 +33,10 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def read_file(path: str | os.PathLike[str], limit: int, *, what: str = "guest image",
-              error: type[PyvmmError] = GuestImageError) -> bytes:
-    """The whole of ``path``, at most ``limit`` bytes; ``error`` (one line a user can act
-    on) when it is missing, unreadable, not a regular file or too big."""
+def _open(path: str | os.PathLike[str], limit: int, what: str,
+          error: type[PyvmmError]) -> tuple[int, int]:
+    """``(fd, size)`` of ``path`` opened for reading; ``error`` (one line a user can act on)
+    when it is missing, unreadable, not a regular file or bigger than ``limit``."""
     name = shown(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -49,16 +54,85 @@ def read_file(path: str | os.PathLike[str], limit: int, *, what: str = "guest im
         if st.st_size > limit:
             raise error(f"{name}: the {what} is {_size(st.st_size)}, more than the "
                         f"{_size(limit)} it must fit in; give the guest more memory (--mem)")
-        chunks = []
-        left = st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def _no_memory(name: str, size: int, what: str, error: type[PyvmmError]) -> PyvmmError:
+    return error(f"{name}: not enough memory to read the {_size(size)} {what} (is the "
+                 "process's memory limited, ulimit -v?)")
+
+
+def read_file(path: str | os.PathLike[str], limit: int, *, what: str = "guest image",
+              error: type[PyvmmError] = GuestImageError) -> bytes:
+    """The whole of ``path``, at most ``limit`` bytes; ``error`` (one line a user can act
+    on) when it is missing, unreadable, not a regular file, too big, or there is not the
+    memory to hold it (a MemoryError was status 125 with an empty message)."""
+    name = shown(path)
+    fd, size = _open(path, limit, what, error)
+    try:
+        # one read into one buffer (Linux reads a regular file whole, up to 2 GiB): chunks
+        # joined at the end held the file twice
+        data = os.read(fd, size)
+        if len(data) == size or not data:
+            return data
+        chunks = [data]
+        left = size - len(data)
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
+            chunk = os.read(fd, min(left, 1 << 30))
             if not chunk:
                 break  # the file shrank while we read it: what is there is the file
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
+    except MemoryError:
+        raise _no_memory(name, size, what, error) from None
     except OSError as e:
         raise error(f"{name}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+def read_image(path: str | os.PathLike[str], limit: int) -> ImageBytes:
+    """The guest image at ``path`` as the loaders need it.  A big ELF file is not read
+    whole: its size in anonymous memory (pages never touched cost nothing), filled with
+    only the parts the loaders read (:func:`pyvmm.loader.sparse.elf_ranges`): headers,
+    segments, symbol and string tables, never its debug information.  Anything else (a
+    small file, a multiboot kernel, an ELF file of an unusual shape) is read whole."""
+    from pyvmm.loader.sparse import HEAD, WHOLE_BELOW, elf_ranges
+
+    name = shown(path)
+    fd, size = _open(path, limit, "guest image", GuestImageError)
+    try:
+        ranges = None
+        if size >= WHOLE_BELOW:
+            ranges = elf_ranges(fd, os.pread(fd, HEAD, 0), size)
+        if ranges is None:
+            os.close(fd)
+            fd = -1
+            return read_file(path, limit)
+        buf = mmap.mmap(-1, size)
+        for start, end in ranges:
+            _fill(fd, buf, start, end)
+        return buf
+    except MemoryError:
+        raise _no_memory(name, size, "guest image", GuestImageError) from None
+    except OSError as e:
+        if e.errno == errno.ENOMEM:
+            raise _no_memory(name, size, "guest image", GuestImageError) from None
+        raise GuestImageError(f"{name}: {e.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _fill(fd: int, buf: mmap.mmap, start: int, end: int) -> None:
+    """``buf[start:end]`` from the file; what the file no longer has stays zero."""
+    with memoryview(buf) as view:
+        while start < end:
+            n = os.preadv(fd, [view[start:end]], start)
+            if n <= 0:
+                return
+            start += n

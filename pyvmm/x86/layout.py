@@ -34,17 +34,33 @@ def ram_ranges(mem_size: int) -> list[tuple[int, int]]:
 
 def parse_size(text: str, default_unit: int = 1) -> int:
     """``"64M"`` -> 67108864; K, M, G, T (binary, optional ``i``/``B``); a bare number
-    counts in ``default_unit``.  ValueError with a message a user can act on."""
+    counts in ``default_unit``.  A decimal fraction is taken as QEMU's ``-m`` takes it
+    (``0.5G`` is 512 MiB) when it comes to a whole number of bytes.  ValueError with a
+    message a user can act on."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}.get(t[-1:])
     digits = t[:-1] if mult else t
-    try:
-        value = int(digits, 0)
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (use e.g. 64M or 1G)") from None
+    unit = mult or default_unit
+    whole, dot, frac = digits.partition(".")
+    bad = f"not a size: {text!r} (use e.g. 64M, 0.5G or 1G)"
+    if not digits.isascii() or len(digits) > 64:  # no 4300-digit int() to refuse
+        raise ValueError(bad)
+    if dot:
+        # decimal only (no sign, no hex, no '_'): exact, in integers, never a float
+        if not (whole + frac).isdigit():
+            raise ValueError(bad)
+        scaled, denom = int(whole + frac) * unit, int(10 ** len(frac))
+        if scaled % denom:
+            raise ValueError(f"size {text.strip()!r} is not a whole number of bytes")
+        value = scaled // denom
+    else:
+        try:
+            value = int(digits, 0) * unit
+        except ValueError:
+            raise ValueError(bad) from None
     if value <= 0:
         raise ValueError(f"size must be positive: {text!r}")
-    return value * (mult or default_unit)
+    return value
 
 
 def format_size(n: int) -> str:

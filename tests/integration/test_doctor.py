@@ -96,3 +96,14 @@ def test_cli_doctor_in_a_fresh_cache(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "smp" in p.stdout and "ERROR" not in p.stdout
     assert len(list((tmp_path / "pyvmm").glob("doctor-*.json"))) == 1
+
+
+@pytest.mark.kvm
+def test_doctor_says_when_the_answer_could_not_be_cached(tmp_path):
+    """It said "cached in ..." when the cache write had failed."""
+    home = tmp_path / "not-a-dir"
+    home.write_text("")
+    p = pyvmm("doctor", env={"XDG_CACHE_HOME": str(home)}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "could not be cached in" in p.stdout and "Not a directory" in p.stdout
+    assert "(cached in" not in p.stdout

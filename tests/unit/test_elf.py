@@ -97,3 +97,75 @@ def test_no_room_for_structures():
 def test_cmdline_limit():
     with pytest.raises(ConfigError, match="command line too long"):
         plan_boot([(0, 64 * MiB)], [seg(0x100000, 0x1000)], b"x" * 5000, 1)
+
+
+def _gcc(tmp_path, *flags: str, strip: tuple[str, ...] = ()) -> bytes:
+    """hello world built the ordinary way, for Linux (skip where this host cannot)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to build a Linux program with")
+    src = tmp_path / "hello.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n')
+    out = tmp_path / "hello"
+    p = subprocess.run(["gcc", *flags, "-o", str(out), str(src)], capture_output=True, text=True)
+    if p.returncode:
+        pytest.skip(f"gcc {' '.join(flags)} cannot link here: {p.stderr.strip()[-200:]}")
+    if strip:
+        subprocess.run(["objcopy", *strip, str(out)], check=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("flags, strip, why", [
+    (["-static"], (), "GNU ABI note"),
+    (["-static", "-s"], ("--remove-section=.note.ABI-tag",), "OS ABI is GNU/Linux|C library.s __libc_"),
+    (["-static"], ("--remove-section=.note.ABI-tag", "--remove-section=.note.gnu.property"),
+     "OS ABI is GNU/Linux|C library"),
+    ([], (), "interpreter /lib"),
+    (["-no-pie"], (), "interpreter /lib"),
+    (["-static-pie"], (), "PT_DYNAMIC"),
+], ids=["static", "static-stripped", "static-no-note", "dynamic", "dynamic-no-pie", "static-pie"])
+def test_linux_programs_are_refused(tmp_path, flags, strip, why):
+    """A `gcc -static` hello was accepted as a guest and spun silently for ever."""
+    data = _gcc(tmp_path, *flags, strip=strip)
+    with pytest.raises(GuestImageError, match=why) as e:
+        parse_elf64(data, "hello")
+    assert "Linux user-space program" in str(e.value) and "pyvmm guest build" in str(e.value)
+
+
+def test_symbol_alone_marks_a_linux_program(tmp_path):
+    """Neither note nor OS ABI (both cleared), only the C library's start-up symbol."""
+    data = bytearray(_gcc(tmp_path, "-static", strip=("--remove-section=.note.ABI-tag",)))
+    data[7] = 0  # EI_OSABI: System V
+    with pytest.raises(GuestImageError, match="C library's __libc_start_main"):
+        parse_elf64(bytes(data), "hello")
+
+
+def test_kernel_notes_are_not_linux_abi(hello):
+    """A guest (here with its Xen PVH note) is no Linux program."""
+    from pyvmm.loader.elf import parse
+    from pyvmm.loader.linux import linux_program
+
+    assert linux_program(parse(hello, "hello")) is None
+
+
+@pytest.mark.parametrize("name", ["hello.elf", "mbtest.flat"])
+def test_a_big_image_read_in_parts_loads_as_read_whole(guests, tmp_path, name):
+    """Only the parts the loaders use are read of a big ELF file (debug information is
+    not): what they see of it must be what they see of the whole file."""
+    import mmap
+
+    from pyvmm.loader import parse_image
+    from pyvmm.loader.source import read_image
+
+    data = (guests / name).read_bytes()
+    big = tmp_path / name
+    big.write_bytes(data + b"\x55" * (3 << 20))
+    parts = read_image(big, 64 << 20)
+    assert isinstance(parts, mmap.mmap)  # not read whole
+    a, b = parse_image(data, name), parse_image(parts, name)
+    assert (a.entry, a.format) == (b.entry, b.format)
+    assert [(s.paddr, s.memsz, bytes(s.data)) for s in a.segments] == \
+        [(s.paddr, s.memsz, bytes(s.data)) for s in b.segments]
+    assert a.symbols.entries == b.symbols.entries and a.symbols.entries

@@ -19,12 +19,15 @@ static void lock(void)
 
 static void unlock(void) { __atomic_store_n(&print_lock, 0, __ATOMIC_RELEASE); }
 
-void puts(const char *s)
+/* C's puts: the string, then a newline, as one line (no other vCPU's output in between) */
+int puts(const char *s)
 {
 	lock();
 	while (*s)
 		putc(*s++);
+	putc('\n');
 	unlock();
+	return 1;
 }
 
 __attribute__((noreturn)) void exit(uint32_t code)

@@ -45,7 +45,7 @@ extern const void *mb_module_start;
 extern uint64_t mb_module_size;
 
 void putc(char c);
-void puts(const char *s);
+int puts(const char *s); /* as C's: appends a newline; printf("%s", s) does not */
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int vprintf(const char *fmt, va_list ap);
 int vsnprintf(char *buf, size_t cap, const char *fmt, va_list ap);
