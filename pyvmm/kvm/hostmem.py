@@ -41,8 +41,12 @@ class HostMapping:
                 os.ftruncate(self._fd, size)
             except OSError as e:
                 self._close_fd()
-                raise KvmError(f"memfd {what}", e.errno or errno.ENOMEM,
-                               f"cannot make {size >> 20} MiB for {what}") from None
+                if e.errno == errno.ENOMEM:
+                    raise KvmError(f"memfd {what}", e.errno,
+                                   f"cannot make {size >> 20} MiB for {what}") from None
+                # a memfd is a file: a file-size limit (ulimit -f: EFBIG) or a seccomp
+                # policy refuses it where plain shared memory is allowed; RAM is then
+                # anonymous shared memory, and a save reads all of it (data_ranges: None)
             ptr = lib.pyvmm_mmap(size, self._fd, _MAP_NORESERVE, err)
         if ptr == ffi.NULL:
             self._close_fd()

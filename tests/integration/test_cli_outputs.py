@@ -90,6 +90,16 @@ def _small_files() -> None:
 
 
 @pytest.mark.kvm
+def test_a_file_size_limit_does_not_stop_a_guest(guests):
+    """Regression: guest RAM in a memfd is a file, so under ``ulimit -f`` smaller than the
+    guest's RAM every run failed with 121 (ftruncate: EFBIG).  RAM then falls back to
+    anonymous shared memory."""
+    p = pyvmm("run", str(guests / "hello.elf"), preexec_fn=_small_files)
+    assert p.returncode == 0, p.stderr
+    assert "Hello from a pyvmm guest" in p.stdout
+
+
+@pytest.mark.kvm
 def test_failed_snapshot_save_runs_the_guest_on(guests, tmp_path):
     """The snapshot (64 MiB of RAM) cannot be written under a 1 MiB file-size limit: the
     guest runs on to its end all the same, and the failure is said after it."""
