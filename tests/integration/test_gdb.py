@@ -367,18 +367,22 @@ def test_packet_flood_keeps_the_stub_bounded(guests: Path) -> None:
         s.sendall(frame(b"c"))
         s.setblocking(False)
         blob = frame(b"") * 16384 + frame(b"qSupported") * 1024
+        sent = 0  # into blob: the stream stays whole packets, whatever send() took
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
             with contextlib.suppress(BlockingIOError):
-                s.send(blob)
+                sent = (sent + s.send(blob[sent:])) % len(blob)
             with contextlib.suppress(BlockingIOError):
                 s.recv(1 << 20)
         running = _rss_mib(stub.proc.pid)
-        s.setblocking(True)
-        s.sendall(b"\x03")  # Ctrl-C: still heard behind the flood
+        s.settimeout(30)
+        s.sendall(blob[sent:] if sent else b"")  # end on a packet boundary: a 0x03 inside
+        s.sendall(b"\x03")  # a packet is payload; Ctrl-C: still heard behind the flood
         buf = b""
         while b"$T" not in buf:
-            buf += s.recv(65536)
+            data = s.recv(65536)
+            assert data, "the stub closed the connection instead of stopping"
+            buf += data
         # stopped: m packets whose replies are never read
         s.setblocking(False)
         blob = frame(b"m100000,2000") * 512
