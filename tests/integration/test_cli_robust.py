@@ -149,6 +149,8 @@ def _before_pyvmm_code(err: bytes) -> bool:
     while CPython was still starting (it takes SIGINT before it imports ``site``) or while
     the console script's ``from pyvmm.entry import main`` was still looking for the
     package, before its first line ran.  No program's code can run earlier."""
+    if err == b"KeyboardInterrupt\n":  # raised with no Python frame at all: CPython's start
+        return True
     return b"Traceback" in err and re.search(rb'File "[^"]*/pyvmm/[^"]*\.py"', err) is None
 
 

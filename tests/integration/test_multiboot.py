@@ -186,17 +186,23 @@ def test_contract_kernels_side_by_side_with_qemu(guests, env_file, qemu_cpu, ker
                                           ("fwcfg", "env", "smp", "acpi", "testdev", "cmos",
                                            "exit 5")] + [("mb_rmpit.flat", "")])
 def test_side_by_side_with_qemu(guests, env_file, qemu_cpu, kernel, mode):
-    q = qemu_run(qemu_cpu, guests / kernel, mode, env_file)
-    p = pyvmm(str(guests / kernel), "--append", mode, "--initrd", str(env_file), "--cpus", "2",
-              "--exit-code", "qemu", "--timeout", str(T))
-    assert p.returncode == q.returncode, (p.stdout, q.stdout, q.stderr[-500:])
-
     def stable(out):
         lines = [line for line in out.splitlines() if line.startswith(STABLE)]
         if mode in CPU_MODEL_MODES and qemu_cpu[1]:  # not the same CPU model on both sides
             lines = [model_free(line) for line in lines]
         return lines
 
+    p = pyvmm(str(guests / kernel), "--append", mode, "--initrd", str(env_file), "--cpus", "2",
+              "--exit-code", "qemu", "--timeout", str(T))
+    # pyvmm gets one run; QEMU, the reference, up to three: its timing-bound modes (an RTC
+    # update seen in progress, the asynchronous S5 power-off) miss now and then on a loaded
+    # host (seen in CI: rtc-uip FAIL under QEMU only).  A pyvmm result no QEMU run agrees
+    # with still fails.
+    for _ in range(3):
+        q = qemu_run(qemu_cpu, guests / kernel, mode, env_file)
+        if q.returncode == p.returncode and stable(q.stdout) == stable(p.stdout):
+            break
+    assert p.returncode == q.returncode, (p.stdout, q.stdout, q.stderr[-500:])
     assert stable(p.stdout) == stable(q.stdout), qemu_cpu[1]
 
 
