@@ -239,11 +239,17 @@ class KvmTrace(KvmRecords):
                 reader.close()
             if inst is not None:
                 inst.remove()
+        self.note_threads()
+        self._decoded = None
+
+    def note_threads(self) -> None:
+        """Remember which threads ran which vCPU of the attached machine (done by
+        :meth:`stop`; call it before closing a machine whose events are still traced)."""
         if self._machine is not None:
             for loop in self._machine.loops:
                 for tid in loop.threads:
                     self._tids[tid] = loop.vcpu.id
-        self._decoded = None
+            self._decoded = None
 
     def __enter__(self) -> Self:
         return self.start()
