@@ -54,8 +54,8 @@ from pyvmm.x86.reset import reset_vcpu
 
 if TYPE_CHECKING:
     from pyvmm.debug.debugger import Debugger
-    from pyvmm.kvmtrace import KvmTrace
     from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
+    from pyvmm.kvmtrace import KvmTrace
     from pyvmm.loader import GuestImage
     from pyvmm.platform.pc import PcPlatform
     from pyvmm.vstate.snapshot import Snapshot

@@ -59,7 +59,8 @@ def stacks_work(run: Run) -> tuple[bool, str]:
     if not stacks:
         return False, "a stacktrace trigger on kvm:kvm_pio gave no kernel stack"
     frames = stacks.most_common(1)[0][0]
-    return True, f"kvm_pio's stack has {len(frames)} frames ({' <- '.join(f.split('+')[0] for f in frames[:3])} ...)"
+    top = " <- ".join(f.split("+")[0] for f in frames[:3])
+    return True, f"kvm_pio's stack has {len(frames)} frames ({top} ...)"
 
 
 def exit_events(run: Run) -> tuple[bool, str]:

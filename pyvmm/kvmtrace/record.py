@@ -81,9 +81,8 @@ class KernelSymbols:
     def load(cls) -> KernelSymbols:
         if cls._cache is None:
             text = ""
-            with contextlib.suppress(OSError):
-                with open("/proc/kallsyms") as f:
-                    text = f.read()
+            with contextlib.suppress(OSError), open("/proc/kallsyms") as f:
+                text = f.read()
             cls._cache = cls(text)
         return cls._cache
 

@@ -23,6 +23,7 @@ task runs) are not this process's and are not seen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -32,7 +33,14 @@ from typing import TYPE_CHECKING, Any, Self
 from pyvmm.kvmtrace.format import EventFormat, FormatError, PageLayout, parse_format, parse_header_page
 from pyvmm.kvmtrace.reader import RawReader, iter_page
 from pyvmm.kvmtrace.record import KernelSymbols, KvmEvent
-from pyvmm.kvmtrace.tracefs import Instance, KvmTraceError, find_tracefs, remove_stale, resolve_events
+from pyvmm.kvmtrace.tracefs import (
+    Instance,
+    KvmTraceError,
+    find_tracefs,
+    is_tracefs,
+    remove_stale,
+    resolve_events,
+)
 
 if TYPE_CHECKING:
     from pyvmm.devices.ucall import GuestEvent
@@ -157,6 +165,8 @@ class KvmTrace(KvmRecords):
         if self.active:
             return self
         root = self._root or find_tracefs()
+        if not is_tracefs(root):
+            raise KvmTraceError(f"{root} is not a tracefs mount (no events/ or instances/)")
         remove_stale(root)
         specs = self._specs or [s for s in DEFAULT_EVENTS if (root / "events" / s.replace(":", "/")).is_dir()]
         traced = resolve_events(root, specs)
@@ -225,10 +235,8 @@ class KvmTrace(KvmRecords):
         self._instance = self._reader = None
         try:
             if inst is not None:
-                try:
+                with contextlib.suppress(KvmTraceError):
                     inst.write("tracing_on", "0")
-                except KvmTraceError:
-                    pass
             if reader is not None:
                 reader.stop()
                 self._pages += reader.pages
@@ -351,9 +359,7 @@ def _lost(instance: Path) -> int:
         for line in text.splitlines():
             key, _, value = line.partition(":")
             if key.strip() in ("overrun", "dropped events"):
-                try:
+                with contextlib.suppress(ValueError):
                     lost += int(value.strip())
-                except ValueError:
-                    pass
     return lost
 

@@ -32,8 +32,14 @@ class KvmTraceError(ConfigError):
     """KVM tracing cannot be done as asked (status 2): what is missing, in one line."""
 
 
-def _is_tracefs(path: Path) -> bool:
-    return (path / "instances").is_dir() and (path / "events").is_dir()
+def is_tracefs(path: Path) -> bool:
+    """``path`` is a usable tracefs; KvmTraceError when it is one this user may not use
+    (tracefs is root's: mode 0700)."""
+    try:
+        return (path / "instances").is_dir() and (path / "events").is_dir()
+    except PermissionError:
+        raise KvmTraceError(f"KVM tracing needs root: tracefs at {path} is not accessible "
+                            "to this user") from None
 
 
 def _mounted() -> list[Path]:
@@ -50,7 +56,7 @@ def find_tracefs(mount: bool = True) -> Path:
     """The tracefs mount, mounting it at /sys/kernel/tracing when it is not mounted and
     this process may (root); KvmTraceError saying why not otherwise."""
     for path in (*_mounted(), *CANDIDATES):
-        if _is_tracefs(path):
+        if is_tracefs(path):
             return path
     target = CANDIDATES[0]
     if not mount:
@@ -67,7 +73,7 @@ def find_tracefs(mount: bool = True) -> Path:
     except (OSError, subprocess.SubprocessError) as e:
         why = getattr(e, "stderr", "") or str(e)
         raise KvmTraceError(f"cannot mount tracefs on {target}: {why.strip()}") from None
-    if not _is_tracefs(target):
+    if not is_tracefs(target):
         raise KvmTraceError(f"mounted tracefs on {target} but it has no instances/ or events/")
     return target
 
@@ -114,7 +120,7 @@ class Instance:
                     errno.EPERM: "creating trace instances is not permitted (not root, or "
                                  "kernel lockdown)",
                     errno.ENOENT: "this tracefs has no instances/ directory"}.get(
-                        e.errno, f"cannot create trace instance {path}: {e.strerror}")
+                        e.errno or 0, f"cannot create trace instance {path}: {e.strerror}")
             raise KvmTraceError(f"KVM tracing: {what}") from None
         return cls(root, path)
 
