@@ -10,12 +10,14 @@ malformed one (a hostile mount, a truncated read) gives :class:`FormatError`, ne
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 
 _FIELD = re.compile(r"field:(?P<decl>[^;]*);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);"
                     r"(?:\s*signed:(?P<signed>\d+);)?")
 _SYMBOLIC = re.compile(r"__print_symbolic\(REC->(\w+)[^,]*,((?:\s*\{[^}]*\},?)+)\)")
 _PAIR = re.compile(r"\{\s*(-?(?:0x[0-9a-fA-F]+|\d+))(?:\s*\+\s*(\d+))?\s*,\s*\"([^\"]*)\"\s*\}")
+_INT = {1: "b", 2: "h", 4: "i", 8: "q"}
 #: the most a record's field may claim (a record is at most a ring-buffer page)
 MAX_RECORD = 1 << 20
 
@@ -75,8 +77,30 @@ class EventFormat:
     symbols: dict[str, list[dict[int, str]]] = field(default_factory=dict)
     group: str = ""
 
+    def __post_init__(self) -> None:
+        # the plain integer fields (most of KVM's) in one struct.unpack; the rest one by one
+        simple = sorted((f for f in self.fields if f.size in _INT and not f.array
+                         and not f.data_loc and not f.is_string), key=lambda f: f.offset)
+        spec, at, names = "<", 0, []
+        for f in simple:
+            if f.offset < at:  # overlapping fields (a union): decode them one by one
+                continue
+            spec += f"{f.offset - at}x" if f.offset > at else ""
+            spec += _INT[f.size].upper() if not f.signed else _INT[f.size]
+            at = f.offset + f.size
+            names.append(f.name)
+        self._struct = struct.Struct(spec)
+        self._names = tuple(names)
+        self._rest = [f for f in self.fields if f.name not in names]
+
     def decode(self, rec: bytes | memoryview) -> dict[str, object]:
-        return {f.name: f.decode(rec) for f in self.fields}
+        """The event's fields by name (a field the record is too short for is None)."""
+        if len(rec) < self._struct.size:
+            return {f.name: f.decode(rec) for f in self.fields}
+        out: dict[str, object] = dict(zip(self._names, self._struct.unpack_from(rec), strict=True))
+        for f in self._rest:
+            out[f.name] = f.decode(rec)
+        return out
 
     def field(self, name: str) -> Field | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -118,6 +142,18 @@ def parse_format(text: str, group: str = "") -> EventFormat:
         for value, plus, label in _PAIR.findall(m.group(2)):
             table.setdefault(int(value, 0) + int(plus or 0), label)
     return EventFormat(name.group(1), int(ident.group(1)), fields, common, symbols, group)
+
+
+def common_struct(fmt: EventFormat) -> struct.Struct:
+    """A struct that reads (common_type, common_pid) from any record, placed where the
+    kernel's format says (every event has the same common fields)."""
+    ct = next((f for f in fmt.common if f.name == "common_type"), None)
+    cp = next((f for f in fmt.common if f.name == "common_pid"), None)
+    if ct is None or cp is None or ct.size not in (1, 2, 4) or cp.size != 4 \
+            or cp.offset < ct.offset + ct.size:
+        raise FormatError(f"event {fmt.name}: unexpected common_type/common_pid fields")
+    return struct.Struct(f"<{ct.offset}x{_INT[ct.size].upper()}"
+                         f"{cp.offset - ct.offset - ct.size}xi")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KvmEvent:
     """One KVM tracepoint hit.  ``ev["port"]`` / ``ev.fields["port"]`` are its fields."""
 
@@ -24,7 +24,7 @@ class KvmEvent:
     cpu: int
     pid: int
     ts: int
-    fields: dict[str, Any] = field(hash=False)
+    fields: dict[str, Any] = field(default_factory=dict)
     vcpu: int | None = None
     #: kernel stack, innermost first (``func+0x12/0x80 [module]``); () without stacks
     stack: tuple[str, ...] = ()
@@ -64,8 +64,12 @@ class KernelSymbols:
     def __init__(self, text: str) -> None:
         rows: list[tuple[int, str, str]] = []
         for line in text.splitlines():
+            # "ffffffff81000000 T name\t[module]": only text symbols
+            sp = line.find(" ")
+            if sp < 0 or line[sp + 1:sp + 2] not in ("t", "T", "w", "W"):
+                continue
             parts = line.split()
-            if len(parts) < 3 or parts[1] not in "tTwW":
+            if len(parts) < 3:
                 continue
             try:
                 addr = int(parts[0], 16)

@@ -30,7 +30,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from pyvmm.kvmtrace.format import EventFormat, FormatError, PageLayout, parse_format, parse_header_page
+from pyvmm.kvmtrace.format import (
+    EventFormat,
+    FormatError,
+    PageLayout,
+    common_struct,
+    parse_format,
+    parse_header_page,
+)
 from pyvmm.kvmtrace.reader import RawReader, iter_page
 from pyvmm.kvmtrace.record import KernelSymbols, KvmEvent
 from pyvmm.kvmtrace.tracefs import (
@@ -216,6 +223,7 @@ class KvmTrace(KvmRecords):
             formats = {}
             for g, n, _ in traced:
                 f = parse_format((ev / g / n / "format").read_text(), g)
+                common_struct(f)  # every record's type and pid can be read
                 formats[f.id] = f
             stack = ev / "ftrace" / "kernel_stack" / "format"
             if stack.exists():
@@ -281,6 +289,9 @@ class KvmTrace(KvmRecords):
         stacked = self._stack_id is not None and (self._stacks_all or bool(self._stack_specs))
         syms = KernelSymbols.load() if stacked else None
         out: list[KvmEvent] = []
+        if not self._formats:
+            return out
+        common = common_struct(next(iter(self._formats.values())))
         last: dict[int, int] = {}  # cpu -> index in out of its newest event
         for cpu, page in self._pages:
             events, missed = iter_page(page, self._layout)
@@ -289,15 +300,14 @@ class KvmTrace(KvmRecords):
             for ts, rec in events:
                 if len(rec) < 8:
                     continue
-                ident = int.from_bytes(rec[0:2], "little")
-                pid = int.from_bytes(rec[4:8], "little", signed=True)
+                ident, pid = common.unpack_from(rec)
                 fmt = self._formats.get(ident)
                 if fmt is None:
                     continue
                 if ident == self._stack_id:
                     i = last.get(cpu)
                     if i is not None and syms is not None and out[i].pid == pid and not out[i].stack:
-                        out[i] = _with_stack(out[i], rec, fmt, syms)
+                        out[i].stack = _stack(rec, fmt, syms)
                     continue
                 last[cpu] = len(out)
                 out.append(KvmEvent(fmt.name, fmt.group, cpu, pid, ts, fmt.decode(rec),
@@ -332,11 +342,11 @@ class KvmTrace(KvmRecords):
         return KvmRecords([r for r in self.records if lo <= r.ts < hi])
 
 
-def _with_stack(ev: KvmEvent, rec: memoryview, fmt: EventFormat,
-                syms: KernelSymbols) -> KvmEvent:
+def _stack(rec: memoryview, fmt: EventFormat, syms: KernelSymbols) -> tuple[str, ...]:
+    """The frames of a ``kernel_stack`` record, innermost first, the tracing code left out."""
     size_f, caller = fmt.field("size"), fmt.field("caller")
     if size_f is None or caller is None:
-        return ev
+        return ()
     n = size_f.decode(rec)
     room = max(0, (len(rec) - caller.offset) // 8)
     count = min(n if isinstance(n, int) and n > 0 else room, room)
@@ -345,7 +355,7 @@ def _with_stack(ev: KvmEvent, rec: memoryview, fmt: EventFormat,
     frames = [syms.name(a) for a in addrs if a and a != (1 << 64) - 1]
     while frames and frames[0].startswith(TRACING_FRAMES):  # the tracepoint's own code
         frames.pop(0)
-    return KvmEvent(ev.name, ev.group, ev.cpu, ev.pid, ev.ts, ev.fields, ev.vcpu, tuple(frames))
+    return tuple(frames)
 
 
 def _lost(instance: Path) -> int:

@@ -247,3 +247,14 @@ def test_not_root_is_one_line_status_2(guests, kvm_trace):
         pytest.skip("nobody cannot run this pyvmm install")
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "root" in p.stderr, p.stderr
+
+
+def test_nothing_when_off(guests):
+    """Without --kvm-trace a run loads none of pyvmm.kvmtrace and touches no tracefs."""
+    import sys
+
+    code = ("import sys; from pyvmm import Machine\n"
+            f"m = Machine.from_file({str(guests / 'hello.elf')!r}); r = m.run(timeout=10); m.close()\n"
+            "assert r.ok and not [k for k in sys.modules if k.startswith('pyvmm.kvmtrace')]\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
