@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -128,6 +129,7 @@ def test_lapic_timer_interrupts(pyvmm_machine, kvm_trace, guests):
 
 def test_memslot_remove_and_vm_creation(kvm_trace, guests):
     kt = kvm_trace(None, ["kvm:kvm_write_tsc_offset", "kvm:kvm_unmap_hva_range",
+                          "kvm:kvm_update_master_clock",
                           "kvmmmu:kvm_mmu_zap_all_fast", "kvmmmu:kvm_mmu_prepare_zap_page"],
                    stacks=True)
     with kt:
@@ -138,10 +140,13 @@ def test_memslot_remove_and_vm_creation(kvm_trace, guests):
             m.memory.write(0x20000000, b"x" * 4096)
             hva = region.mapping.address
             r = m.run(timeout=10)
+            t_remove = time.monotonic_ns()
             m.memory.remove(region)  # the memslot goes, its pages are given back
         finally:
             m.close()
     assert r.ok
+    # VM creation: kvm_arch_init_vm sets up the VM's pvclock master clock
+    assert any("kvm_arch_init_vm" in " ".join(e.stack) for e in kt.events("kvm_update_master_clock"))
     # vCPU creation: KVM synchronizes each new vCPU's TSC (kvm_arch_vcpu_postcreate)
     created = kt.events("kvm_write_tsc_offset")
     assert sorted({e["vcpu_id"] for e in created}) == [0, 1], created
@@ -150,9 +155,11 @@ def test_memslot_remove_and_vm_creation(kvm_trace, guests):
     unmaps = [e for e in kt.events("kvm_unmap_hva_range")
               if e["start"] <= hva and e["end"] >= hva + 16 * 4096]
     assert unmaps, [(hex(e["start"]), hex(e["end"])) for e in kt.events("kvm_unmap_hva_range")][:20]
-    # the VM's destruction frees its shadow pages (TDP: its TDP roots)
+    # deleting the memslot zaps the MMU's pages (KVM_SET_USER_MEMORY_REGION -> kvm_set_memslot)
     zaps = kt.events("kvm_mmu_prepare_zap_page") + kt.events("kvm_mmu_zap_all_fast")
-    assert zaps and any("kvm_destroy_vm" in " ".join(e.stack) for e in zaps)
+    assert any("kvm_set_memslot" in " ".join(e.stack) and e.ts > t_remove for e in zaps), zaps
+    # and the VM's destruction frees its roots
+    assert any("kvm_destroy_vm" in " ".join(e.stack) for e in zaps)
 
 
 def test_unknown_event_and_bad_filter_are_one_line_status_2(kvm_trace, guests):
