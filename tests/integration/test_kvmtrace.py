@@ -265,3 +265,18 @@ def test_nothing_when_off(guests):
             "assert r.ok and not [k for k in sys.modules if k.startswith('pyvmm.kvmtrace')]\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_readme_example(kvm_trace, capsys):
+    import re
+    from pathlib import Path
+
+    kvm_trace()
+    root = Path(__file__).resolve().parents[2]
+    section = (root / "README.md").read_text().split("## What KVM did", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    block = block.replace('"guests/build/', f'"{root}/guests/build/')
+    exec(compile("from pyvmm import Machine\n" + block, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 5", lines  # the two CR3 loads after the first sync; 5 syncs/done
+    assert "mmu_alloc_root" in lines[1]
