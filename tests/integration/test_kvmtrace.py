@@ -280,3 +280,42 @@ def test_readme_example(kvm_trace, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "2 5", lines  # the two CR3 loads after the first sync; 5 syncs/done
     assert "mmu_alloc_root" in lines[1]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "timeout", "SIGKILL"])
+def test_instance_removed_after_signal_timeout_or_kill(guests, kvm_trace, sig):
+    """The capture's instance goes when the run ends any way; one left by a SIGKILL-ed
+    process (no clean-up can run) is removed by the next capture."""
+    import select
+    import signal
+
+    from tests.cli import COMMAND
+
+    kvm_trace()
+    before = instances()
+    limit = "1" if sig == "timeout" else "20"
+    p = subprocess.Popen([*COMMAND, "run", "--kvm-trace", "--append", "partial", "--timeout", limit,
+                          str(guests / "hostile.elf")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert p.stdout is not None
+        got, deadline = b"", time.monotonic() + 10
+        while b"prompt> " not in got and time.monotonic() < deadline:
+            if select.select([p.stdout], [], [], 0.05)[0]:
+                got += os.read(p.stdout.fileno(), 4096)
+        assert b"prompt> " in got
+        assert len(instances() - before) == 1
+        if sig != "timeout":
+            p.send_signal(getattr(signal, sig))
+        p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    expect = {"SIGINT": 130, "SIGTERM": 143, "timeout": 124, "SIGKILL": -9}[sig]
+    assert p.returncode == expect
+    if sig == "SIGKILL":
+        assert f"pyvmm-{p.pid}-0" in instances()  # left behind: no clean-up can run
+        with KvmTrace(["kvm:kvm_pio"]):
+            pass
+    assert instances() == before
