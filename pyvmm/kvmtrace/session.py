@@ -190,10 +190,14 @@ class KvmTrace(KvmRecords):
             inst.write("options/event-fork", "1", "following new threads (options/event-fork)")
             tids = " ".join(os.listdir("/proc/self/task"))
             inst.write("set_event_pid", tids, "filtering to this process (set_event_pid)")
+            if self._stacks_all:
+                # one instance option instead of a trigger per event: removing each trigger
+                # waits for an RCU grace period (~40 ms apiece here)
+                inst.write("options/stacktrace", "1", "kernel stacks (options/stacktrace)")
             for g, n, filt in traced:
                 if filt:
                     inst.write(f"events/{g}/{n}/filter", filt, f"the filter {filt!r} of {g}:{n}")
-                if self._stacks_all or (g, n) in stacked:
+                if not self._stacks_all and (g, n) in stacked:
                     inst.write(f"events/{g}/{n}/trigger", "stacktrace",
                                f"a stacktrace trigger on {g}:{n}")
                 inst.write(f"events/{g}/{n}/enable", "1", f"enabling {g}:{n}")
