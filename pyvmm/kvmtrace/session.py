@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from pyvmm.errors import MachineStateError
 from pyvmm.kvmtrace.format import (
     EventFormat,
     FormatError,
@@ -280,7 +281,11 @@ class KvmTrace(KvmRecords):
     # --- the records -------------------------------------------------------------
     @property
     def records(self) -> list[KvmEvent]:
-        """Every event captured, in time order (decoded on first use after :meth:`stop`)."""
+        """Every event captured, in time order (decoded on first use after :meth:`stop`;
+        MachineStateError while the capture runs: its pages are still in the kernel)."""
+        if self.active:
+            raise MachineStateError("the KVM trace is still recording; stop() it (end its "
+                                    "with block) before reading its events")
         if self._decoded is None:
             self._decoded = self._decode()
         return self._decoded

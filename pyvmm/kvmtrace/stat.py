@@ -24,6 +24,10 @@ def _counts(records: list[KvmEvent]) -> list[str]:
     return [f"  {n:>8} {name}" for name, n in c.most_common()]
 
 
+def _nth(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def stage_lines(kt: KvmTrace) -> list[str]:
     """Counts per stretch between consecutive GUEST_SYNCs."""
     syncs = sorted((e.time_ns, e.stage) for e in kt.guest_events if e.kind == "sync")
@@ -32,12 +36,16 @@ def stage_lines(kt: KvmTrace) -> list[str]:
         return ["whole run:", *_counts(records)]
     lines: list[str] = []
     bounds: list[tuple[int, int, str]] = []
-    prev_t, prev_label = -1, None
+    prev_t, prev_label = -1, ""
+    seen: Counter[int | None] = Counter()
     for t, stage in syncs:
-        label = "before stage" if prev_label is None else f"between stage {prev_label} and stage"
-        bounds.append((prev_t, t, f"{label} {stage}:"))
-        prev_t, prev_label = t, stage
-    bounds.append((prev_t, 1 << 64, f"after stage {prev_label}:"))
+        seen[stage] += 1
+        # a stage said again is numbered: "stage 1 (2nd)"
+        name = f"stage {stage}" + (f" ({_nth(seen[stage])})" if seen[stage] > 1 else "")
+        label = f"before {name}:" if not prev_label else f"between {prev_label} and {name}:"
+        bounds.append((prev_t, t, label))
+        prev_t, prev_label = t, name
+    bounds.append((prev_t, 1 << 64, f"after {prev_label}:"))
     i = 0
     for lo, hi, label in bounds:
         part: list[KvmEvent] = []

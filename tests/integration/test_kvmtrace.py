@@ -15,6 +15,7 @@ import time
 import pytest
 
 from pyvmm import Space
+from pyvmm.errors import MachineStateError
 from pyvmm.hostinfo import detect
 from pyvmm.kvmtrace import KvmTrace, KvmTraceError
 from pyvmm.kvmtrace.tracefs import find_tracefs
@@ -37,6 +38,8 @@ def test_hello_com1_bytes_are_kvm_pio_with_stacks(pyvmm_machine, kvm_trace, gues
     with kvm_trace(m, ["kvm:kvm_pio", "kvm:kvm_userspace_exit"], stacks="kvm_pio") as kt:
         assert len(instances() - before) == 1  # a private instance while it runs
         r = m.run(timeout=10)
+        with pytest.raises(MachineStateError, match="still recording"):
+            kt.count("kvm_pio")
     assert instances() == before  # and gone afterwards
     assert r.ok and r.kvm_trace is kt and kt.lost == 0
     written = kt.events("kvm:kvm_pio", port=COM1, rw=1)

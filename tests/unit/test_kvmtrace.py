@@ -187,6 +187,8 @@ def test_between_stages_and_summary():
     text = summary(kt)
     assert "before stage 1:" in text and "between stage 1 and stage 2:" in text
     assert "after stage 2:" in text
+    kt._guest.append(_Sync(1, 40))  # type: ignore[arg-type]
+    assert "between stage 2 and stage 1 (2nd):" in summary(kt)
 
 
 def test_exit_reasons_pair_exit_and_entry():
