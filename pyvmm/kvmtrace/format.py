@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 _FIELD = re.compile(r"field:(?P<decl>[^;]*);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);"
                     r"(?:\s*signed:(?P<signed>\d+);)?")
 _SYMBOLIC = re.compile(r"__print_symbolic\(REC->(\w+)[^,]*,((?:\s*\{[^}]*\},?)+)\)")
-_PAIR = re.compile(r"\{\s*(-?(?:0x[0-9a-fA-F]+|\d+))(?:\s*\+\s*(\d+))?\s*,\s*\"([^\"]*)\"\s*\}")
+_PAIR = re.compile(r"\{\s*(-?(?:0x[0-9a-fA-F]+|\d+))(?:\s*\+\s*(\d+))?\s*,\s*((?:\"[^\"]*\"\s*)+)\}")
 _INT = {1: "b", 2: "h", 4: "i", 8: "q"}
 #: the most a record's field may claim (a record is at most a ring-buffer page)
 MAX_RECORD = 1 << 20
@@ -140,7 +140,8 @@ def parse_format(text: str, group: str = "") -> EventFormat:
         table: dict[int, str] = {}
         symbols.setdefault(m.group(1), []).append(table)
         for value, plus, label in _PAIR.findall(m.group(2)):
-            table.setdefault(int(value, 0) + int(plus or 0), label)
+            # C's adjacent literals: { 2, "KVM_EXIT_" "IO" }
+            table.setdefault(int(value, 0) + int(plus or 0), "".join(re.findall(r'"([^"]*)"', label)))
     return EventFormat(name.group(1), int(ident.group(1)), fields, common, symbols, group)
 
 

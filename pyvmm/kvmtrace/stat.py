@@ -129,6 +129,16 @@ def exit_lines(kt: KvmTrace) -> list[str]:
     return lines
 
 
+def userspace_lines(kt: KvmTrace) -> list[str]:
+    """kvm_userspace_exit by KVM_EXIT_* name (the names from the event's print format)."""
+    fmt = kt.format_of("kvm:kvm_userspace_exit")
+    tables = fmt.symbols.get("reason", []) if fmt is not None else []
+    names = tables[0] if tables else {}
+    c = Counter(names.get(r.fields.get("reason"), str(r.fields.get("reason")))  # type: ignore[arg-type]
+                for r in kt.records if r.name == "kvm_userspace_exit" and r.group == "kvm")
+    return [f"  {n:>8} {name}" for name, n in c.most_common()]
+
+
 def summary(kt: KvmTrace) -> str:
     """The whole ``--kvm-stat`` text."""
     head = f"--- KVM events ({len(kt.records)}, {len(kt.traced)} event kinds traced"
@@ -142,5 +152,8 @@ def summary(kt: KvmTrace) -> str:
         lines += ["--- exit reasons (kvm_exit to kvm_entry)", *exits]
     elif any(name == "kvm_exit" for _, name, _ in kt.traced):
         lines.append("--- no kvm_exit events: this KVM does not hit them (kvm_pvm handles "
-                     "exits in its own path); see the kvm_userspace_exit counts")
+                     "exits in its own path)")
+    user = userspace_lines(kt)
+    if user:
+        lines += ["--- exits to pyvmm (kvm_userspace_exit) by reason", *user]
     return "\n".join(lines) + "\n"

@@ -30,7 +30,8 @@ format:
 \tfield:unsigned int count;\toffset:20;\tsize:4;\tsigned:0;
 \tfield:unsigned int val;\toffset:24;\tsize:4;\tsigned:0;
 
-print fmt: "pio_%s at 0x%x", REC->rw ? "write" : "read", REC->port
+print fmt: "pio_%s at 0x%x", REC->port, \
+__print_symbolic(REC->rw, { 0, "KVM_" "READ" }, { 1, "WRITE" })
 """
 EXIT = """name: kvm_exit
 ID: 103
@@ -70,6 +71,7 @@ def test_format_fields_and_symbols():
     rec = struct.pack("<HBBi5I", 110, 0, 0, 42, 1, 0x3F8, 1, 1, 0x41)
     assert f.decode(rec) == {"rw": 1, "port": 0x3F8, "size": 1, "count": 1, "val": 0x41}
     assert f.decode(rec[:14])["port"] is None  # a short record never reads past its end
+    assert f.symbols["rw"] == [{0: "KVM_READ", 1: "WRITE"}]  # C's adjacent literals joined
     e = parse_format(EXIT, "kvm")
     assert e.symbols["exit_reason"][0][30] == "IO_INSTRUCTION"
     assert e.symbols["exit_reason"][1][0x4E] == "PF excp"
