@@ -12,8 +12,8 @@ How the capture is isolated: a private tracefs instance (its own buffers and ena
 whose ``set_event_pid`` holds this process's threads with the ``event-fork`` option on, so
 vCPU threads started later are followed (a ``common_pid`` filter would have to be set after
 they exist, and each run starts new ones; measured on the PIO round trip the two cost the
-same, +1.4 and +1.9 us per exit for two events, and the pid list also drops other
-processes' events before they reach the ring buffer, where a filter discards them after).  Its ``trace_clock`` is ``mono``: timestamps are
+same, +1.4 and +1.9 us per exit for two events, and the pid list skips other processes'
+events before they are even built, where a filter builds each one and then drops it).  Its ``trace_clock`` is ``mono``: timestamps are
 CLOCK_MONOTONIC ns, the clock of pyvmm's exit trace and guest events.  The instance is
 removed on :meth:`stop` (the ``with`` block's end, also on an exception, Ctrl-C and the
 signals pyvmm turns into exceptions); one left by a killed process is removed by the next
