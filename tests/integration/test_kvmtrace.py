@@ -322,3 +322,19 @@ def test_instance_removed_after_signal_timeout_or_kill(guests, kvm_trace, sig):
         with KvmTrace(["kvm:kvm_pio"]):
             pass
     assert instances() == before
+
+
+def test_two_vcpus_events_on_their_own_tracks(kvm_trace, guests):
+    """The BSP starts the AP (INIT/SIPI IPIs) and both print: each KVM event is mapped to
+    the vCPU whose thread it came from, and lies inside a KVM_RUN of that vCPU."""
+    with Machine.from_elf(guests / "selftest.elf", cmdline="smp", cpus=2) as m:
+        m.enable_trace()
+        with kvm_trace(m, ["kvm:kvm_pio", "kvm:kvm_apic_ipi"]) as kt:
+            r = m.run(timeout=10)
+    assert r.ok, r.text
+    assert kt.count("kvm_apic_ipi") >= 2 and {e.vcpu for e in kt.events("kvm_apic_ipi")} == {0}
+    for v in (0, 1):
+        pio = kt.on_vcpu(v).events("kvm_pio")
+        assert len(pio) == r.vcpu_exit_counts[v].get("IO", 0), (v, len(pio), r.vcpu_exit_counts)
+        runs = r.trace.by_vcpu(v)
+        assert all(any(x.t_enter <= e.ts <= x.t_exit for x in runs) for e in pio)
