@@ -259,6 +259,8 @@ def _report_kvm_trace(kt: KvmTrace, summary: bool) -> None:
         from pyvmm.kvmtrace.stat import summary as kvm_summary
 
         err(kvm_summary(kt))
+    if kt.errors:
+        say(f"kvm-trace: some CPUs' KVM events could not be read ({'; '.join(kt.errors)})")
     if kt.lost:
         say(f"kvm-trace: the kernel lost {kt.lost} KVM events (its buffer filled before pyvmm "
             "read it); trace fewer events or fewer stacks")

@@ -116,6 +116,8 @@ class RawReader:
         self.size = page_size(instance)
         self.pages: list[tuple[int, bytes]] = []
         self.bytes = 0
+        #: CPUs whose buffer could not be read, and why
+        self.failed: dict[int, str] = {}
         self._fds: list[tuple[int, int]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,13 +135,18 @@ class RawReader:
 
     def _drain(self) -> None:
         for cpu, fd in self._fds:
+            if cpu in self.failed:
+                continue
             while True:
                 try:
                     page = os.read(fd, self.size)
                 except OSError as e:
                     if e.errno in (errno.EAGAIN, errno.EINTR):
                         break
-                    raise
+                    # a CPU gone offline, a kernel refusing: that CPU's events are lost,
+                    # said by the capture (never a thread's traceback)
+                    self.failed[cpu] = e.strerror or str(e)
+                    break
                 if not page:
                     break
                 self.pages.append((cpu, page))

@@ -13,8 +13,9 @@ whose ``set_event_pid`` holds this process's threads with the ``event-fork`` opt
 vCPU threads started later are followed (a ``common_pid`` filter would have to be set after
 they exist, and each run starts new ones; measured on the PIO round trip the two cost the
 same, +1.4 and +1.9 us per exit for two events, and the pid list skips other processes'
-events before they are even built, where a filter builds each one and then drops it).  Its ``trace_clock`` is ``mono``: timestamps are
-CLOCK_MONOTONIC ns, the clock of pyvmm's exit trace and guest events.  The instance is
+events before they are even built, where a filter builds each one and then drops it).
+Its ``trace_clock`` is ``mono``: timestamps are CLOCK_MONOTONIC ns, the clock of pyvmm's
+exit trace and guest events.  The instance is
 removed on :meth:`stop` (the ``with`` block's end, also on an exception, Ctrl-C and the
 signals pyvmm turns into exceptions); one left by a killed process is removed by the next
 capture.
@@ -156,6 +157,8 @@ class KvmTrace(KvmRecords):
         self.traced: list[tuple[str, str, str]] = []
         #: events the kernel lost (buffer full before pyvmm read it); 0: none
         self.lost = 0
+        #: per-CPU buffers that could not be read ("cpu3: No such device"): their events are missing
+        self.errors: list[str] = []
         self.active = False
         if machine is not None:
             self.attach(machine)
@@ -255,6 +258,7 @@ class KvmTrace(KvmRecords):
             if reader is not None:
                 reader.stop()
                 self._pages += reader.pages
+                self.errors += [f"cpu{cpu}: {why}" for cpu, why in sorted(reader.failed.items())]
             if inst is not None:
                 self.lost += _lost(inst.path)
         finally:

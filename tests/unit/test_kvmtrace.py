@@ -213,3 +213,15 @@ def test_kernel_symbols():
     assert syms.name(0xFFFFFFFF81000110) == "kvm_pio+0x10 [kvm]"
     assert syms.name(0xFFFFFFFF81000000) == "_text"
     assert syms.name(0x10) == "0x10"
+
+
+def test_reader_unreadable_cpu_is_recorded_not_raised(tmp_path):
+    from pyvmm.kvmtrace.reader import RawReader
+
+    cpu = tmp_path / "per_cpu" / "cpu0"
+    cpu.mkdir(parents=True)
+    (cpu / "trace_pipe_raw").mkdir()  # read() on a directory: EISDIR
+    r = RawReader(tmp_path)
+    r.stop()
+    r.close()
+    assert list(r.failed) == [0] and r.pages == []
