@@ -109,6 +109,7 @@ bench: all
 	$(PY) bench/suite.py
 	$(PY) bench/debug.py
 	$(PY) bench/snapshot.py
+	$(PY) bench/kvmtrace.py
 
 clean:
 	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \

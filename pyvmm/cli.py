@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.machine import Machine, memory_size
 from pyvmm.vstate.history import HistoryLimits
 from pyvmm.vstate.result import RunResult, RunStatus, exit_status
+
+if TYPE_CHECKING:
+    from pyvmm.kvmtrace import KvmTrace
 
 #: the run outcomes --core writes a core for
 CORE_STATUSES = (RunStatus.CRASH, RunStatus.ASSERT, RunStatus.TIMEOUT)
@@ -109,6 +113,16 @@ def main() -> None:
 @click.option("--trace", "trace", type=click.Path(dir_okay=False), default=None,
               help="Record every exit and guest event; write them to FILE as Chrome/Perfetto "
               "trace-event JSON (ui.perfetto.dev opens it).")
+@click.option("--kvm-trace", "kvm_trace", is_flag=False, flag_value="", default=None,
+              metavar="[EVENTS]", help="Record KVM's own tracepoints for this run only (root, "
+              "tracefs): EVENTS as tracefs spells them, comma-separated (kvm:kvm_pio, "
+              "kvmmmu:*, 'kvm_pio if port == 0x3f8'); none: a cheap default set (README, "
+              "'What KVM did').  With --trace they join the JSON on the vCPU tracks.")
+@click.option("--kvm-stacks", "kvm_stacks", is_flag=False, flag_value="", default=None,
+              metavar="[EVENTS]", help="The kernel stack of every KVM event (or of EVENTS "
+              "only); implies --kvm-trace.")
+@click.option("--kvm-stat", "kvm_stat", is_flag=True, help="Print KVM's events by GUEST_SYNC "
+              "stage, their most frequent kernel stacks and exit reasons (implies --kvm-trace).")
 @click.option("--save-at-sync", "save_at", nargs=2, type=(click.IntRange(0), click.Path(dir_okay=False)),
               default=None, metavar="STAGE FILE", help="At the guest's first GUEST_SYNC of STAGE, "
               "save a snapshot of the whole machine to FILE, then run on.")
@@ -121,8 +135,8 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         initrd: str | None, fmt: str | None, exit_code_mode: str, irqchip: str, pit: bool | None,
         cpu_features: str, strict_io: bool, stats: bool, python_loop: bool, gdb: str | None,
         gdb_default: bool, gdb_no_wait: bool, gdb_allow_remote: bool, core: str | None,
-        trace: str | None, save_at: tuple[int, str] | None, from_snapshot: str | None,
-        verbose: bool) -> int:
+        trace: str | None, kvm_trace: str | None, kvm_stacks: str | None, kvm_stat: bool,
+        save_at: tuple[int, str] | None, from_snapshot: str | None, verbose: bool) -> int:
     """Boot GUEST (an ELF64 image or a multiboot kernel) and stream its serial output.
 
     The exit status is the value the guest wrote to the debug-exit port (0xf4); see the
@@ -145,6 +159,13 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         raise click.UsageError("--gdb-no-wait and --gdb-allow-remote go with --gdb or -s")
     if trace is not None and python_loop:
         raise click.UsageError("--trace records the C run loop's exits; drop --python-loop")
+    # an optional value takes the next word: `--kvm-trace guest.elf` meant the guest
+    if guest is None and from_snapshot is None:
+        for value in (kvm_trace, kvm_stacks):
+            if value and os.path.isfile(value):
+                guest = value
+                kvm_trace = "" if kvm_trace == value else kvm_trace
+                kvm_stacks = "" if kvm_stacks == value else kvm_stacks
     if (guest is None) == (from_snapshot is None):
         raise click.UsageError("give a GUEST to boot or --from-snapshot FILE (one of them)")
     if from_snapshot is not None:
@@ -164,6 +185,14 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
     if save_at is not None:  # saved by rename: a device node there would be replaced
         check_output_path(save_at[1], "--save-at-sync", regular_only=True)
     artefacts = Artefacts()
+    kt = None
+    if kvm_trace is not None or kvm_stacks is not None or kvm_stat:
+        from pyvmm.kvmtrace import KvmTrace
+
+        # started before the VM exists (its creation is KVM's work too); a host that
+        # cannot trace is one line and status 2 before anything runs
+        kt = KvmTrace(kvm_trace or None, stacks=True if kvm_stacks == "" else (kvm_stacks or False))
+        kt.start()
     try:
         if from_snapshot is not None:
             machine = Machine.from_snapshot(from_snapshot, serial=sink, history=CLI_HISTORY,
@@ -172,6 +201,8 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         else:
             assert guest is not None
             machine = Machine.from_file(guest, fmt=fmt, cmdline=cmdline, initrd=initrd, **kw)
+        if kt is not None:
+            kt.attach(machine)
         if verbose:
             if from_snapshot is None:
                 _describe(machine)
@@ -189,17 +220,29 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
             m, status = machine, result.status
             if artefacts.write("core", core, lambda: m.write_core(core, status)):
                 say(f"core written to {core} (gdb {guest} {core})")
+        if kt is not None:
+            kt.note_threads()
+            machine.close()  # memslots and the VM go while KVM's events are still recorded
+            kt.stop()
         if trace is not None and result.trace is not None:
             tr, label = result.trace, f"pyvmm {os.path.basename(guest)}"
+            if kt is not None:
+                from pyvmm.kvmtrace.timeline import KvmTimeline
+
+                tr.sources.append(KvmTimeline(kt))
             artefacts.write("trace", trace, lambda: tr.write_json(trace, name=label))
     finally:
         if machine is not None:
             machine.close()
+        if kt is not None:
+            kt.stop()
     if sink.error is not None:
         code = _output_failed(sink)
     else:
         if stats:
             _print_stats(result)
+        if kt is not None:
+            _report_kvm_trace(kt, kvm_stat)
         code = _report(result, verbose, exit_code_mode)
     # the guest's outcome first; an artefact that could not be written after it, and the
     # guest's status stands (a clean exit becomes 119: what was asked for is missing)
@@ -208,6 +251,19 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
     if artefacts.failures and code == ExitStatus.OK:
         return ExitStatus.OUTPUT
     return code
+
+
+def _report_kvm_trace(kt: KvmTrace, summary: bool) -> None:
+    """The --kvm-stat summary, and always a word when the kernel lost events."""
+    if summary:
+        from pyvmm.kvmtrace.stat import summary as kvm_summary
+
+        err(kvm_summary(kt))
+    if kt.errors:
+        say(f"kvm-trace: some CPUs' KVM events could not be read ({'; '.join(kt.errors)})")
+    if kt.lost:
+        say(f"kvm-trace: the kernel lost {kt.lost} KVM events (its buffer filled before pyvmm "
+            "read it); trace fewer events or fewer stacks")
 
 
 def _run_and_save(machine: Machine, stage: int, path: str, timeout: float | None,

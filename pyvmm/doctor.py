@@ -322,6 +322,20 @@ def _tdp() -> tuple[bool, str]:
     return h.tdp, h.describe()
 
 
+def _kvm_trace(which: str) -> Callable[[], tuple[bool, str]]:
+    """The kvm-trace group (pyvmm.kvmtrace.probe), around the probe guest's ``nop``."""
+    def check() -> tuple[bool, str]:
+        from pyvmm.kvmtrace import probe
+
+        def run() -> object:
+            return _probe("nop")
+        if which == "mmu":
+            return probe.group_present("kvmmmu")
+        return {"trace": probe.tracefs_usable, "stacks": probe.stacks_work,
+                "exits": probe.exit_events}[which](run)
+    return check
+
+
 Probe = Callable[[], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
 PROBES: list[tuple[str, str, Probe]] = [
     ("tdp", "mmu", _tdp),
@@ -351,6 +365,10 @@ PROBES: list[tuple[str, str, Probe]] = [
     ("split-irqchip", "irq", _cap("SPLIT_IRQCHIP")),
     ("msr-filter", "msr", _cap("X86_MSR_FILTER")),
     ("set-cpuid", "cpuid", _set_cpuid),
+    ("kvm-trace", "kvm-trace", _kvm_trace("trace")),
+    ("kvm-trace-mmu", "kvm-trace", _kvm_trace("mmu")),
+    ("kvm-stacks", "kvm-trace", _kvm_trace("stacks")),
+    ("kvm-exit-events", "kvm-trace", _kvm_trace("exits")),
 ]
 
 

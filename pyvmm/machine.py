@@ -55,6 +55,7 @@ from pyvmm.x86.reset import reset_vcpu
 if TYPE_CHECKING:
     from pyvmm.debug.debugger import Debugger
     from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
+    from pyvmm.kvmtrace import KvmTrace
     from pyvmm.loader import GuestImage
     from pyvmm.platform.pc import PcPlatform
     from pyvmm.vstate.snapshot import Snapshot
@@ -203,6 +204,7 @@ class Machine:
         self._runner: Runner | None = None
         self._debugger: Debugger | None = None
         self._trace: ExitTrace | None = None
+        self._kvm_trace: KvmTrace | None = None
         self._loaded = False
         self._bg: threading.Thread | None = None
         self._bg_result: RunResult | None = None
@@ -533,6 +535,17 @@ class Machine:
             loop.enable_trace(capacity)
         return self._trace
 
+    def kvm_trace(self, events: str | Collection[str] | None = None, *,
+                  stacks: bool | str | Collection[str] = False, **kw: Any) -> KvmTrace:
+        """What KVM itself did while this machine runs: ``with m.kvm_trace() as kt:
+        m.run()``, then ``kt.count("kvm_pio")`` (:class:`pyvmm.kvmtrace.KvmTrace`; needs
+        root and tracefs).  Results of runs from here on carry it (``RunResult.kvm_trace``)."""
+        self._check_open("kvm_trace")
+        from pyvmm.kvmtrace import KvmTrace
+
+        self._kvm_trace = KvmTrace(events, stacks=stacks, machine=self, **kw)
+        return self._kvm_trace
+
     # --- snapshots ---------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """Everything the guest can observe, now (the machine must be stopped: between
@@ -698,6 +711,7 @@ class Machine:
                 if loop.trace is not None:
                     self._trace.add(loop.vcpu.id, *loop.trace.drain())
             result.trace = self._trace
+        result.kvm_trace = self._kvm_trace
         if result.status in FINAL:
             self._ended = result
         return result

@@ -17,6 +17,10 @@ Markers
     ``PYVMM_REQUIRE_KVM=1``, which turns the skip into a failure.
     ``@pytest.mark.requires("feature", ..., caps=("CAP", ...))``: host features as
     ``pyvmm doctor`` finds them, or KVM capabilities; skips naming what is missing.
+    ``kvm_trace(machine=None, events=None, stacks=False)``: a
+    :class:`~pyvmm.kvmtrace.KvmTrace` of KVM's own events (``with kvm_trace(m) as kt:
+    m.run()``, then ``kt.count("kvm_pio")``); skips unless the host can trace KVM
+    (``requires("kvm-trace")``: root, tracefs); every capture is stopped after the test.
     ``@pytest.mark.guest_timeout(seconds)``: the limit for every guest run in the test
     (default 30 s); the vCPUs are always stopped when it passes.
 
@@ -28,11 +32,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 from pyvmm.machine import Machine, RunResult
+
+if TYPE_CHECKING:
+    from pyvmm.kvmtrace import KvmTrace
 
 DEFAULT_TIMEOUT = 30.0
 #: how a skip for want of KVM begins (``pyvmm suite`` counts them to say what to do)
@@ -216,3 +223,25 @@ def booted_guest(request: pytest.FixtureRequest,
         return m
 
     return get
+
+
+@pytest.fixture
+def kvm_trace(request: pytest.FixtureRequest) -> Iterator[Callable[..., KvmTrace]]:
+    """``kvm_trace(machine=None, events=None, stacks=False, **kw)``: a capture of KVM's own
+    tracepoints (not started: use it as a ``with`` block); with a machine, its run results
+    carry it (``RunResult.kvm_trace``)."""
+    require(("kvm-trace",))
+    from pyvmm.kvmtrace import KvmTrace
+
+    made: list[KvmTrace] = []
+
+    def make(machine: Machine | None = None, events: Any = None, stacks: Any = False,
+             **kw: Any) -> KvmTrace:
+        kt = machine.kvm_trace(events, stacks=stacks, **kw) if machine is not None \
+            else KvmTrace(events, stacks=stacks, **kw)
+        made.append(kt)
+        return kt
+
+    yield make
+    for kt in made:
+        kt.stop()

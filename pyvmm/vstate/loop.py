@@ -71,6 +71,9 @@ class VcpuLoop:
         self.bus = bus
         self.msrs = msrs
         self.ctx = VcpuContext(vcpu.id, vcpu.sync_regs)
+        #: the host threads (TIDs) that have run this vCPU (pyvmm.kvmtrace maps KVM's
+        #: events to vCPUs by them)
+        self.threads: set[int] = set()
         self.c: Any = ffi.new("struct pyvmm_loop *")
         self.c.vcpu_fd = vcpu.fd
         self.c.run = vcpu.kvm_run
@@ -221,6 +224,7 @@ class VcpuLoop:
     def run(self) -> Outcome:
         """Run in C until an outcome; slow exits are handled here in between."""
         c = self.c
+        self.threads.add(threading.get_native_id())
         lib.pyvmm_loop_bind_thread(c)
         try:
             while True:
@@ -253,6 +257,7 @@ class VcpuLoop:
         PIO exits take an inlined path (cached views of kvm_run, a port -> device cache)
         so that the comparison with the C loop measures the language, not sloppiness.
         """
+        self.threads.add(threading.get_native_id())
         fd = self.vcpu.fd
         run = self.vcpu.kvm_run
         io = lib.pyvmm_run_io(run)

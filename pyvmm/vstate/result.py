@@ -11,6 +11,7 @@ from pyvmm.errors import ExitStatus
 if TYPE_CHECKING:
     from pyvmm.crash import GuestCrash
     from pyvmm.devices.ucall import GuestEvent
+    from pyvmm.kvmtrace import KvmTrace
     from pyvmm.vstate.trace import ExitTrace
 
 
@@ -109,6 +110,9 @@ class RunResult:
     #: every exit and guest event recorded so far, when the machine traces
     #: (:meth:`Machine.enable_trace`, ``pyvmm run --trace``)
     trace: ExitTrace | None = None
+    #: KVM's own events, when the machine has a capture (:meth:`Machine.kvm_trace`;
+    #: complete once its ``with`` block has ended)
+    kvm_trace: KvmTrace | None = None
 
     @property
     def ok(self) -> bool:

@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyvmm._native import ffi, lib
 from pyvmm.kvm.run import exit_name
@@ -40,6 +40,17 @@ DEFAULT_CAPACITY = 1 << 16
 #: guest events a trace keeps (the newest; older ones are counted)
 DEFAULT_EVENTS = 1 << 16
 assert RECORD.size == ffi.sizeof("struct pyvmm_trace_rec")
+
+
+class TimelineSource(Protocol):
+    """More events for the same timeline (KVM's own: ``pyvmm.kvmtrace.timeline``), on the
+    same clock (CLOCK_MONOTONIC ns)."""
+
+    def first_ns(self) -> int | None: ...
+
+    def metadata(self) -> dict[str, int]: ...
+
+    def trace_events(self, us: Callable[[int], float]) -> Iterator[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,8 @@ class ExitTrace:
         self.dropped = 0
         #: guest events older than the newest ``max_events``
         self.dropped_events = 0
+        #: other timelines merged into the JSON (``pyvmm run --kvm-trace --trace``)
+        self.sources: list[TimelineSource] = []
         for e in events or ():
             self.add_event(e)
 
@@ -177,8 +190,11 @@ class ExitTrace:
 
     def metadata(self) -> dict[str, int]:
         """What the trace left out and why: its ``otherData`` in the JSON."""
-        return {"dropped_records": self.dropped, "records_kept_per_vcpu": self.capacity,
+        meta = {"dropped_records": self.dropped, "records_kept_per_vcpu": self.capacity,
                 "dropped_events": self.dropped_events, "events_kept": self.max_events}
+        for src in self.sources:
+            meta.update(src.metadata())
+        return meta
 
     def trace_events(self, name: str = "pyvmm") -> Iterator[dict[str, Any]]:
         """The trace-event dicts (timestamps in microseconds from the first record), one
@@ -190,6 +206,10 @@ class ExitTrace:
         if events:
             first = min(e.time_ns for e in events)
             t0 = first if t0 is None else min(t0, first)
+        for src in self.sources:
+            first_src = src.first_ns()
+            if first_src is not None:
+                t0 = first_src if t0 is None else min(t0, first_src)
         base = t0 or 0
 
         def us(ns: int) -> float:
@@ -211,6 +231,8 @@ class ExitTrace:
         for e in events:
             yield {"ph": "i", "s": "t", "cat": "guest-event", "name": _event_name(e), "pid": 1,
                    "tid": e.vcpu + 1, "ts": us(e.time_ns), "args": {"text": e.describe()}}
+        for src in self.sources:
+            yield from src.trace_events(us)
 
     def to_json(self, name: str = "pyvmm") -> dict[str, Any]:
         return {"displayTimeUnit": "ns", "traceEvents": list(self.trace_events(name)),
