@@ -266,7 +266,8 @@ def test_nothing_when_off(guests):
     code = ("import sys; from pyvmm import Machine\n"
             f"m = Machine.from_file({str(guests / 'hello.elf')!r}); r = m.run(timeout=10); m.close()\n"
             "assert r.ok and not [k for k in sys.modules if k.startswith('pyvmm.kvmtrace')]\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # -P: the working directory (the checkout, with no _native) stays off sys.path
+    p = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
 
 
