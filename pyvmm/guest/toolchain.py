@@ -36,7 +36,8 @@ SRC = HERE / "src"
 LD = HERE / "ld"
 LIB = HERE / "lib"
 LIBRARY_NAME = "libpyvmm-guest.a"
-RUNTIME_SOURCES = ("entry.S", "rt.c", "ucall.c", "idt.c", "isr.S", "apic.c", "pt.c", "report.c")
+RUNTIME_SOURCES = ("entry.S", "boot.c", "serial.c", "printf.c", "string.c", "smp.c", "ucall.c",
+                   "idt.c", "isr.S", "apic.c", "pt.c", "report.c")
 
 CFLAGS = (
     "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-ffreestanding", "-fno-builtin",

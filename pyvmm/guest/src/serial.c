@@ -1,0 +1,33 @@
+/* serial.c - console output: a polled 16550 at COM1, one line at a time across vCPUs. */
+#include <pyvmm/rt.h>
+
+#include "internal.h"
+
+static volatile uint32_t print_lock;
+
+void putc(char c)
+{
+	while (!(inb(PORT_COM1 + 5) & 0x20)) /* LSR.THRE */
+		cpu_relax();
+	outb(PORT_COM1, (uint8_t)c);
+}
+
+/* held around a line (puts) or a whole printf, so vCPUs do not interleave */
+void rt_print_lock(void)
+{
+	while (__atomic_exchange_n(&print_lock, 1, __ATOMIC_ACQUIRE))
+		cpu_relax();
+}
+
+void rt_print_unlock(void) { __atomic_store_n(&print_lock, 0, __ATOMIC_RELEASE); }
+
+/* C's puts: the string, then a newline, as one line (no other vCPU's output in between) */
+int puts(const char *s)
+{
+	rt_print_lock();
+	while (*s)
+		putc(*s++);
+	putc('\n');
+	rt_print_unlock();
+	return 1;
+}
