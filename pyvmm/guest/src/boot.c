@@ -1,11 +1,14 @@
 /* boot.c - from the three boot entries (pyvmm's ELF64 convention, PVH, multiboot v1) to
  * main(), and exit() through the debug-exit port. */
 #include <pyvmm/rt.h>
+#include <pyvmm/user.h>
 
 struct boot_info *boot_info;
 
 __attribute__((noreturn)) void exit(uint32_t code)
 {
+	if (guest_cpl() == 3) /* user mode: the runtime does the port write */
+		guest_syscall(GUEST_SYS_EXIT, code, 0, 0);
 	outl(PORT_DEBUG_EXIT, code);
 	for (;;)
 		__asm__ volatile("cli; hlt");

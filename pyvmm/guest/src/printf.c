@@ -1,5 +1,6 @@
 /* printf.c - printf, vprintf and vsnprintf: %d %i %u %x %p %s %c, width, '0' pad, l/ll. */
 #include <pyvmm/rt.h>
+#include <pyvmm/user.h>
 
 #include "internal.h"
 
@@ -17,6 +18,16 @@ static void put_buf(struct sink *s, char c)
 	if (s->len + 1 < s->cap)
 		s->buf[s->len] = c;
 	s->len++;
+}
+
+/* at CPL3 (user.h): a buffer written through the runtime's system call when full */
+static void put_user(struct sink *s, char c)
+{
+	s->buf[s->len++] = c;
+	if (s->len == s->cap) {
+		guest_syscall(GUEST_SYS_WRITE, (long)s->buf, (long)s->len, 0);
+		s->len = 0;
+	}
 }
 
 static void put_num(struct sink *o, uint64_t v, unsigned base, int width, char pad, int neg)
@@ -86,6 +97,14 @@ static void format(struct sink *o, const char *fmt, va_list ap)
 
 int vprintf(const char *fmt, va_list ap)
 {
+	if (guest_cpl() == 3) {
+		char buf[128];
+		struct sink u = { .put = put_user, .buf = buf, .cap = sizeof(buf) };
+		format(&u, fmt, ap);
+		if (u.len)
+			guest_syscall(GUEST_SYS_WRITE, (long)buf, (long)u.len, 0);
+		return 0;
+	}
 	struct sink o = { .put = put_serial };
 	rt_print_lock();
 	format(&o, fmt, ap);
