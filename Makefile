@@ -115,6 +115,7 @@ bench: all
 	$(PY) bench/suite.py
 	$(PY) bench/debug.py
 	$(PY) bench/snapshot.py
+	$(PY) bench/usermode.py
 
 clean:
 	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \
