@@ -5,6 +5,9 @@ user mode (kvm_pvm and VMX/SVM take different paths in the runtime): only the re
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from cli import pyvmm
 
@@ -146,3 +149,24 @@ def test_guest_flags_offer_the_user_side():
     assert "-march=x86-64-v3" in p.stdout.split()
     cpl0 = pyvmm("guest", "flags", "--cflags").stdout.split()
     assert "-mgeneral-regs-only" in cpl0
+
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("mode, status, out", [("call", 0, "user console 21\nuser puts\n"),
+                                               ("exit 5", 5, ""), ("try", 0, ""),
+                                               ("vec 5", 0, ""), ("smp", 0, "")])
+def test_the_syscall_path_under_qemu_tcg(guests, mode, status, out):
+    """QEMU's TCG does SYSCALL as hardware does (CPL0 at LSTAR), the path VMX/SVM hosts take
+    and kvm_pvm does not: the same guest must work there too.  isa-debug-exit makes the
+    status (v << 1) | 1; GUEST_SYNC/DONE go to a port QEMU ignores, then exit(0)."""
+    assert QEMU is not None
+    p = subprocess.run([QEMU, "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "128",
+                        "-kernel", str(guests / "usermode.flat"), "-append", mode,
+                        "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-display", "none",
+                        "-serial", "stdio", "-no-reboot"], capture_output=True, text=True,
+                       timeout=T)
+    assert p.returncode == (status << 1) | 1, (p.stdout, p.stderr)
+    assert out in p.stdout
