@@ -18,7 +18,7 @@
 #include "internal.h"
 
 #define MAX_CPUS 64
-#define USER_STACK 32768
+#define USER_STACK 16384 /* per vCPU, as the APs' kernel stacks: 1 MiB of bss for 64 */
 
 #define MSR_EFER 0xC0000080u
 #define MSR_STAR 0xC0000081u
@@ -90,6 +90,7 @@ static void setup_vectors(void)
 	}
 }
 
+/* after set-up (GS base is this vCPU's struct user_cpu; the runtime owns GS base) */
 static struct user_cpu *this_cpu(void)
 {
 	struct user_cpu *c;
@@ -128,13 +129,13 @@ static struct user_cpu *setup_cpu(void)
 	return c;
 }
 
-/* GS base is 0 until setup (memory at 0 holds no pointer into cpus[]) */
+/* set up on this vCPU when GS base is not one of ours (one RDMSR: reading %gs:0 before
+ * set-up would read address 0, which a guest may leave unmapped) */
 static struct user_cpu *current_cpu(void)
 {
-	struct user_cpu *c = this_cpu();
-	uint64_t off = (uint64_t)c - (uint64_t)cpus;
-	if (off < sizeof(cpus) && off % sizeof(struct user_cpu) == 0 && c->self == c)
-		return c;
+	uint64_t off = rdmsr(MSR_GS_BASE) - (uint64_t)cpus;
+	if (off < sizeof(cpus) && off % sizeof(struct user_cpu) == 0)
+		return &cpus[off / sizeof(struct user_cpu)];
 	return setup_cpu();
 }
 
