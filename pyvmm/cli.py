@@ -370,7 +370,7 @@ def guest() -> None:
               "built with the vector ISA instead of -mgeneral-regs-only (repeatable).")
 @click.option("--user-isa", default="native", show_default=True, metavar="ISA",
               help="gcc's -march= for the --user-src files.")
-@click.argument("sources", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines: tuple[str, ...],
                 extra_cflags: tuple[str, ...], extra_ldflags: tuple[str, ...],
                 user_sources: tuple[str, ...], user_isa: str, sources: tuple[str, ...]) -> int:
