@@ -170,3 +170,19 @@ def test_the_syscall_path_under_qemu_tcg(guests, mode, status, out):
                        timeout=T)
     assert p.returncode == (status << 1) | 1, (p.stdout, p.stderr)
     assert out in p.stdout
+
+
+def test_a_snapshot_taken_in_a_user_call_goes_on_in_a_clone(guests):
+    """Stopped at a GUEST_SYNC made from CPL3 (the vCPU is inside the runtime's system
+    call), the snapshot holds the user call's state (GDT/TSS, GS base, SYSCALL MSRs, the
+    kernel stack to return to): a new machine from it finishes the call."""
+    with Machine.from_file(guests / "usermode.elf", cmdline="call") as m:
+        r = m.run_to_sync(2, T)
+        assert r.status == "stopped" and r.syncs(2)[0].args == (2, 3, 21), r.message
+        snap = m.snapshot()
+    with Machine.from_snapshot(snap) as clone:
+        seen = []
+        clone.on_sync(lambda ev: seen.append(ev.args))
+        r = clone.run(timeout=T)
+    assert r.status == "done", r.message
+    assert seen == [(3, 42)] and r.prints == ["user printf 21"]

@@ -2,12 +2,12 @@
  * faults (user.h; the transitions themselves are in user_entry.S).
  *
  * Set-up happens at a vCPU's first user call, so guests that never make one pay nothing:
- * the runtime's GDT (boot selectors, user data and code in SYSCALL's order, a TSS per
- * vCPU whose RSP0 is the user call's kernel stack; no IST: the IDT is shared with vCPUs that
- * never load a TSS, and RSP0 is always a good stack), SYSCALL
- * (EFER.SCE, STAR, LSTAR, FMASK), GS base = this vCPU's struct user_cpu, the IDT, what
- * user vector code needs (CR0.MP/NE, CR4.OSFXSR/OSXMMEXCPT/OSXSAVE, XCR0 from CPUID leaf
- * 0xD: XGETBV fails at CPL0 on kvm_pvm, XSETBV works) and the U bit on the guest image.
+ * the runtime's GDT (boot selectors, user data and code in SYSCALL's order, a TSS per vCPU
+ * whose RSP0 is the user call's kernel stack), SYSCALL (EFER.SCE, STAR, LSTAR, FMASK), GS
+ * base = this vCPU's struct user_cpu, the IDT, what user vector code needs (CR0.MP/NE,
+ * CR4.OSFXSR/OSXMMEXCPT/OSXSAVE, XCR0 from CPUID leaf 0xD: XGETBV fails at CPL0 on
+ * kvm_pvm, XSETBV works) and the U bit on the guest image.  No IST stack for #DF: the IDT
+ * is shared with vCPUs that never load a TSS, and RSP0 is always a good stack.
  */
 #include <pyvmm/idt.h>
 #include <pyvmm/pt.h>
