@@ -10,7 +10,7 @@ PYVMM := $(VENV)/bin/pyvmm
 STAMP := $(VENV)/.pyvmm-installed
 TOOLS := $(VENV)/.build-tools
 # everything that goes into the wheel: a change reinstalls it
-PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -type f \
+PKG_FILES := pyproject.toml setup.py MANIFEST.in docs/guests.md $(shell find pyvmm cbindings -type f \
 	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
 	-not -name '*.elf' -not -name '_native.c' -not -name '*.o')
 GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile debugme snapshot \
