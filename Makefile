@@ -10,11 +10,12 @@ PYVMM := $(VENV)/bin/pyvmm
 STAMP := $(VENV)/.pyvmm-installed
 TOOLS := $(VENV)/.build-tools
 # everything that goes into the wheel: a change reinstalls it
-PKG_FILES := pyproject.toml setup.py MANIFEST.in $(shell find pyvmm cbindings -type f \
+PKG_FILES := pyproject.toml setup.py MANIFEST.in docs/guests.md $(shell find pyvmm cbindings -type f \
 	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
 	-not -name '*.elf' -not -name '_native.c' -not -name '*.o')
-GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile debugme snapshot
-MB_GUESTS := hello selftest mbtest vmexit hostile pcplat debugme snapshot
+GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile debugme snapshot \
+	usermode
+MB_GUESTS := hello selftest mbtest vmexit hostile pcplat debugme snapshot usermode
 # hand-written kernels with linker scripts of their own, as third-party kernels are
 ASM_KERNELS := mb_rmpit.flat mb_bios.flat mb_stiwin.flat mb_low.flat mb_elf64.elf
 B := guests/build
@@ -57,6 +58,11 @@ guests: $(GUESTS:%=$(B)/%.elf) $(MB_GUESTS:%=$(B)/%.flat) $(ASM_KERNELS:%=$(B)/%
 # pyvmm's own guests go through the same path as users' guests: `pyvmm guest build`
 $(B)/%.elf: guests/%.c $(STAMP)
 	$(PYVMM) guest build -o $@ $<
+# its vector half runs at CPL3 and gets the host's ISA (--user-src)
+$(B)/usermode.elf: guests/usermode.c guests/usermode_user.c $(STAMP)
+	$(PYVMM) guest build -o $@ $< --user-src guests/usermode_user.c
+$(B)/usermode.flat: guests/usermode.c guests/usermode_user.c $(STAMP)
+	$(PYVMM) guest build --multiboot -o $@ $< --user-src guests/usermode_user.c
 $(B)/%.flat: guests/%.c $(STAMP)
 	$(PYVMM) guest build --multiboot -o $@ $<
 $(B)/mb16_entry.o: guests/mb16_entry.S
@@ -110,6 +116,7 @@ bench: all
 	$(PY) bench/debug.py
 	$(PY) bench/snapshot.py
 	$(PY) bench/kvmtrace.py
+	$(PY) bench/usermode.py
 
 clean:
 	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \

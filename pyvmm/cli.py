@@ -421,19 +421,27 @@ def guest() -> None:
 @click.option("-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="Define a macro.")
 @click.option("--cflag", "extra_cflags", multiple=True, help="Another compiler flag.")
 @click.option("--ldflag", "extra_ldflags", multiple=True, help="Another linker flag.")
+@click.option("--user-src", "user_sources", multiple=True, type=click.Path(dir_okay=False),
+              metavar="FILE", help="A source whose code runs at CPL3 (GUEST_USER_CALL): "
+              "built with the vector ISA instead of -mgeneral-regs-only (repeatable).")
+@click.option("--user-isa", default="native", show_default=True, metavar="ISA",
+              help="gcc's -march= for the --user-src files.")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines: tuple[str, ...],
                 extra_cflags: tuple[str, ...], extra_ldflags: tuple[str, ...],
-                sources: tuple[str, ...]) -> int:
+                user_sources: tuple[str, ...], user_isa: str, sources: tuple[str, ...]) -> int:
     """Compile and link SOURCES (C, GNU as .S) with the guest runtime into OUTPUT.
 
     The guest's entry is ``int main(struct boot_info *bi, const char *cmdline)``; its
-    return value is the exit status.  Exits 1 with the compiler's output when it fails.
+    return value is the exit status.  SOURCES get the CPL0 flags (no SSE: kvm_pvm emulates
+    CPL0 code); --user-src files, for code run at CPL3, the host's vector ISA.  Exits 1
+    with the compiler's output when it fails.
     """
     from pyvmm.guest.toolchain import build
 
     cflags = [*(f"-I{d}" for d in includes), *(f"-D{d}" for d in defines), *extra_cflags]
-    build(sources, output, multiboot=multiboot, extra_cflags=cflags, extra_ldflags=extra_ldflags)
+    build(sources, output, multiboot=multiboot, extra_cflags=cflags, extra_ldflags=extra_ldflags,
+          user_sources=user_sources, user_isa=user_isa)
     return ExitStatus.OK
 
 
@@ -443,14 +451,19 @@ def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines
 @click.option("--cflags", "only", flag_value="CFLAGS", help="Print only the compiler flags.")
 @click.option("--ldflags", "only", flag_value="LDFLAGS", help="Print only the linker flags.")
 @click.option("--libs", "only", flag_value="LIBS", help="Print only the runtime library.")
-def guest_flags(multiboot: bool, only: str | None) -> int:
-    """Print CFLAGS=, LDFLAGS= and LIBS= lines for a Makefile of your own.
+@click.option("--user-cflags", "only", flag_value="USER_CFLAGS",
+              help="Print only the compiler flags for user-mode (CPL3) files.")
+@click.option("--user-isa", default="native", show_default=True, metavar="ISA",
+              help="gcc's -march= in USER_CFLAGS.")
+def guest_flags(multiboot: bool, only: str | None, user_isa: str) -> int:
+    """Print CFLAGS=, USER_CFLAGS=, LDFLAGS= and LIBS= lines for a Makefile of your own.
 
-    Link with ``$(CC) $(CFLAGS) $(LDFLAGS) -o guest.elf your.o ... $(LIBS)``.
+    Compile CPL0 code with $(CFLAGS), code run at CPL3 (GUEST_USER_CALL) with
+    $(USER_CFLAGS); link with ``$(CC) $(CFLAGS) $(LDFLAGS) -o guest.elf your.o ... $(LIBS)``.
     """
     from pyvmm.guest import flags
 
-    for name, value in flags(multiboot).items():
+    for name, value in flags(multiboot, user_isa).items():
         if only is None:
             out(f"{name}={value}\n")
         elif only == name:

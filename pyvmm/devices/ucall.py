@@ -69,8 +69,10 @@ class GuestEvent:
             vec, err, cr2, rip = (*self.args, 0, 0, 0, 0)[:4]
             name = EXCEPTIONS.get(vec, f"vector {vec}")
             where = f" <{self.symbol}>" if self.symbol else ""
-            return (f"unhandled guest exception {name} (vector {vec}, error code {err:#x}) at "
-                    f"RIP {rip:#x}{where}, CR2 {cr2:#x}")
+            # the 5th value, when sent, is the CS the exception pushed: RPL 3 is user mode
+            cpl = " CPL3" if len(self.args) >= 5 and self.args[4] & 3 == 3 else ""
+            return (f"unhandled guest exception {name} (vector {vec}, error code {err:#x}) at"
+                    f"{cpl} RIP {rip:#x}{where}, CR2 {cr2:#x}")
         if self.kind == "print":
             return self.text
         if self.kind == "error":

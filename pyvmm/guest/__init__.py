@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyvmm.errors import PyvmmError
 from pyvmm.guest.toolchain import (
+    DEFAULT_USER_ISA,
     INCLUDE,
     LD,
     SRC,
@@ -27,10 +28,11 @@ from pyvmm.guest.toolchain import (
     ldflags,
     libs,
     runtime_library,
+    user_cflags,
 )
 
 __all__ = ["INCLUDE", "LD", "SRC", "GuestBuildError", "build", "cflags", "docs_path", "flags",
-           "ldflags", "libs", "runtime_library"]
+           "ldflags", "libs", "runtime_library", "user_cflags"]
 
 #: the SDK's reference as the wheel installs it (setup.py copies docs/guests.md here)
 DOCS = INCLUDE.parent / "docs" / "guests.md"
@@ -48,10 +50,12 @@ def docs_path() -> Path:
                      "reinstall pyvmm")
 
 
-def flags(multiboot: bool = False) -> dict[str, str]:
-    """``{"CFLAGS": ..., "LDFLAGS": ..., "LIBS": ...}`` as shell-quoted strings, for a
-    Makefile of your own (``pyvmm guest flags`` prints them)."""
+def flags(multiboot: bool = False, user_isa: str = DEFAULT_USER_ISA) -> dict[str, str]:
+    """``{"CFLAGS": ..., "USER_CFLAGS": ..., "LDFLAGS": ..., "LIBS": ...}`` as shell-quoted
+    strings, for a Makefile of your own (``pyvmm guest flags`` prints them).  CFLAGS are
+    for CPL0 code; USER_CFLAGS for files whose code runs at CPL3 (``GUEST_USER_CALL``)."""
     import shlex
 
-    return {"CFLAGS": shlex.join(cflags()), "LDFLAGS": shlex.join(ldflags(multiboot)),
+    return {"CFLAGS": shlex.join(cflags()), "USER_CFLAGS": shlex.join(user_cflags(user_isa)),
+            "LDFLAGS": shlex.join(ldflags(multiboot)),
             "LIBS": shlex.join(libs(runtime_library()))}

@@ -14,6 +14,13 @@ Why the flags are what they are (see docs/guests.md):
   kvm_pvm every CPL0 instruction goes through KVM's emulator, which knows neither;
 - ``-mno-red-zone``: interrupt handlers run on the same stack;
 - frame pointers and ``-g``: crash reports and gdb can walk the guest's stack.
+
+User-mode sources (``user_sources``, ``--user-src``: code run at CPL3 through
+``GUEST_USER_CALL``, see ``<pyvmm/user.h>``) are the exception: the CPU runs CPL3 code
+itself, so they get the vector ISA (``-march=native`` unless another is named) instead of
+``-mgeneral-regs-only``.  Everything else, the runtime included, keeps the CPL0 flags:
+CPL0 code never touching vector registers is also why the runtime need not save them
+around a user call.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ SRC = HERE / "src"
 LD = HERE / "ld"
 LIB = HERE / "lib"
 LIBRARY_NAME = "libpyvmm-guest.a"
-RUNTIME_SOURCES = ("entry.S", "rt.c", "ucall.c", "idt.c", "isr.S", "apic.c", "pt.c", "report.c")
+RUNTIME_SOURCES = ("entry.S", "boot.c", "serial.c", "printf.c", "string.c", "smp.c", "ucall.c",
+                   "idt.c", "isr.S", "apic.c", "pt.c", "report.c", "user.c", "user_entry.S")
 
 CFLAGS = (
     "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-ffreestanding", "-fno-builtin",
@@ -44,6 +52,9 @@ CFLAGS = (
     "-march=x86-64", "-fno-stack-protector", "-fcf-protection=none",
     "-fno-asynchronous-unwind-tables", "-fno-omit-frame-pointer",
 )
+#: the CPL0 flags that user-mode sources (CPL3, run natively) replace with the vector ISA
+CPL0_ONLY = ("-mgeneral-regs-only", "-march=x86-64")
+DEFAULT_USER_ISA = "native"
 LDFLAGS = (
     "-static", "-no-pie", "-nostdlib", "-Wl,--build-id=none", "-Wl,-z,max-page-size=4096",
     "-Wl,-z,noexecstack", "-Wl,--no-warn-rwx-segments",
@@ -69,6 +80,15 @@ def tool(name: str, env_var: str, default: str) -> list[str]:
 def cflags(include: Path = INCLUDE) -> list[str]:
     """Compiler flags for guest sources, with ``#include <pyvmm/guest.h>`` resolvable."""
     return [*CFLAGS, f"-I{include}"]
+
+
+def user_cflags(isa: str = DEFAULT_USER_ISA, include: Path = INCLUDE) -> list[str]:
+    """Compiler flags for user-mode (CPL3) sources: the CPL0 flags with ``-march=ISA`` in
+    place of ``-mgeneral-regs-only``; SSE/AVX allowed, as CPUID offers them at run time."""
+    if not isa or isa.startswith("-") or any(c.isspace() for c in isa):
+        raise GuestBuildError(f"--user-isa {isa!r}: not an ISA name (as gcc's -march= takes: "
+                              "native, x86-64-v3, skylake, ...)")
+    return [*(f for f in CFLAGS if f not in CPL0_ONLY), f"-march={isa}", f"-I{include}"]
 
 
 def ldflags(multiboot: bool = False, ld_dir: Path = LD) -> list[str]:
@@ -158,26 +178,40 @@ def runtime_library() -> Path:
 
 def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool = False,
           extra_cflags: Sequence[str] = (), extra_ldflags: Sequence[str] = (),
-          library: Path | None = None, include: Path = INCLUDE, ld_dir: Path = LD) -> Path:
+          library: Path | None = None, include: Path = INCLUDE, ld_dir: Path = LD,
+          user_sources: Sequence[str | Path] = (), user_isa: str = DEFAULT_USER_ISA) -> Path:
     """Compile and link ``sources`` (C and GNU as ``.S``) with the guest runtime.
+
+    ``user_sources`` hold code run at CPL3 (``GUEST_USER_CALL``): compiled with
+    :func:`user_cflags` (``-march=user_isa``, vector registers allowed), then linked with
+    the rest.  ``sources`` may be empty when ``user_sources`` are not.
 
     ELF64 guests follow pyvmm's entry convention; ``multiboot=True`` links the multiboot
     entry (everything at or above 1 MiB) and converts the result to ELF32 (EM_386), the
     form QEMU's ``-kernel`` and kvm-unit-tests' ``.flat`` files use.  Raises
     :class:`GuestBuildError` with the tool's output.
     """
-    if not sources:
+    if not sources and not user_sources:
         raise GuestBuildError("no source files to build")
-    for s in sources:
+    for s in (*sources, *user_sources):
         if not Path(s).is_file():
             raise GuestBuildError(f"{s}: no such source file")
+    ucflags = user_cflags(user_isa, include) if user_sources else []
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     lib = library if library is not None else runtime_library()
     cc = tool("cc", "CC", "gcc")
     linked = out.with_name(out.name + ".64") if multiboot else out
-    _run([*cc, *cflags(include), *extra_cflags, *ldflags(multiboot, ld_dir), *extra_ldflags,
-          "-o", str(linked), *map(str, sources), *libs(lib)], f"building {out.name}")
+    with tempfile.TemporaryDirectory(prefix="pyvmm-user-") as tmp:
+        user_objs = []
+        for i, s in enumerate(user_sources):
+            obj = Path(tmp) / f"{i}-{Path(s).stem}.o"
+            _run([*cc, *ucflags, *extra_cflags, "-c", "-o", str(obj), str(s)],
+                 f"compiling {s} (user mode)")
+            user_objs.append(str(obj))
+        _run([*cc, *cflags(include), *extra_cflags, *ldflags(multiboot, ld_dir), *extra_ldflags,
+              "-o", str(linked), *map(str, sources), *user_objs, *libs(lib)],
+             f"building {out.name}")
     if multiboot:
         try:
             _run([*tool("objcopy", "OBJCOPY", "objcopy"), "-O", "elf32-i386", str(linked),

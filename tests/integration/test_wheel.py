@@ -90,7 +90,7 @@ def test_runtime_debug_info_names_sources_that_exist(built_guest):
             name = die.attributes["DW_AT_name"].value.decode()
             comp_dir = die.attributes["DW_AT_comp_dir"].value.decode()
             files[Path(name).name] = Path(comp_dir, name)
-    assert {"entry.S", "rt.c", "ucall.c"} <= set(files), files
+    assert {"entry.S", "boot.c", "printf.c", "ucall.c"} <= set(files), files
     missing = [str(p) for n, p in files.items() if n != "g.c" and not p.is_file()]
     assert missing == []
 

@@ -3,9 +3,16 @@
 
 #include <pyvmm/rt.h>
 #include <pyvmm/ucall.h>
+#include <pyvmm/user.h>
 
+/* at CPL3 (user.h) the OUT would #GP: the runtime makes it for user code, with RDI (the
+ * struct's address, which the host reads) unchanged */
 void ucall(struct ucall *uc)
 {
+	if (guest_cpl() == 3) {
+		guest_syscall(GUEST_SYS_UCALL, (long)uc, 0, 0);
+		return;
+	}
 	__asm__ volatile("outb %%al, %%dx" :: "a"(0), "d"((uint16_t)UCALL_PORT), "D"(uc) : "memory");
 }
 

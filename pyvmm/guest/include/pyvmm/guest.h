@@ -22,5 +22,6 @@
 #include "apic.h"  /* local APIC, xAPIC and x2APIC: timers, EOI, IPIs */
 #include "pt.h"    /* 4-level page tables: pt_map, pt_pte, pt_clone_root */
 #include "report.h" /* kvm-unit-tests style PASS:/FAIL:/SKIP:/SUMMARY: lines */
+#include "user.h"   /* user mode (CPL3): GUEST_USER_CALL, GUEST_USER_TRY_CALL */
 
 #endif

@@ -13,6 +13,7 @@ typedef void (*ex_handler_t)(struct ex_regs *);
 
 void idt_install(void);
 void idt_set_handler(int vector, ex_handler_t handler);
+void idt_ensure_loaded(void); /* idt_install() unless this vCPU has loaded it already */
 
 /* Expecting a fault: after idt_catch_faults(), an instruction run through GUEST_TRY that
  * raises #UD, #GP or #PF resumes right after itself, and GUEST_TRY is 0 (1 when it did not
