@@ -13,124 +13,56 @@ Data flows one way: guest file -> loader plan (``pyvmm.loader``) -> memory and v
 
 from __future__ import annotations
 
-import math
 import os
-import threading
-import time
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-from pyvmm.devices.base import Device, VcpuContext, all_ones
+from pyvmm import hardware
+from pyvmm import snapshot as snapshots
+from pyvmm.background import BackgroundRun
+
+# re-exported where they were before pyvmm.config, devices.handler and pyvmm.snapshot
+from pyvmm.config import IRQCHIP_MODES as IRQCHIP_MODES
+from pyvmm.config import MAX_CPUS as MAX_CPUS
+from pyvmm.config import MULTIBOOT_MEM as MULTIBOOT_MEM
+from pyvmm.config import check_shape
+from pyvmm.config import check_timeout as check_timeout
+from pyvmm.config import memory_size as memory_size
+from pyvmm.devices.base import Device
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.debug_exit import DebugExit
+from pyvmm.devices.fastpath import FastEntry, Space
+from pyvmm.devices.handler import PortHandler as PortHandler
 from pyvmm.devices.msr import MsrHandlers, MsrRead, MsrWrite
 from pyvmm.devices.post import PostPort
 from pyvmm.devices.uart import Uart16550
-from pyvmm.devices.ucall import UCALL_PORT, GuestEvent, SyncHandler, UcallDevice
-from pyvmm.errors import (
-    ConfigError,
-    GuestExitedError,
-    GuestImageError,
-    MachineClosedError,
-    MachineStateError,
-)
-from pyvmm.kvm.errors import KvmError
-from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
-from pyvmm.kvm.vcpu import MP_STATE_UNINITIALIZED, Vcpu
-from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
-from pyvmm.loader import LoadPlan, open_image
-from pyvmm.loader.source import read_file
+from pyvmm.devices.ucall import GuestEvent, SyncHandler, UcallDevice
+from pyvmm.errors import GuestExitedError, GuestImageError, MachineClosedError, MachineStateError
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+from pyvmm.loader import LoadPlan, open_image, plan_for
 from pyvmm.loader.symbols import Symbols
 from pyvmm.memory import GuestMemory, MemoryRegion
-from pyvmm.vstate.fastpath import FastEntry, Space
+from pyvmm.snapshot import Snapshot
+from pyvmm.snapshot import SnapshotError as SnapshotError
+from pyvmm.tracing import Tracing
 from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
 from pyvmm.vstate.loop import VcpuLoop
 from pyvmm.vstate.result import FINAL, Outcome, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
-from pyvmm.x86 import layout
-from pyvmm.x86.cpuid import parse_cpu_features
 from pyvmm.x86.entry import EntryState, apply_entry
-from pyvmm.x86.reset import reset_vcpu
 
 if TYPE_CHECKING:
-    from pyvmm.debug.debugger import Debugger
+    import threading
+
+    from pyvmm.debug.debugger import Debugger, HostDebug
     from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
     from pyvmm.loader import GuestImage
     from pyvmm.platform.pc import PcPlatform
-    from pyvmm.vstate.snapshot import Snapshot
     from pyvmm.vstate.trace import ExitTrace
 
-#: exits each vCPU's trace ring keeps (pyvmm.vstate.trace.DEFAULT_CAPACITY; imported lazily:
-#: a run that does not trace never loads the module)
-TRACE_CAPACITY = 1 << 16
-#: guest events a trace keeps (pyvmm.vstate.trace.DEFAULT_EVENTS)
-TRACE_EVENTS = 1 << 16
-
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
-
-#: "kernel": KVM_CREATE_IRQCHIP (PIC, IOAPIC and LAPICs in KVM); "split": only the LAPICs in
-#: KVM (KVM_CAP_SPLIT_IRQCHIP; IOAPIC/PIC accesses exit); "none": no interrupt controller.
-IRQCHIP_MODES = ("kernel", "split", "none")
-SPLIT_IRQCHIP_PINS = 24
-#: the guest runtime has stacks for 64 APs; KVM_CAP_MAX_VCPUS may allow fewer
-MAX_CPUS = 64
-#: what QEMU's -kernel gives a multiboot kernel by default
-MULTIBOOT_MEM = 128 << 20
-
-
-#: how often next_event() looks whether a start()-ed run has ended
-EVENT_POLL = 0.05
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    """``timeout`` as the run and wait methods take it: None (no limit) or seconds >= 0;
-    infinity is None.  TypeError for a non-number, ValueError for a negative or NaN one."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if not timeout >= 0:  # NaN too
-        raise ConfigError(f"timeout {timeout} is not a number of seconds >= 0 (None: no limit)")
-    return None if math.isinf(timeout) else timeout
-
-
-class PortHandler(Device):
-    """Adapts two callables to the :class:`Device` interface for :meth:`Machine.add_handler`."""
-
-    def __init__(self, name: str, read: Callable[[int, int], int] | None,
-                 write: Callable[[int, int, int], None] | None) -> None:
-        self.name = name
-        self._read = read
-        self._write = write
-
-    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
-        return self._read(addr, size) if self._read else all_ones(size)
-
-    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        if self._write:
-            self._write(addr, size, value)
-
-
-def memory_size(mem: int | str) -> int:
-    """``mem`` in bytes: an int is bytes; a string takes K/M/G/T suffixes and a bare number
-    is MiB, as QEMU's ``-m`` (and ``pyvmm run --mem``).  ConfigError for sizes a guest
-    cannot have here; for an int that is no whole number of pages it asks whether MiB were
-    meant (``mem=64`` is 64 bytes, ``--mem 64`` 64 MiB)."""
-    if isinstance(mem, bool) or not isinstance(mem, int | str):
-        raise ConfigError(f"memory size must be an int (bytes) or a size string such as '64M', "
-                          f"not {type(mem).__name__} {mem!r}")
-    try:
-        size = layout.parse_size(mem, default_unit=layout.MiB) if isinstance(mem, str) else mem
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if size <= 0 or size % 4096:
-        hint = f" (an int is bytes: did you mean '{mem}M'?)" if isinstance(mem, int) and size > 0 else ""
-        raise ConfigError(f"memory size {size} bytes is not a positive multiple of 4 KiB{hint}")
-    host = layout.host_memory()
-    if host and size > host:
-        raise ConfigError(f"{layout.format_size(size)} of guest RAM is more than this host's "
-                          f"{layout.format_size(host)} of memory")
-    return size
 
 
 class Machine:
@@ -176,14 +108,7 @@ class Machine:
                  history: HistoryLimits | None = None, cpu_features: str = "",
                  ram_file: tuple[int, list[int]] | None = None) -> None:
         self.mem_size = memory_size(mem)
-        if not 1 <= cpus <= MAX_CPUS:
-            raise ConfigError(f"cpus must be 1..{MAX_CPUS}, not {cpus}")
-        if irqchip not in IRQCHIP_MODES:
-            raise ConfigError(f"irqchip must be one of {', '.join(IRQCHIP_MODES)}, not {irqchip!r}")
-        if pit and irqchip != "kernel":
-            raise ConfigError("the in-kernel PIT needs the in-kernel irqchip (irqchip='kernel')")
-        if irqchip == "none" and cpus > 1:
-            raise ConfigError("more than one vCPU needs an irqchip (INIT/SIPI go through the LAPIC)")
+        check_shape(cpus, irqchip, pit)
         self.cpus = cpus
         self.cmdline = cmdline
         self.cpu_features = cpu_features
@@ -202,11 +127,13 @@ class Machine:
         self._stats: list[tuple[str, StatsReader]] = []
         self._runner: Runner | None = None
         self._debugger: Debugger | None = None
-        self._trace: ExitTrace | None = None
+        #: what the host's debug support offers, handed to :attr:`debug` when it is made
+        #: (``pyvmm.doctor.host_debug``); None: breakpoints in debug registers, write
+        #: watchpoints emulated by stepping
+        self.host_debug: HostDebug | None = None
+        self._tracing = Tracing()
         self._loaded = False
-        self._bg: threading.Thread | None = None
-        self._bg_result: RunResult | None = None
-        self._bg_error: BaseException | None = None
+        self._bg = BackgroundRun(self.events)
         self._ended: RunResult | None = None
         self._closed = False
         self.kvm = Kvm(kvm_path)
@@ -217,57 +144,20 @@ class Machine:
             raise
 
     def _build(self, strict_io: bool, ram_file: tuple[int, list[int]] | None) -> None:
-        # three KVM_CHECK_EXTENSIONs, not Kvm.capabilities (~90 of them): machines are
-        # created by the thousand and every microsecond of set-up counts
-        max_vcpus = self.kvm.check_extension(CAP_MAX_VCPUS) or 1
-        if self.cpus > max_vcpus:
-            raise KvmError("KVM_CREATE_VCPU", 22, f"this KVM allows {max_vcpus} vCPUs")
-        self.vm = self.kvm.create_vm()
-        if self.kvm.check_extension(CAP_SET_TSS_ADDR):
-            self.vm.set_tss_addr(layout.TSS_ADDR)
-        if self.kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
-            self.vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
-        if self.irqchip == "kernel":
-            # before the memslots: on kvm_pvm a memslot added to a VM that has an in-kernel
-            # PIC/IOAPIC waits for an SRCU grace period (~6 ms); this order pays it once, at
-            # creation, instead of ~15 ms at destruction
-            self.vm.create_irqchip()
-            if self.pit:
-                self.vm.create_pit2(PIT_SPEAKER_DUMMY)  # port 0x61 handled in KVM
-        elif self.irqchip == "split":
-            self.vm.enable_split_irqchip(SPLIT_IRQCHIP_PINS)
+        self.vm = hardware.create_vm(self.kvm, self.cpus, self.irqchip, self.pit)
         self.memory = GuestMemory(self.vm)
-        for i, (gpa, size) in enumerate(layout.ram_ranges(self.mem_size)):
-            file = (ram_file[0], ram_file[1][i]) if ram_file is not None else None
-            # a clone's slots log dirty pages from the start: turning it on later would
-            # change the memslot, which waits for an SRCU grace period under an irqchip
-            self.memory.add_ram(gpa, size, name="ram" if gpa == 0 else "ram-high", file=file,
-                                log_dirty=file is not None)
+        hardware.add_guest_ram(self.memory, self.mem_size, ram_file)
         self.bus = Bus(strict=strict_io)
         self.msrs = MsrHandlers()
         self.uart = Uart16550(self.serial.write)
         self.uart.on_fast_change = self._sync_fast
         self.debug_exit = DebugExit()
         self.post = PostPort()
-        self.ucall = UcallDevice(self.memory, lambda: self.image.symbols if self.image else None,
-                                 self._emit)
-        for dev, port, n in ((self.uart, 0x3F8, 8), (self.debug_exit, 0xF4, 4), (self.post, 0x80, 1),
-                             (self.ucall, UCALL_PORT, 4)):
-            self.bus.register(Space.PIO, port, n, dev)
-        supported: list[dict[str, int]] = []
-
-        def leaves() -> list[dict[str, int]]:  # only when the CPUID is not cached yet
-            if not supported:
-                supported.extend(self.kvm.get_supported_cpuid())
-            return supported
-
-        features = parse_cpu_features(self.cpu_features, leaves()) if self.cpu_features else {}
-        for i in range(self.cpus):
-            vcpu = self.vm.create_vcpu(i)
-            self.vcpus.append(vcpu)
-            self._reset_lapics.append(reset_vcpu(vcpu, leaves, self.cpus,
-                                                 lapic=self.irqchip != "none", features=features,
-                                                 kvm_path=self.kvm.path))
+        self.ucall = UcallDevice(self.memory, lambda: self.symbols, self._emit)
+        for dev in (self.uart, self.debug_exit, self.post, self.ucall):
+            self.bus.attach(dev)
+        self._reset_lapics = hardware.create_vcpus(self.kvm, self.vm, self.cpus, self.irqchip,
+                                                   self.cpu_features, self.vcpus)
 
     # --- building from a guest file ---------------------------------------------
     @classmethod
@@ -306,26 +196,7 @@ class Machine:
                  initrd: str | os.PathLike[str] | None = None) -> LoadPlan:
         """Lay ``image`` out against this machine's RAM (the initrd is read here, bounded
         by the RAM it must fit in)."""
-        data = None
-        if initrd is not None:
-            data = read_file(initrd, self.mem_size, what="initrd", error=ConfigError)
-        try:
-            args = os.fsencode(cmdline)
-        except UnicodeError as e:
-            raise ConfigError(f"the command line cannot be encoded: {e}") from None
-        ram = self.memory.ram_ranges()
-        name = os.fsdecode(initrd) if initrd is not None else ""
-        # the same image planned for the same RAM and arguments gives the same plan (a
-        # harness or fuzzer reusing a parsed image skips rebuilding page tables and boot info)
-        key = (tuple(ram), args, self.cpus, data, name)
-        plans: dict[Any, LoadPlan] = image.__dict__.setdefault("_plans", {})
-        plan = plans.get(key)
-        if plan is None:
-            plan = image.plan(ram, cmdline=args, ncpus=self.cpus, initrd=data, initrd_name=name)
-            if len(plans) >= 8:
-                plans.clear()
-            plans[key] = plan
-        return plan
+        return plan_for(image, self.memory.ram_ranges(), self.cpus, self.mem_size, cmdline, initrd)
 
     def load(self, plan: LoadPlan, image: GuestImage | None = None) -> None:
         """Apply a loader's plan: its bytes to RAM, its entry state to the BSP."""
@@ -448,36 +319,14 @@ class Machine:
         ``timeout`` seconds or once that run has ended with no event left to read.
         MachineStateError when no run was started (nothing could ever come)."""
         self._check_open("next_event")
-        timeout = check_timeout(timeout)
-        if self._bg is None:
-            raise MachineStateError("next_event()/wait_event() read the events of a run started "
-                                    "with start(); call start() first (run() returns its events "
-                                    "in RunResult.events)")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            running = self._bg.is_alive()
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            # short waits while the run goes on, so that its end is seen; none after it
-            wait = 0.0 if not running else EVENT_POLL if left is None else min(left, EVENT_POLL)
-            ev = self.events.next(wait)
-            if ev is not None or not running or (deadline is not None and
-                                                 time.monotonic() >= deadline):
-                return ev
+        return self._bg.next_event(timeout)
 
     def wait_event(self, kind: str | None = None, stage: int | None = None,
                    timeout: float | None = None) -> GuestEvent | None:
         """The next guest event of ``kind`` (and sync ``stage``), or None after ``timeout``
         seconds or when the run ended without one; events that do not match are skipped
         (they stay in the history).  As :meth:`next_event`, it needs a :meth:`start`-ed run."""
-        timeout = check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ev = self.next_event(left)
-            if ev is None:
-                return None
-            if (kind is None or ev.kind == kind) and (stage is None or ev.stage == stage):
-                return ev
+        return self._bg.wait_event(kind, stage, timeout)
 
     # --- running ---------------------------------------------------------------
     def _runner_for(self) -> Runner:
@@ -489,87 +338,49 @@ class Machine:
         return self._runner
 
     def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool | Outcome:
-        """The guest entered ACPI S3: sleep until the PC platform's wake-up (the RTC
-        alarm), then reset every vCPU as the chipset does, RAM kept, and let the BSP resume
-        in real mode at the FACS's waking vector.  False when no wake-up comes in time; a
-        crash outcome when the guest's waking vector cannot be resumed at."""
-        from pyvmm.platform.pc import ResumeError
-
-        wait = self.pc.seconds_to_wake() if self.pc is not None else None
-        if wait is None or (left is not None and wait > left):
-            stop.wait(left)  # asleep for good: until the timeout, a stop or a signal
+        if self.pc is None:  # no chipset to wake the guest: asleep for good
+            stop.wait(left)
             return False
-        if stop.wait(wait):
-            return False
-        assert self.pc is not None
-        try:
-            entry = self.pc.resume_entry()
-        except ResumeError as e:  # the guest's value: a guest fault, never a usage error
-            return Outcome(RunStatus.CRASH, self.vcpus[0].id, reason=str(e))
-        for vcpu, lapic in zip(self.vcpus, self._reset_lapics, strict=True):
-            if lapic is not None:
-                vcpu.set_lapic(lapic)
-            if vcpu.id:
-                vcpu.set_mp_state(MP_STATE_UNINITIALIZED)  # APs wait for INIT/SIPI again
-        self.pc.reset_after_sleep()
-        apply_entry(self.vcpus[0], entry)
-        self.pc.woke()
-        return True
+        return self.pc.sleep_s3(self.vcpus, self._reset_lapics, left, stop)
 
-    def enable_trace(self, capacity: int = TRACE_CAPACITY, *, events: int = TRACE_EVENTS
+    def enable_trace(self, capacity: int | None = None, *, events: int | None = None
                      ) -> ExitTrace:
         """Record every exit from now on (the C loop keeps the newest ``capacity`` per
-        vCPU, a power of two, between runs and across them) and the newest ``events``
-        guest events (older ones are counted: ``ExitTrace.dropped_events``); each run's
-        result carries the trace so far (``RunResult.trace``)."""
+        vCPU, a power of two, between runs and across them; default 65536) and the newest
+        ``events`` guest events (default 65536; older ones are counted:
+        ``ExitTrace.dropped_events``); each run's result carries the trace so far
+        (``RunResult.trace``)."""
         self._check_open("enable_trace")
-        from pyvmm.vstate.trace import ExitTrace
-
-        if self._trace is None:
-            self._trace = ExitTrace(capacity=capacity, max_events=events)
-            self.on_event(self._trace.add_event)
         self._runner_for()
-        for loop in self.loops:
-            loop.enable_trace(capacity)
-        return self._trace
+        return self._tracing.enable(self.loops, self.on_event, capacity, events)
 
-    # --- snapshots ---------------------------------------------------------------
+    # --- snapshots (pyvmm.snapshot) ---------------------------------------------
     def snapshot(self) -> Snapshot:
         """Everything the guest can observe, now (the machine must be stopped: between
         runs, not from a sync handler).  From here on RAM writes are tracked, so that
         :meth:`restore` of this snapshot copies back only the pages written since."""
-        from pyvmm.vstate.snapshot import take
-
         self._check_open("snapshot")
         self._check_stopped("snapshot")
-        return take(self)
+        return snapshots.take(self)
 
     def save_snapshot(self, path: str | os.PathLike[str]) -> None:
         """:meth:`snapshot` written straight to ``path`` (as :meth:`Snapshot.save`), RAM
         streamed from the guest's own memory: no in-memory copy of guest RAM."""
-        from pyvmm.vstate.snapshot import save_machine
-
         self._check_open("save_snapshot")
         self._check_stopped("snapshot")
-        save_machine(self, path)
+        snapshots.save_machine(self, path)
 
     def restore(self, snap: Snapshot) -> int:
         """Put the machine back as it was at ``snap`` (taken from this machine, or one of
         the same shape); returns how many RAM pages were copied.  A guest that had ended
-        can run again.  ``snap`` is a :class:`~pyvmm.vstate.snapshot.Snapshot` (TypeError
-        for anything else): for a file, ``restore(pyvmm.vstate.snapshot.load(path))``, or a
-        new machine with :meth:`from_snapshot`."""
-        from pyvmm.vstate.snapshot import Snapshot, SnapshotError, restore
-
-        if not isinstance(snap, Snapshot):
-            what = f"{type(snap).__name__} {snap!r}" if isinstance(snap, str | os.PathLike) \
-                else type(snap).__name__
-            raise TypeError(f"restore() takes a Snapshot, not {what}; for a snapshot file use "
-                            "restore(pyvmm.vstate.snapshot.load(path)) or Machine.from_snapshot(path)")
+        can run again.  ``snap`` is a :class:`~pyvmm.snapshot.Snapshot` (TypeError for
+        anything else): for a file, ``restore(pyvmm.snapshot.load(path))``, or a new
+        machine with :meth:`from_snapshot`."""
+        snap = snapshots.checked(snap)
         self._check_open("restore")
         self._check_stopped("restore")
         try:
-            pages = restore(self, snap)
+            pages = snapshots.restore(self, snap)
         except ValueError as e:  # a struct of the wrong size from a file
             raise SnapshotError(f"the snapshot is corrupt: {e}") from None
         for fe in self.bus.fast_entries:  # a device's state may have changed its answers
@@ -586,50 +397,10 @@ class Machine:
         in-memory one).  From a file the RAM is mapped copy-on-write from it: nothing is
         copied up front.  ``kw`` may set what is not part of the guest's state (``serial``,
         ``history``, ``strict_io``)."""
-        from pyvmm.snapshot_file import ram_file as snapshot_ram_file
-        from pyvmm.vstate.snapshot import Snapshot, load
-
-        snap = source if isinstance(source, Snapshot) else load(source)
-        try:
-            return cls._clone(snap, snapshot_ram_file(snap), snap is not source, **kw)
-        finally:
-            if snap is not source:  # this call's own: its fd and mapping go now, not at GC
-                snap.close()
-
-    @classmethod
-    def _clone(cls, snap: Snapshot, ram_file: tuple[int, list[int]] | None, owned: bool,
-               **kw: Any) -> Machine:
-        from pyvmm.vstate.snapshot import SnapshotError
-
-        cfg = snap.config
-        try:
-            m = cls(mem=cfg["mem"], cpus=cfg["cpus"], irqchip=cfg["irqchip"], pit=cfg["pit"],
-                    cpu_features=cfg.get("cpu_features", ""), cmdline=cfg.get("cmdline", ""),
-                    ram_file=ram_file, **kw)
-        except (KeyError, TypeError, ConfigError) as e:
-            raise SnapshotError(f"the snapshot's machine description is unusable here: {e}") from None
-        try:
-            if cfg.get("pc"):
-                m.add_pc_platform()
-            image = cfg.get("image")
-            if image and os.path.isfile(image):
-                try:  # for symbols only: the guest's bytes are in the snapshot's RAM
-                    m.image = open_image(image, mem=m.mem_size, fmt=cfg.get("format") or None)
-                except GuestImageError:
-                    m.image = None
-            if ram_file is not None:
-                m.memory.start_dirty_tracking()  # RAM is the snapshot's already
-                m.memory.dirty_base = snap
-            m.restore(snap)
-            if owned:  # no one else can restore it: do not keep it alive
-                m.memory.dirty_base = None
-        except BaseException:
-            m.close()
-            raise
-        return m
+        return snapshots.clone(cls, source, **kw)
 
     def _check_stopped(self, what: str) -> None:
-        if self._bg is not None and self._bg.is_alive():
+        if self._bg.running():
             raise MachineStateError(f"cannot {what} while the machine runs; stop() and join() first")
 
     def _check_open(self, what: str) -> None:
@@ -645,7 +416,7 @@ class Machine:
         if self._debugger is None:
             from pyvmm.debug.debugger import Debugger
 
-            self._debugger = Debugger(self)
+            self._debugger = Debugger(self, host=self.host_debug)
         return self._debugger
 
     def write_core(self, path: str | os.PathLike[str], status: RunStatus | None = None) -> None:
@@ -689,15 +460,11 @@ class Machine:
         :meth:`start`-ed run goes on."""
         self._check_open("run")
         timeout = check_timeout(timeout)
-        if threading.current_thread() is not self._bg:
+        if not self._bg.on_thread():
             self._check_stopped("run")
         self._check_runnable()
         result = self._runner_for().run(timeout, python_loop, vcpus=vcpus, collect_stats=stats)
-        if self._trace is not None:
-            for loop in self.loops:
-                if loop.trace is not None:
-                    self._trace.add(loop.vcpu.id, *loop.trace.drain())
-            result.trace = self._trace
+        self._tracing.collect(self.loops, result)
         if result.status in FINAL:
             self._ended = result
         return result
@@ -716,22 +483,11 @@ class Machine:
         raised by :meth:`join`."""
         self._check_open("start")
         timeout = check_timeout(timeout)
-        if self._bg is not None and self._bg.is_alive():
+        if self._bg.running():
             raise MachineStateError("the machine is already running")
         self._check_runnable()
-        self._bg_result = None
-        self._bg_error = None
-        self.events.skip_to_end()
-
-        def body() -> None:
-            try:
-                self._bg_result = self.run(timeout, python_loop=python_loop)
-            except BaseException as e:  # handed to join(), never a thread traceback
-                self._bg_error = e
-
         self._runner_for()
-        self._bg = threading.Thread(target=body, name="pyvmm-run", daemon=True)
-        self._bg.start()
+        self._bg.start(lambda: self.run(timeout, python_loop=python_loop))
 
     def stop(self) -> None:
         """Ask a running :meth:`run`/:meth:`start` to stop every vCPU now."""
@@ -741,17 +497,7 @@ class Machine:
     def join(self, timeout: float | None = None) -> RunResult:
         """Wait for a :meth:`start`-ed run and return its result (or raise what the run
         raised on its thread)."""
-        if self._bg is None:
-            raise MachineStateError("join() waits for a run started with start(); none was started")
-        self._bg.join(check_timeout(timeout))
-        if self._bg.is_alive():
-            raise TimeoutError("the run is still going; call stop() first")
-        if self._bg_error is not None:
-            error, self._bg_error = self._bg_error, None
-            raise error
-        if self._bg_result is None:
-            raise MachineStateError("the background run failed before it produced a result")
-        return self._bg_result
+        return self._bg.join(timeout)
 
     # --- teardown --------------------------------------------------------------
     def close(self) -> None:
@@ -759,9 +505,7 @@ class Machine:
         if self._closed:
             return
         self._closed = True
-        if self._bg is not None and self._bg.is_alive():
-            self.stop()
-            self._bg.join()
+        self._bg.close(self.stop)
         if self._runner is not None:
             self._runner.close()
         for _, reader in self._stats:

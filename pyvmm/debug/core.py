@@ -19,15 +19,31 @@ from __future__ import annotations
 import os
 import signal
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyvmm.debug.coremap import WalkLimit, core_segments, physical_segments
 from pyvmm.errors import GuestMemoryError, PyvmmError
 from pyvmm.vstate.result import RunStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pyvmm.kvm.vcpu import Vcpu
-    from pyvmm.machine import Machine
+    from pyvmm.memory import GuestMemory
+
+
+class CoreSource(Protocol):
+    """What a core is written from (``Machine`` is one): the vCPUs, BSP first, whose
+    registers it holds; the RAM it copies; the guest image, whose path names the core."""
+
+    @property
+    def memory(self) -> GuestMemory: ...
+
+    @property
+    def vcpus(self) -> Sequence[Vcpu]: ...
+
+    @property
+    def image(self) -> object | None: ...
 
 ET_CORE, EM_X86_64 = 4, 62
 PT_LOAD, PT_NOTE = 1, 4
@@ -91,7 +107,7 @@ def prpsinfo(name: str) -> bytes:
                        fname, name.encode()[:79])
 
 
-def segments(machine: Machine, vcpu: Vcpu) -> list[tuple[int, int, int]]:
+def segments(machine: CoreSource, vcpu: Vcpu) -> list[tuple[int, int, int]]:
     """``(va, pa, size)`` runs of guest RAM as ``vcpu`` sees them (its page tables when
     paging is on, else physical addresses), each physical page at most once
     (``pyvmm.debug.coremap``): the core never holds more than guest RAM, however the
@@ -116,7 +132,7 @@ def segments(machine: Machine, vcpu: Vcpu) -> list[tuple[int, int, int]]:
     return physical_segments(ram)[:MAX_SEGMENTS]
 
 
-def write_core(machine: Machine, path: str | os.PathLike[str], *, status: RunStatus | None = None,
+def write_core(machine: CoreSource, path: str | os.PathLike[str], *, status: RunStatus | None = None,
                name: str = "") -> None:
     """Write the core of ``machine`` to ``path``; ``status`` picks the signal the threads
     report (crash: SIGSEGV, assertion: SIGABRT, timeout: SIGALRM)."""
@@ -156,7 +172,7 @@ def write_core(machine: Machine, path: str | os.PathLike[str], *, status: RunSta
         os.close(fd)
 
 
-def _copy_ram(machine: Machine, fd: int, pa: int, size: int, off: int) -> None:
+def _copy_ram(machine: CoreSource, fd: int, pa: int, size: int, off: int) -> None:
     """Copy guest RAM ``[pa, pa+size)`` to file offset ``off``, skipping zero pages."""
     chunk = 1 << 20
     for start in range(0, size, chunk):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from pyvmm.vstate.fastpath import FastEntry
+from pyvmm.devices.fastpath import FastEntry, Space
 
 
 def all_ones(size: int) -> int:
@@ -54,8 +54,14 @@ class Device:
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         return None
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        """The ``(space, base, length)`` ranges the device answers at its own addresses
+        (``Bus.attach``): the device, not the machine, knows its ports.  A device placed
+        by its user (``Machine.add_device``) may declare none."""
+        return []
+
     def fast_entries(self) -> list[FastEntry]:
-        """Exits the C loop may answer for this device (see ``pyvmm.vstate.fastpath``)."""
+        """Exits the C loop may answer for this device (see ``pyvmm.devices.fastpath``)."""
         return []
 
     def fast_event(self, data: bytes) -> None:

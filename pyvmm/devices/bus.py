@@ -15,8 +15,8 @@ import threading
 from collections import Counter
 
 from pyvmm.devices.base import HOST, Device, VcpuContext, all_ones
+from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, Space
 from pyvmm.errors import ExitStatus, GuestIoError, PyvmmError
-from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 
 __all__ = ["READ", "WRITE", "Action", "Bus", "BusError", "Device", "FastEntry", "GuestStop",
            "Space", "UnclaimedIoError", "all_ones"]
@@ -87,6 +87,14 @@ class Bus:
             new = [fe for fe in device.fast_entries() if fe not in self.fast_entries]
             self.fast_entries += new
             self._devices = None
+        return new
+
+    def attach(self, device: Device) -> list[FastEntry]:
+        """Claim every range the device declares (:meth:`Device.ranges`); returns its new
+        fast entries."""
+        new: list[FastEntry] = []
+        for space, base, length in device.ranges():
+            new += self.register(space, base, length, device)
         return new
 
     def devices(self) -> list[tuple[str, Device]]:

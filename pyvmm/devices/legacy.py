@@ -10,7 +10,7 @@ from typing import Any
 
 from pyvmm.devices.base import Device, VcpuContext, all_ones
 from pyvmm.devices.bus import GuestStop
-from pyvmm.vstate.fastpath import READ, Action, FastEntry, Space
+from pyvmm.devices.fastpath import READ, Action, FastEntry, Space
 
 BOCHS_SHUTDOWN_PORT = 0x8900
 PCI_CONFIG_ADDRESS = 0xCF8

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pyvmm.devices.base import Device, VcpuContext
-from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
+from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, Space
 
 COM1 = 0x3F8
 THR, IER, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -36,6 +36,9 @@ class Uart16550(Device):
         self._thr = FastEntry(Space.PIO, base + THR, 1, WRITE, Action.BUFFER, self)
         self._lsr = FastEntry(Space.PIO, base + LSR, 1, READ, Action.SINK, self, read_value=LSR_IDLE)
         self.on_fast_change: Callable[[FastEntry], None] = lambda entry: None
+
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, self.base, 8)]
 
     def fast_entries(self) -> list[FastEntry]:
         return [self._thr, self._lsr]

@@ -9,10 +9,10 @@ import pytest
 from pyvmm._native import ffi, lib
 from pyvmm.devices.base import Device, VcpuContext
 from pyvmm.devices.bus import Bus, GuestStop
+from pyvmm.devices.fastpath import Space
 from pyvmm.devices.msr import MsrHandlers
 from pyvmm.errors import GuestIoError
 from pyvmm.vstate.exits import handle_exit
-from pyvmm.vstate.fastpath import Space
 
 SIZE = 3 * 4096
 _KEEP: list = []

@@ -29,8 +29,8 @@ from pyvmm.devices.uart import Uart16550
 from pyvmm.errors import Interrupted
 from pyvmm.kvm.native import ffi
 from pyvmm.kvm.vcpu import REGS
+from pyvmm.snapshot import Snapshot, VcpuState
 from pyvmm.snapshot_file import HEADER, PAGE, SnapshotError, read, write
-from pyvmm.vstate.snapshot import Snapshot, VcpuState
 
 MEM = 16 * PAGE
 

@@ -1,0 +1,25 @@
+"""``PortHandler``: two Python callables as a device (``Machine.add_handler``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyvmm.devices.base import Device, VcpuContext, all_ones
+
+
+class PortHandler(Device):
+    """Adapts ``read(addr, size)`` and ``write(addr, size, value)`` to the :class:`Device`
+    interface; a direction with no callable reads all-ones or drops the write."""
+
+    def __init__(self, name: str, read: Callable[[int, int], int] | None,
+                 write: Callable[[int, int, int], None] | None) -> None:
+        self.name = name
+        self._read = read
+        self._write = write
+
+    def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
+        return self._read(addr, size) if self._read else all_ones(size)
+
+    def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
+        if self._write:
+            self._write(addr, size, value)
