@@ -9,6 +9,7 @@ the memslots (paid once, at creation, instead of ~15 ms at destruction).
 from __future__ import annotations
 
 from pyvmm.config import SPLIT_IRQCHIP_PINS
+from pyvmm.devices.bus import Bus
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
 from pyvmm.kvm.vcpu import Vcpu
@@ -76,3 +77,16 @@ def create_vcpus(kvm: Kvm, vm: Vm, cpus: int, irqchip: str, cpu_features: str,
         lapics.append(reset_vcpu(vcpu, leaves, cpus, lapic=irqchip != "none", features=features,
                                  kvm_path=kvm.path))
     return lapics
+
+
+def close(bus: Bus | None, vm: Vm | None, memory: GuestMemory | None, kvm: Kvm) -> None:
+    """Release what :func:`create_vm` and the machine built, in the order that is safe:
+    devices first (the HPET's timer threads end while the VM's fd is open), then the VM
+    (its vCPUs and their kvm_run mappings), then RAM, then /dev/kvm."""
+    if bus is not None:
+        bus.close()
+    if vm is not None:
+        vm.close()
+    if memory is not None:
+        memory.close()
+    kvm.close()

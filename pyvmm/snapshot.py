@@ -205,7 +205,16 @@ def machine_config(m: SnapshotTarget) -> dict[str, Any]:
 
 
 def restore(m: SnapshotTarget, snap: Snapshot) -> int:
-    """Put ``snap`` back into ``m`` (stopped); returns how many RAM pages were copied."""
+    """Put ``snap`` back into ``m`` (stopped); returns how many RAM pages were copied.
+    ``snap`` is taken from ``m`` or a machine of the same shape (SnapshotError otherwise,
+    and for a corrupt one)."""
+    try:
+        return _restore(m, snap)
+    except ValueError as e:  # a struct of the wrong size from a file
+        raise SnapshotError(f"the snapshot is corrupt: {e}") from None
+
+
+def _restore(m: SnapshotTarget, snap: Snapshot) -> int:
     shape = (id(m), len(m.memory.regions), m.pc is not None)
     if snap._checked_shape != shape:  # the machine's shape changes rarely: check it once
         mine = machine_config(m)
