@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pyvmm.debug.coremap import WalkLimit, core_segments, physical_segments
 from pyvmm.errors import GuestMemoryError, PyvmmError
 from pyvmm.vstate.result import RunStatus
+from pyvmm.x86.modes import PAGING_4LEVEL, paging_mode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,8 +54,6 @@ EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 PAGE = 4096
 ZERO_PAGE = bytes(PAGE)
-CR0_PG = 1 << 31
-EFER_LMA = 1 << 10
 #: a core never holds more than this many segments (ELF's e_phnum is 16 bits)
 MAX_SEGMENTS = 0xFF00
 #: user_regs_struct order, as NT_PRSTATUS' pr_reg holds it
@@ -115,7 +114,7 @@ def segments(machine: CoreSource, vcpu: Vcpu) -> list[tuple[int, int, int]]:
     physical layout; at most MAX_SEGMENTS runs are written."""
     sregs = vcpu.get_sregs()
     ram = machine.memory.ram_ranges()
-    if int(sregs.cr0) & CR0_PG and int(sregs.efer) & EFER_LMA:
+    if paging_mode(sregs) == PAGING_4LEVEL:  # the tables a core's walk knows
 
         def read_table(pa: int) -> bytes | None:
             try:

@@ -25,7 +25,8 @@ from pyvmm.debug.registers import RegisterError, RegisterFile, check_value
 from pyvmm.errors import GuestExitedError, GuestMemoryError, PyvmmError
 from pyvmm.kvm.vcpu import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP, GUESTDBG_USE_SW_BP
 from pyvmm.vstate.result import Outcome, RunResult, RunStatus
-from pyvmm.x86.paging import walk
+from pyvmm.x86.modes import paging_mode
+from pyvmm.x86.paging import translate
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -73,8 +74,6 @@ DR7_GE = 1 << 9
 DR6_BS = 1 << 14
 BP_VECTOR, DB_VECTOR = 3, 1
 INT3 = b"\xcc"
-CR0_PG = 1 << 31
-EFER_LMA = 1 << 10
 PAGE = 4096
 ADDRESS_LIMIT = 1 << 64
 
@@ -303,20 +302,16 @@ class Debugger:
         f._dirty.add("regs")
 
     def translate(self, address: int, vcpu: int = 0) -> int | None:
-        """Guest-virtual ``address`` as the vCPU sees it now -> guest-physical, or None.
-        Long mode walks the vCPU's 4-level tables in Python (bounds-checked reads); no
-        paging is the identity below 4 GiB; other paging modes ask KVM (KVM_TRANSLATE)."""
+        """Guest-virtual ``address`` as the vCPU sees it now -> guest-physical, or None:
+        :func:`pyvmm.x86.paging.translate` over the vCPU's own tables (bounds-checked
+        reads) in its paging mode; no paging is the identity below 4 GiB."""
         if not 0 <= address < 1 << 64:
             return None
         s = self.registers(vcpu).sregs
-        if not int(s.cr0) & CR0_PG:
-            return address if address < 1 << 32 else None
-        if int(s.efer) & EFER_LMA:
-            try:
-                return walk(lambda a: self.machine.memory.read_int(a, 8), int(s.cr3), address)
-            except GuestMemoryError:
-                return None
-        return self.machine.vcpus[vcpu].translate(address)
+        try:
+            return translate(self.machine.memory.read_int, paging_mode(s), int(s.cr3), address)
+        except GuestMemoryError:
+            return None
 
     def _gpa(self, address: int, vcpu: int) -> int:
         gpa = self.translate(address, vcpu)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyvmm.errors import ConfigError, GuestImageError
 from pyvmm.loader.boot import ElfImage, parse_elf64
+from pyvmm.loader.mbheader import FLAG_ADDRESSES, HEADER_MAGIC, SEARCH, find_header
 from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import ImageBytes, read_file, shown
 from pyvmm.loader.sparse import read_image
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 
 #: the multiboot header's magic as it appears in a file: files without it never look
 #: further (and an ELF64 guest never loads the multiboot loader)
-_MB_MAGIC = (0x1BADB002).to_bytes(4, "little")
-_MB_SEARCH = 8192 + 12
+_MB_MAGIC = HEADER_MAGIC.to_bytes(4, "little")
+_MB_SEARCH = SEARCH + 12  # a header starts in the first SEARCH bytes: magic, flags, checksum
 
 
 def __getattr__(name: str) -> object:
@@ -57,8 +58,6 @@ def detect(data: ImageBytes, name: str = "<guest>") -> str:
     is pyvmm's own convention.  GuestImageError for anything else."""
     header = None
     if _MB_MAGIC in data[:_MB_SEARCH]:
-        from pyvmm.loader.mbheader import FLAG_ADDRESSES, find_header
-
         header = find_header(data)
     elf64 = data[:4] == b"\x7fELF" and data[4:5] == b"\x02"
     if header is not None and (not elf64 or header.flags & FLAG_ADDRESSES):

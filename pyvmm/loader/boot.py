@@ -35,7 +35,7 @@ from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
 from pyvmm.x86.entry import EntryState
-from pyvmm.x86.layout import MMIO_HOLE_END, MMIO_HOLE_START, GiB
+from pyvmm.x86.layout import E820_RAM, E820_RESERVED, MMIO_HOLE_END, MMIO_HOLE_START, GiB
 from pyvmm.x86.paging import (
     PAGE_2M,
     PAGE_4K,
@@ -52,8 +52,6 @@ BOOT_MAGIC = 0x4D565950
 BOOT_VERSION = 1
 BOOT_INFO = struct.Struct("<IIQQIIQIIQQQQ")
 MMAP_ENTRY = struct.Struct("<QQII")
-E820_RAM = 1
-E820_RESERVED = 2
 MIN_STACK = 64 * 1024
 DEFAULT_STACK = 256 * 1024
 MAX_CMDLINE = 4096
