@@ -202,7 +202,8 @@ class Machine:
 
     # --- devices, memory and events (pyvmm.devices, pyvmm.events) ----------------
     def add_device(self, space: Space, base: int, length: int, device: Device) -> None:
-        """Put ``device`` on the bus; its fast entries (if any) reach every vCPU's table."""
+        """Put ``device`` on the bus at ``base`` (its read/write get the offset into the
+        range); its fast entries (if any) reach every vCPU's table."""
         self._check_open("add_device")
         new = self.bus.register(space, base, length, device)
         for loop in self.loops:
@@ -214,7 +215,7 @@ class Machine:
                     read: Callable[[int, int], int] | None = None,
                     write: Callable[[int, int, int], None] | None = None) -> None:
         """Python ``read(addr, size)``/``write(addr, size, value)`` (absolute ``addr``)."""
-        self.add_device(space, base, length, PortHandler(name, read, write))
+        self.add_device(space, base, length, PortHandler(name, read, write, base))
 
     def add_pc_platform(self) -> PcPlatform:
         """The PC devices and firmware state QEMU's ``-kernel`` guests expect."""

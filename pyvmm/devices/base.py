@@ -1,7 +1,9 @@
 """What every device is: the :class:`Device` base class and the :class:`VcpuContext` a
 device gets with each access.
 
-A device answers reads and writes of its port or MMIO range (``addr`` is absolute).  It
+A device answers reads and writes of its port or MMIO ranges, which it declares itself
+(:meth:`Device.ranges`; ``Bus.attach``).  ``addr`` is the offset into the range the
+access hit, as kvmtool and Firecracker hand it: no device subtracts its own base.  It
 gets the context of the vCPU whose exit it is handling: which vCPU, and its registers at
 the exit (``kvm_run->s.regs``, read without an ioctl).  Accesses the VMM makes itself
 (tests, set-up) carry :data:`HOST`.  Optionally a device asks the C run loop to answer

@@ -47,7 +47,7 @@ class Uart16550(Device):
         self.output(data)
 
     def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
-        off = addr - self.base
+        off = addr
         dlab = self.regs[LCR] & LCR_DLAB
         if off == THR:
             return self.regs["dll"] if dlab else 0  # no input
@@ -62,7 +62,7 @@ class Uart16550(Device):
         return self.regs.get(off, 0)
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        off = addr - self.base
+        off = addr
         value &= 0xFF
         dlab = self.regs[LCR] & LCR_DLAB
         if off == THR:

@@ -12,29 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from pyvmm.devices.acpi_pm import AcpiPm
+from pyvmm.devices.bochs_shutdown import BochsShutdown
 from pyvmm.devices.fastpath import Space
-from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg
-from pyvmm.devices.hpet import GCAP_ID, HPET_BASE, HPET_LEN, Hpet
-from pyvmm.devices.legacy import (
-    BOCHS_SHUTDOWN_PORT,
-    PCI_CONFIG_ADDRESS,
-    PM_BASE,
-    AcpiPm,
-    BochsShutdown,
-    PciConfigMech1,
-)
-from pyvmm.devices.pc_testdev import (
-    FLUSH_PORT,
-    IOMEM_BASE,
-    IOMEM_LEN,
-    IRQ_LINES,
-    IRQ_PORT,
-    SCRATCH_PORT,
-    PcTestFlush,
-    PcTestIomem,
-    PcTestIrq,
-    PcTestScratch,
-)
+from pyvmm.devices.fw_cfg import FwCfg
+from pyvmm.devices.hpet import GCAP_ID, Hpet
+from pyvmm.devices.pc_testdev import PcTestFlush, PcTestIomem, PcTestIrq, PcTestScratch
+from pyvmm.devices.pci_config import PciConfigMech1
 from pyvmm.devices.rtc import Rtc
 from pyvmm.kvm.vcpu import MP_STATE_UNINITIALIZED
 from pyvmm.kvm.vm import IOAPIC, PIC_MASTER, PIC_SLAVE
@@ -107,18 +91,11 @@ class PcPlatform:
         self._vm, self._kernel_chip, self._pit = m.vm, kernel_chip, m.pit
         self.hpet = Hpet(m.vm.irq_line if kernel_chip else lambda gsi, level: None,
                          (lambda on: bios.pit_hpet_legacy(m.vm, on)) if m.pit else lambda on: None)
-        for space, base, n, dev in (
-                (Space.PIO, FW_CFG_PORT_SEL, 2, self.fw_cfg),
-                (Space.PIO, SCRATCH_PORT, 4, self.testdev),
-                (Space.PIO, FLUSH_PORT, 4, self.testdev_flush),
-                (Space.PIO, IRQ_PORT, IRQ_LINES, self.testdev_irq),
-                (Space.MMIO, IOMEM_BASE, IOMEM_LEN, self.testdev_iomem),
-                (Space.MMIO, HPET_BASE, HPET_LEN, self.hpet),
-                (Space.PIO, BOCHS_SHUTDOWN_PORT, 1, BochsShutdown()),
-                (Space.PIO, PCI_CONFIG_ADDRESS, 8, PciConfigMech1()),
-                (Space.PIO, PM_BASE, 12, self.acpi_pm),
-                (Space.PIO, 0x70, 2, self.rtc)):
-            m.add_device(space, base, n, dev)
+        for dev in (self.fw_cfg, self.testdev, self.testdev_flush, self.testdev_irq,
+                    self.testdev_iomem, self.hpet, BochsShutdown(), PciConfigMech1(), self.acpi_pm,
+                    self.rtc):
+            for space, base, n in dev.ranges():  # each device knows where it answers
+                m.add_device(space, base, n, dev)
         addr, tables, self.facs_addr = acpi.build(m.cpus, GCAP_ID & 0xFFFFFFFF)
         m.memory.write(addr, tables)
         self.memory = m.memory

@@ -292,17 +292,19 @@ class VcpuLoop:
                         if out is None:
                             continue
                         return out
-                    dev: Any = ports.get(port * 8 + size)
-                    if dev is None:
-                        dev = ports[port * 8 + size] = bus.find(Space.PIO, port, size) or bus
-                    if dev is not bus and size in IO_SIZES and off + size <= window_len:
+                    hit: Any = ports.get(port * 8 + size)
+                    if hit is None:  # (device, offset into its range), or the bus: unclaimed
+                        found = bus.lookup(Space.PIO, port, size)
+                        hit = ports[port * 8 + size] = (found[1], port - found[0]) if found else bus
+                    if hit is not bus and size in IO_SIZES and off + size <= window_len:
+                        dev, at = hit
                         try:
                             with lock:
                                 if direction == OUT:
-                                    dev.write(port, size, int.from_bytes(window[off:off + size], "little"),
+                                    dev.write(at, size, int.from_bytes(window[off:off + size], "little"),
                                               ctx)
                                 else:
-                                    window[off:off + size] = (dev.read(port, size, ctx) & (
+                                    window[off:off + size] = (dev.read(at, size, ctx) & (
                                         all_ones(size))).to_bytes(size, "little")
                         except GuestStop as stop:
                             return stop_outcome(stop, vid)

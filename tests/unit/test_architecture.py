@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 #: deprecation shims: old import paths of names that moved
-SHIMS = {"pyvmm.vstate.fastpath", "pyvmm.vstate.snapshot"}
+SHIMS = {"pyvmm.vstate.fastpath", "pyvmm.vstate.snapshot", "pyvmm.devices.legacy"}
 
 
 def modules() -> dict[str, Path]:

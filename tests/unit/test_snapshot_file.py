@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from pyvmm.devices.acpi_pm import AcpiPm
+from pyvmm.devices.bochs_shutdown import BochsShutdown
 from pyvmm.devices.hpet import Hpet
-from pyvmm.devices.legacy import AcpiPm, BochsShutdown
 from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.uart import Uart16550
 from pyvmm.errors import Interrupted
