@@ -8,13 +8,25 @@ the memslots (paid once, at creation, instead of ~15 ms at destruction).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
 from pyvmm.config import SPLIT_IRQCHIP_PINS
 from pyvmm.devices.bus import Bus
+from pyvmm.devices.debug_exit import DebugExit
+from pyvmm.devices.fastpath import FastEntry
+from pyvmm.devices.msr import MsrHandlers
+from pyvmm.devices.post import PostPort
+from pyvmm.devices.uart import Uart16550
+from pyvmm.devices.ucall import GuestEvent, UcallDevice
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
+from pyvmm.loader.symbols import Symbols
 from pyvmm.memory import GuestMemory
+from pyvmm.vstate.result import Outcome
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
 from pyvmm.x86.reset import reset_vcpu
@@ -79,7 +91,7 @@ def create_vcpus(kvm: Kvm, vm: Vm, cpus: int, irqchip: str, cpu_features: str,
     return lapics
 
 
-def close(bus: Bus | None, vm: Vm | None, memory: GuestMemory | None, kvm: Kvm) -> None:
+def close(bus: Bus | None, vm: Vm | None, memory: GuestMemory | None, kvm: Kvm | None) -> None:
     """Release what :func:`create_vm` and the machine built, in the order that is safe:
     devices first (the HPET's timer threads end while the VM's fd is open), then the VM
     (its vCPUs and their kvm_run mappings), then RAM, then /dev/kvm."""
@@ -89,4 +101,61 @@ def close(bus: Bus | None, vm: Vm | None, memory: GuestMemory | None, kvm: Kvm) 
         vm.close()
     if memory is not None:
         memory.close()
-    kvm.close()
+    if kvm is not None:
+        kvm.close()
+
+
+class Board(NamedTuple):
+    """What :func:`build` made: the VM, its RAM, the bus with the machine's own devices
+    (each at the ports it declares), the MSR handlers and the vCPUs, BSP first."""
+
+    vm: Vm
+    memory: GuestMemory
+    bus: Bus
+    msrs: MsrHandlers
+    uart: Uart16550
+    debug_exit: DebugExit
+    post: PostPort
+    ucall: UcallDevice
+    vcpus: list[Vcpu]
+    reset_lapics: list[bytes | None]
+
+
+def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_features: str,
+          ram_file: tuple[int, list[int]] | None, strict_io: bool, serial: Callable[[bytes], None],
+          symbols: Callable[[], Symbols | None], emit: Callable[[GuestEvent], None],
+          fast_change: Callable[[FastEntry], None]) -> Board:
+    """The whole machine below the API, or nothing: what was made before a failure is
+    closed again (``serial``, ``symbols``, ``emit`` and ``fast_change`` are the machine's
+    own callbacks for the UART, the test protocol and the UART's C-path switch)."""
+    vm = create_vm(kvm, cpus, irqchip, pit)
+    memory = GuestMemory(vm)
+    bus = Bus(strict=strict_io)
+    try:
+        add_guest_ram(memory, mem_size, ram_file)
+        uart = Uart16550(serial)
+        uart.on_fast_change = fast_change
+        devices = (uart, DebugExit(), PostPort(), UcallDevice(memory, symbols, emit))
+        for dev in devices:
+            bus.attach(dev)
+        vcpus: list[Vcpu] = []
+        lapics = create_vcpus(kvm, vm, cpus, irqchip, cpu_features, vcpus)
+    except BaseException:
+        close(bus, vm, memory, None)
+        raise
+    return Board(vm, memory, bus, MsrHandlers(), *devices, vcpus, lapics)
+
+
+class Sleeper(Protocol):
+    def sleep_s3(self, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
+                 left: float | None, stop: threading.Event) -> bool | Outcome: ...
+
+
+def sleep_s3(chipset: Sleeper | None, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
+             left: float | None, stop: threading.Event) -> bool | Outcome:
+    """The guest entered ACPI S3: the chipset (``PcPlatform.sleep_s3``) wakes it; with none,
+    it sleeps for good (until the timeout, a stop or a signal: False)."""
+    if chipset is None:
+        stop.wait(left)
+        return False
+    return chipset.sleep_s3(vcpus, reset_lapics, left, stop)

@@ -1,16 +1,9 @@
-"""``Machine``: the embedding API, a thin front over the layers below.
-
-A machine owns every fd and mapping it creates and releases them in :meth:`Machine.close`
-(or at the end of a ``with`` block)::
-
-    with Machine.from_file("guests/build/hello.elf") as m:
-        result = m.run(timeout=10)
-    print(result.exit_code, result.text)
-
+"""``Machine``: the embedding API, a thin front over the layers below.  It owns every fd
+and mapping it creates and releases them in :meth:`Machine.close` (or a ``with`` block).
 Data flows one way: guest file -> loader plan (``pyvmm.loader``) -> memory and vCPU state
 (:meth:`load`) -> the run loops (``pyvmm.vstate``) -> exit decoding -> devices -> result.
 Each service of the machine is a module beside this one (docs/architecture.md, "Layers");
-the methods here are one-line delegations to them, documented where they are done.
+the methods here delegate to them, and are documented where the work is done.
 """
 
 from __future__ import annotations
@@ -22,30 +15,33 @@ from typing import TYPE_CHECKING, Any, Self
 from pyvmm import hardware, launch
 from pyvmm import snapshot as snapshots
 from pyvmm.background import BackgroundRun
-from pyvmm.config import IRQCHIP_MODES, check_shape, check_timeout, memory_size
+from pyvmm.config import (  # noqa: F401  (once defined here)
+    IRQCHIP_MODES,
+    MAX_CPUS,
+    MULTIBOOT_MEM,
+    SPLIT_IRQCHIP_PINS,
+    check_shape,
+    check_timeout,
+    memory_size,
+)
 from pyvmm.devices.base import Device
-from pyvmm.devices.bus import Bus
-from pyvmm.devices.debug_exit import DebugExit
 from pyvmm.devices.fastpath import FastEntry, Space
 from pyvmm.devices.handler import PortHandler
-from pyvmm.devices.msr import MsrHandlers, MsrRead, MsrWrite
-from pyvmm.devices.post import PostPort
-from pyvmm.devices.uart import Uart16550
-from pyvmm.devices.ucall import GuestEvent, SyncHandler, UcallDevice
-from pyvmm.errors import GuestExitedError, GuestImageError, MachineClosedError, MachineStateError
+from pyvmm.devices.msr import MsrRead, MsrWrite
+from pyvmm.devices.ucall import GuestEvent, SyncHandler
 from pyvmm.events import EventHub, stop_at_sync
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
-from pyvmm.kvm.vm import Vm
+from pyvmm.lifecycle import Lifecycle
 from pyvmm.loader import LoadPlan, open_image, plan_for
 from pyvmm.loader.symbols import Symbols
-from pyvmm.memory import GuestMemory, MemoryRegion
+from pyvmm.memory import MemoryRegion
 from pyvmm.snapshot import Snapshot
 from pyvmm.statistics import MachineStats
 from pyvmm.tracing import Tracing
 from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
 from pyvmm.vstate.loop import VcpuLoop
-from pyvmm.vstate.result import FINAL, Outcome, RunResult, RunStatus
+from pyvmm.vstate.result import Outcome, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86.entry import EntryState, apply_entry
 
@@ -58,22 +54,10 @@ if TYPE_CHECKING:
     from pyvmm.platform.pc import PcPlatform
     from pyvmm.vstate.trace import ExitTrace
 
+StrPath = str | os.PathLike[str]
+ReadFn = Callable[[int, int], int]
+WriteFn = Callable[[int, int, int], None]
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
-
-#: names this module had before they moved (deprecated here: import them from there)
-_MOVED = {"memory_size": "pyvmm.config", "check_timeout": "pyvmm.config", "MAX_CPUS": "pyvmm.config",
-          "MULTIBOOT_MEM": "pyvmm.config", "SPLIT_IRQCHIP_PINS": "pyvmm.config",
-          "PortHandler": "pyvmm.devices.handler", "EVENT_POLL": "pyvmm.background"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module 'pyvmm.machine' has no attribute {name!r}")
-    import importlib
-    import warnings
-
-    warnings.warn(f"pyvmm.machine.{name} is {_MOVED[name]}.{name} now", DeprecationWarning, 2)
-    return getattr(importlib.import_module(_MOVED[name]), name)
 
 
 class Machine:
@@ -85,23 +69,9 @@ class Machine:
 
     Below the API: ``mem_size`` (bytes), ``memory`` (:class:`pyvmm.memory.GuestMemory`),
     ``vcpus`` (:class:`pyvmm.kvm.vcpu.Vcpu`, BSP first), ``symbols``, ``vm``, ``kvm``,
-    ``bus``, ``pc``, ``image``, ``plan``, ``serial``, ``events``.
-
-    Misuse raises :class:`~pyvmm.errors.MachineStateError`: any method after :meth:`close`
-    (:class:`~pyvmm.errors.MachineClosedError`), changing the machine while it runs,
-    waiting for events with no :meth:`start`-ed run.
+    ``bus``, ``pc``, ``image``, ``plan``, ``serial``, ``events``.  Misuse raises
+    :class:`~pyvmm.errors.MachineStateError` (:mod:`pyvmm.lifecycle`).
     """
-
-    kvm: Kvm
-    vm: Vm
-    memory: GuestMemory
-    bus: Bus
-    msrs: MsrHandlers
-    vcpus: list[Vcpu]
-    loops: list[VcpuLoop]
-    image: GuestImage | None
-    plan: LoadPlan | None
-    pc: PcPlatform | None
 
     def __init__(self, *, mem: int | str = "64M", cpus: int = 1, strict_io: bool = False,
                  kvm_path: str | None = None, serial: Callable[[bytes], None] | None = None,
@@ -116,20 +86,21 @@ class Machine:
         self.serial = SerialLog(limits.serial, serial)
         self.events = EventLog(limits.events)
         self._hub = EventHub(self.events, self.serial)
-        self._listeners = self._hub.listeners
-        self.image = self.plan = self.pc = None
-        self.vcpus, self.loops = [], []
+        self._listeners = self._hub.listeners  # pytest_plugin trims it between tests
+        self.image: GuestImage | None = None
+        self.plan: LoadPlan | None = None
+        self.pc: PcPlatform | None = None
+        self.vcpus: list[Vcpu] = []
+        self.loops: list[VcpuLoop] = []
         self._reset_lapics: list[bytes | None] = []
         self._stats = MachineStats()
         self._runner: Runner | None = None
         self._debugger: Debugger | None = None
-        #: the host's debug support, handed to :attr:`debug` when it is made (the CLI sets
-        #: it from ``pyvmm.doctor.host_debug``); None: write watchpoints are emulated
+        #: the host's debug support for :attr:`debug` (the CLI's: pyvmm.doctor.host_debug)
         self.host_debug: HostDebug | None = None
         self._tracing = Tracing()
         self._bg = BackgroundRun(self.events)
-        self._loaded, self._closed = False, False
-        self._ended: RunResult | None = None
+        self._life = Lifecycle(self._bg)
         self.kvm = Kvm(kvm_path)
         try:
             self._build(strict_io, ram_file)
@@ -138,61 +109,51 @@ class Machine:
             raise
 
     def _build(self, strict_io: bool, ram_file: tuple[int, list[int]] | None) -> None:
-        self.vm = hardware.create_vm(self.kvm, self.cpus, self.irqchip, self.pit)
-        self.memory = GuestMemory(self.vm)
-        hardware.add_guest_ram(self.memory, self.mem_size, ram_file)
-        self.bus = Bus(strict=strict_io)
-        self.msrs = MsrHandlers()
-        self.uart = Uart16550(self.serial.write)
-        self.uart.on_fast_change = self._sync_fast
-        self.debug_exit = DebugExit()
-        self.post = PostPort()
-        self.ucall = UcallDevice(self.memory, lambda: self.symbols, self._hub.emit)
-        for dev in (self.uart, self.debug_exit, self.post, self.ucall):
-            self.bus.attach(dev)
-        self._reset_lapics = hardware.create_vcpus(self.kvm, self.vm, self.cpus, self.irqchip,
-                                                   self.cpu_features, self.vcpus)
+        (self.vm, self.memory, self.bus, self.msrs, self.uart, self.debug_exit, self.post, self.ucall,
+         self.vcpus, self._reset_lapics) = hardware.build(
+            self.kvm, cpus=self.cpus, irqchip=self.irqchip, pit=self.pit, mem_size=self.mem_size,
+            cpu_features=self.cpu_features, ram_file=ram_file, strict_io=strict_io,
+            serial=self.serial.write, symbols=lambda: self.symbols, emit=self._hub.emit,
+            fast_change=self._sync_fast)
 
-    # --- loading a guest (pyvmm.launch, pyvmm.loader) ---------------------------
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, fmt: str | None = None, cmdline: str = "",
-                  initrd: str | os.PathLike[str] | None = None, **kw: Any) -> Machine:
+    def from_file(cls, path: StrPath, *, fmt: str | None = None, cmdline: str = "",
+                  initrd: StrPath | None = None, **kw: Any) -> Machine:
         """A machine with the guest at ``path`` loaded (:func:`pyvmm.launch.from_file`)."""
         return launch.from_file(cls, path, fmt, cmdline, initrd, **kw)
 
     @classmethod
-    def from_elf(cls, path: str | os.PathLike[str], **kw: Any) -> Machine:
+    def from_elf(cls, path: StrPath, **kw: Any) -> Machine:
         """:meth:`from_file` for an ELF64 guest (pyvmm's entry convention)."""
         return cls.from_file(path, fmt="elf64", **kw)
 
     @classmethod
-    def from_multiboot(cls, path: str | os.PathLike[str], **kw: Any) -> Machine:
+    def from_multiboot(cls, path: StrPath, **kw: Any) -> Machine:
         """:meth:`from_file` for a multiboot kernel, as QEMU's ``-kernel`` boots it."""
         return cls.from_file(path, fmt="multiboot", **kw)
 
-    def plan_for(self, image: GuestImage, *, cmdline: str = "",
-                 initrd: str | os.PathLike[str] | None = None) -> LoadPlan:
+    def plan_for(self, image: GuestImage, *, cmdline: str = "", initrd: StrPath | None = None) -> LoadPlan:
         """Lay ``image`` out against this machine's RAM (:func:`pyvmm.loader.plan_for`)."""
         return plan_for(image, self.memory.ram_ranges(), self.cpus, self.mem_size, cmdline, initrd)
 
     def load(self, plan: LoadPlan, image: GuestImage | None = None) -> None:
         """Apply a loader's plan: its bytes to RAM, its entry state to the BSP."""
-        self._check_open("load")
+        self._life.check_open("load")
         launch.apply_plan(self.memory, self.vcpus[0], plan)
-        self.plan, self._loaded, self.cmdline = plan, True, plan.cmdline
+        self.plan, self._life.loaded, self.cmdline = plan, True, plan.cmdline
         self.image = image if image is not None else self.image
 
-    def load_file(self, path: str | os.PathLike[str], *, fmt: str | None = None, cmdline: str = "",
-                  initrd: str | os.PathLike[str] | None = None) -> GuestImage:
+    def load_file(self, path: StrPath, *, fmt: str | None = None, cmdline: str = "",
+                  initrd: StrPath | None = None) -> GuestImage:
         """Read, plan and load a guest into this (already built) machine."""
-        self._check_open("load_file")
+        self._life.check_open("load_file")
         image = open_image(path, mem=self.mem_size, fmt=fmt)
         self.load(self.plan_for(image, cmdline=cmdline, initrd=initrd), image)
         return image
 
     def enter_real_mode(self, address: int) -> None:
         """Start the BSP in real mode at ``address`` (below 1 MiB, 16-byte aligned)."""
-        self._check_open("enter_real_mode")
+        self._life.check_open("enter_real_mode")
         apply_entry(self.vcpus[0], EntryState.real_mode(address))
 
     @property
@@ -200,11 +161,9 @@ class Machine:
         """The loaded guest's symbol table (``address_of(name)``, ``lookup(addr)``)."""
         return self.image.symbols if self.image is not None else None
 
-    # --- devices, memory and events (pyvmm.devices, pyvmm.events) ----------------
     def add_device(self, space: Space, base: int, length: int, device: Device) -> None:
-        """Put ``device`` on the bus at ``base`` (its read/write get the offset into the
-        range); its fast entries (if any) reach every vCPU's table."""
-        self._check_open("add_device")
+        """``device`` at ``base`` (it gets offsets into the range); its fast entries reach the loops."""
+        self._life.check_open("add_device")
         new = self.bus.register(space, base, length, device)
         for loop in self.loops:
             for fe in new:
@@ -212,14 +171,13 @@ class Machine:
             loop.sync_claims()
 
     def add_handler(self, space: Space, base: int, length: int, *, name: str = "handler",
-                    read: Callable[[int, int], int] | None = None,
-                    write: Callable[[int, int, int], None] | None = None) -> None:
+                    read: ReadFn | None = None, write: WriteFn | None = None) -> None:
         """Python ``read(addr, size)``/``write(addr, size, value)`` (absolute ``addr``)."""
         self.add_device(space, base, length, PortHandler(name, read, write, base))
 
     def add_pc_platform(self) -> PcPlatform:
         """The PC devices and firmware state QEMU's ``-kernel`` guests expect."""
-        self._check_open("add_pc_platform")
+        self._life.check_open("add_pc_platform")
         if self.pc is None:
             from pyvmm.platform.pc import PcPlatform  # multiboot guests only: loaded on use
 
@@ -229,20 +187,20 @@ class Machine:
     def add_msr_handler(self, index: int, *, read: MsrRead | None = None,
                         write: MsrWrite | None = None) -> None:
         """Guest RDMSR/WRMSR of ``index`` to Python (:class:`pyvmm.devices.msr.MsrHandlers`)."""
-        self._check_open("add_msr_handler")
+        self._life.check_open("add_msr_handler")
         self.msrs.attach(self.vm, index, read, write)
 
     def add_ram(self, gpa: int, size: int, **kw: Any) -> MemoryRegion:
         """Another memslot (``readonly=True`` for ROM, ``log_dirty=True`` for dirty logging)."""
-        self._check_open("add_ram")
+        self._life.check_open("add_ram")
         return self.memory.add_ram(gpa, size, **kw)
 
     def on_sync(self, handler: SyncHandler) -> None:
         """Call ``handler(event)`` at every GUEST_SYNC, on the vCPU's thread, while it waits."""
         self.ucall.sync_handlers.append(handler)
 
-    def run_to_sync(self, stage: int, timeout: float | None = None, *, python_loop: bool = False
-                    ) -> RunResult:
+    def run_to_sync(self, stage: int, timeout: float | None = None, *,
+                    python_loop: bool = False) -> RunResult:
         """:meth:`run` until the first GUEST_SYNC of ``stage``, every vCPU stopped there."""
         with stop_at_sync(self.ucall, stage, self.stop):
             return self.run(timeout, python_loop=python_loop)
@@ -257,71 +215,70 @@ class Machine:
 
     def next_event(self, timeout: float | None = None) -> GuestEvent | None:
         """The next guest event of a :meth:`start`-ed run (:mod:`pyvmm.background`)."""
-        self._check_open("next_event")
+        self._life.check_open("next_event")
         return self._bg.next_event(timeout)
 
-    def wait_event(self, kind: str | None = None, stage: int | None = None,
-                   timeout: float | None = None) -> GuestEvent | None:
+    def wait_event(self, kind: str | None = None, stage: int | None = None, timeout: float | None = None
+                   ) -> GuestEvent | None:
         """The next guest event of ``kind`` (and sync ``stage``) of a :meth:`start`-ed run."""
         return self._bg.wait_event(kind, stage, timeout)
 
-    # --- services: tracing, snapshots, debugging, cores, stats ------------------------
     def enable_trace(self, capacity: int | None = None, *, events: int | None = None) -> ExitTrace:
         """Record every exit from now on (:class:`pyvmm.tracing.Tracing`)."""
-        self._check_open("enable_trace")
+        self._life.check_open("enable_trace")
         self._runner_for()
         return self._tracing.enable(self.loops, self.on_event, capacity, events)
 
     def snapshot(self) -> Snapshot:
         """Everything the guest can observe, now (:func:`pyvmm.snapshot.take`)."""
-        self._check_stopped("snapshot")
+        self._life.check_stopped("snapshot")
         return snapshots.take(self)
 
-    def save_snapshot(self, path: str | os.PathLike[str]) -> None:
+    def save_snapshot(self, path: StrPath) -> None:
         """:meth:`snapshot` streamed to ``path`` (:func:`pyvmm.snapshot.save_machine`)."""
-        self._check_stopped("snapshot", "save_snapshot")
+        self._life.check_stopped("snapshot", "save_snapshot")
         snapshots.save_machine(self, path)
 
     def restore(self, snap: Snapshot) -> int:
         """Back to ``snap`` (:func:`pyvmm.snapshot.restore`); the RAM pages copied."""
         snap = snapshots.checked(snap)
-        self._check_stopped("restore")
+        self._life.check_stopped("restore")
         pages = snapshots.restore(self, snap)
         for fe in self.bus.fast_entries:  # a device's state may have changed its answers
             self._sync_fast(fe, only_if_changed=True)
-        self._ended, self._loaded = None, True
+        self._life.ended, self._life.loaded = None, True
         if self._debugger is not None:
             self._debugger.reset()
         return pages
 
     @classmethod
-    def from_snapshot(cls, source: str | os.PathLike[str] | Snapshot, **kw: Any) -> Machine:
+    def from_snapshot(cls, source: StrPath | Snapshot, **kw: Any) -> Machine:
         """A machine that goes on from a snapshot (:func:`pyvmm.snapshot.clone`)."""
         return snapshots.clone(cls, source, **kw)
 
     @property
     def debug(self) -> Debugger:
         """The debug API (:class:`pyvmm.debug.Debugger`), what ``pyvmm run --gdb`` serves."""
-        self._check_open("debug")
+        self._life.check_open("debug")
         if self._debugger is None:
             from pyvmm.debug.debugger import Debugger
 
             self._debugger = Debugger(self, host=self.host_debug)
         return self._debugger
 
-    def write_core(self, path: str | os.PathLike[str], status: RunStatus | None = None) -> None:
+    def write_core(self, path: StrPath, status: RunStatus | None = None) -> None:
         """An ELF core of the guest now (:func:`pyvmm.debug.core.write_core`)."""
-        self._check_open("write_core")
+        self._life.check_open("write_core")
         from pyvmm.debug.core import write_core
 
-        write_core(self, path, status=status or (self._ended.status if self._ended else None))
+        ended = self._life.ended
+        write_core(self, path, status=status or (ended.status if ended else None))
 
     def stats(self) -> dict[str, dict[str, StatValue]]:
         """The VM's and every vCPU's KVM binary stats now (:mod:`pyvmm.statistics`)."""
-        self._check_open("stats")
+        self._life.check_open("stats")
         return self._stats.read(self.vm, self.vcpus)
 
-    # --- running (pyvmm.vstate, pyvmm.background) ---------------------------------
     def _runner_for(self) -> Runner:
         if self._runner is None:
             self.loops = [VcpuLoop(v, self.bus, self.msrs) for v in self.vcpus]
@@ -330,36 +287,32 @@ class Machine:
         return self._runner
 
     def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool | Outcome:
-        if self.pc is None:  # no chipset to wake the guest: asleep for good
-            stop.wait(left)
-            return False
-        return self.pc.sleep_s3(self.vcpus, self._reset_lapics, left, stop)
+        return hardware.sleep_s3(self.pc, self.vcpus, self._reset_lapics, left, stop)
 
     def vcpu_loop(self, index: int = 0) -> VcpuLoop:
         """The run loop of vCPU ``index``, to drive one vCPU by hand instead of :meth:`run`."""
-        self._check_open("vcpu_loop")
+        self._life.check_open("vcpu_loop")
         self._runner_for()
         return self.loops[index]
 
     def run(self, timeout: float | None = None, *, python_loop: bool = False,
             vcpus: Collection[int] | None = None, stats: bool = True) -> RunResult:
         """Run every vCPU (or those in ``vcpus``) until the guest ends or ``timeout`` seconds
-        pass (:class:`pyvmm.vstate.runner.Runner`); again after a timeout or stop, not after
+        pass (:class:`pyvmm.vstate.runner.Runner`); again after a timeout or stop, never after
         the guest ended (GuestExitedError).  ``stats=False`` skips KVM's statistics."""
-        self._check_open("run")
+        self._life.check_open("run")
         timeout = check_timeout(timeout)
-        self._check_runnable("run")
+        self._life.check_runnable("run")
         result = self._runner_for().run(timeout, python_loop, vcpus=vcpus, collect_stats=stats)
         self._tracing.collect(self.loops, result)
-        self._ended = result if result.status in FINAL else None
+        self._life.ran(result)
         return result
 
     def start(self, timeout: float | None = None, *, python_loop: bool = False) -> None:
-        """:meth:`run` on a background thread (:mod:`pyvmm.background`); refused as
-        :meth:`run` would be, before the thread starts."""
-        self._check_open("start")
+        """:meth:`run` on a thread (:mod:`pyvmm.background`); refused as :meth:`run` would be."""
+        self._life.check_open("start")
         timeout = check_timeout(timeout)
-        self._check_runnable("start")
+        self._life.check_runnable("start")
         self._runner_for()
         self._bg.start(lambda: self.run(timeout, python_loop=python_loop))
 
@@ -372,31 +325,10 @@ class Machine:
         """The result of a :meth:`start`-ed run (or what it raised on its thread)."""
         return self._bg.join(timeout)
 
-    def _check_runnable(self, what: str) -> None:
-        if what == "start" and self._bg.running():
-            raise MachineStateError("the machine is already running")
-        if not self._bg.on_thread() and self._bg.running():
-            raise MachineStateError(f"cannot {what} while the machine runs; stop() and join() first")
-        if not self._loaded:
-            raise GuestImageError("no guest loaded")
-        if self._ended is not None:
-            raise GuestExitedError(f"the guest has already ended ({self._ended.status}: "
-                                   f"{self._ended.message}); make a new Machine to run it again")
-
-    def _check_stopped(self, what: str, method: str = "") -> None:
-        self._check_open(method or what)
-        if self._bg.running():
-            raise MachineStateError(f"cannot {what} while the machine runs; stop() and join() first")
-
-    def _check_open(self, what: str) -> None:
-        if self._closed:
-            raise MachineClosedError(f"{what}() on a closed Machine: its VM, fds and memory are "
-                                     "gone; make a new Machine")
-
     def close(self) -> None:
         """Close every fd and unmap all memory (vCPUs, then the VM, then RAM)."""
-        if not self._closed:
-            self._closed = True
+        if not self._life.closed:
+            self._life.closed = True
             self._bg.close(self.stop)
             if self._runner is not None:
                 self._runner.close()
