@@ -1,4 +1,5 @@
-"""pyvmm's ELF64 boot convention: where the VMM's structures go and what they contain.
+"""The ELF64 *loader*: pyvmm's boot convention, where the VMM's structures go and what they
+contain.  (The ELF *parser* it uses, for every ELF file, is :mod:`pyvmm.loader.elf`.)
 
 The vCPU starts at ``e_entry`` in 64-bit mode with paging on; the page tables identity-map
 the first 4 GiB (RAM and MMIO holes; the hole 3-4 GiB uncached) and all RAM above it.
