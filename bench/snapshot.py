@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyvmm import Machine
-from pyvmm.vstate.snapshot import Snapshot, set_vcpu_state, set_vm_state
+from pyvmm.snapshot import Snapshot, set_vcpu_state, set_vm_state
 
 GUEST = Path(__file__).resolve().parent.parent / "guests" / "build" / "snapshot.elf"
 ROUNDS = 30

@@ -18,14 +18,14 @@ __all__ = ["GuestExitedError", "GuestImageError", "HistoryLimits", "KvmError", "
 if TYPE_CHECKING:
     from typing import Any
 
+    from pyvmm.devices.fastpath import Space
     from pyvmm.errors import GuestExitedError, GuestImageError, MachineStateError, PyvmmError
     from pyvmm.kvm.errors import KvmError
     from pyvmm.machine import Machine
-    from pyvmm.vstate.fastpath import Space
     from pyvmm.vstate.history import HistoryLimits
     from pyvmm.vstate.result import RunResult, RunStatus
 
-_LAZY = {"Space": "pyvmm.vstate.fastpath", "KvmError": "pyvmm.kvm.errors",
+_LAZY = {"Space": "pyvmm.devices.fastpath", "KvmError": "pyvmm.kvm.errors",
          "GuestImageError": "pyvmm.errors", "PyvmmError": "pyvmm.errors",
          "GuestExitedError": "pyvmm.errors", "MachineStateError": "pyvmm.errors",
          "Machine": "pyvmm.machine", "RunResult": "pyvmm.vstate.result",

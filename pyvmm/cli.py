@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import click
 
 from pyvmm.artefacts import Artefacts, check_output_path
+from pyvmm.config import memory_size
 from pyvmm.console import StdoutSink, err, out, say
 from pyvmm.errors import ConfigError, ExitStatus
-from pyvmm.machine import Machine, memory_size
+from pyvmm.machine import Machine
 from pyvmm.vstate.history import HistoryLimits
 from pyvmm.vstate.result import RunResult, RunStatus, exit_status
 
@@ -290,12 +291,10 @@ def _serve_gdb(machine: Machine, address: str, no_wait: bool, allow_remote: bool
     """Serve gdb until the guest ends (or gdb kills it); what the host's debug registers
     can do decides which breakpoints and watchpoints are offered (pyvmm doctor)."""
     from pyvmm.debug.gdbstub import GdbServer, is_loopback, parse_address
-    from pyvmm.doctor import debug_support
+    from pyvmm.doctor import host_debug
 
     host, port = parse_address(address)
-    software, watch = debug_support(say)
-    machine.debug.software_breakpoints = software
-    machine.debug.emulate_watchpoints = not watch
+    machine.host_debug = host_debug(say)
     server = GdbServer(machine.debug, host, port, allow_remote=allow_remote,
                        log=say if verbose else lambda line: None)
     where = f"{server.address[0]}:{server.address[1]}"

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyvmm.errors import GuestMemoryError
-from pyvmm.x86.paging import walk
+from pyvmm.x86.modes import EFER_LMA, PAGING_NONE, paging_mode
+from pyvmm.x86.paging import translate
 
 if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 #: the order of the register dump
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-CR0_PG = 1 << 31
 
 
 @dataclass
@@ -66,18 +66,21 @@ def capture(vcpu: Vcpu, memory: GuestMemory, symbols: Symbols | None, reason: st
     crash.sregs = {n: int(getattr(sregs, n)) for n in ("cr0", "cr2", "cr3", "cr4", "efer")}
     crash.sregs.update(cs=int(sregs.cs.selector), ds=int(sregs.ds.selector),
                        ss=int(sregs.ss.selector))
-    rip = crash.regs["rip"] + (int(sregs.cs.base) if not sregs.cr0 & CR0_PG else 0)
+    mode = paging_mode(sregs)
+    # outside long mode CS has a base (real mode: selector << 4); in long mode it is 0
+    rip = crash.regs["rip"] + (int(sregs.cs.base) if not int(sregs.efer) & EFER_LMA else 0)
     if symbols is not None:
         crash.symbol = symbols.lookup(crash.regs["rip"])
-    crash.insn = read_code(memory, int(sregs.cr3) if sregs.cr0 & CR0_PG else None, rip)
+    crash.insn = read_code(memory, mode, int(sregs.cr3), rip & 0xFFFF_FFFF_FFFF_FFFF)
     return crash
 
 
-def read_code(memory: GuestMemory, cr3: int | None, va: int, n: int = 16) -> bytes:
-    """Up to ``n`` bytes at guest-virtual ``va``, through the guest's own page tables.
-    Every guest value used here (CR3, PTEs) goes through bounds-checked reads."""
+def read_code(memory: GuestMemory, mode: str, cr3: int, va: int, n: int = 16) -> bytes:
+    """Up to ``n`` bytes at guest-virtual ``va``, through the guest's own page tables in
+    paging ``mode`` (:func:`pyvmm.x86.modes.paging_mode`).  Every guest value used here
+    (CR3, the entries) goes through bounds-checked reads."""
     try:
-        pa = va if cr3 is None else walk(lambda a: memory.read_int(a, 8), cr3, va)
+        pa = va if mode == PAGING_NONE else translate(memory.read_int, mode, cr3, va)
         if pa is None:
             return b""
         region = memory.region_at(pa, 1)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyvmm.debug.debugger import HostDebug
 from pyvmm.errors import PyvmmError
 from pyvmm.hostinfo import detect
 from pyvmm.kvm import Kvm, KvmError
@@ -246,9 +247,10 @@ def _symbol(m: Machine, name: str) -> int:
     return address
 
 
-def debug_support(warn: Callable[[str], None]) -> tuple[bool, bool]:
-    """(software breakpoints, data watchpoints) as the probes answered; a probe that could
-    not run is said with ``warn`` and counts as unsupported (the safe choice for gdb)."""
+def host_debug(warn: Callable[[str], None]) -> HostDebug:
+    """What this host's debug support offers, as the probes answered (the one owner of
+    that policy: the CLI hands it to ``Machine.host_debug``); a probe that could not run
+    is said with ``warn`` and counts as unsupported (the safe choice for gdb)."""
     found = host_features()
     answers = []
     for name in ("sw-breakpoint", "hw-watchpoint"):
@@ -256,7 +258,7 @@ def debug_support(warn: Callable[[str], None]) -> tuple[bool, bool]:
         if f is None or f.works is None:
             warn(f"could not probe {name} ({f.detail if f else 'no probe'}); not offered to gdb")
         answers.append(bool(f and f.works))
-    return answers[0], answers[1]
+    return HostDebug(software_breakpoints=answers[0], data_watchpoints=answers[1])
 
 
 def _set_tsc() -> tuple[bool, str]:

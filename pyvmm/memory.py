@@ -65,7 +65,7 @@ class GuestMemory:
         self._lock = threading.Lock()
         #: pages the VMM wrote since dirty tracking started (None: not tracking)
         self._vmm_written: set[int] | None = None
-        #: the snapshot whose RAM the tracking counts from (pyvmm.vstate.snapshot)
+        #: the snapshot whose RAM the tracking counts from (pyvmm.snapshot)
         self.dirty_base: object | None = None
 
     def add_ram(self, gpa: int, size: int, *, readonly: bool = False, log_dirty: bool = False,

@@ -31,14 +31,22 @@ import mmap
 import os
 import stat
 import struct
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyvmm.errors import ExitStatus, PyvmmError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
-    from pyvmm.vstate.snapshot import Snapshot, VcpuState
+    from pyvmm.kvm.vcpu import Vcpu
+
+
+class HasVcpus(Protocol):
+    """What :meth:`Snapshot.prepared` needs of a machine: its vCPUs, BSP first."""
+
+    @property
+    def vcpus(self) -> Sequence[Vcpu]: ...
 
 MAGIC = b"PYVMMSNP"
 FORMAT_VERSION = 1
@@ -74,6 +82,104 @@ class SnapshotError(PyvmmError):
 
 class _Bad(Exception):
     """A value the schema refuses; the message says where and why."""
+
+
+# --- the snapshot as data: what take() fills, read() checks and write() writes ------
+@dataclass
+class VcpuState:
+    """One vCPU as KVM reports it (struct bytes as KVM laid them out)."""
+
+    regs: dict[str, int]
+    sregs: bytes
+    fpu: bytes
+    xsave: bytes | None
+    xcrs: dict[int, int]
+    lapic: bytes | None
+    msrs: dict[int, int]
+    events: bytes
+    mp_state: int
+    debugregs: bytes | None
+
+
+@dataclass
+class Snapshot:
+    """A machine's state at one instant (see the module docstring).  ``config`` is the
+    machine's shape, which a restore must match; ``ram`` is ``[(gpa, contents)]``."""
+
+    config: dict[str, Any]
+    vcpus: list[VcpuState]
+    irqchips: list[bytes]
+    pit: bytes | None
+    clock: bytes | None
+    devices: dict[str, dict[str, Any]]
+    ram: list[tuple[int, memoryview]] = field(repr=False)
+    #: device states came from this process's devices (not from a file)
+    trusted: bool = True
+    _mapping: mmap.mmap | None = field(default=None, repr=False)
+    #: the snapshot file, open while the snapshot is (a clone maps its RAM from it)
+    _fd: int = field(default=-1, repr=False)
+    _prepared: dict[int, Prepared] = field(default_factory=dict, repr=False)
+    _checked_shape: tuple[int, int, bool] | None = field(default=None, repr=False)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the snapshot to ``path`` (replaced atomically; only a regular file or
+        nothing is replaced)."""
+        write(self, path)
+
+    def prepared(self, m: HasVcpus) -> Prepared:
+        """The ioctl arguments for restoring into ``m`` (built on first use)."""
+        p = self._prepared.get(id(m))
+        if p is not None:
+            return p
+        from pyvmm.kvm.native import cdata_from
+        from pyvmm.kvm.vcpu import lapic_struct, msrs_struct, regs_struct, xcrs_struct
+
+        vcpus = []
+        for v, st in zip(m.vcpus, self.vcpus, strict=True):
+            d: dict[str, Any] = {"sregs": cdata_from("struct kvm_sregs *", st.sregs),
+                                 "regs": regs_struct(st.regs), "msrs": msrs_struct(st.msrs),
+                                 "events": cdata_from("struct kvm_vcpu_events *", st.events)}
+            if st.xsave is not None:
+                d["xsave"] = v.xsave_buffer(st.xsave)
+            else:
+                d["fpu"] = cdata_from("struct kvm_fpu *", st.fpu)
+            if st.xcrs:
+                d["xcrs"] = xcrs_struct(st.xcrs)
+            if st.debugregs is not None:
+                d["debugregs"] = cdata_from("struct kvm_debugregs *", st.debugregs)
+            if st.lapic is not None:
+                d["lapic"] = lapic_struct(st.lapic)
+            vcpus.append(d)
+        p = Prepared(vcpus, [cdata_from("struct kvm_irqchip *", c) for c in self.irqchips],
+                     None if self.pit is None else cdata_from("struct kvm_pit_state2 *", self.pit),
+                     None if self.clock is None else cdata_from("struct kvm_clock_data *", self.clock),
+                     self.trusted)
+        self._prepared = {id(m): p}  # one machine at a time: a dict keeps the check simple
+        return p
+
+    def close(self) -> None:
+        """Unmap a snapshot loaded from a file and close the file (machines cloned from it
+        keep their own private mapping)."""
+        self.ram = []
+        self._prepared = {}
+        if self._mapping is not None:
+            with contextlib.suppress(BufferError):
+                self._mapping.close()
+            self._mapping = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass
+class Prepared:
+    """A snapshot's state as the ioctls take it, built once per snapshot and machine."""
+
+    vcpus: list[dict[str, Any]]
+    irqchips: list[Any]
+    pit: Any
+    clock: Any
+    trusted: bool
 
 
 @functools.cache
@@ -231,7 +337,7 @@ def check_host(host: Any, name: str) -> None:
 
 
 def _config(v: Any) -> dict[str, Any]:
-    from pyvmm.machine import IRQCHIP_MODES, MAX_CPUS
+    from pyvmm.config import IRQCHIP_MODES, MAX_CPUS
     from pyvmm.x86 import layout
 
     c = _obj(v, "config", CONFIG_KEYS)
@@ -253,7 +359,6 @@ def _config(v: Any) -> dict[str, Any]:
 
 def _vcpu(v: Any, where: str) -> VcpuState:
     from pyvmm.kvm.vcpu import REGS
-    from pyvmm.vstate.snapshot import VcpuState
 
     d = _obj(_obj(v, where, ("d",))["d"], where, VCPU_KEYS)
     regs = _obj(_obj(d["regs"], f"{where}.regs", ("d",))["d"], f"{where}.regs", REGS)
@@ -292,7 +397,6 @@ def check(meta: Any, name: str, size: int, data_start: int,
           host: bool) -> tuple[Snapshot, list[tuple[int, int, int]]]:
     """The whole metadata against the schema; a Snapshot (RAM not attached yet) and the
     RAM layout ``[(gpa, length, offset)]``.  SnapshotError names what is wrong."""
-    from pyvmm.vstate.snapshot import Snapshot
 
     try:
         m = _obj(meta, "metadata", ("host", "config", "vcpus", "irqchips", "pit", "clock",

@@ -19,15 +19,32 @@ from __future__ import annotations
 import os
 import signal
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyvmm.debug.coremap import WalkLimit, core_segments, physical_segments
 from pyvmm.errors import GuestMemoryError, PyvmmError
 from pyvmm.vstate.result import RunStatus
+from pyvmm.x86.modes import PAGING_4LEVEL, paging_mode
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pyvmm.kvm.vcpu import Vcpu
-    from pyvmm.machine import Machine
+    from pyvmm.memory import GuestMemory
+
+
+class CoreSource(Protocol):
+    """What a core is written from (``Machine`` is one): the vCPUs, BSP first, whose
+    registers it holds; the RAM it copies; the guest image, whose path names the core."""
+
+    @property
+    def memory(self) -> GuestMemory: ...
+
+    @property
+    def vcpus(self) -> Sequence[Vcpu]: ...
+
+    @property
+    def image(self) -> object | None: ...
 
 ET_CORE, EM_X86_64 = 4, 62
 PT_LOAD, PT_NOTE = 1, 4
@@ -37,8 +54,6 @@ EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 PAGE = 4096
 ZERO_PAGE = bytes(PAGE)
-CR0_PG = 1 << 31
-EFER_LMA = 1 << 10
 #: a core never holds more than this many segments (ELF's e_phnum is 16 bits)
 MAX_SEGMENTS = 0xFF00
 #: user_regs_struct order, as NT_PRSTATUS' pr_reg holds it
@@ -91,7 +106,7 @@ def prpsinfo(name: str) -> bytes:
                        fname, name.encode()[:79])
 
 
-def segments(machine: Machine, vcpu: Vcpu) -> list[tuple[int, int, int]]:
+def segments(machine: CoreSource, vcpu: Vcpu) -> list[tuple[int, int, int]]:
     """``(va, pa, size)`` runs of guest RAM as ``vcpu`` sees them (its page tables when
     paging is on, else physical addresses), each physical page at most once
     (``pyvmm.debug.coremap``): the core never holds more than guest RAM, however the
@@ -99,7 +114,7 @@ def segments(machine: Machine, vcpu: Vcpu) -> list[tuple[int, int, int]]:
     physical layout; at most MAX_SEGMENTS runs are written."""
     sregs = vcpu.get_sregs()
     ram = machine.memory.ram_ranges()
-    if int(sregs.cr0) & CR0_PG and int(sregs.efer) & EFER_LMA:
+    if paging_mode(sregs) == PAGING_4LEVEL:  # the tables a core's walk knows
 
         def read_table(pa: int) -> bytes | None:
             try:
@@ -116,7 +131,7 @@ def segments(machine: Machine, vcpu: Vcpu) -> list[tuple[int, int, int]]:
     return physical_segments(ram)[:MAX_SEGMENTS]
 
 
-def write_core(machine: Machine, path: str | os.PathLike[str], *, status: RunStatus | None = None,
+def write_core(machine: CoreSource, path: str | os.PathLike[str], *, status: RunStatus | None = None,
                name: str = "") -> None:
     """Write the core of ``machine`` to ``path``; ``status`` picks the signal the threads
     report (crash: SIGSEGV, assertion: SIGABRT, timeout: SIGALRM)."""
@@ -156,7 +171,7 @@ def write_core(machine: Machine, path: str | os.PathLike[str], *, status: RunSta
         os.close(fd)
 
 
-def _copy_ram(machine: Machine, fd: int, pa: int, size: int, off: int) -> None:
+def _copy_ram(machine: CoreSource, fd: int, pa: int, size: int, off: int) -> None:
     """Copy guest RAM ``[pa, pa+size)`` to file offset ``off``, skipping zero pages."""
     chunk = 1 << 20
     for start in range(0, size, chunk):

@@ -19,16 +19,51 @@ import signal
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pyvmm.debug.registers import RegisterError, RegisterFile, check_value
 from pyvmm.errors import GuestExitedError, GuestMemoryError, PyvmmError
 from pyvmm.kvm.vcpu import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP, GUESTDBG_USE_SW_BP
 from pyvmm.vstate.result import Outcome, RunResult, RunStatus
-from pyvmm.x86.paging import walk
+from pyvmm.x86.modes import paging_mode
+from pyvmm.x86.paging import translate
 
 if TYPE_CHECKING:
-    from pyvmm.machine import Machine
+    from collections.abc import Collection, Sequence
+
+    from pyvmm.kvm.vcpu import Vcpu
+    from pyvmm.memory import GuestMemory
+    from pyvmm.vstate.loop import VcpuLoop
+
+
+class DebugTarget(Protocol):
+    """What the debugger drives (``Machine`` is one): the vCPUs and their loops, guest
+    RAM, and runs of all vCPUs or of one (a step)."""
+
+    @property
+    def memory(self) -> GuestMemory: ...
+
+    @property
+    def vcpus(self) -> Sequence[Vcpu]: ...
+
+    @property
+    def loops(self) -> Sequence[VcpuLoop]: ...
+
+    def vcpu_loop(self, index: int = 0) -> VcpuLoop: ...
+
+    def run(self, timeout: float | None = None, *, python_loop: bool = False,
+            vcpus: Collection[int] | None = None, stats: bool = True) -> RunResult: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class HostDebug:
+    """What the host's debug support offers (``pyvmm doctor``'s sw-breakpoint and
+    hw-watchpoint probes): int3 at CPL0, and debug registers that fire on data."""
+
+    software_breakpoints: bool
+    data_watchpoints: bool
 
 MAX_HW_SLOTS = 4
 #: DR7 R/W field per kind (01 data writes, 11 data reads or writes: x86 has no read-only)
@@ -39,8 +74,6 @@ DR7_GE = 1 << 9
 DR6_BS = 1 << 14
 BP_VECTOR, DB_VECTOR = 3, 1
 INT3 = b"\xcc"
-CR0_PG = 1 << 31
-EFER_LMA = 1 << 10
 PAGE = 4096
 ADDRESS_LIMIT = 1 << 64
 
@@ -102,15 +135,18 @@ class Debugger:
     must be called while the guest is stopped (between resumes); :meth:`pause` may be
     called from any thread."""
 
-    def __init__(self, machine: Machine, *, software_breakpoints: bool = False,
-                 emulate_watchpoints: bool | None = None) -> None:
+    def __init__(self, machine: DebugTarget, *, software_breakpoints: bool = False,
+                 emulate_watchpoints: bool | None = None, host: HostDebug | None = None) -> None:
         self.machine = machine
         #: patch int3 for breakpoints (the host can run it); else use a debug register
         self.software_breakpoints = software_breakpoints
         #: the host's debug registers never fire on data accesses (pyvmm doctor:
         #: hw-watchpoint): write watchpoints single-step every vCPU and compare the bytes.
-        #: None: ask the doctor's (cached) probe at the first watchpoint
+        #: None: emulated, unless ``host`` says the debug registers fire
         self.emulate_watchpoints = emulate_watchpoints
+        if host is not None:  # what the host offers decides (the doctor's probes)
+            self.software_breakpoints = host.software_breakpoints
+            self.emulate_watchpoints = not host.data_watchpoints
         self.soft_watches: dict[tuple[int, int], tuple[int, bytes]] = {}
         self._watch_lock = threading.Lock()
         self._filtering = False
@@ -171,14 +207,10 @@ class Debugger:
         self.soft_watches[(address, length)] = (gpa, self.machine.memory.read(gpa, length))
 
     def watchpoints_emulated(self) -> bool:
-        """Whether write watchpoints are emulated by stepping: as set, or else as the
-        doctor's (cached) hw-watchpoint probe answers, asked once (a probe that could not
-        run counts as "emulate")."""
+        """Whether write watchpoints are emulated by stepping: as set (or as the host's
+        :class:`HostDebug` said); when nobody said, emulated (stepping works everywhere)."""
         if self.emulate_watchpoints is None:
-            from pyvmm.doctor import host_features
-
-            probe = host_features().features.get("hw-watchpoint")
-            self.emulate_watchpoints = not (probe is not None and probe.works)
+            self.emulate_watchpoints = True
         return self.emulate_watchpoints
 
     def remove_watchpoint(self, address: int, length: int, kind: str = "write") -> bool:
@@ -270,20 +302,16 @@ class Debugger:
         f._dirty.add("regs")
 
     def translate(self, address: int, vcpu: int = 0) -> int | None:
-        """Guest-virtual ``address`` as the vCPU sees it now -> guest-physical, or None.
-        Long mode walks the vCPU's 4-level tables in Python (bounds-checked reads); no
-        paging is the identity below 4 GiB; other paging modes ask KVM (KVM_TRANSLATE)."""
+        """Guest-virtual ``address`` as the vCPU sees it now -> guest-physical, or None:
+        :func:`pyvmm.x86.paging.translate` over the vCPU's own tables (bounds-checked
+        reads) in its paging mode; no paging is the identity below 4 GiB."""
         if not 0 <= address < 1 << 64:
             return None
         s = self.registers(vcpu).sregs
-        if not int(s.cr0) & CR0_PG:
-            return address if address < 1 << 32 else None
-        if int(s.efer) & EFER_LMA:
-            try:
-                return walk(lambda a: self.machine.memory.read_int(a, 8), int(s.cr3), address)
-            except GuestMemoryError:
-                return None
-        return self.machine.vcpus[vcpu].translate(address)
+        try:
+            return translate(self.machine.memory.read_int, paging_mode(s), int(s.cr3), address)
+        except GuestMemoryError:
+            return None
 
     def _gpa(self, address: int, vcpu: int) -> int:
         gpa = self.translate(address, vcpu)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.native import cdata_bytes
 from pyvmm.kvm.vcpu import GPRS
+from pyvmm.x86.modes import CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_SMXE, CR4_VMXE, EFER_LMA
 
 if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
@@ -136,10 +137,7 @@ class RegisterError(ValueError):
 #: end the run, not only the write
 CR0_BITS = 0xE005_003F  # PE MP EM TS ET NE WP AM NW CD PG
 CR4_BITS = 0x13FF_7FFF  # VME..UMIP LA57 VMXE SMXE FSGSBASE..UINTR LAM_SUP
-CR4_LA57, CR4_VMXE, CR4_SMXE = 1 << 12, 1 << 13, 1 << 14
 EFER_BITS = 0x0020_FD01  # SCE LME LMA NXE SVME LMSLE FFXSR TCE AUTOIBRS
-EFER_LMA = 1 << 10
-CR0_PE, CR0_NW, CR0_CD, CR0_PG = 1, 1 << 29, 1 << 30, 1 << 31
 #: RFLAGS bits a guest can hold (bit 1 reads as 1; 3, 5, 15 and 22-63 are reserved)
 RFLAGS_BITS = 0x003F_7FD7
 RFLAGS_VM = 1 << 17

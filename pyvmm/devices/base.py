@@ -1,7 +1,9 @@
 """What every device is: the :class:`Device` base class and the :class:`VcpuContext` a
 device gets with each access.
 
-A device answers reads and writes of its port or MMIO range (``addr`` is absolute).  It
+A device answers reads and writes of its port or MMIO ranges, which it declares itself
+(:meth:`Device.ranges`; ``Bus.attach``).  ``addr`` is the offset into the range the
+access hit, as kvmtool and Firecracker hand it: no device subtracts its own base.  It
 gets the context of the vCPU whose exit it is handling: which vCPU, and its registers at
 the exit (``kvm_run->s.regs``, read without an ioctl).  Accesses the VMM makes itself
 (tests, set-up) carry :data:`HOST`.  Optionally a device asks the C run loop to answer
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from pyvmm.vstate.fastpath import FastEntry
+from pyvmm.devices.fastpath import FastEntry, Space
 
 
 def all_ones(size: int) -> int:
@@ -54,8 +56,14 @@ class Device:
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         return None
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        """The ``(space, base, length)`` ranges the device answers at its own addresses
+        (``Bus.attach``): the device, not the machine, knows its ports.  A device placed
+        by its user (``Machine.add_device``) may declare none."""
+        return []
+
     def fast_entries(self) -> list[FastEntry]:
-        """Exits the C loop may answer for this device (see ``pyvmm.vstate.fastpath``)."""
+        """Exits the C loop may answer for this device (see ``pyvmm.devices.fastpath``)."""
         return []
 
     def fast_event(self, data: bytes) -> None:

@@ -15,8 +15,8 @@ import threading
 from collections import Counter
 
 from pyvmm.devices.base import HOST, Device, VcpuContext, all_ones
+from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, Space
 from pyvmm.errors import ExitStatus, GuestIoError, PyvmmError
-from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 
 __all__ = ["READ", "WRITE", "Action", "Bus", "BusError", "Device", "FastEntry", "GuestStop",
            "Space", "UnclaimedIoError", "all_ones"]
@@ -89,6 +89,14 @@ class Bus:
             self._devices = None
         return new
 
+    def attach(self, device: Device) -> list[FastEntry]:
+        """Claim every range the device declares (:meth:`Device.ranges`); returns its new
+        fast entries."""
+        new: list[FastEntry] = []
+        for space, base, length in device.ranges():
+            new += self.register(space, base, length, device)
+        return new
+
     def devices(self) -> list[tuple[str, Device]]:
         """Every device once, as ``(key, device)`` sorted by key; the key
         (``name@pio:0x3f8``) names it in snapshots.  Kept until a device is registered."""
@@ -114,29 +122,36 @@ class Bus:
             else:
                 self.unclaimed_other += n
 
-    def find(self, space: Space, addr: int, size: int = 1) -> Device | None:
+    def lookup(self, space: Space, addr: int, size: int = 1) -> tuple[int, Device] | None:
+        """``(base, device)`` of the range that holds ``[addr, addr+size)``, or None."""
         i = bisect.bisect_right(self._starts[space], addr) - 1
         if i >= 0:
             s, e, d = self._ranges[space][i]
             if s <= addr and addr + size <= e:
-                return d
+                return s, d
         return None
 
+    def find(self, space: Space, addr: int, size: int = 1) -> Device | None:
+        hit = self.lookup(space, addr, size)
+        return None if hit is None else hit[1]
+
     def read(self, space: Space, addr: int, size: int, ctx: VcpuContext = HOST) -> int:
-        dev = self.find(space, addr, size)
-        if dev is None:
+        """What the device at ``addr`` answers; it is handed the offset into its range."""
+        hit = self.lookup(space, addr, size)
+        if hit is None:
             self._unclaimed(space, addr, size, False)
             return all_ones(size)
         with self.lock:
-            return dev.read(addr, size, ctx) & all_ones(size)
+            return hit[1].read(addr - hit[0], size, ctx) & all_ones(size)
 
     def write(self, space: Space, addr: int, size: int, value: int, ctx: VcpuContext = HOST) -> None:
-        dev = self.find(space, addr, size)
-        if dev is None:
+        """Hand a write to the device at ``addr``, at the offset into its range."""
+        hit = self.lookup(space, addr, size)
+        if hit is None:
             self._unclaimed(space, addr, size, True)
             return
         with self.lock:
-            dev.write(addr, size, value, ctx)
+            hit[1].write(addr - hit[0], size, value, ctx)
 
     def _unclaimed(self, space: Space, addr: int, size: int, is_write: bool) -> None:
         if self.strict:

@@ -15,6 +15,9 @@ class DebugExit(Device):
         self.name = name
         self.port = port
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, self.port, 4)]
+
     def fast_entries(self) -> list[FastEntry]:
         return [FastEntry(Space.PIO, self.port, 4, WRITE, Action.STOP, self)]
 

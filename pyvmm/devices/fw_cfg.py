@@ -7,9 +7,12 @@ from __future__ import annotations
 import struct
 
 from pyvmm.devices.base import Device, VcpuContext
+from pyvmm.devices.fastpath import Space
 
 FW_CFG_PORT_SEL = 0x510
 FW_CFG_PORT_DATA = 0x511
+#: the registers as offsets into the device's ports (what the bus hands it)
+SEL, DATA = 0, FW_CFG_PORT_DATA - FW_CFG_PORT_SEL
 SIGNATURE, ID, RAM_SIZE, NB_CPUS, MAX_CPUS = 0x00, 0x01, 0x03, 0x05, 0x0F
 
 
@@ -30,8 +33,11 @@ class FwCfg(Device):
         self.key = 0
         self.offset = 0
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, FW_CFG_PORT_SEL, 2)]
+
     def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
-        if addr != FW_CFG_PORT_DATA:
+        if addr != DATA:
             return self.key
         item = self.items.get(self.key, b"")
         out = 0
@@ -42,6 +48,6 @@ class FwCfg(Device):
         return out
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        if addr == FW_CFG_PORT_SEL:
+        if addr == SEL:
             self.key = value & 0xFFFF
             self.offset = 0

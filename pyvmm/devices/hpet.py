@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pyvmm.devices.base import Device, VcpuContext
+from pyvmm.devices.fastpath import Space
 
 HPET_BASE = 0xFED00000
 HPET_LEN = 0x400
@@ -85,8 +86,11 @@ class Hpet(Device):
         return self._t0 + (ticks - self._offset) * 10
 
     # --- registers ---------------------------------------------------------------
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.MMIO, HPET_BASE, HPET_LEN)]
+
     def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
-        off = addr - HPET_BASE
+        off = addr
         base, shift = off & ~7, (off & 7) * 8
         with self._cond:
             value = self._reg(base)
@@ -113,7 +117,7 @@ class Hpet(Device):
         return None
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        off = addr - HPET_BASE
+        off = addr
         base, shift = off & ~7, (off & 7) * 8
         mask = ((1 << (8 * size)) - 1) << shift
         with self._cond:

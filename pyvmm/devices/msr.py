@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyvmm.kvm.vm import Vm
 
 MsrRead = Callable[[], int]
 MsrWrite = Callable[[int], None]
@@ -26,6 +30,15 @@ class MsrHandlers:
     def add(self, index: int, read: MsrRead | None, write: MsrWrite | None) -> None:
         with self.lock:
             self.handlers[index] = (read, write)
+
+    def attach(self, vm: Vm, index: int, read: MsrRead | None, write: MsrWrite | None) -> None:
+        """Handle ``index`` here: KVM's MSR filter denies it on ``vm`` and
+        KVM_CAP_X86_USER_SPACE_MSR (enabled with the first handler) turns the denial into
+        a KVM_EXIT_X86_RDMSR/WRMSR."""
+        if not self:
+            vm.enable_user_space_msr()
+        self.add(index, read, write)
+        vm.deny_msrs(self.indices())
 
     def indices(self) -> list[int]:
         return sorted(self.handlers)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pyvmm.devices.base import Device, VcpuContext, all_ones
+from pyvmm.devices.fastpath import Space
 from pyvmm.errors import GuestIoError
 from pyvmm.memory import GuestMemory
 
@@ -32,6 +33,9 @@ class PcTestScratch(Device):
         self.name = name
         self.value = 0
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, SCRATCH_PORT, 4)]
+
     def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
         return self.value & all_ones(size)
 
@@ -44,6 +48,9 @@ class PcTestFlush(Device):
         self.name = name
         self.memory = memory
         self.flushes = 0
+
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, FLUSH_PORT, 4)]
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         # the address is the guest's: an address that is not RAM is ignored
@@ -60,10 +67,13 @@ class PcTestIrq(Device):
         self.name = name
         self.set_level = set_level
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, IRQ_PORT, IRQ_LINES)]
+
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        line = addr - IRQ_PORT
+        line = addr  # port IRQ_PORT + n is line n
         if self.set_level is None:
-            raise GuestIoError(f"the guest set pc-testdev IRQ line {line} (port {addr:#x}), but "
+            raise GuestIoError(f"the guest set pc-testdev IRQ line {line} (port {IRQ_PORT + line:#x}), but "
                                "this VM has no in-kernel irqchip to raise it on (--irqchip none)")
         self.set_level(line, 1 if value & 0xFF else 0)
 
@@ -73,10 +83,13 @@ class PcTestIomem(Device):
         self.name = name
         self.mem = bytearray(IOMEM_LEN)
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.MMIO, IOMEM_BASE, IOMEM_LEN)]
+
     def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
-        off = addr - IOMEM_BASE
+        off = addr
         return int.from_bytes(self.mem[off:off + size], "little")
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        off = addr - IOMEM_BASE
+        off = addr
         self.mem[off:off + size] = value.to_bytes(size, "little")

@@ -8,7 +8,7 @@ port never costs a trip to Python; the loops report their counts after every run
 from __future__ import annotations
 
 from pyvmm.devices.base import Device, VcpuContext
-from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
+from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, Space
 
 POST_PORT = 0x80
 
@@ -24,6 +24,9 @@ class PostPort(Device):
         self.writes = 0
         self.entry = FastEntry(Space.PIO, port, 1, WRITE, Action.COUNTER, self)
         self._reads = FastEntry(Space.PIO, port, 1, READ, Action.SINK, self, read_value=0xFF)
+
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, self.port, 1)]
 
     def fast_entries(self) -> list[FastEntry]:
         return [self.entry, self._reads]

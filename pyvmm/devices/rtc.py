@@ -13,9 +13,12 @@ from __future__ import annotations
 import time
 
 from pyvmm.devices.base import Device, VcpuContext
+from pyvmm.devices.fastpath import Space
 
 INDEX_PORT = 0x70
 DATA_PORT = 0x71
+#: the index register as an offset into the device's ports (what the bus hands it)
+INDEX = 0
 SHUTDOWN_STATUS = 0x0F
 REG_A_UIP = 0x80
 REG_B_AIE = 0x20
@@ -58,8 +61,11 @@ class Rtc(Device):
                   0x07: t.tm_mday, 0x08: t.tm_mon, 0x09: t.tm_year % 100, 0x32: t.tm_year // 100}
         return _bcd(fields[reg]) if reg in fields else None
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, INDEX_PORT, 2)]
+
     def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
-        if addr == INDEX_PORT:
+        if addr == INDEX:
             return self.index
         reg = self.index
         clock = self._clock(reg)
@@ -100,7 +106,7 @@ class Rtc(Device):
         return None
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        if addr == INDEX_PORT:
+        if addr == INDEX:
             self.index = value & 0x7F  # bit 7 is the NMI mask
         elif self.index == 0x0A:
             self.cmos[0x0A] = value & 0x7F  # UIP is read-only

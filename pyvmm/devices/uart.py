@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pyvmm.devices.base import Device, VcpuContext
-from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
+from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, Space
 
 COM1 = 0x3F8
 THR, IER, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -37,6 +37,9 @@ class Uart16550(Device):
         self._lsr = FastEntry(Space.PIO, base + LSR, 1, READ, Action.SINK, self, read_value=LSR_IDLE)
         self.on_fast_change: Callable[[FastEntry], None] = lambda entry: None
 
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, self.base, 8)]
+
     def fast_entries(self) -> list[FastEntry]:
         return [self._thr, self._lsr]
 
@@ -44,7 +47,7 @@ class Uart16550(Device):
         self.output(data)
 
     def read(self, addr: int, size: int, ctx: VcpuContext) -> int:
-        off = addr - self.base
+        off = addr
         dlab = self.regs[LCR] & LCR_DLAB
         if off == THR:
             return self.regs["dll"] if dlab else 0  # no input
@@ -59,7 +62,7 @@ class Uart16550(Device):
         return self.regs.get(off, 0)
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
-        off = addr - self.base
+        off = addr
         value &= 0xFF
         dlab = self.regs[LCR] & LCR_DLAB
         if off == THR:

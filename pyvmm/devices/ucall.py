@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from pyvmm.devices.base import Device, VcpuContext
 from pyvmm.devices.bus import GuestStop
+from pyvmm.devices.fastpath import Space
 from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory
 
@@ -97,6 +98,9 @@ class UcallDevice(Device):
         self._symbols = symbols
         self._emit = emit
         self.sync_handlers: list[SyncHandler] = []
+
+    def ranges(self) -> list[tuple[Space, int, int]]:
+        return [(Space.PIO, UCALL_PORT, 4)]
 
     def write(self, addr: int, size: int, value: int, ctx: VcpuContext) -> None:
         if ctx.vcpu < 0:

@@ -1,4 +1,5 @@
-"""The guest SDK: build guests of your own against pyvmm's guest runtime.
+"""The guest SDK: build guests of your own against pyvmm's guest runtime.  (pyvmm's own
+test guests, built with this SDK, are the repository's top-level ``guests/``.)
 
 The runtime (``include/pyvmm/guest.h`` and the headers beside it, the sources in ``src/``,
 the linker scripts in ``ld/``) ships with pyvmm, prebuilt as ``lib/libpyvmm-guest.a``::

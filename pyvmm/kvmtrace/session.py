@@ -29,9 +29,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from pyvmm.errors import MachineStateError
 from pyvmm.kvmtrace.format import (
@@ -55,9 +55,35 @@ from pyvmm.kvmtrace.tracefs import (
 
 if TYPE_CHECKING:
     from pyvmm.devices.ucall import GuestEvent
-    from pyvmm.machine import Machine
 
-__all__ = ["DEFAULT_EVENTS", "KvmRecords", "KvmTrace", "KvmTraceError"]
+
+class _VcpuId(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+class TracedLoop(Protocol):
+    """A vCPU's run loop as a capture sees it (``pyvmm.vstate.loop.VcpuLoop``): the host
+    threads that ran it."""
+
+    @property
+    def vcpu(self) -> _VcpuId: ...
+
+    @property
+    def threads(self) -> Collection[int]: ...
+
+
+class TracedMachine(Protocol):
+    """What a capture needs of a machine (``pyvmm.Machine`` is one): its vCPU loops, to
+    tell which host threads ran which vCPU, and its guest events, for :meth:`between`.
+    (A protocol, not ``Machine``: this package sits below the run loop and the machine.)"""
+
+    @property
+    def loops(self) -> Sequence[TracedLoop]: ...
+
+    def on_event(self, handler: Callable[[GuestEvent], None]) -> None: ...
+
+__all__ = ["DEFAULT_EVENTS", "KvmRecords", "KvmTrace", "KvmTraceError", "TracedLoop", "TracedMachine"]
 
 #: what ``--kvm-trace`` records with no EVENTS: at most a few events per exit (entry, exit,
 #: the exit's own event), the MMU's root and shadow-page work, interrupt injection and
@@ -134,7 +160,7 @@ class KvmTrace(KvmRecords):
     every event, or the events that get one."""
 
     def __init__(self, events: str | Iterable[str] | None = None, *,
-                 stacks: bool | str | Iterable[str] = False, machine: Machine | None = None,
+                 stacks: bool | str | Iterable[str] = False, machine: TracedMachine | None = None,
                  buffer_kb: int | None = None, tracefs: str | os.PathLike[str] | None = None) -> None:
         super().__init__([])
         self._specs = split_spec(events)
@@ -143,7 +169,7 @@ class KvmTrace(KvmRecords):
         self._stack_specs = [] if isinstance(stacks, bool) else split_spec(stacks)
         self._buffer_kb = buffer_kb
         self._root = Path(tracefs) if tracefs is not None else None
-        self._machine: Machine | None = None
+        self._machine: TracedMachine | None = None
         self._instance: Instance | None = None
         self._reader: RawReader | None = None
         self._pages: list[tuple[int, bytes]] = []
@@ -164,7 +190,7 @@ class KvmTrace(KvmRecords):
             self.attach(machine)
 
     # --- set-up and tear-down ------------------------------------------------
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: TracedMachine) -> None:
         """Map threads to this machine's vCPUs and follow its guest events (for
         :meth:`between`)."""
         self._machine = machine

@@ -13,12 +13,14 @@ then lays it out against the machine's RAM.  Formats:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pyvmm.errors import GuestImageError
+from pyvmm.errors import ConfigError, GuestImageError
 from pyvmm.loader.boot import ElfImage, parse_elf64
+from pyvmm.loader.mbheader import FLAG_ADDRESSES, HEADER_MAGIC, SEARCH, find_header
 from pyvmm.loader.plan import LoadPlan
-from pyvmm.loader.source import ImageBytes, read_image, shown
+from pyvmm.loader.source import ImageBytes, read_file, shown
+from pyvmm.loader.sparse import read_image
 from pyvmm.loader.symbols import Symbols
 
 __all__ = ["FORMATS", "ElfImage", "GuestImage", "LoadPlan", "MultibootImage", "Symbols", "detect",
@@ -31,8 +33,8 @@ if TYPE_CHECKING:
 
 #: the multiboot header's magic as it appears in a file: files without it never look
 #: further (and an ELF64 guest never loads the multiboot loader)
-_MB_MAGIC = (0x1BADB002).to_bytes(4, "little")
-_MB_SEARCH = 8192 + 12
+_MB_MAGIC = HEADER_MAGIC.to_bytes(4, "little")
+_MB_SEARCH = SEARCH + 12  # a header starts in the first SEARCH bytes: magic, flags, checksum
 
 
 def __getattr__(name: str) -> object:
@@ -56,8 +58,6 @@ def detect(data: ImageBytes, name: str = "<guest>") -> str:
     is pyvmm's own convention.  GuestImageError for anything else."""
     header = None
     if _MB_MAGIC in data[:_MB_SEARCH]:
-        from pyvmm.loader.mbheader import FLAG_ADDRESSES, find_header
-
         header = find_header(data)
     elf64 = data[:4] == b"\x7fELF" and data[4:5] == b"\x02"
     if header is not None and (not elf64 or header.flags & FLAG_ADDRESSES):
@@ -107,3 +107,28 @@ def _check_multiboot_ram(image: MultibootImage, mem: int) -> None:
         raise GuestImageError(f"{image.path}: the guest has {format_size(mem)} of RAM; this "
                               f"multiboot kernel needs at least {format_size(need)} (it loads "
                               "above the PC's first MiB): give it more (--mem; 128M by default)")
+
+
+def plan_for(image: GuestImage, ram: list[tuple[int, int]], ncpus: int, mem_size: int,
+             cmdline: str = "", initrd: str | os.PathLike[str] | None = None) -> LoadPlan:
+    """Lay ``image`` out against ``ram`` (the initrd is read here, bounded by the
+    ``mem_size`` of RAM it must fit in).  The same image planned for the same RAM and
+    arguments gives the same plan, kept on the image (a harness or fuzzer reusing a parsed
+    image skips rebuilding page tables and boot info)."""
+    data = None
+    if initrd is not None:
+        data = read_file(initrd, mem_size, what="initrd", error=ConfigError)
+    try:
+        args = os.fsencode(cmdline)
+    except UnicodeError as e:
+        raise ConfigError(f"the command line cannot be encoded: {e}") from None
+    name = os.fsdecode(initrd) if initrd is not None else ""
+    key = (tuple(ram), args, ncpus, data, name)
+    plans: dict[Any, LoadPlan] = image.__dict__.setdefault("_plans", {})
+    plan = plans.get(key)
+    if plan is None:
+        plan = image.plan(ram, cmdline=args, ncpus=ncpus, initrd=data, initrd_name=name)
+        if len(plans) >= 8:
+            plans.clear()
+        plans[key] = plan
+    return plan

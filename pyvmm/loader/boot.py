@@ -1,4 +1,5 @@
-"""pyvmm's ELF64 boot convention: where the VMM's structures go and what they contain.
+"""The ELF64 *loader*: pyvmm's boot convention, where the VMM's structures go and what they
+contain.  (The ELF *parser* it uses, for every ELF file, is :mod:`pyvmm.loader.elf`.)
 
 The vCPU starts at ``e_entry`` in 64-bit mode with paging on; the page tables identity-map
 the first 4 GiB (RAM and MMIO holes; the hole 3-4 GiB uncached) and all RAM above it.
@@ -35,7 +36,7 @@ from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
 from pyvmm.x86.entry import EntryState
-from pyvmm.x86.layout import MMIO_HOLE_END, MMIO_HOLE_START, GiB
+from pyvmm.x86.layout import E820_RAM, E820_RESERVED, MMIO_HOLE_END, MMIO_HOLE_START, GiB
 from pyvmm.x86.paging import (
     PAGE_2M,
     PAGE_4K,
@@ -52,8 +53,6 @@ BOOT_MAGIC = 0x4D565950
 BOOT_VERSION = 1
 BOOT_INFO = struct.Struct("<IIQQIIQIIQQQQ")
 MMAP_ENTRY = struct.Struct("<QQII")
-E820_RAM = 1
-E820_RESERVED = 2
 MIN_STACK = 64 * 1024
 DEFAULT_STACK = 256 * 1024
 MAX_CMDLINE = 4096

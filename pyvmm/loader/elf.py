@@ -1,4 +1,6 @@
-"""ELF files as guest images: headers, loadable segments and the symbol table, checked.
+"""The ELF *parser*: ELF files as guest images, headers, loadable segments and the symbol
+table, checked.  (What pyvmm does with an ELF64 guest, its boot convention, is the
+*loader* :mod:`pyvmm.loader.boot`; a multiboot kernel's is :mod:`pyvmm.loader.multiboot`.)
 
 The file is hostile input.  Every count, offset and size in it is checked against the
 file's length *before* anything is iterated (an ``e_phnum`` of PN_XNUM with a zero

@@ -25,6 +25,7 @@ from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
 from pyvmm.x86.entry import EntryState
+from pyvmm.x86.layout import E820_RAM, E820_RESERVED
 from pyvmm.x86.segments import gdt_bytes
 
 BOOT_MAGIC = 0x2BADB002
@@ -40,7 +41,6 @@ INFO_SIZE = 88
 GDT_OFFSET = 0x100
 MBI_MEM, MBI_CMDLINE, MBI_MODS, MBI_MMAP, MBI_LOADER = 1 << 0, 1 << 2, 1 << 3, 1 << 6, 1 << 9
 LOW_RAM_END = 0x9FC00  # 639 KiB: what a BIOS reports below the EBDA
-E820_RAM, E820_RESERVED = 1, 2
 BIOS_AREA = (0x9FC00, 0x100000)  # EBDA, VGA hole, option ROMs and the BIOS (ACPI lives here)
 
 

@@ -14,8 +14,11 @@ the parser judges it, so a file is never accepted because of what was left unrea
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 
+from pyvmm.errors import GuestImageError
 from pyvmm.loader.elf import (
     _EHDR,
     _PHDR,
@@ -28,6 +31,7 @@ from pyvmm.loader.elf import (
     SHT_SYMTAB,
 )
 from pyvmm.loader.mbheader import FLAG_ADDRESSES, SEARCH, find_header
+from pyvmm.loader.source import ImageBytes, _no_memory, _open, read_file, shown
 
 #: read first: the ELF header, usually the program headers, and the multiboot search area
 HEAD = 64 << 10
@@ -81,3 +85,44 @@ def _table(fd: int, off: int, count: int, entsize: int, size: int) -> bytes | No
         return None
     data = os.pread(fd, n, off)
     return data if len(data) == n else None
+
+
+def read_image(path: str | os.PathLike[str], limit: int) -> ImageBytes:
+    """The guest image at ``path`` as the loaders need it.  A big ELF file is not read
+    whole: its size in anonymous memory (pages never touched cost nothing), filled with
+    only the parts the loaders read (:func:`elf_ranges`): headers,
+    segments, symbol and string tables, never its debug information.  Anything else (a
+    small file, a multiboot kernel, an ELF file of an unusual shape) is read whole."""
+    name = shown(path)
+    fd, size = _open(path, limit, "guest image", GuestImageError)
+    try:
+        ranges = None
+        if size >= WHOLE_BELOW:
+            ranges = elf_ranges(fd, os.pread(fd, HEAD, 0), size)
+        if ranges is None:
+            os.close(fd)
+            fd = -1
+            return read_file(path, limit)
+        buf = mmap.mmap(-1, size)
+        for start, end in ranges:
+            _fill(fd, buf, start, end)
+        return buf
+    except MemoryError:
+        raise _no_memory(name, size, "guest image", GuestImageError) from None
+    except OSError as e:
+        if e.errno == errno.ENOMEM:
+            raise _no_memory(name, size, "guest image", GuestImageError) from None
+        raise GuestImageError(f"{name}: {e.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _fill(fd: int, buf: mmap.mmap, start: int, end: int) -> None:
+    """``buf[start:end]`` from the file; what the file no longer has stays zero."""
+    with memoryview(buf) as view:
+        while start < end:
+            n = os.preadv(fd, [view[start:end]], start)
+            if n <= 0:
+                return
+            start += n

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import struct
 
+from pyvmm.devices.acpi_pm import PM_BASE, PM_TIMER
 from pyvmm.devices.hpet import HPET_BASE
-from pyvmm.devices.legacy import PM_BASE, PM_TIMER
 from pyvmm.x86.layout import IOAPIC_BASE, LAPIC_BASE
 
 ACPI_BASE = 0xE0000

@@ -10,35 +10,21 @@ pin n).  The PIT comes with ``Machine(pit=True)``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg
-from pyvmm.devices.hpet import GCAP_ID, HPET_BASE, HPET_LEN, Hpet
-from pyvmm.devices.legacy import (
-    BOCHS_SHUTDOWN_PORT,
-    PCI_CONFIG_ADDRESS,
-    PM_BASE,
-    AcpiPm,
-    BochsShutdown,
-    PciConfigMech1,
-)
-from pyvmm.devices.pc_testdev import (
-    FLUSH_PORT,
-    IOMEM_BASE,
-    IOMEM_LEN,
-    IRQ_LINES,
-    IRQ_PORT,
-    SCRATCH_PORT,
-    PcTestFlush,
-    PcTestIomem,
-    PcTestIrq,
-    PcTestScratch,
-)
+from pyvmm.devices.acpi_pm import AcpiPm
+from pyvmm.devices.bochs_shutdown import BochsShutdown
+from pyvmm.devices.fastpath import Space
+from pyvmm.devices.fw_cfg import FwCfg
+from pyvmm.devices.hpet import GCAP_ID, Hpet
+from pyvmm.devices.pc_testdev import PcTestFlush, PcTestIomem, PcTestIrq, PcTestScratch
+from pyvmm.devices.pci_config import PciConfigMech1
 from pyvmm.devices.rtc import Rtc
+from pyvmm.kvm.vcpu import MP_STATE_UNINITIALIZED
 from pyvmm.kvm.vm import IOAPIC, PIC_MASTER, PIC_SLAVE
 from pyvmm.platform import acpi, bios
-from pyvmm.vstate.fastpath import Space
-from pyvmm.x86.entry import EntryState
+from pyvmm.vstate.result import Outcome, RunStatus
+from pyvmm.x86.entry import EntryState, apply_entry
 
 IOAPIC_PINS = 24
 #: the first address real mode's segment:offset (CS = address >> 4) cannot reach
@@ -61,13 +47,37 @@ def pc_gsi_routes() -> list[tuple[int, int, int]]:
     return routes
 
 if TYPE_CHECKING:
-    from pyvmm.machine import Machine
+    import threading
+    from collections.abc import Sequence
+
+    from pyvmm.devices.base import Device
+    from pyvmm.kvm.vcpu import Vcpu
+    from pyvmm.kvm.vm import Vm
+    from pyvmm.memory import GuestMemory
+
+
+class PcMachine(Protocol):
+    """What the PC platform needs of the machine it joins (``Machine`` is one): its RAM
+    and shape, its VM fd (interrupt lines, GSI routes, PIC/PIT set-up) and its bus."""
+
+    mem_size: int
+    cpus: int
+    irqchip: str
+    pit: bool
+
+    @property
+    def memory(self) -> GuestMemory: ...
+
+    @property
+    def vm(self) -> Vm: ...
+
+    def add_device(self, space: Space, base: int, length: int, device: Device) -> None: ...
 
 
 class PcPlatform:
     """The PC devices of one machine (``machine.pc``), for tests and tools to inspect."""
 
-    def __init__(self, m: Machine) -> None:
+    def __init__(self, m: PcMachine) -> None:
         low = sum(r.size for r in m.memory.regions if r.gpa < 1 << 32 and not r.readonly)
         high = sum(r.size for r in m.memory.regions if r.gpa >= 1 << 32)
         self.fw_cfg = FwCfg(m.mem_size, m.cpus)
@@ -81,18 +91,11 @@ class PcPlatform:
         self._vm, self._kernel_chip, self._pit = m.vm, kernel_chip, m.pit
         self.hpet = Hpet(m.vm.irq_line if kernel_chip else lambda gsi, level: None,
                          (lambda on: bios.pit_hpet_legacy(m.vm, on)) if m.pit else lambda on: None)
-        for space, base, n, dev in (
-                (Space.PIO, FW_CFG_PORT_SEL, 2, self.fw_cfg),
-                (Space.PIO, SCRATCH_PORT, 4, self.testdev),
-                (Space.PIO, FLUSH_PORT, 4, self.testdev_flush),
-                (Space.PIO, IRQ_PORT, IRQ_LINES, self.testdev_irq),
-                (Space.MMIO, IOMEM_BASE, IOMEM_LEN, self.testdev_iomem),
-                (Space.MMIO, HPET_BASE, HPET_LEN, self.hpet),
-                (Space.PIO, BOCHS_SHUTDOWN_PORT, 1, BochsShutdown()),
-                (Space.PIO, PCI_CONFIG_ADDRESS, 8, PciConfigMech1()),
-                (Space.PIO, PM_BASE, 12, self.acpi_pm),
-                (Space.PIO, 0x70, 2, self.rtc)):
-            m.add_device(space, base, n, dev)
+        for dev in (self.fw_cfg, self.testdev, self.testdev_flush, self.testdev_irq,
+                    self.testdev_iomem, self.hpet, BochsShutdown(), PciConfigMech1(), self.acpi_pm,
+                    self.rtc):
+            for space, base, n in dev.ranges():  # each device knows where it answers
+                m.add_device(space, base, n, dev)
         addr, tables, self.facs_addr = acpi.build(m.cpus, GCAP_ID & 0xFFFFFFFF)
         m.memory.write(addr, tables)
         self.memory = m.memory
@@ -146,7 +149,34 @@ class PcPlatform:
                 bios.start_pit(self._vm)
         self.hpet.reset()
 
+    def sleep_s3(self, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
+                 left: float | None, stop: threading.Event) -> bool | Outcome:
+        """The guest entered ACPI S3: sleep until the wake-up (the RTC alarm), then reset
+        every vCPU as the chipset does (``reset_lapics``: each LAPIC as firmware left it),
+        RAM kept, and let the BSP resume in real mode at the FACS's waking vector.  False
+        when no wake-up comes in time; a crash outcome when the guest's waking vector
+        cannot be resumed at."""
+        wait = self.seconds_to_wake()
+        if wait is None or (left is not None and wait > left):
+            stop.wait(left)  # asleep for good: until the timeout, a stop or a signal
+            return False
+        if stop.wait(wait):
+            return False
+        try:
+            entry = self.resume_entry()
+        except ResumeError as e:  # the guest's value: a guest fault, never a usage error
+            return Outcome(RunStatus.CRASH, vcpus[0].id, reason=str(e))
+        for vcpu, lapic in zip(vcpus, reset_lapics, strict=True):
+            if lapic is not None:
+                vcpu.set_lapic(lapic)
+            if vcpu.id:
+                vcpu.set_mp_state(MP_STATE_UNINITIALIZED)  # APs wait for INIT/SIPI again
+        self.reset_after_sleep()
+        apply_entry(vcpus[0], entry)
+        self.woke()
+        return True
 
-def add_pc_platform(m: Machine) -> PcPlatform:
+
+def add_pc_platform(m: PcMachine) -> PcPlatform:
     """Give ``m`` the PC devices and firmware state; returns them."""
     return PcPlatform(m)

@@ -12,11 +12,9 @@ import fnmatch
 from collections.abc import Iterable
 from pathlib import Path
 
-from pyvmm.suite.model import SuiteTest
+from pyvmm.suite.model import SuiteConfigError, SuiteTest
 
-
-class SuiteConfigError(ValueError):
-    """The suite configuration cannot be read; the message names the file and why."""
+__all__ = ["SuiteConfigError", "is_manifest", "is_suite_file", "load", "select"]
 
 
 def is_manifest(path: Path) -> bool:

@@ -59,7 +59,7 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
 def read_config(path: Path) -> str:
     """The text of a suite config; SuiteConfigError, one line naming the file, when it
     cannot be read, is not a regular file, is too big or is not UTF-8."""
-    from pyvmm.suite import SuiteConfigError
+    from pyvmm.suite.model import SuiteConfigError
 
     try:
         return read_bounded(path, MAX_CONFIG, "suite config").decode("utf-8")

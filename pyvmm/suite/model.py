@@ -22,6 +22,16 @@ REPORT_PREFIXES = ("PASS: ", "FAIL: ", "SKIP: ", "XFAIL: ", "XPASS: ")
 FAILING_PREFIXES = ("FAIL: ", "XPASS: ")
 
 
+class SuiteConfigError(ValueError):
+    """The suite configuration cannot be read; the message names the file and why.
+    (Defined here, below the readers that raise it; ``pyvmm.suite`` re-exports it.)"""
+
+
+#: the prefix of the JUnit properties a suite item records (the plugin writes them, the
+#: reporter reads them back)
+PROP = "pyvmm."
+
+
 class Verdict(StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"

@@ -23,9 +23,8 @@ import pytest
 
 from pyvmm.errors import ConfigError, OutputError
 from pyvmm.suite import SuiteConfigError, is_suite_file, load
-from pyvmm.suite.model import SuiteTest, Verdict
+from pyvmm.suite.model import PROP, SuiteTest, Verdict
 
-PROP = "pyvmm."
 #: the largest --timeout-scale: with the longest timeout a config may give, still a
 #: deadline the host's clock and timers can hold
 MAX_TIMEOUT_SCALE = 1000.0

@@ -21,8 +21,7 @@ from typing import Any, TextIO
 import pytest
 
 from pyvmm.errors import ExitStatus
-from pyvmm.suite.model import FAILING_PREFIXES, Verdict
-from pyvmm.suite.plugin import PROP
+from pyvmm.suite.model import FAILING_PREFIXES, PROP, Verdict
 from pyvmm.suite.tap import TapWriter
 
 PHASES = ("setup", "call", "teardown")

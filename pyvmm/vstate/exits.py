@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pyvmm.devices.base import VcpuContext
 from pyvmm.devices.bus import Bus, GuestStop
+from pyvmm.devices.fastpath import Space
 from pyvmm.devices.msr import MsrHandlers
 from pyvmm.errors import GuestIoError
 from pyvmm.kvm import run as kvm_run
 from pyvmm.kvm.native import Cdata
-from pyvmm.vstate.fastpath import Space
 from pyvmm.vstate.result import Outcome, RunStatus
 
 IO_SIZES = (1, 2, 4)

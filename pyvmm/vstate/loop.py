@@ -1,7 +1,7 @@
 """Running one vCPU: the C loop (``cbindings/runloop.c``) and a plain Python loop.
 
 :class:`VcpuLoop` owns a ``struct pyvmm_loop``, fills its fast exit table from the bus's
-:class:`~pyvmm.vstate.fastpath.FastEntry` list, and hands every exit the table does not
+:class:`~pyvmm.devices.fastpath.FastEntry` list, and hands every exit the table does not
 cover to :func:`pyvmm.vstate.exits.handle_exit`.  :meth:`VcpuLoop.run_python` does the
 same with KVM_RUN issued from Python for every exit, so the two can be benchmarked against
 each other.  This is the run loop's one door to the cffi extension.
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from pyvmm._native import ffi, lib
 from pyvmm.devices.base import VcpuContext, all_ones
-from pyvmm.devices.bus import Bus, Device, GuestStop
+from pyvmm.devices.bus import Bus, GuestStop
+from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, FastOwner, Space
 from pyvmm.devices.msr import MsrHandlers
 from pyvmm.errors import GuestIoError
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.run import exit_name
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.vstate.exits import IO_SIZES, handle_exit, stop_outcome
-from pyvmm.vstate.fastpath import READ, WRITE, Action, FastEntry, Space
 from pyvmm.vstate.result import Outcome, RunStatus
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class VcpuLoop:
         self.c.buf_flush_newline = 1
         self.entries: list[FastEntry] = []
         self._reported: list[int] = []
-        self._buffer_owner: Device | None = None
+        self._buffer_owner: FastOwner | None = None
         self.py_exit_counts: Counter[int] = Counter()
         #: called on this vCPU's thread with every debug exit's outcome; True: go on
         #: running (a debugger filtering single steps, e.g. emulated watchpoints)
@@ -297,17 +297,19 @@ class VcpuLoop:
                         if out is None:
                             continue
                         return out
-                    dev: Any = ports.get(port * 8 + size)
-                    if dev is None:
-                        dev = ports[port * 8 + size] = bus.find(Space.PIO, port, size) or bus
-                    if dev is not bus and size in IO_SIZES and off + size <= window_len:
+                    hit: Any = ports.get(port * 8 + size)
+                    if hit is None:  # (device, offset into its range), or the bus: unclaimed
+                        found = bus.lookup(Space.PIO, port, size)
+                        hit = ports[port * 8 + size] = (found[1], port - found[0]) if found else bus
+                    if hit is not bus and size in IO_SIZES and off + size <= window_len:
+                        dev, at = hit
                         try:
                             with lock:
                                 if direction == OUT:
-                                    dev.write(port, size, int.from_bytes(window[off:off + size], "little"),
+                                    dev.write(at, size, int.from_bytes(window[off:off + size], "little"),
                                               ctx)
                                 else:
-                                    window[off:off + size] = (dev.read(port, size, ctx) & (
+                                    window[off:off + size] = (dev.read(at, size, ctx) & (
                                         all_ones(size))).to_bytes(size, "little")
                         except GuestStop as stop:
                             return stop_outcome(stop, vid)

@@ -10,6 +10,9 @@ import functools
 
 GiB = 1 << 30
 MiB = 1 << 20
+#: E820 / multiboot memory-map entry types (ACPI 6.5, 15.1): usable RAM, reserved
+E820_RAM = 1
+E820_RESERVED = 2
 KiB = 1 << 10
 
 MMIO_HOLE_START = 3 * GiB

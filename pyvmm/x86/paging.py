@@ -13,6 +13,13 @@ from array import array
 from collections.abc import Callable
 
 from pyvmm.errors import PyvmmError
+from pyvmm.x86.modes import (
+    PAGING_4LEVEL,
+    PAGING_32BIT,
+    PAGING_32BIT_PSE,
+    PAGING_NONE,
+    PAGING_PAE,
+)
 
 PAGE_4K = 1 << 12
 PAGE_2M = 1 << 21
@@ -124,8 +131,8 @@ class PageTableBuilder:
 
 def walk(read_u64: Callable[[int], int], cr3: int, va: int) -> int | None:
     """Translate ``va`` through tables reachable from ``cr3``; ``read_u64(gpa)`` reads
-    memory.  Returns the physical address or None (not present).  Used by tests and by the
-    crash report to find the code at RIP."""
+    memory.  Returns the physical address or None (not present).  4-level paging only:
+    :func:`translate` picks the walk for a vCPU's paging mode."""
     table = cr3 & ADDR_MASK
     for level in (4, 3, 2, 1):
         e = read_u64(table + ((va >> _LEVEL_SHIFT[level]) & 511) * 8)
@@ -137,6 +144,40 @@ def walk(read_u64: Callable[[int], int], cr3: int, va: int) -> int | None:
         table = e & ADDR_MASK
     return table | (va & 0xFFF)
 
+
+def translate(read: Callable[[int, int], int], mode: str, cr3: int, va: int) -> int | None:
+    """Guest-virtual ``va`` -> guest-physical under paging ``mode`` (``x86.modes.paging_mode``)
+    with tables at ``cr3``, or None (not present, or out of the mode's reach).
+    ``read(gpa, size)`` reads a little-endian entry and may raise for a table outside RAM
+    (the caller's business: the guest owns these tables).  The one translation the debugger,
+    the crash report and the core use (Intel SDM vol. 3A 4.3-4.5)."""
+    if mode == PAGING_NONE:
+        return va if 0 <= va < 1 << 32 else None
+    if mode == PAGING_4LEVEL:
+        return walk(lambda a: read(a, 8), cr3, va) if 0 <= va < 1 << 64 else None
+    if not 0 <= va < 1 << 32:
+        return None
+    if mode in (PAGING_32BIT, PAGING_32BIT_PSE):  # 4-byte PDE (4 MiB with CR4.PSE and PS), PTE
+        pde = read((cr3 & 0xFFFFF000) + (va >> 22) * 4, 4)
+        if not pde & PTE_P:
+            return None
+        if pde & PTE_PS and mode == PAGING_32BIT_PSE:
+            high = (pde >> 13) & 0xFF  # PSE-36: physical bits 39:32
+            return (high << 32) | (pde & 0xFFC00000) | (va & 0x3FFFFF)
+        pte = read((pde & 0xFFFFF000) + ((va >> 12) & 0x3FF) * 4, 4)
+        return (pte & 0xFFFFF000) | (va & 0xFFF) if pte & PTE_P else None
+    if mode == PAGING_PAE:  # PDPTE (4 per CR3), PDE (2 MiB with PS), PTE: 8-byte entries
+        pdpte = read((cr3 & 0xFFFFFFE0) + (va >> 30) * 8, 8)
+        if not pdpte & PTE_P:
+            return None
+        pde = read((pdpte & ADDR_MASK) + ((va >> 21) & 511) * 8, 8)
+        if not pde & PTE_P:
+            return None
+        if pde & PTE_PS:
+            return (pde & ADDR_MASK & ~(PAGE_2M - 1)) | (va & (PAGE_2M - 1))
+        pte = read((pde & ADDR_MASK) + ((va >> 12) & 511) * 8, 8)
+        return (pte & ADDR_MASK) | (va & 0xFFF) if pte & PTE_P else None
+    return None  # 5-level paging: not walked (KVM refuses LA57 here, HOST-KVM.md)
 
 class MappingLimit(PyvmmError):
     """A guest's page tables map more than a walk is allowed to visit (hostile or huge)."""

@@ -83,13 +83,52 @@ def test_translate_walks_the_guest_page_tables(guests):
         assert v.translate(1 << 45) is None  # nothing up there
 
 
+APIC_SVR, APIC_IRR = 0xF0, 0x200
+SVR_ENABLE = 1 << 8
+
+
+def _irr_has(lapic: bytes, vector: int) -> bool:
+    word = int.from_bytes(lapic[APIC_IRR + vector // 32 * 16:][:4], "little")
+    return bool(word >> vector % 32 & 1)
+
+
 def test_msi_coalesced_mmio_and_feature_msrs(vm):
-    vm.create_vcpu(0)
-    # fixed-delivery MSI to APIC 0, vector 0x30: KVM reports it delivered
-    assert vm.signal_msi(0xFEE00000, 0x30) >= 0
-    vm.register_coalesced_mmio(0xD0000000, 0x1000)
+    v = vm.create_vcpu(0)
+    lapic = v.get_lapic()
+    lapic[APIC_SVR:APIC_SVR + 4] = (0xFF | SVR_ENABLE).to_bytes(4, "little")  # software-enabled
+    v.set_lapic(lapic)
+    assert not _irr_has(v.get_lapic(), 0x30)
+    # fixed-delivery MSI to APIC 0, vector 0x30: KVM reports it delivered to one LAPIC
+    # (KVM_SIGNAL_MSI returns how many took it) and the vector is pending in its IRR
+    assert vm.signal_msi(0xFEE00000, 0x30) == 1
+    assert _irr_has(v.get_lapic(), 0x30)
     with Kvm() as kvm:
         assert isinstance(kvm.get_msr_feature_index_list(), list)
+
+
+def test_coalesced_mmio_write_lands_in_the_ring(guests):
+    """A write into a coalesced zone does not exit: KVM queues it in the ring at page
+    KVM_CAP_COALESCED_MMIO of the vCPU's kvm_run mapping, with its address, size and data
+    (the guest's read of the same address still exits, to the handler)."""
+    import struct
+
+    from pyvmm._native import ffi
+
+    reads = []
+    with Machine.from_elf(guests / "selftest.elf", cmdline="mmio 0x20000000") as m:
+        page = m.kvm.check_extension(lib.KVM_CAP_COALESCED_MMIO)
+        assert page >= 1
+        m.vm.register_coalesced_mmio(0x20000000, 0x1000)
+        m.add_handler(Space.MMIO, 0x20000000, 0x1000, write=lambda a, s, v: reads.append(("w", v)),
+                      read=lambda a, s: reads.append(("r", a)) or 0x1234ABCD, name="zone")
+        r = m.run(timeout=30)
+        assert r.ok, r.message
+        ring = bytes(ffi.buffer(ffi.cast("char *", m.vcpus[0].kvm_run) + page * 4096, 4096))
+    first, last = struct.unpack_from("<II", ring)
+    assert (first, last) == (0, 1)  # one entry queued, none consumed
+    gpa, size, _pio, data = struct.unpack_from("<QII8s", ring, 8)
+    assert (gpa, size, data[:4]) == (0x20000000, 4, (0x1234ABCD).to_bytes(4, "little"))
+    assert reads == [("r", 0x20000000)]  # the write never exited
 
 
 def test_removed_memslot_exits_as_mmio(guests):

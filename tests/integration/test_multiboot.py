@@ -10,7 +10,7 @@ import subprocess
 import cli
 import pytest
 
-from pyvmm import Machine
+from pyvmm import Machine, Space
 from pyvmm.devices.base import HOST
 from pyvmm.kvm.vm import PIC_MASTER
 
@@ -85,7 +85,8 @@ def test_testdev_as_the_host_sees_it(guests):
         assert r.ok, r.text
         assert m.pc.testdev.value == 0x5A  # the last (1-byte) scratch write
         assert m.pc.testdev_flush.flushes == 1
-        assert m.pc.testdev_iomem.read(0xFF000000, 4, HOST) == 0xCAFEF00D
+        assert m.bus.read(Space.MMIO, 0xFF000000, 4, HOST) == 0xCAFEF00D  # the bus: absolute
+        assert m.pc.testdev_iomem.read(0, 4, HOST) == 0xCAFEF00D  # the device: offsets
     assert r.exit_counts["MMIO"] >= 4  # every iomem access exited
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from pyvmm.machine import Machine
+from pyvmm.snapshot import HEADER, MAGIC, SnapshotError, load
 from pyvmm.snapshot_file import PAGE
-from pyvmm.vstate.snapshot import HEADER, MAGIC, SnapshotError, load
 from tests.cli import pyvmm
 
 
@@ -233,7 +233,7 @@ def test_ram_past_the_file_is_refused_before_it_is_mapped(guests: Path, tmp_path
     bad = _corrupt(good, tmp_path / "big.snap", "more-ram")
     code = textwrap.dedent(f"""
         from pyvmm.machine import Machine
-        from pyvmm.vstate.snapshot import SnapshotError
+        from pyvmm.snapshot import SnapshotError
         try:
             Machine.from_snapshot({str(bad)!r}).snapshot()
         except SnapshotError as e:

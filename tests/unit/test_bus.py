@@ -24,7 +24,21 @@ def test_dispatch_and_masking():
     bus.register(Space.PIO, 0x100, 4, dev)
     assert bus.read(Space.PIO, 0x102, 2) == 0x7788
     bus.write(Space.PIO, 0x103, 1, 5)
-    assert dev.writes == [(0x103, 1, 5)]
+    assert dev.writes == [(3, 1, 5)]  # the device gets the offset into its range
+
+
+def test_devices_declare_their_own_ranges():
+    from pyvmm.devices.post import PostPort
+
+    bus = Bus()
+    out = []
+    bus.attach(Uart16550(out.append))
+    bus.attach(DebugExit())
+    bus.attach(PostPort())
+    assert bus.claimed(Space.PIO) == [(0x80, 1), (0xF4, 4), (0x3F8, 8)]
+    bus.write(Space.PIO, 0x3F8, 1, ord("x"))  # THR at offset 0 of the UART's range
+    assert out == [b"x"]
+    assert Device().ranges() == []  # placed by its user (Machine.add_device)
 
 
 def test_overlap_refused_and_spaces_apart():
@@ -69,11 +83,11 @@ def test_uart_dlab_switches_fast_path_off():
     u = Uart16550(out.append)
     changes = []
     u.on_fast_change = lambda fe: changes.append(fe.enabled)
-    u.write(0x3F8, 1, ord("A"), HOST)
-    u.write(0x3FB, 1, LCR_DLAB | 3, HOST)
-    u.write(0x3F8, 1, 12, HOST)  # divisor latch, not output
-    assert u.read(0x3F8, 1, HOST) == 12
-    u.write(0x3FB, 1, 3, HOST)
+    u.write(0, 1, ord("A"), HOST)
+    u.write(3, 1, LCR_DLAB | 3, HOST)
+    u.write(0, 1, 12, HOST)  # divisor latch, not output
+    assert u.read(0, 1, HOST) == 12
+    u.write(3, 1, 3, HOST)
     assert out == [b"A"]
     assert changes == [False, True]
-    assert u.read(0x3FD, 1, HOST) & 0x60 == 0x60
+    assert u.read(5, 1, HOST) & 0x60 == 0x60

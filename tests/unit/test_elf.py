@@ -157,7 +157,7 @@ def test_a_big_image_read_in_parts_loads_as_read_whole(guests, tmp_path, name):
     import mmap
 
     from pyvmm.loader import parse_image
-    from pyvmm.loader.source import read_image
+    from pyvmm.loader.sparse import read_image
 
     data = (guests / name).read_bytes()
     big = tmp_path / name

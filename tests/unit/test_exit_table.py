@@ -3,7 +3,7 @@
 import pytest
 
 from pyvmm._native import ffi, lib
-from pyvmm.vstate.fastpath import READ, WRITE, Action, Space
+from pyvmm.devices.fastpath import READ, WRITE, Action, Space
 
 HANDLED = -1
 _KEEP: list = []  # cffi memory the fake kvm_run points into

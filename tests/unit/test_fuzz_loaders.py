@@ -83,7 +83,7 @@ def test_mutated_big_images_read_in_parts_as_whole(guests, tmp_path, name, seed)
     """A big ELF file is read in parts (pyvmm.loader.sparse): whatever its headers say,
     the loaders must judge it as they judge the whole file, never accept it for what was
     left unread."""
-    from pyvmm.loader.source import read_image
+    from pyvmm.loader.sparse import read_image
 
     data = (guests / name).read_bytes() + b"\x55" * (1 << 20)
     rng = random.Random(seed)

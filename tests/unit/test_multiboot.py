@@ -4,10 +4,12 @@ import struct
 
 import pytest
 
+from pyvmm.devices.acpi_pm import AcpiPm
 from pyvmm.devices.base import HOST
+from pyvmm.devices.bochs_shutdown import BochsShutdown
 from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.fw_cfg import FwCfg
-from pyvmm.devices.legacy import AcpiPm, BochsShutdown, PciConfigMech1
+from pyvmm.devices.pci_config import PciConfigMech1
 from pyvmm.devices.rtc import Rtc
 from pyvmm.errors import GuestImageError
 from pyvmm.loader.mbheader import HEADER_MAGIC, find_header
@@ -84,13 +86,13 @@ def test_kernel_over_the_info_area_is_loaded_as_qemu_does():
 
 def test_fw_cfg_items_stream_and_unknown_keys_read_zero():
     fw = FwCfg(128 * MiB, 2)
-    fw.write(0x510, 2, 0, HOST)
-    assert bytes(fw.read(0x511, 1, HOST) for _ in range(4)) == b"QEMU"
-    fw.write(0x510, 2, 3, HOST)
-    assert fw.read(0x511, 1, HOST) | fw.read(0x511, 1, HOST) << 8 | fw.read(0x511, 1, HOST) << 16 == 0
-    assert fw.read(0x511, 1, HOST) == 0x08  # 128 MiB = 0x08000000, little-endian
-    fw.write(0x510, 2, 0x4242, HOST)
-    assert fw.read(0x511, 1, HOST) == 0
+    fw.write(0, 2, 0, HOST)
+    assert bytes(fw.read(1, 1, HOST) for _ in range(4)) == b"QEMU"
+    fw.write(0, 2, 3, HOST)
+    assert fw.read(1, 1, HOST) | fw.read(1, 1, HOST) << 8 | fw.read(1, 1, HOST) << 16 == 0
+    assert fw.read(1, 1, HOST) == 0x08  # 128 MiB = 0x08000000, little-endian
+    fw.write(0, 2, 0x4242, HOST)
+    assert fw.read(1, 1, HOST) == 0
 
 
 def test_acpi_tables_have_valid_checksums():
@@ -131,29 +133,29 @@ def test_acpi_tables_have_valid_checksums():
 
 def test_rtc_cmos_and_shutdown_byte():
     rtc = Rtc(128 * MiB)
-    rtc.write(0x70, 1, 0x0F, HOST)
-    rtc.write(0x71, 1, 0x0A, HOST)
-    rtc.write(0x70, 1, 0x8F, HOST)  # NMI-mask bit set: same register
-    assert rtc.read(0x71, 1, HOST) == 0x0A
-    rtc.write(0x70, 1, 0x00, HOST)
-    sec = rtc.read(0x71, 1, HOST)
+    rtc.write(0, 1, 0x0F, HOST)
+    rtc.write(1, 1, 0x0A, HOST)
+    rtc.write(0, 1, 0x8F, HOST)  # NMI-mask bit set: same register
+    assert rtc.read(1, 1, HOST) == 0x0A
+    rtc.write(0, 1, 0x00, HOST)
+    sec = rtc.read(1, 1, HOST)
     assert sec >> 4 < 6 and sec & 0xF < 10  # BCD
-    rtc.write(0x70, 1, 0x17, HOST)
-    assert rtc.read(0x71, 1, HOST) == 0xFF  # KiB above 1 MiB, capped at 0xFFFF as BIOSes do
-    rtc.write(0x70, 1, 0x34, HOST)
-    lo = rtc.read(0x71, 1, HOST)
-    rtc.write(0x70, 1, 0x35, HOST)
-    assert lo | rtc.read(0x71, 1, HOST) << 8 == (112 * MiB) >> 16  # 64 KiB units above 16 MiB
+    rtc.write(0, 1, 0x17, HOST)
+    assert rtc.read(1, 1, HOST) == 0xFF  # KiB above 1 MiB, capped at 0xFFFF as BIOSes do
+    rtc.write(0, 1, 0x34, HOST)
+    lo = rtc.read(1, 1, HOST)
+    rtc.write(0, 1, 0x35, HOST)
+    assert lo | rtc.read(1, 1, HOST) << 8 == (112 * MiB) >> 16  # 64 KiB units above 16 MiB
 
 
 def test_bochs_pci_and_pm_timer():
     b = BochsShutdown()
     for c in b"Shutdow":
-        b.write(0x8900, 1, c, HOST)
+        b.write(0, 1, c, HOST)
     with pytest.raises(GuestStop):
-        b.write(0x8900, 1, ord("n"), HOST)
+        b.write(0, 1, ord("n"), HOST)
     pci = PciConfigMech1()
-    pci.write(0xCF8, 4, 0x80001234, HOST)
-    assert pci.read(0xCF8, 4, HOST) == 0x80001234 and pci.read(0xCFC, 4, HOST) == 0xFFFFFFFF
+    pci.write(0, 4, 0x80001234, HOST)
+    assert pci.read(0, 4, HOST) == 0x80001234 and pci.read(4, 4, HOST) == 0xFFFFFFFF
     pm = AcpiPm()
-    assert pm.read(0x608, 4, HOST) <= pm.read(0x608, 4, HOST)
+    assert pm.read(8, 4, HOST) <= pm.read(8, 4, HOST)

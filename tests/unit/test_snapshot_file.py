@@ -22,15 +22,16 @@ from typing import Any
 
 import pytest
 
+from pyvmm.devices.acpi_pm import AcpiPm
+from pyvmm.devices.bochs_shutdown import BochsShutdown
 from pyvmm.devices.hpet import Hpet
-from pyvmm.devices.legacy import AcpiPm, BochsShutdown
 from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.uart import Uart16550
 from pyvmm.errors import Interrupted
 from pyvmm.kvm.native import ffi
 from pyvmm.kvm.vcpu import REGS
+from pyvmm.snapshot import Snapshot, VcpuState
 from pyvmm.snapshot_file import HEADER, PAGE, SnapshotError, read, write
-from pyvmm.vstate.snapshot import Snapshot, VcpuState
 
 MEM = 16 * PAGE
 

@@ -1,0 +1,64 @@
+"""The C run loop's fast exit table, as devices describe their entries (runloop.h).
+
+A device that can be answered without Python returns :class:`FastEntry` requests from
+``fast_entries()``; each vCPU's loop copies them into its C table.  The numbers below are
+runloop.h's; ``pyvmm.vstate.loop`` checks them against the compiled extension at import.
+The vocabulary lives with the devices that speak it (the run loop, above them, reads it);
+an entry's ``owner`` is any :class:`FastOwner` (every :class:`~pyvmm.devices.base.Device`
+is one), so this module needs nothing from the devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+
+class FastOwner(Protocol):
+    """What the run loop asks of an entry's device: its name (in messages and counts)
+    and where the bytes and counts C collected for it go."""
+
+    name: str
+
+    def fast_event(self, data: bytes) -> None: ...
+
+    def fast_hits(self, entry: FastEntry, hits: int, last_value: int) -> None: ...
+
+
+class Space(IntEnum):
+    """Which address space an access is in (PYVMM_SPACE_*)."""
+
+    PIO = 0
+    MMIO = 1
+
+
+class Action(IntEnum):
+    """What the C run loop does for an entry (PYVMM_ACT_*)."""
+
+    SINK = 1  # writes dropped, reads return read_value
+    BUFFER = 2  # written bytes appended to the loop's byte buffer (owner.fast_event)
+    STOP = 3  # a write stops the loop with the value written
+    COUNTER = 4  # like SINK, and the last value written is kept
+    CLOCK = 5  # reads: host CLOCK_MONOTONIC since read_value (ns) at clock_hz, & clock_mask
+
+
+READ = 1  # PYVMM_DIR_READ
+WRITE = 2  # PYVMM_DIR_WRITE
+
+
+@dataclass(eq=False)
+class FastEntry:
+    """A request to answer some exits in C.  ``owner`` receives buffered bytes (BUFFER,
+    ``fast_event``) and the counts of what C answered (``fast_hits``)."""
+
+    space: Space
+    base: int
+    length: int
+    dirs: int
+    action: Action
+    owner: FastOwner
+    read_value: int = 0
+    enabled: bool = True
+    clock_hz: int = 0
+    clock_mask: int = 0

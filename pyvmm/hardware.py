@@ -1,0 +1,161 @@
+"""A machine's hardware as KVM builds it: the VM with its interrupt controller and PIT,
+guest RAM in memslots, and the vCPUs as firmware would leave them.
+
+The order is KVM's and the host's: on kvm_pvm a memslot added to a VM that has an
+in-kernel PIC/IOAPIC waits for an SRCU grace period (~6 ms), so the irqchip comes before
+the memslots (paid once, at creation, instead of ~15 ms at destruction).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from pyvmm.config import SPLIT_IRQCHIP_PINS
+from pyvmm.devices.bus import Bus
+from pyvmm.devices.debug_exit import DebugExit
+from pyvmm.devices.fastpath import FastEntry
+from pyvmm.devices.msr import MsrHandlers
+from pyvmm.devices.post import PostPort
+from pyvmm.devices.uart import Uart16550
+from pyvmm.devices.ucall import GuestEvent, UcallDevice
+from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
+from pyvmm.loader.symbols import Symbols
+from pyvmm.memory import GuestMemory
+from pyvmm.vstate.result import Outcome
+from pyvmm.x86 import layout
+from pyvmm.x86.cpuid import parse_cpu_features
+from pyvmm.x86.reset import reset_vcpu
+
+
+def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
+    """The VM, with ``irqchip`` ("kernel", "split" or "none") and the in-kernel PIT."""
+    # three KVM_CHECK_EXTENSIONs, not Kvm.capabilities (~90 of them): machines are
+    # created by the thousand and every microsecond of set-up counts
+    max_vcpus = kvm.check_extension(CAP_MAX_VCPUS) or 1
+    if cpus > max_vcpus:
+        raise KvmError("KVM_CREATE_VCPU", 22, f"this KVM allows {max_vcpus} vCPUs")
+    vm = kvm.create_vm()
+    try:
+        if kvm.check_extension(CAP_SET_TSS_ADDR):
+            vm.set_tss_addr(layout.TSS_ADDR)
+        if kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
+            vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
+        if irqchip == "kernel":
+            vm.create_irqchip()  # before the memslots (module docstring)
+            if pit:
+                vm.create_pit2(PIT_SPEAKER_DUMMY)  # port 0x61 handled in KVM
+        elif irqchip == "split":
+            vm.enable_split_irqchip(SPLIT_IRQCHIP_PINS)
+    except BaseException:
+        vm.close()
+        raise
+    return vm
+
+
+def add_guest_ram(memory: GuestMemory, mem_size: int,
+                  ram_file: tuple[int, list[int]] | None) -> None:
+    """``mem_size`` of RAM in the PC layout's ranges; from ``ram_file`` (fd, offset per
+    range: a snapshot file's RAM, mapped copy-on-write) when given."""
+    for i, (gpa, size) in enumerate(layout.ram_ranges(mem_size)):
+        file = (ram_file[0], ram_file[1][i]) if ram_file is not None else None
+        # a clone's slots log dirty pages from the start: turning it on later would
+        # change the memslot, which waits for an SRCU grace period under an irqchip
+        memory.add_ram(gpa, size, name="ram" if gpa == 0 else "ram-high", file=file,
+                       log_dirty=file is not None)
+
+
+def create_vcpus(kvm: Kvm, vm: Vm, cpus: int, irqchip: str, cpu_features: str,
+                 vcpus: list[Vcpu]) -> list[bytes | None]:
+    """Append ``cpus`` vCPUs to ``vcpus`` (a list the caller owns, so that those made
+    before a failure are closed with the VM), each reset as firmware leaves it; returns
+    each LAPIC's state as reset (what an S3 resume puts back)."""
+    supported: list[dict[str, int]] = []
+
+    def leaves() -> list[dict[str, int]]:  # only when the CPUID is not cached yet
+        if not supported:
+            supported.extend(kvm.get_supported_cpuid())
+        return supported
+
+    features = parse_cpu_features(cpu_features, leaves()) if cpu_features else {}
+    lapics = []
+    for i in range(cpus):
+        vcpu = vm.create_vcpu(i)
+        vcpus.append(vcpu)
+        lapics.append(reset_vcpu(vcpu, leaves, cpus, lapic=irqchip != "none", features=features,
+                                 kvm_path=kvm.path))
+    return lapics
+
+
+def close(bus: Bus | None, vm: Vm | None, memory: GuestMemory | None, kvm: Kvm | None) -> None:
+    """Release what :func:`create_vm` and the machine built, in the order that is safe:
+    devices first (the HPET's timer threads end while the VM's fd is open), then the VM
+    (its vCPUs and their kvm_run mappings), then RAM, then /dev/kvm."""
+    if bus is not None:
+        bus.close()
+    if vm is not None:
+        vm.close()
+    if memory is not None:
+        memory.close()
+    if kvm is not None:
+        kvm.close()
+
+
+class Board(NamedTuple):
+    """What :func:`build` made: the VM, its RAM, the bus with the machine's own devices
+    (each at the ports it declares), the MSR handlers and the vCPUs, BSP first."""
+
+    vm: Vm
+    memory: GuestMemory
+    bus: Bus
+    msrs: MsrHandlers
+    uart: Uart16550
+    debug_exit: DebugExit
+    post: PostPort
+    ucall: UcallDevice
+    vcpus: list[Vcpu]
+    reset_lapics: list[bytes | None]
+
+
+def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_features: str,
+          ram_file: tuple[int, list[int]] | None, strict_io: bool, serial: Callable[[bytes], None],
+          symbols: Callable[[], Symbols | None], emit: Callable[[GuestEvent], None],
+          fast_change: Callable[[FastEntry], None]) -> Board:
+    """The whole machine below the API, or nothing: what was made before a failure is
+    closed again (``serial``, ``symbols``, ``emit`` and ``fast_change`` are the machine's
+    own callbacks for the UART, the test protocol and the UART's C-path switch)."""
+    vm = create_vm(kvm, cpus, irqchip, pit)
+    memory = GuestMemory(vm)
+    bus = Bus(strict=strict_io)
+    try:
+        add_guest_ram(memory, mem_size, ram_file)
+        uart = Uart16550(serial)
+        uart.on_fast_change = fast_change
+        devices = (uart, DebugExit(), PostPort(), UcallDevice(memory, symbols, emit))
+        for dev in devices:
+            bus.attach(dev)
+        vcpus: list[Vcpu] = []
+        lapics = create_vcpus(kvm, vm, cpus, irqchip, cpu_features, vcpus)
+    except BaseException:
+        close(bus, vm, memory, None)
+        raise
+    return Board(vm, memory, bus, MsrHandlers(), *devices, vcpus, lapics)
+
+
+class Sleeper(Protocol):
+    def sleep_s3(self, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
+                 left: float | None, stop: threading.Event) -> bool | Outcome: ...
+
+
+def sleep_s3(chipset: Sleeper | None, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
+             left: float | None, stop: threading.Event) -> bool | Outcome:
+    """The guest entered ACPI S3: the chipset (``PcPlatform.sleep_s3``) wakes it; with none,
+    it sleeps for good (until the timeout, a stop or a signal: False)."""
+    if chipset is None:
+        stop.wait(left)
+        return False
+    return chipset.sleep_s3(vcpus, reset_lapics, left, stop)
