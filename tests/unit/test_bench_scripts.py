@@ -6,10 +6,12 @@ gets ``-P`` (its working directory off ``sys.path``)."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,36 @@ def test_the_installed_package_is_taken() -> None:
     p = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+@pytest.fixture
+def suite_bench(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_suite_under_test", BENCH / "suite.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failing_suite_names_its_kernel(suite_bench: Any) -> None:
+    """`pyvmm suite` failing in a timed round: the kernel from its FAIL line is left out
+    (it was a one-line exit of the whole bench, naming nothing)."""
+    cmd = [sys.executable, "-c", "print('PASS a (1 tests)'); print('FAIL rtc-uip: exit status 3');"
+           "raise SystemExit(1)"]
+    with pytest.raises(suite_bench.KernelFailed) as info:
+        suite_bench.timed(cmd)
+    assert (info.value.name, info.value.who) == ("rtc-uip", "pyvmm")
+    assert "exit status 3" in info.value.why
+
+
+def test_a_hung_kernel_is_left_out_not_waited_for(suite_bench: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU's pc hung on the s3 kernel in a timed round: the bench died with a
+    TimeoutExpired traceback after 300 s."""
+    monkeypatch.setattr(suite_bench, "TIMEOUT", 0.5)
+    with pytest.raises(suite_bench.KernelFailed) as info:
+        suite_bench.timed(["sleep", "30"], (1,), "s3", "QEMU")
+    assert (info.value.name, info.value.who) == ("s3", "QEMU")
+    assert "timed out" in info.value.why
+    assert suite_bench.timed([sys.executable, "-c", "raise SystemExit(1)"], (1,), "ok") > 0
