@@ -109,14 +109,11 @@ examples: $(STAMP)
 	cp -r examples/hello-project "$$tmp/"; \
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) --no-print-directory -C "$$tmp/hello-project" test
 
+# every script runs to its end, also after another failed; make bench fails if any did
 bench: all
 	$(MAKE) -C bench
-	$(PY) bench/run.py
-	$(PY) bench/suite.py
-	$(PY) bench/debug.py
-	$(PY) bench/snapshot.py
-	$(PY) bench/kvmtrace.py
-	$(PY) bench/usermode.py
+	@status=0; for s in run suite debug snapshot kvmtrace usermode; do \
+		echo "$(PY) bench/$$s.py"; $(PY) bench/$$s.py || status=1; done; exit $$status
 
 clean:
 	rm -rf $(B) build dist *.egg-info pyvmm/_native*.so pyvmm/_native.c pyvmm/guest/lib \

@@ -8,54 +8,44 @@ real ``<linux/kvm.h>``: nothing about the ABI is written by hand in Python.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
+from types import ModuleType
 
 from cffi import FFI
 
-# The ioctls pyvmm issues, grouped by the fd they go to (KVM API document, section 4), each
-# with the capability that must be present for it (None: part of the stable API).  The
-# wrappers are pyvmm/kvm/system.py, vm.py and vcpu.py, one class per fd kind.
-IOCTLS: dict[str, list[tuple[str, str | None]]] = {
-    "system": [
-        ("KVM_GET_API_VERSION", None), ("KVM_CREATE_VM", None), ("KVM_CHECK_EXTENSION", None),
-        ("KVM_GET_VCPU_MMAP_SIZE", None), ("KVM_GET_SUPPORTED_CPUID", "KVM_CAP_EXT_CPUID"),
-        ("KVM_GET_MSR_INDEX_LIST", None),
-        ("KVM_GET_MSR_FEATURE_INDEX_LIST", "KVM_CAP_GET_MSR_FEATURES"),
-    ],
-    "vm": [
-        ("KVM_CHECK_EXTENSION", "KVM_CAP_CHECK_EXTENSION_VM"), ("KVM_ENABLE_CAP", None),
-        ("KVM_SET_TSS_ADDR", "KVM_CAP_SET_TSS_ADDR"),
-        ("KVM_SET_IDENTITY_MAP_ADDR", "KVM_CAP_SET_IDENTITY_MAP_ADDR"),
-        ("KVM_SET_USER_MEMORY_REGION", "KVM_CAP_USER_MEMORY"), ("KVM_GET_DIRTY_LOG", None),
-        ("KVM_CREATE_IRQCHIP", "KVM_CAP_IRQCHIP"), ("KVM_GET_IRQCHIP", "KVM_CAP_IRQCHIP"),
-        ("KVM_SET_IRQCHIP", "KVM_CAP_IRQCHIP"), ("KVM_IRQ_LINE", "KVM_CAP_IRQCHIP"),
-        ("KVM_IRQ_LINE_STATUS", "KVM_CAP_IRQ_INJECT_STATUS"), ("KVM_CREATE_PIT2", "KVM_CAP_PIT2"),
-        ("KVM_IOEVENTFD", "KVM_CAP_IOEVENTFD"), ("KVM_IRQFD", "KVM_CAP_IRQFD"),
-        ("KVM_SIGNAL_MSI", "KVM_CAP_SIGNAL_MSI"),
-        ("KVM_REGISTER_COALESCED_MMIO", "KVM_CAP_COALESCED_MMIO"),
-        ("KVM_UNREGISTER_COALESCED_MMIO", "KVM_CAP_COALESCED_MMIO"),
-        ("KVM_X86_SET_MSR_FILTER", "KVM_CAP_X86_MSR_FILTER"),
-        ("KVM_GET_PIT2", "KVM_CAP_PIT_STATE2"), ("KVM_SET_PIT2", "KVM_CAP_PIT_STATE2"),
-        ("KVM_SET_GSI_ROUTING", "KVM_CAP_IRQ_ROUTING"),
-        ("KVM_GET_STATS_FD", "KVM_CAP_BINARY_STATS_FD"), ("KVM_CREATE_VCPU", None),
-        ("KVM_GET_CLOCK", "KVM_CAP_ADJUST_CLOCK"), ("KVM_SET_CLOCK", "KVM_CAP_ADJUST_CLOCK"),
-    ],
-    "vcpu": [
-        ("KVM_RUN", None), ("KVM_GET_REGS", None), ("KVM_SET_REGS", None),
-        ("KVM_GET_SREGS", None), ("KVM_SET_SREGS", None), ("KVM_GET_FPU", None),
-        ("KVM_SET_FPU", None), ("KVM_GET_MSRS", None), ("KVM_SET_MSRS", None),
-        ("KVM_SET_CPUID2", "KVM_CAP_EXT_CPUID"), ("KVM_GET_CPUID2", "KVM_CAP_EXT_CPUID"),
-        ("KVM_GET_LAPIC", "KVM_CAP_IRQCHIP"), ("KVM_SET_LAPIC", "KVM_CAP_IRQCHIP"),
-        ("KVM_GET_MP_STATE", "KVM_CAP_MP_STATE"), ("KVM_SET_MP_STATE", "KVM_CAP_MP_STATE"),
-        ("KVM_GET_VCPU_EVENTS", "KVM_CAP_VCPU_EVENTS"),
-        ("KVM_SET_VCPU_EVENTS", "KVM_CAP_VCPU_EVENTS"), ("KVM_GET_XSAVE", "KVM_CAP_XSAVE"),
-        ("KVM_GET_XSAVE2", "KVM_CAP_XSAVE2"), ("KVM_SET_XSAVE", "KVM_CAP_XSAVE"),
-        ("KVM_GET_XCRS", "KVM_CAP_XCRS"), ("KVM_SET_XCRS", "KVM_CAP_XCRS"),
-        ("KVM_SET_GUEST_DEBUG", "KVM_CAP_SET_GUEST_DEBUG"), ("KVM_GET_TSC_KHZ", "KVM_CAP_GET_TSC_KHZ"),
-        ("KVM_TRANSLATE", None), ("KVM_GET_STATS_FD", "KVM_CAP_BINARY_STATS_FD"),
-        ("KVM_GET_DEBUGREGS", "KVM_CAP_DEBUGREGS"), ("KVM_SET_DEBUGREGS", "KVM_CAP_DEBUGREGS"),
-    ],
-}
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _load(path: Path) -> ModuleType:
+    """A module of the package by its file: ``pyvmm/__init__`` and ``pyvmm/kvm/__init__``
+    import the extension this script is about to build."""
+    spec = importlib.util.spec_from_file_location(f"_pyvmm_build_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The ioctls pyvmm issues, by fd kind, with the capability each needs: one table, in the
+# package (the wrappers look their numbers up in it by name), read here by path.
+IOCTLS: dict[str, tuple[tuple[str, str | None], ...]] = _load(ROOT / "pyvmm" / "kvm" / "ioctls.py").IOCTLS
+
+
+def _version() -> str:
+    """pyvmm's version, as ``pyvmm/__init__.py`` writes it (the one place it is written):
+    the extension carries it, and ``pyvmm.kvm.native`` refuses an extension built for
+    another version (a stale ``.so`` left by an older install or an editable build)."""
+    text = (ROOT / "pyvmm" / "__init__.py").read_text()
+    m = re.search(r'^__version__ = "([^"\\]+)"$', text, re.M)
+    if m is None:
+        raise SystemExit("cbindings/build_native.py: no __version__ = \"...\" in pyvmm/__init__.py")
+    return m.group(1)
+
+
+VERSION = _version()
 
 # Ioctl numbers and constants, taken from <linux/kvm.h> by the C compiler.
 CONSTANTS = list(dict.fromkeys(sorted(
@@ -87,10 +77,6 @@ KVM_STATS_TYPE_LINEAR_HIST KVM_STATS_TYPE_LOG_HIST
 KVM_STATS_UNIT_MASK KVM_STATS_UNIT_NONE KVM_STATS_UNIT_BYTES KVM_STATS_UNIT_SECONDS
 KVM_STATS_UNIT_CYCLES KVM_STATS_UNIT_BOOLEAN
 KVM_STATS_BASE_MASK KVM_STATS_BASE_POW10 KVM_STATS_BASE_POW2
-PYVMM_MAX_ENTRIES PYVMM_MAX_REASONS PYVMM_MAX_UNCLAIMED PYVMM_SPACE_PIO PYVMM_SPACE_MMIO PYVMM_DIR_READ
-PYVMM_DIR_WRITE PYVMM_ACT_SINK PYVMM_ACT_BUFFER PYVMM_ACT_STOP PYVMM_ACT_COUNTER PYVMM_ACT_CLOCK
-PYVMM_RET_EXIT PYVMM_RET_STOP PYVMM_RET_BUFFER PYVMM_RET_KICKED PYVMM_RET_ERROR
-PYVMM_TRACE_EINTR PYVMM_TRACE_FAST PYVMM_TRACE_PENDING
 MADV_HUGEPAGE MADV_DONTNEED MADV_REMOVE
 KVM_MSR_FILTER_READ KVM_MSR_FILTER_WRITE KVM_MSR_FILTER_DEFAULT_ALLOW KVM_MSR_FILTER_DEFAULT_DENY
 KVM_MSR_FILTER_MAX_RANGES KVM_MSR_EXIT_REASON_INVAL KVM_MSR_EXIT_REASON_UNKNOWN
@@ -227,31 +213,7 @@ struct pyvmm_run_msr *pyvmm_run_msr(struct kvm_run *run);
 struct pyvmm_run_debug *pyvmm_run_debug(struct kvm_run *run);
 struct pyvmm_run_fail_entry *pyvmm_run_fail_entry(struct kvm_run *run);
 struct kvm_sync_regs *pyvmm_run_sync_regs(struct kvm_run *run);
-
-struct pyvmm_fast_entry {
-    uint64_t base; uint64_t len; uint64_t read_value; uint64_t last_value; uint64_t hits;
-    uint8_t space; uint8_t dirs; uint8_t action; uint8_t enabled;
-    uint64_t clock_hz; uint64_t clock_mask; ...;
-};
-struct pyvmm_trace_rec {
-    uint64_t t_enter; uint64_t t_exit; uint64_t rip; uint64_t addr; uint64_t data;
-    uint32_t reason; uint16_t size; uint8_t is_write; uint8_t flags; ...;
-};
-struct pyvmm_loop {
-    int vcpu_fd; int last_errno; struct kvm_run *run; uint64_t run_size;
-    int stop_requested; int flush_requested; uint32_t n_entries; uint32_t stop_entry; uint64_t stop_value;
-    struct pyvmm_fast_entry entries[...];
-    uint8_t *buf; uint32_t buf_cap; uint32_t buf_len; uint32_t buf_flush_at;
-    uint32_t buf_flush_newline;
-    uint32_t answer_unclaimed; uint32_t n_claimed_mmio; uint8_t *claimed_ports;
-    uint64_t claimed_mmio[...][2]; uint32_t n_unclaimed_mmio;
-    uint64_t unclaimed_mmio[...][2];
-    uint32_t n_unclaimed_pio; uint64_t unclaimed_pio[...][2];
-    struct pyvmm_trace_rec *trace; uint64_t trace_cap; uint64_t trace_head;
-    uint64_t kvm_runs;
-    uint64_t exit_counts[...];
-    ...;
-};
+const char *pyvmm_native_version(void);
 """
 
 # C side of the kvm_run views: each view is checked against the header's layout at
@@ -297,18 +259,31 @@ static struct kvm_irq_routing_irqchip *pyvmm_routing_irqchip(struct kvm_irq_rout
 static void pyvmm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4])
 { __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]); }
 """
+# the pyvmm version this extension was built for (pyvmm.kvm.native checks it)
+SOURCE += f'static const char *pyvmm_native_version(void) {{ return "{VERSION}"; }}\n'
 
 
-def _prototypes() -> str:
-    """The function prototypes between the cdef markers of runloop.h."""
-    text = (Path(__file__).resolve().parent / "runloop.h").read_text()
-    return text.split("/* cdef-begin", 1)[1].split("*/", 1)[1].split("/* cdef-end */", 1)[0]
+#: a trailing comment that keeps a line of runloop.h's cdef region out of the cdef (a field
+#: cffi need not see and cannot declare portably, such as a pthread_t)
+HIDDEN = "/* not in cdef */"
+
+
+def header_cdef(text: str) -> str:
+    """The cdef of runloop.h: the text between its ``/* cdef-begin`` and ``/* cdef-end */``
+    markers (constants with their values, the structs Python reads and the prototypes), as
+    the compiler sees it, but for two changes: a line marked HIDDEN is left out, and each
+    struct ends in ``...;`` so that cffi takes the layout from the compiler (and may skip
+    the hidden fields).  The one declaration of ``struct pyvmm_loop`` and its kin."""
+    region = text.split("/* cdef-begin", 1)[1].split("*/", 1)[1].split("/* cdef-end */", 1)[0]
+    lines = [line for line in region.splitlines() if not line.rstrip().endswith(HIDDEN)]
+    return re.sub(r"^};$", "    ...;\n};", "\n".join(lines), flags=re.M) + "\n"
 
 
 def _cdef() -> str:
     consts = "\n".join(f"#define {name} ..." for name in CONSTANTS)
     exits = "\n".join(f"#define KVM_EXIT_{name} ..." for name in EXIT_REASONS)
-    return CDEF + _prototypes() + consts + "\n" + exits + "\n"
+    return (CDEF + header_cdef((HERE / "runloop.h").read_text()) + consts + "\n" + exits
+            + "\n")
 
 
 ffibuilder = FFI()

@@ -15,6 +15,10 @@
 #include <pthread.h>
 #include <linux/kvm.h>
 
+/* cdef-begin: from here to cdef-end, build_native.py hands this text to cffi as it is, but
+ * for lines ending in the not-in-cdef mark and a "...;" it adds at the end of each struct
+ * (cffi then takes the layout from the compiler): the one declaration of these constants,
+ * structs and functions for C and Python alike.  Keep it to what cffi's cdef parses. */
 #define PYVMM_MAX_ENTRIES 64
 #define PYVMM_MAX_REASONS 64
 #define PYVMM_MAX_UNCLAIMED 32
@@ -78,7 +82,7 @@ struct pyvmm_loop {
     volatile int stop_requested;
     volatile int flush_requested; /* pyvmm_loop_request_flush(): hand a partial buffer back */
     volatile int thread_valid;
-    pthread_t thread;
+    pthread_t thread; /* not in cdef */
     uint32_t n_entries;
     uint32_t stop_entry;
     uint64_t stop_value;
@@ -113,7 +117,6 @@ struct pyvmm_loop {
     uint64_t exit_counts[PYVMM_MAX_REASONS];
 };
 
-/* cdef-begin: build_native.py hands these prototypes to cffi as they are */
 int pyvmm_loop_run(struct pyvmm_loop *l);
 /* Answer the exit now in l->run from the table: -1 handled, else PYVMM_RET_*.
  * pyvmm_loop_run() uses it after every KVM_RUN; unit tests call it on a fake kvm_run. */

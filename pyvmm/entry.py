@@ -159,6 +159,13 @@ def _run(args: list[str], sigs: list[int]) -> int:
                 + ("" if verbose else " (run with -v for the traceback)"))
             return int(ExitStatus.VMM_ERROR)
     except BaseException as e:  # a signal while importing, before the handling above
+        from pyvmm.errors import PyvmmError  # main() imported it
+
+        if isinstance(e, PyvmmError) and _signum(e) is None:  # pyvmm.cli's imports refused
+            from pyvmm.console import say  # to run (a stale C extension): one line
+
+            say(str(e))
+            return int(e.status)
         return _interrupted(e)
 
 

@@ -62,6 +62,15 @@ class KvmError(PyvmmError, OSError):
         return str(self.args[1])
 
 
+class NativeBindingError(PyvmmError, ImportError):
+    """pyvmm's C extension (``pyvmm._native``) is missing, or was built for another version
+    of pyvmm (a stale ``.so`` left by an older install or an editable build): pyvmm cannot
+    reach KVM, so the status is that of an unusable KVM (121).  The message says how to
+    reinstall."""
+
+    status = ExitStatus.KVM_UNAVAILABLE
+
+
 def check(ret: int, ioctl: str) -> int:
     """Return ``ret`` or raise :class:`KvmError` for a negative (``-errno``) result."""
     if ret < 0:

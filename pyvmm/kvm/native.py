@@ -1,20 +1,53 @@
-"""The kvm layer's one door to the cffi extension ``pyvmm._native``.
+"""The one door to the cffi extension ``pyvmm._native``: no other module imports it.
 
-Every other module of the kvm layer takes ``ffi`` and ``lib`` from here; outside the kvm
-layer only the run loop (``pyvmm.vstate.loop``) touches the extension.  The struct layouts
-and ioctl numbers all come from the system's ``<linux/kvm.h>`` at build time
-(cbindings/build_native.py); cffi objects carry no static types, so they are ``Cdata``.
+Every module that needs ``ffi`` or ``lib`` (the kvm layer, the run loop, the exit trace)
+takes them from here.  As the ``cryptography`` package does with its binding, the door
+checks what it opens: the extension carries the pyvmm version it was built for
+(cbindings/build_native.py compiles it in), and one built for another version, a stale
+``.so`` beside newer Python files, is refused with one line (:class:`NativeBindingError`,
+status 121) before anything reads a struct whose layout may have moved.  The struct
+layouts and ioctl numbers all come from the system's ``<linux/kvm.h>`` at build time;
+cffi objects carry no static types, so they are ``Cdata``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pyvmm._native import ffi, lib
+from pyvmm import __version__
+from pyvmm.kvm.errors import NativeBindingError
+
+#: what to do about a missing or stale extension
+_REINSTALL = ("reinstall pyvmm (pip install --force-reinstall pyvmm-kvm; in a source "
+              "checkout: make)")
+
+
+def check_version(built_for: str | None, version: str = __version__) -> None:
+    """Raise :class:`NativeBindingError` unless the extension was built for ``version``
+    (``built_for`` None: an extension older than the version check)."""
+    if built_for != version:
+        what = f"pyvmm {built_for}" if built_for else "an older pyvmm"
+        raise NativeBindingError(f"pyvmm {version} found its C extension pyvmm._native built "
+                                 f"for {what}: {_REINSTALL}")
+
+
+def _built_for(lib: Any, ffi: Any) -> str | None:
+    """The version the extension says it was built for; None where it says none."""
+    get = getattr(lib, "pyvmm_native_version", None)
+    if get is None:
+        return None
+    return str(ffi.string(get()).decode("ascii", "replace"))
+
+
+try:
+    from pyvmm._native import ffi, lib
+except ImportError as e:
+    raise NativeBindingError(f"pyvmm {__version__} cannot load its C extension pyvmm._native "
+                             f"({e}): {_REINSTALL}") from None
+check_version(_built_for(lib, ffi))
 
 #: a cffi struct or pointer (cffi has no static types)
 Cdata = Any
-
 
 
 def cdata_bytes(c: Cdata) -> bytes:
@@ -33,4 +66,5 @@ def cdata_from(ctype: str, data: bytes) -> Cdata:
     return obj
 
 
-__all__ = ["Cdata", "cdata_bytes", "cdata_from", "ffi", "lib"]
+__all__ = ["Cdata", "NativeBindingError", "cdata_bytes", "cdata_from", "check_version", "ffi",
+           "lib"]

@@ -32,7 +32,7 @@ CAPABILITIES = sorted(n[len("KVM_CAP_"):] for n in dir(lib) if n.startswith("KVM
 _SUPPORTED_CPUID: dict[tuple[str, int], list[dict[str, int]]] = {}
 
 
-class Kvm(FdObject):
+class Kvm(FdObject, kind="system"):
     """``/dev/kvm``.  Creating one opens the device; ``close()`` closes it.
 
     Raises :class:`KvmError` with a hint when the device is missing or not accessible,
@@ -59,7 +59,7 @@ class Kvm(FdObject):
 
     def get_api_version(self) -> int:
         """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
-        return self._ioctl("KVM_GET_API_VERSION", lib.KVM_GET_API_VERSION)
+        return self._ioctl("KVM_GET_API_VERSION")
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the system fd: 0 if absent, else a cap-specific value.
@@ -68,8 +68,7 @@ class Kvm(FdObject):
         key = (self.path, cap)
         value = _EXTENSIONS.get(key)
         if value is None:
-            value = _EXTENSIONS[key] = self._ioctl_val("KVM_CHECK_EXTENSION",
-                                                       lib.KVM_CHECK_EXTENSION, cap)
+            value = _EXTENSIONS[key] = self._ioctl_val("KVM_CHECK_EXTENSION", cap)
         return value
 
     @cached_property
@@ -81,7 +80,7 @@ class Kvm(FdObject):
 
     def get_vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd (kvm_run + PIO data + rings)."""
-        return self._ioctl("KVM_GET_VCPU_MMAP_SIZE", lib.KVM_GET_VCPU_MMAP_SIZE)
+        return self._ioctl("KVM_GET_VCPU_MMAP_SIZE")
 
     def get_supported_cpuid(self, max_entries: int = 256) -> list[dict[str, int]]:
         """KVM_GET_SUPPORTED_CPUID: the leaves KVM can expose, as dicts of the entry fields.
@@ -93,28 +92,28 @@ class Kvm(FdObject):
         cached = _SUPPORTED_CPUID.get(key)
         if cached is None:
             cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
-            self._ioctl("KVM_GET_SUPPORTED_CPUID", lib.KVM_GET_SUPPORTED_CPUID, cpuid)
+            self._ioctl("KVM_GET_SUPPORTED_CPUID", cpuid)
             cached = _SUPPORTED_CPUID[key] = [cpuid_entry(cpuid.entries[i])
                                               for i in range(cpuid.nent)]
         return [dict(e) for e in cached]
 
     def get_msr_index_list(self) -> list[int]:
         """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU."""
-        return self._msr_list("KVM_GET_MSR_INDEX_LIST", lib.KVM_GET_MSR_INDEX_LIST)
+        return self._msr_list("KVM_GET_MSR_INDEX_LIST")
 
     def get_msr_feature_index_list(self) -> list[int]:
         """KVM_GET_MSR_FEATURE_INDEX_LIST: the feature MSRs readable from the system fd."""
-        return self._msr_list("KVM_GET_MSR_FEATURE_INDEX_LIST", lib.KVM_GET_MSR_FEATURE_INDEX_LIST)
+        return self._msr_list("KVM_GET_MSR_FEATURE_INDEX_LIST")
 
-    def _msr_list(self, name: str, request: int) -> list[int]:
+    def _msr_list(self, name: str) -> list[int]:
         n = 1024
         lst = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
-        self._ioctl(name, request, lst)
+        self._ioctl(name, lst)
         return [int(lst.indices[i]) for i in range(lst.nmsrs)]
 
     def create_vm(self, vm_type: int = 0) -> Vm:
         """KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs)."""
-        fd = self._ioctl_val("KVM_CREATE_VM", lib.KVM_CREATE_VM, vm_type)
+        fd = self._ioctl_val("KVM_CREATE_VM", vm_type)
         vm = Vm(fd, self.vcpu_mmap_size)
         key = (self.path, vm_type)
         if key not in _XSAVE_SIZE:  # a VM ioctl, but the same answer for every VM of a type

@@ -81,7 +81,7 @@ def regs_struct(values: Mapping[str, int]) -> Cdata:
     return ffi.new("struct kvm_regs *", {"rflags": 0x2, **values})
 
 
-class Vcpu(FdObject):
+class Vcpu(FdObject, kind="vcpu"):
     """A vCPU made by :meth:`Vm.create_vcpu`.  Holds the fd and the shared ``kvm_run``
     mapping (``run_size`` bytes, from KVM_GET_VCPU_MMAP_SIZE); both go in :meth:`close`.
     ``xsave_size`` is the XSAVE area's size on this VM (KVM_CAP_XSAVE2)."""
@@ -115,14 +115,14 @@ class Vcpu(FdObject):
         """One KVM_RUN from Python (the run loops issue their own): 0, or the errno it
         failed with (no exception: with ``kvm_run.immediate_exit`` set it only completes a
         pending I/O instruction and EINTR is the expected answer)."""
-        r = int(lib.pyvmm_ioctl(self._fd("KVM_RUN"), lib.KVM_RUN, ffi.NULL))
+        r = int(lib.pyvmm_ioctl(self._fd("KVM_RUN"), self.REQUESTS["KVM_RUN"], ffi.NULL))
         return -r if r < 0 else 0
 
     # --- registers -------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
         """KVM_GET_REGS: general-purpose registers, RIP and RFLAGS, by name."""
         regs = ffi.new("struct kvm_regs *")
-        self._ioctl("KVM_GET_REGS", lib.KVM_GET_REGS, regs)
+        self._ioctl("KVM_GET_REGS", regs)
         return {n: int(getattr(regs, n)) for n in REGS}
 
     def set_regs(self, values: Mapping[str, int] | Cdata | None = None, **kw: int) -> None:
@@ -132,28 +132,28 @@ class Vcpu(FdObject):
             regs = values
         else:
             regs = regs_struct({**(values or {}), **kw})
-        self._ioctl("KVM_SET_REGS", lib.KVM_SET_REGS, regs)
+        self._ioctl("KVM_SET_REGS", regs)
 
     def get_sregs(self) -> Cdata:
         """KVM_GET_SREGS: segments, descriptor tables, CR0-4/8, EFER, APIC base."""
         sregs = ffi.new("struct kvm_sregs *")
-        self._ioctl("KVM_GET_SREGS", lib.KVM_GET_SREGS, sregs)
+        self._ioctl("KVM_GET_SREGS", sregs)
         return sregs
 
     def set_sregs(self, sregs: Cdata) -> None:
         """KVM_SET_SREGS: KVM checks the CR/EFER combination and refuses invalid ones."""
-        self._ioctl("KVM_SET_SREGS", lib.KVM_SET_SREGS, sregs)
+        self._ioctl("KVM_SET_SREGS", sregs)
 
     def get_fpu(self) -> Cdata:
         """KVM_GET_FPU: x87 and SSE state (FCW, MXCSR, registers)."""
         fpu = ffi.new("struct kvm_fpu *")
-        self._ioctl("KVM_GET_FPU", lib.KVM_GET_FPU, fpu)
+        self._ioctl("KVM_GET_FPU", fpu)
         return fpu
 
     def set_fpu(self, fpu: Cdata | None = None, **fields: int) -> None:
         """KVM_SET_FPU: a struct from :meth:`get_fpu`, or fields by name (``fcw``,
         ``mxcsr``, ...) on a zeroed state."""
-        self._ioctl("KVM_SET_FPU", lib.KVM_SET_FPU,
+        self._ioctl("KVM_SET_FPU",
                     fpu if fpu is not None else ffi.new("struct kvm_fpu *", fields))
 
     def get_msrs(self, indices: Sequence[int]) -> dict[int, int]:
@@ -162,7 +162,7 @@ class Vcpu(FdObject):
         msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(indices), "entries": len(indices)})
         for i, idx in enumerate(indices):
             msrs.entries[i].index = idx
-        n = self._ioctl("KVM_GET_MSRS", lib.KVM_GET_MSRS, msrs)
+        n = self._ioctl("KVM_GET_MSRS", msrs)
         return {int(msrs.entries[i].index): int(msrs.entries[i].data) for i in range(n)}
 
     def set_msrs(self, values: Mapping[int, int] | Cdata) -> int:
@@ -170,61 +170,61 @@ class Vcpu(FdObject):
         first refusal).  ``values`` may be a struct from :func:`msrs_struct`, built once
         for MSRs written again and again (snapshot restores)."""
         msrs = msrs_struct(values) if isinstance(values, Mapping) else values
-        return self._ioctl("KVM_SET_MSRS", lib.KVM_SET_MSRS, msrs)
+        return self._ioctl("KVM_SET_MSRS", msrs)
 
     def set_cpuid2(self, entries: Iterable[Mapping[str, int]] | Cdata) -> None:
         """KVM_SET_CPUID2: the CPUID leaves the guest sees (on kvm_pvm the guest still sees
         host-like CPUID; see HOST-KVM.md).  ``entries`` may be a struct from
         :func:`cpuid_struct` (KVM copies it, so one struct serves many vCPUs)."""
         cpuid = entries if isinstance(entries, ffi.CData) else cpuid_struct(entries)
-        self._ioctl("KVM_SET_CPUID2", lib.KVM_SET_CPUID2, cpuid)
+        self._ioctl("KVM_SET_CPUID2", cpuid)
 
     def get_cpuid2(self, max_entries: int = 256) -> list[dict[str, int]]:
         """KVM_GET_CPUID2: the leaves last set with KVM_SET_CPUID2."""
         cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
-        self._ioctl("KVM_GET_CPUID2", lib.KVM_GET_CPUID2, cpuid)
+        self._ioctl("KVM_GET_CPUID2", cpuid)
         return [cpuid_entry(cpuid.entries[i]) for i in range(cpuid.nent)]
 
     def get_lapic(self) -> bytearray:
         """KVM_GET_LAPIC: the in-kernel LAPIC's 1 KiB register page."""
         st = ffi.new("struct kvm_lapic_state *")
-        self._ioctl("KVM_GET_LAPIC", lib.KVM_GET_LAPIC, st)
+        self._ioctl("KVM_GET_LAPIC", st)
         return bytearray(ffi.buffer(st.regs))
 
     def set_lapic(self, regs: bytes | bytearray | Cdata) -> None:
         """KVM_SET_LAPIC: the 1 KiB register page (bytes, or a ``struct kvm_lapic_state``)."""
         st = lapic_struct(regs) if isinstance(regs, bytes | bytearray) else regs
-        self._ioctl("KVM_SET_LAPIC", lib.KVM_SET_LAPIC, st)
+        self._ioctl("KVM_SET_LAPIC", st)
 
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE: RUNNABLE, UNINITIALIZED (AP waiting for INIT/SIPI), HALTED, ..."""
         st = ffi.new("struct kvm_mp_state *")
-        self._ioctl("KVM_GET_MP_STATE", lib.KVM_GET_MP_STATE, st)
+        self._ioctl("KVM_GET_MP_STATE", st)
         return int(st.mp_state)
 
     def set_mp_state(self, state: int) -> None:
         """KVM_SET_MP_STATE."""
         st = ffi.new("struct kvm_mp_state *", {"mp_state": state})
-        self._ioctl("KVM_SET_MP_STATE", lib.KVM_SET_MP_STATE, st)
+        self._ioctl("KVM_SET_MP_STATE", st)
 
     def get_vcpu_events(self) -> Cdata:
         """KVM_GET_VCPU_EVENTS: pending/injected exception, interrupt, NMI, SIPI vector."""
         ev = ffi.new("struct kvm_vcpu_events *")
-        self._ioctl("KVM_GET_VCPU_EVENTS", lib.KVM_GET_VCPU_EVENTS, ev)
+        self._ioctl("KVM_GET_VCPU_EVENTS", ev)
         return ev
 
     def set_vcpu_events(self, events: Cdata) -> None:
         """KVM_SET_VCPU_EVENTS."""
-        self._ioctl("KVM_SET_VCPU_EVENTS", lib.KVM_SET_VCPU_EVENTS, events)
+        self._ioctl("KVM_SET_VCPU_EVENTS", events)
 
     def get_xsave(self) -> bytes:
         """KVM_GET_XSAVE2 (or KVM_GET_XSAVE): the guest's XSAVE area, at its full size."""
         size = self.xsave_size
         buf = ffi.new("uint8_t[]", size)
         if size > ffi.sizeof("struct kvm_xsave"):
-            self._ioctl("KVM_GET_XSAVE2", lib.KVM_GET_XSAVE2, buf)
+            self._ioctl("KVM_GET_XSAVE2", buf)
         else:
-            self._ioctl("KVM_GET_XSAVE", lib.KVM_GET_XSAVE, buf)
+            self._ioctl("KVM_GET_XSAVE", buf)
         return bytes(ffi.buffer(buf, size))
 
     def xsave_buffer(self, area: bytes | bytearray) -> Cdata:
@@ -237,18 +237,18 @@ class Vcpu(FdObject):
         """KVM_SET_XSAVE: KVM reads as many bytes as KVM_CAP_XSAVE2 says.  ``area`` may be
         a buffer from :meth:`xsave_buffer`, built once."""
         buf = self.xsave_buffer(area) if isinstance(area, bytes | bytearray) else area
-        self._ioctl("KVM_SET_XSAVE", lib.KVM_SET_XSAVE, buf)
+        self._ioctl("KVM_SET_XSAVE", buf)
 
     def get_xcrs(self) -> dict[int, int]:
         """KVM_GET_XCRS: extended control registers (XCR0)."""
         x = ffi.new("struct kvm_xcrs *")
-        self._ioctl("KVM_GET_XCRS", lib.KVM_GET_XCRS, x)
+        self._ioctl("KVM_GET_XCRS", x)
         return {int(x.xcrs[i].xcr): int(x.xcrs[i].value) for i in range(x.nr_xcrs)}
 
     def set_xcrs(self, xcrs: Mapping[int, int] | Cdata) -> None:
         """KVM_SET_XCRS (a mapping, or a ``struct kvm_xcrs``)."""
         x = xcrs_struct(xcrs) if isinstance(xcrs, Mapping) else xcrs
-        self._ioctl("KVM_SET_XCRS", lib.KVM_SET_XCRS, x)
+        self._ioctl("KVM_SET_XCRS", x)
 
     def set_guest_debug(self, control: int, debugreg: Sequence[int] = ()) -> None:
         """KVM_SET_GUEST_DEBUG: single-step, hardware breakpoints (DR0-3, DR7 in slot 7)."""
@@ -256,34 +256,34 @@ class Vcpu(FdObject):
         dbg.control = control
         for i, v in enumerate(debugreg[:8]):
             dbg.arch.debugreg[i] = v
-        self._ioctl("KVM_SET_GUEST_DEBUG", lib.KVM_SET_GUEST_DEBUG, dbg)
+        self._ioctl("KVM_SET_GUEST_DEBUG", dbg)
 
     def get_debugregs(self) -> Cdata:
         """KVM_GET_DEBUGREGS: the guest's own DR0-3, DR6, DR7 (not the debugger's)."""
         dr = ffi.new("struct kvm_debugregs *")
-        self._ioctl("KVM_GET_DEBUGREGS", lib.KVM_GET_DEBUGREGS, dr)
+        self._ioctl("KVM_GET_DEBUGREGS", dr)
         return dr
 
     def set_debugregs(self, dr: Cdata) -> None:
         """KVM_SET_DEBUGREGS."""
-        self._ioctl("KVM_SET_DEBUGREGS", lib.KVM_SET_DEBUGREGS, dr)
+        self._ioctl("KVM_SET_DEBUGREGS", dr)
 
     def get_tsc_khz(self) -> int:
         """KVM_GET_TSC_KHZ: the guest TSC frequency."""
-        return self._ioctl("KVM_GET_TSC_KHZ", lib.KVM_GET_TSC_KHZ)
+        return self._ioctl("KVM_GET_TSC_KHZ")
 
     def translate(self, linear: int) -> int | None:
         """KVM_TRANSLATE: guest-virtual to guest-physical through the guest's page tables,
         or None when not mapped."""
         tr = ffi.new("struct kvm_translation *", {"linear_address": linear})
-        self._ioctl("KVM_TRANSLATE", lib.KVM_TRANSLATE, tr)
+        self._ioctl("KVM_TRANSLATE", tr)
         return int(tr.physical_address) if tr.valid else None
 
     def get_stats_fd(self) -> StatsReader:
         """KVM_GET_STATS_FD: this vCPU's statistics (exits, insn_emulation, halt_*, pf_*)."""
         from pyvmm.kvm.stats import StatsReader  # only machines that read stats load it
 
-        return StatsReader(self._ioctl("KVM_GET_STATS_FD", lib.KVM_GET_STATS_FD))
+        return StatsReader(self._ioctl("KVM_GET_STATS_FD"))
 
     def close(self) -> None:
         if getattr(self, "_run_ptr", None) is not None:

@@ -21,7 +21,7 @@ MEM_LOG_DIRTY_PAGES = int(lib.KVM_MEM_LOG_DIRTY_PAGES)
 MEM_READONLY = int(lib.KVM_MEM_READONLY)
 
 
-class Vm(FdObject):
+class Vm(FdObject, kind="vm"):
     """A VM created by :meth:`Kvm.create_vm`.  Closing it closes the vCPUs it made.
     ``vcpu_mmap_size`` is KVM_GET_VCPU_MMAP_SIZE, asked once on the system fd."""
 
@@ -36,13 +36,13 @@ class Vm(FdObject):
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd: the answer for this VM (may differ from the
         system fd's, e.g. X2APIC_API)."""
-        return self._ioctl_val("KVM_CHECK_EXTENSION", lib.KVM_CHECK_EXTENSION, cap)
+        return self._ioctl_val("KVM_CHECK_EXTENSION", cap)
 
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> int:
         """KVM_ENABLE_CAP on the VM fd, with up to four arguments."""
         ec = ffi.new("struct kvm_enable_cap *", {"cap": cap, "flags": flags,
                                                  "args": list(args) + [0] * (4 - len(args))})
-        return self._ioctl("KVM_ENABLE_CAP", lib.KVM_ENABLE_CAP, ec)
+        return self._ioctl("KVM_ENABLE_CAP", ec)
 
     def enable_split_irqchip(self, pins: int) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP): LAPICs in KVM, the IOAPIC (``pins``
@@ -62,13 +62,13 @@ class Vm(FdObject):
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR: three pages of guest-physical space KVM uses on Intel hosts
         for real-mode emulation; must not overlap RAM or MMIO."""
-        self._ioctl_val("KVM_SET_TSS_ADDR", lib.KVM_SET_TSS_ADDR, addr)
+        self._ioctl_val("KVM_SET_TSS_ADDR", addr)
 
     def set_identity_map_addr(self, addr: int) -> None:
         """KVM_SET_IDENTITY_MAP_ADDR: one page for the EPT identity map used while the guest
         runs unpaged on Intel hosts."""
         a = ffi.new("uint64_t *", addr)
-        self._ioctl("KVM_SET_IDENTITY_MAP_ADDR", lib.KVM_SET_IDENTITY_MAP_ADDR, a)
+        self._ioctl("KVM_SET_IDENTITY_MAP_ADDR", a)
 
     def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
                                userspace_addr: int, flags: int = 0) -> None:
@@ -77,22 +77,22 @@ class Vm(FdObject):
         r = ffi.new("struct kvm_userspace_memory_region *", {
             "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
             "memory_size": memory_size, "userspace_addr": userspace_addr})
-        self._ioctl("KVM_SET_USER_MEMORY_REGION", lib.KVM_SET_USER_MEMORY_REGION, r)
+        self._ioctl("KVM_SET_USER_MEMORY_REGION", r)
 
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and per-vCPU LAPICs (before any vCPU)."""
-        self._ioctl("KVM_CREATE_IRQCHIP", lib.KVM_CREATE_IRQCHIP)
+        self._ioctl("KVM_CREATE_IRQCHIP")
 
     def get_irqchip(self, chip_id: int) -> Cdata:
         """KVM_GET_IRQCHIP: one in-kernel interrupt controller's state (PIC_MASTER,
         PIC_SLAVE or IOAPIC) as a ``struct kvm_irqchip``."""
         chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
-        self._ioctl("KVM_GET_IRQCHIP", lib.KVM_GET_IRQCHIP, chip)
+        self._ioctl("KVM_GET_IRQCHIP", chip)
         return chip
 
     def set_irqchip(self, chip: Cdata) -> None:
         """KVM_SET_IRQCHIP: replace one in-kernel interrupt controller's state."""
-        self._ioctl("KVM_SET_IRQCHIP", lib.KVM_SET_IRQCHIP, chip)
+        self._ioctl("KVM_SET_IRQCHIP", chip)
 
     def pic_state(self, chip_id: int) -> dict[str, int]:
         """KVM_GET_IRQCHIP of a PIC: its ``kvm_pic_state`` fields by name (``irr``, ``isr``,
@@ -112,19 +112,19 @@ class Vm(FdObject):
     def create_pit2(self, flags: int = 0) -> None:
         """KVM_CREATE_PIT2: in-kernel i8254 PIT; IRQ0 arrives through the irqchip."""
         cfg = ffi.new("struct kvm_pit_config *", {"flags": flags})
-        self._ioctl("KVM_CREATE_PIT2", lib.KVM_CREATE_PIT2, cfg)
+        self._ioctl("KVM_CREATE_PIT2", cfg)
 
     def get_pit2(self) -> Cdata:
         """KVM_GET_PIT2: the in-kernel PIT's three channels and flags (``struct
         kvm_pit_state2``)."""
         st = ffi.new("struct kvm_pit_state2 *")
-        self._ioctl("KVM_GET_PIT2", lib.KVM_GET_PIT2, st)
+        self._ioctl("KVM_GET_PIT2", st)
         return st
 
     def set_pit2(self, state: Cdata) -> None:
         """KVM_SET_PIT2: KVM reloads every channel's count (a channel in mode 2 or 3
         starts counting from it at once)."""
-        self._ioctl("KVM_SET_PIT2", lib.KVM_SET_PIT2, state)
+        self._ioctl("KVM_SET_PIT2", state)
 
     def set_gsi_routing(self, routes: list[tuple[int, int, int]]) -> None:
         """KVM_SET_GSI_ROUTING with irqchip routes ``(gsi, chip, pin)``, chip one of
@@ -136,13 +136,13 @@ class Vm(FdObject):
             e.gsi, e.type = gsi, lib.KVM_IRQ_ROUTING_IRQCHIP
             ic = lib.pyvmm_routing_irqchip(ffi.addressof(r.entries, i))
             ic.irqchip, ic.pin = chip, pin
-        self._ioctl("KVM_SET_GSI_ROUTING", lib.KVM_SET_GSI_ROUTING, r)
+        self._ioctl("KVM_SET_GSI_ROUTING", r)
 
     def irq_line(self, irq: int, level: int) -> int:
         """KVM_IRQ_LINE_STATUS: set a GSI's level; returns KVM's delivery status
         (>0 delivered, 0 masked/coalesced, <0 not delivered)."""
         lvl = ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
-        self._ioctl("KVM_IRQ_LINE_STATUS", lib.KVM_IRQ_LINE_STATUS, lvl)
+        self._ioctl("KVM_IRQ_LINE_STATUS", lvl)
         return int(ffi.cast("int32_t", lvl.irq))
 
     def ioeventfd(self, fd: int, addr: int, length: int, *, pio: bool = False,
@@ -154,18 +154,18 @@ class Vm(FdObject):
         flags |= lib.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0
         ev = ffi.new("struct kvm_ioeventfd *", {"datamatch": datamatch or 0, "addr": addr,
                                                "len": length, "fd": fd, "flags": flags})
-        self._ioctl("KVM_IOEVENTFD", lib.KVM_IOEVENTFD, ev)
+        self._ioctl("KVM_IOEVENTFD", ev)
 
     def irqfd(self, fd: int, gsi: int, *, deassign: bool = False) -> None:
         """KVM_IRQFD: writing to eventfd ``fd`` raises GSI ``gsi`` inside KVM."""
         req = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": 1 if deassign else 0})
-        self._ioctl("KVM_IRQFD", lib.KVM_IRQFD, req)
+        self._ioctl("KVM_IRQFD", req)
 
     def signal_msi(self, address: int, data: int) -> int:
         """KVM_SIGNAL_MSI: inject one MSI; returns >0 when delivered."""
         msi = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF,
                                           "address_hi": address >> 32, "data": data})
-        return self._ioctl("KVM_SIGNAL_MSI", lib.KVM_SIGNAL_MSI, msi)
+        return self._ioctl("KVM_SIGNAL_MSI", msi)
 
     def set_msr_filter(self, ranges: list[tuple[int, int, int, bytes]], *,
                        default_allow: bool = True) -> None:
@@ -182,13 +182,13 @@ class Vm(FdObject):
             keep.append(buf)
             f.ranges[i].base, f.ranges[i].nmsrs, f.ranges[i].flags = base, nmsrs, flags
             f.ranges[i].bitmap = buf
-        self._ioctl("KVM_X86_SET_MSR_FILTER", lib.KVM_X86_SET_MSR_FILTER, f)
+        self._ioctl("KVM_X86_SET_MSR_FILTER", f)
 
     def register_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
         """KVM_REGISTER_COALESCED_MMIO: writes to the zone are queued in a ring, not exited."""
         z = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size,
                                                         "pio": int(pio)})
-        self._ioctl("KVM_REGISTER_COALESCED_MMIO", lib.KVM_REGISTER_COALESCED_MMIO, z)
+        self._ioctl("KVM_REGISTER_COALESCED_MMIO", z)
 
     def get_dirty_log(self, slot: int, npages: int) -> bytes:
         """KVM_GET_DIRTY_LOG: one bit per page of ``slot`` written since the last call
@@ -200,30 +200,30 @@ class Vm(FdObject):
             cached = self._dirty_logs[slot] = (nbytes, bitmap, ffi.new(
                 "struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": bitmap}))
         _, bitmap, log = cached
-        self._ioctl("KVM_GET_DIRTY_LOG", lib.KVM_GET_DIRTY_LOG, log)
+        self._ioctl("KVM_GET_DIRTY_LOG", log)
         return bytes(ffi.buffer(bitmap, nbytes))
 
     def get_clock(self) -> Cdata:
         """KVM_GET_CLOCK: the kvmclock base (ns) the guest's pvclock counts from."""
         clock = ffi.new("struct kvm_clock_data *")
-        self._ioctl("KVM_GET_CLOCK", lib.KVM_GET_CLOCK, clock)
+        self._ioctl("KVM_GET_CLOCK", clock)
         return clock
 
     def set_clock(self, clock: Cdata) -> None:
         """KVM_SET_CLOCK: restart the kvmclock at ``clock.clock`` ns (flags cleared: KVM
         takes only the value)."""
         clock.flags = 0
-        self._ioctl("KVM_SET_CLOCK", lib.KVM_SET_CLOCK, clock)
+        self._ioctl("KVM_SET_CLOCK", clock)
 
     def get_stats_fd(self) -> StatsReader:
         """KVM_GET_STATS_FD: the VM's binary statistics (mmu_pte_write, pages_4k, ...)."""
         from pyvmm.kvm.stats import StatsReader  # only machines that read stats load it
 
-        return StatsReader(self._ioctl("KVM_GET_STATS_FD", lib.KVM_GET_STATS_FD))
+        return StatsReader(self._ioctl("KVM_GET_STATS_FD"))
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU: a vCPU whose APIC ID is ``vcpu_id``; maps its kvm_run."""
-        fd = self._ioctl_val("KVM_CREATE_VCPU", lib.KVM_CREATE_VCPU, vcpu_id)
+        fd = self._ioctl_val("KVM_CREATE_VCPU", vcpu_id)
         if self.xsave_size is None:
             self.xsave_size = self.check_extension(lib.KVM_CAP_XSAVE2)
         vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.xsave_size)

@@ -4,7 +4,8 @@
 :class:`~pyvmm.devices.fastpath.FastEntry` list, and hands every exit the table does not
 cover to :func:`pyvmm.vstate.exits.handle_exit`.  :meth:`VcpuLoop.run_python` does the
 same with KVM_RUN issued from Python for every exit, so the two can be benchmarked against
-each other.  This is the run loop's one door to the cffi extension.
+each other.  Like every user of the cffi extension it takes ``ffi`` and ``lib`` from
+:mod:`pyvmm.kvm.native`, the extension's one door.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pyvmm._native import ffi, lib
 from pyvmm.devices.base import VcpuContext, all_ones
 from pyvmm.devices.bus import Bus, GuestStop
 from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, FastOwner, Space
 from pyvmm.devices.msr import MsrHandlers
 from pyvmm.errors import GuestIoError
 from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.native import ffi, lib
 from pyvmm.kvm.run import exit_name
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.vstate.exits import IO_SIZES, handle_exit, stop_outcome

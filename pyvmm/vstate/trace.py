@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pyvmm._native import ffi, lib
+from pyvmm.kvm.native import ffi, lib
 from pyvmm.kvm.run import exit_name
 
 if TYPE_CHECKING:
