@@ -269,8 +269,9 @@ def test_hpet_one_shot_edge_and_level_interrupts() -> None:
         lines.raised.clear()
         t0 = 0x100
         put(h, t0, H.TN_INT_ENB | H.TN_INT_TYPE_LEVEL | (2 << H.TN_ROUTE_SHIFT))
-        put(h, t0 + 8, reg(h, H.MAIN_COUNTER) + 100_000)  # 1 ms ahead: a
-            # comparator the counter passed before the write landed would never fire (a loaded host)
+        # 1 ms ahead: a comparator the counter passed before the write landed (a loaded host)
+        # would never fire
+        put(h, t0 + 8, reg(h, H.MAIN_COUNTER) + 100_000)
         assert lines.raised.wait(2)
         assert lines.calls == [(0, 1)]  # pin 2 is GSI 0; held until the guest clears it
         assert reg(h, H.GINTR_STA) == 1
