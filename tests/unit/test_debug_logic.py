@@ -17,7 +17,6 @@ from pyvmm.debug.gdbstub import Detach, GdbProtocol, Kill, Resume, parse_address
 from pyvmm.debug.registers import G_PACKET_SIZE, LAYOUT, target_xml
 from pyvmm.errors import ConfigError
 from pyvmm.vstate.trace import ExitRecord, ExitTrace
-from pyvmm.x86.paging import PTE_P, PTE_PS, PTE_RW, MappingLimit, PageTableBuilder, mappings
 
 
 def fake_machine(ncpus: int = 2) -> Any:
@@ -178,33 +177,6 @@ def test_gdb_address_parsing() -> None:
     for bad in ("x", "host:", "1:70000", "1:-1"):
         with pytest.raises(ConfigError):
             parse_address(bad)
-
-
-def test_mappings_merge_and_sign_extend() -> None:
-    b = PageTableBuilder(0x10000)
-    b.identity_map(0, 4 << 21)  # 8 MiB in 2 MiB pages
-    b.map(0xFFFF_FFFF_8000_0000, 0x200000, 0x2000, page_size=4096)
-    mem = b.to_bytes()
-
-    def read(a: int) -> int:
-        off = a - 0x10000
-        if not 0 <= off < len(mem):
-            raise ConfigError("outside")
-        return int(struct.unpack_from("<Q", mem, off)[0])
-
-    assert mappings(read, b.cr3) == [(0, 0, 8 << 20), (0xFFFF_FFFF_8000_0000, 0x200000, 0x2000)]
-
-
-def test_mappings_walk_of_hostile_tables_is_bounded() -> None:
-    # a PML4 whose every entry points at itself: 512^4 paths, visited at most max_entries
-    def read(a: int) -> int:
-        return 0x1000 | PTE_P | PTE_RW
-
-    with pytest.raises(MappingLimit):
-        mappings(read, 0x1000, max_entries=5000)
-    # 1 GiB leaves under a PDPT that maps all 512 slots: fine, merged into one run
-    tables = {0x1000: 0x2000 | PTE_P, **{0x2000 + 8 * i: (i << 30) | PTE_P | PTE_PS for i in range(512)}}
-    assert mappings(lambda a: tables.get(a, 0), 0x1000) == [(0, 0, 512 << 30)]
 
 
 def test_core_note_layouts() -> None:
