@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import installed  # noqa: F401  # first: refuses the source tree
+
 from pyvmm import Machine
 from pyvmm.kvmtrace import KvmTrace, KvmTraceError
 from pyvmm.kvmtrace.session import DEFAULT_EVENTS

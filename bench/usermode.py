@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import installed  # noqa: F401  # first: refuses the source tree
+
 from pyvmm import Machine
 
 HERE = Path(__file__).resolve().parent

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pyvmm.config import MULTIBOOT_MEM, memory_size
 from pyvmm.kvm.vcpu import Vcpu
-from pyvmm.loader import GuestImage, LoadPlan, open_image
+from pyvmm.loader import LoadPlan, open_image
 from pyvmm.memory import GuestMemory
 from pyvmm.x86.entry import apply_entry
+
+if TYPE_CHECKING:  # at run time the name loads the multiboot loader, which ELF64 runs never need
+    from pyvmm.loader import GuestImage
 
 
 class Loadable(Protocol):

@@ -13,7 +13,6 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Self
 
 from pyvmm import hardware, launch
-from pyvmm import snapshot as snapshots
 from pyvmm.background import BackgroundRun
 from pyvmm.config import (  # noqa: F401  (once defined here)
     IRQCHIP_MODES,
@@ -36,7 +35,6 @@ from pyvmm.lifecycle import Lifecycle
 from pyvmm.loader import LoadPlan, open_image, plan_for
 from pyvmm.loader.symbols import Symbols
 from pyvmm.memory import MemoryRegion
-from pyvmm.snapshot import Snapshot
 from pyvmm.statistics import MachineStats
 from pyvmm.tracing import Tracing
 from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
@@ -45,7 +43,7 @@ from pyvmm.vstate.result import Outcome, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86.entry import EntryState, apply_entry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (snapshots load on use: a plain run never imports them)
     import threading
 
     from pyvmm.debug.debugger import Debugger, HostDebug
@@ -53,6 +51,7 @@ if TYPE_CHECKING:
     from pyvmm.kvmtrace import KvmTrace
     from pyvmm.loader import GuestImage
     from pyvmm.platform.pc import PcPlatform
+    from pyvmm.snapshot import Snapshot
     from pyvmm.vstate.trace import ExitTrace
 
 StrPath = str | os.PathLike[str]
@@ -239,16 +238,22 @@ class Machine:
 
     def snapshot(self) -> Snapshot:
         """Everything the guest can observe, now (:func:`pyvmm.snapshot.take`)."""
+        from pyvmm import snapshot as snapshots
+
         self._life.check_stopped("snapshot")
         return snapshots.take(self)
 
     def save_snapshot(self, path: StrPath) -> None:
         """:meth:`snapshot` streamed to ``path`` (:func:`pyvmm.snapshot.save_machine`)."""
+        from pyvmm import snapshot as snapshots
+
         self._life.check_stopped("snapshot", "save_snapshot")
         snapshots.save_machine(self, path)
 
     def restore(self, snap: Snapshot) -> int:
         """Back to ``snap`` (:func:`pyvmm.snapshot.restore`); the RAM pages copied."""
+        from pyvmm import snapshot as snapshots
+
         snap = snapshots.checked(snap)
         self._life.check_stopped("restore")
         pages = snapshots.restore(self, snap)
@@ -262,6 +267,8 @@ class Machine:
     @classmethod
     def from_snapshot(cls, source: StrPath | Snapshot, **kw: Any) -> Machine:
         """A machine that goes on from a snapshot (:func:`pyvmm.snapshot.clone`)."""
+        from pyvmm import snapshot as snapshots
+
         return snapshots.clone(cls, source, **kw)
 
     @property

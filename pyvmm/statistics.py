@@ -5,10 +5,12 @@ machines driven by hand do not pay for them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
-from pyvmm.kvm.vcpu import Vcpu
-from pyvmm.kvm.vm import Vm
+if TYPE_CHECKING:  # pyvmm.kvm.stats loads with the first read (a run without --stats never)
+    from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
+    from pyvmm.kvm.vcpu import Vcpu
+    from pyvmm.kvm.vm import Vm
 
 
 class MachineStats:
