@@ -8,13 +8,16 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from pyvmm.devices.ucall import GuestEvent, UcallDevice
-from pyvmm.vstate.history import EventLog, SerialLog
+from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
 
 
 class EventHub:
-    def __init__(self, events: EventLog, serial: SerialLog) -> None:
-        self.events = events
-        self.serial = serial
+    """A machine's event log and serial log (bounded by ``limits``; ``serial`` also gets
+    guest output as it comes), and the listeners every event goes to."""
+
+    def __init__(self, limits: HistoryLimits, serial: Callable[[bytes], None] | None) -> None:
+        self.events = EventLog(limits.events)
+        self.serial = SerialLog(limits.serial, serial)
         #: called for every event, on the vCPU's thread, before sync handlers run
         self.listeners: list[Callable[[GuestEvent], None]] = []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pyvmm.config import SPLIT_IRQCHIP_PINS
 from pyvmm.devices.bus import Bus
@@ -30,6 +30,9 @@ from pyvmm.vstate.result import Outcome
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
 from pyvmm.x86.reset import reset_vcpu
+
+if TYPE_CHECKING:
+    from pyvmm.platform.pc import PcMachine, PcPlatform
 
 
 def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
@@ -149,6 +152,14 @@ def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_fe
 class Sleeper(Protocol):
     def sleep_s3(self, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
                  left: float | None, stop: threading.Event) -> bool | Outcome: ...
+
+
+def pc_platform(machine: PcMachine) -> PcPlatform:
+    """The PC devices and firmware state of QEMU's ``-kernel`` (``Machine.add_pc_platform``).
+    ``pyvmm.platform.pc`` is imported here, on use: only multiboot guests need it."""
+    from pyvmm.platform.pc import PcPlatform
+
+    return PcPlatform(machine)
 
 
 def sleep_s3(chipset: Sleeper | None, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],

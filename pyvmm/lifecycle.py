@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pyvmm.background import BackgroundRun
 from pyvmm.errors import GuestExitedError, GuestImageError, MachineClosedError, MachineStateError
-from pyvmm.vstate.result import FINAL, RunResult
+from pyvmm.vstate.result import FINAL, RunResult, RunStatus
 
 
 class Lifecycle:
@@ -40,6 +40,10 @@ class Lifecycle:
         if self.ended is not None:
             raise GuestExitedError(f"the guest has already ended ({self.ended.status}: "
                                    f"{self.ended.message}); make a new Machine to run it again")
+
+    def ended_status(self) -> RunStatus | None:
+        """How the guest ended (None: it has not)."""
+        return self.ended.status if self.ended is not None else None
 
     def ran(self, result: RunResult) -> None:
         """Note a run's result: a final one ends the guest."""

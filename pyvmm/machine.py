@@ -1,10 +1,7 @@
-"""``Machine``: the embedding API, a thin front over the layers below.  It owns every fd
-and mapping it creates and releases them in :meth:`Machine.close` (or a ``with`` block).
-Data flows one way: guest file -> loader plan (``pyvmm.loader``) -> memory and vCPU state
-(:meth:`load`) -> the run loops (``pyvmm.vstate``) -> exit decoding -> devices -> result.
-Each service of the machine is a module beside this one (docs/architecture.md, "Layers");
-the methods here delegate to them, and are documented where the work is done.
-"""
+"""``Machine``: the embedding API, a thin front that owns every fd and mapping it creates
+and releases them in :meth:`Machine.close` (or a ``with`` block).  Each service of the
+machine is a module beside this one (docs/architecture.md, "Layers"); the methods here
+delegate to them and are documented where the work is done."""
 
 from __future__ import annotations
 
@@ -13,39 +10,28 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Self
 
 from pyvmm import hardware, launch
-from pyvmm.background import BackgroundRun
-from pyvmm.config import (  # noqa: F401  (once defined here)
-    IRQCHIP_MODES,
-    MAX_CPUS,
-    MULTIBOOT_MEM,
-    SPLIT_IRQCHIP_PINS,
-    check_shape,
-    check_timeout,
-    memory_size,
-)
+from pyvmm.config import IRQCHIP_MODES, check_shape, memory_size
 from pyvmm.devices.base import Device
-from pyvmm.devices.fastpath import FastEntry, Space
-from pyvmm.devices.handler import PortHandler
+from pyvmm.devices.fastpath import Space
+from pyvmm.devices.handler import PortHandler, ReadFn, WriteFn
 from pyvmm.devices.msr import MsrRead, MsrWrite
 from pyvmm.devices.ucall import GuestEvent, SyncHandler
 from pyvmm.events import EventHub, stop_at_sync
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
-from pyvmm.lifecycle import Lifecycle
 from pyvmm.loader import LoadPlan, open_image, plan_for
 from pyvmm.loader.symbols import Symbols
 from pyvmm.memory import MemoryRegion
+from pyvmm.runs import Runs
 from pyvmm.statistics import MachineStats
 from pyvmm.tracing import Tracing
-from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
+from pyvmm.vstate.history import HistoryLimits
 from pyvmm.vstate.loop import VcpuLoop
-from pyvmm.vstate.result import Outcome, RunResult, RunStatus
+from pyvmm.vstate.result import RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86.entry import EntryState, apply_entry
 
 if TYPE_CHECKING:  # (snapshots load on use: a plain run never imports them)
-    import threading
-
     from pyvmm.debug.debugger import Debugger, HostDebug
     from pyvmm.kvm.stats import StatValue
     from pyvmm.kvmtrace import KvmTrace
@@ -55,8 +41,6 @@ if TYPE_CHECKING:  # (snapshots load on use: a plain run never imports them)
     from pyvmm.vstate.trace import ExitTrace
 
 StrPath = str | os.PathLike[str]
-ReadFn = Callable[[int, int], int]
-WriteFn = Callable[[int, int, int], None]
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
 
 
@@ -68,9 +52,8 @@ class Machine:
     guest output as it comes; ``history`` bounds what the API keeps of it and of events.
 
     Below the API: ``mem_size`` (bytes), ``memory`` (:class:`pyvmm.memory.GuestMemory`),
-    ``vcpus`` (:class:`pyvmm.kvm.vcpu.Vcpu`, BSP first), ``symbols``, ``vm``, ``kvm``,
-    ``bus``, ``pc``, ``image``, ``plan``, ``serial``, ``events``.  Misuse raises
-    :class:`~pyvmm.errors.MachineStateError` (:mod:`pyvmm.lifecycle`).
+    ``vcpus`` (:class:`pyvmm.kvm.vcpu.Vcpu`, BSP first), ``symbols``, ``vm``, ``kvm``, ``bus``,
+    ``pc``, ``image``, ``plan``, ``serial``, ``events``; misuse: :mod:`pyvmm.lifecycle`.
     """
 
     def __init__(self, *, mem: int | str = "64M", cpus: int = 1, strict_io: bool = False,
@@ -82,39 +65,31 @@ class Machine:
         check_shape(cpus, irqchip, pit)
         self.cpus, self.irqchip, self.pit = cpus, irqchip, pit
         self.cmdline, self.cpu_features = cmdline, cpu_features
-        limits = history or HistoryLimits()
-        self.serial = SerialLog(limits.serial, serial)
-        self.events = EventLog(limits.events)
-        self._hub = EventHub(self.events, self.serial)
-        self._listeners = self._hub.listeners  # pytest_plugin trims it between tests
+        self._hub = EventHub(history or HistoryLimits(), serial)  # (pytest_plugin trims its listeners)
+        self.serial, self.events = self._hub.serial, self._hub.events
         self.image: GuestImage | None = None
         self.plan: LoadPlan | None = None
         self.pc: PcPlatform | None = None
         self.vcpus: list[Vcpu] = []
-        self.loops: list[VcpuLoop] = []
         self._reset_lapics: list[bytes | None] = []
         self._stats = MachineStats()
-        self._runner: Runner | None = None
         self._debugger: Debugger | None = None
         #: the host's debug support for :attr:`debug` (the CLI's: pyvmm.doctor.host_debug)
         self.host_debug: HostDebug | None = None
         self._tracing = Tracing()
-        self._bg = BackgroundRun(self.events)
-        self._life = Lifecycle(self._bg)
+        self._runs = Runs(self.events, self._tracing, self._new_runner)
+        self._life = self._runs.life
         self.kvm = Kvm(kvm_path)
         try:
-            self._build(strict_io, ram_file)
+            (self.vm, self.memory, self.bus, self.msrs, self.uart, self.debug_exit, self.post,
+             self.ucall, self.vcpus, self._reset_lapics) = hardware.build(
+                self.kvm, cpus=cpus, irqchip=irqchip, pit=pit, mem_size=self.mem_size,
+                cpu_features=cpu_features, ram_file=ram_file, strict_io=strict_io,
+                serial=self.serial.write, symbols=lambda: self.symbols, emit=self._hub.emit,
+                fast_change=self._runs.sync_fast)
         except BaseException:
             self.close()
             raise
-
-    def _build(self, strict_io: bool, ram_file: tuple[int, list[int]] | None) -> None:
-        (self.vm, self.memory, self.bus, self.msrs, self.uart, self.debug_exit, self.post, self.ucall,
-         self.vcpus, self._reset_lapics) = hardware.build(
-            self.kvm, cpus=self.cpus, irqchip=self.irqchip, pit=self.pit, mem_size=self.mem_size,
-            cpu_features=self.cpu_features, ram_file=ram_file, strict_io=strict_io,
-            serial=self.serial.write, symbols=lambda: self.symbols, emit=self._hub.emit,
-            fast_change=self._sync_fast)
 
     @classmethod
     def from_file(cls, path: StrPath, *, fmt: str | None = None, cmdline: str = "",
@@ -164,11 +139,7 @@ class Machine:
     def add_device(self, space: Space, base: int, length: int, device: Device) -> None:
         """``device`` at ``base`` (it gets offsets into the range); its fast entries reach the loops."""
         self._life.check_open("add_device")
-        new = self.bus.register(space, base, length, device)
-        for loop in self.loops:
-            for fe in new:
-                loop.add_fast_entry(fe)
-            loop.sync_claims()
+        self._runs.add_fast_entries(self.bus.register(space, base, length, device))
 
     def add_handler(self, space: Space, base: int, length: int, *, name: str = "handler",
                     read: ReadFn | None = None, write: WriteFn | None = None) -> None:
@@ -178,10 +149,7 @@ class Machine:
     def add_pc_platform(self) -> PcPlatform:
         """The PC devices and firmware state QEMU's ``-kernel`` guests expect."""
         self._life.check_open("add_pc_platform")
-        if self.pc is None:
-            from pyvmm.platform.pc import PcPlatform  # multiboot guests only: loaded on use
-
-            self.pc = PcPlatform(self)
+        self.pc = self.pc or hardware.pc_platform(self)
         return self.pc
 
     def add_msr_handler(self, index: int, *, read: MsrRead | None = None,
@@ -209,66 +177,53 @@ class Machine:
         """Call ``handler(event)`` for every guest event (vCPU's thread, before sync handlers)."""
         self._hub.listeners.append(handler)
 
-    def _sync_fast(self, fe: FastEntry, only_if_changed: bool = False) -> None:
-        for loop in self.loops:
-            loop.sync_fast_entry(fe, only_if_changed)
-
     def next_event(self, timeout: float | None = None) -> GuestEvent | None:
         """The next guest event of a :meth:`start`-ed run (:mod:`pyvmm.background`)."""
         self._life.check_open("next_event")
-        return self._bg.next_event(timeout)
+        return self._runs.bg.next_event(timeout)
 
     def wait_event(self, kind: str | None = None, stage: int | None = None, timeout: float | None = None
                    ) -> GuestEvent | None:
         """The next guest event of ``kind`` (and sync ``stage``) of a :meth:`start`-ed run."""
-        return self._bg.wait_event(kind, stage, timeout)
+        return self._runs.bg.wait_event(kind, stage, timeout)
 
     def enable_trace(self, capacity: int | None = None, *, events: int | None = None) -> ExitTrace:
         """Record every exit from now on (:class:`pyvmm.tracing.Tracing`)."""
         self._life.check_open("enable_trace")
-        self._runner_for()
+        self._runs.runner()
         return self._tracing.enable(self.loops, self.on_event, capacity, events)
 
     def kvm_trace(self, events: str | Collection[str] | None = None, *,
                   stacks: bool | str | Collection[str] = False, **kw: Any) -> KvmTrace:
-        """What KVM itself did while this machine runs (:meth:`pyvmm.tracing.Tracing.kvm`;
-        needs root and tracefs); results of runs from here on carry it."""
+        """KVM's own events while this machine runs, in every later result (needs tracefs)."""
         self._life.check_open("kvm_trace")
         return self._tracing.kvm(self, events, stacks=stacks, **kw)
 
     def snapshot(self) -> Snapshot:
         """Everything the guest can observe, now (:func:`pyvmm.snapshot.take`)."""
         from pyvmm import snapshot as snapshots
-
         self._life.check_stopped("snapshot")
         return snapshots.take(self)
 
     def save_snapshot(self, path: StrPath) -> None:
         """:meth:`snapshot` streamed to ``path`` (:func:`pyvmm.snapshot.save_machine`)."""
         from pyvmm import snapshot as snapshots
-
         self._life.check_stopped("snapshot", "save_snapshot")
         snapshots.save_machine(self, path)
 
     def restore(self, snap: Snapshot) -> int:
         """Back to ``snap`` (:func:`pyvmm.snapshot.restore`); the RAM pages copied."""
         from pyvmm import snapshot as snapshots
-
         snap = snapshots.checked(snap)
         self._life.check_stopped("restore")
         pages = snapshots.restore(self, snap)
-        for fe in self.bus.fast_entries:  # a device's state may have changed its answers
-            self._sync_fast(fe, only_if_changed=True)
-        self._life.ended, self._life.loaded = None, True
-        if self._debugger is not None:
-            self._debugger.reset()
+        self._runs.restored(self.bus.fast_entries)  # (and the debugger forgets its stops)
         return pages
 
     @classmethod
     def from_snapshot(cls, source: StrPath | Snapshot, **kw: Any) -> Machine:
         """A machine that goes on from a snapshot (:func:`pyvmm.snapshot.clone`)."""
         from pyvmm import snapshot as snapshots
-
         return snapshots.clone(cls, source, **kw)
 
     @property
@@ -277,80 +232,65 @@ class Machine:
         self._life.check_open("debug")
         if self._debugger is None:
             from pyvmm.debug.debugger import Debugger
-
             self._debugger = Debugger(self, host=self.host_debug)
+            self._runs.on_restore.append(self._debugger.reset)
         return self._debugger
 
     def write_core(self, path: StrPath, status: RunStatus | None = None) -> None:
         """An ELF core of the guest now (:func:`pyvmm.debug.core.write_core`)."""
         self._life.check_open("write_core")
         from pyvmm.debug.core import write_core
-
-        ended = self._life.ended
-        write_core(self, path, status=status or (ended.status if ended else None))
+        write_core(self, path, status=status or self._life.ended_status())
 
     def stats(self) -> dict[str, dict[str, StatValue]]:
         """The VM's and every vCPU's KVM binary stats now (:mod:`pyvmm.statistics`)."""
         self._life.check_open("stats")
         return self._stats.read(self.vm, self.vcpus)
 
-    def _runner_for(self) -> Runner:
-        if self._runner is None:
-            self.loops = [VcpuLoop(v, self.bus, self.msrs) for v in self.vcpus]
-            self._runner = Runner(self.loops, self.bus, self.memory, lambda: self.symbols, self.serial,
-                                  self.events, self.stats, self._stats.descriptors, self._sleep_s3)
-        return self._runner
+    def _new_runner(self) -> Runner:
+        return Runner([VcpuLoop(v, self.bus, self.msrs) for v in self.vcpus], self.bus, self.memory,
+                      lambda: self.symbols, self.serial, self.events, self.stats,
+                      self._stats.descriptors, lambda left, stop: hardware.sleep_s3(
+                          self.pc, self.vcpus, self._reset_lapics, left, stop))
 
-    def _sleep_s3(self, left: float | None, stop: threading.Event) -> bool | Outcome:
-        return hardware.sleep_s3(self.pc, self.vcpus, self._reset_lapics, left, stop)
+    @property
+    def loops(self) -> list[VcpuLoop]:
+        """One run loop per vCPU, BSP first, made on first use (:mod:`pyvmm.runs`)."""
+        return self._runs.loops
 
     def vcpu_loop(self, index: int = 0) -> VcpuLoop:
         """The run loop of vCPU ``index``, to drive one vCPU by hand instead of :meth:`run`."""
         self._life.check_open("vcpu_loop")
-        self._runner_for()
-        return self.loops[index]
+        return self._runs.runner().loops[index]
 
     def run(self, timeout: float | None = None, *, python_loop: bool = False,
             vcpus: Collection[int] | None = None, stats: bool = True) -> RunResult:
         """Run every vCPU (or those in ``vcpus``) until the guest ends or ``timeout`` seconds
         pass (:class:`pyvmm.vstate.runner.Runner`); again after a timeout or stop, never after
         the guest ended (GuestExitedError).  ``stats=False`` skips KVM's statistics."""
-        self._life.check_open("run")
-        timeout = check_timeout(timeout)
-        self._life.check_runnable("run")
-        result = self._runner_for().run(timeout, python_loop, vcpus=vcpus, collect_stats=stats)
-        self._tracing.collect(self.loops, result)
-        self._life.ran(result)
-        return result
+        return self._runs.run(timeout, python_loop, vcpus, stats)
 
     def start(self, timeout: float | None = None, *, python_loop: bool = False) -> None:
         """:meth:`run` on a thread (:mod:`pyvmm.background`); refused as :meth:`run` would be."""
-        self._life.check_open("start")
-        timeout = check_timeout(timeout)
-        self._life.check_runnable("start")
-        self._runner_for()
-        self._bg.start(lambda: self.run(timeout, python_loop=python_loop))
+        self._runs.start(timeout, python_loop)
 
     def stop(self) -> None:
         """Ask a running :meth:`run`/:meth:`start` to stop every vCPU now."""
-        if self._runner is not None:
-            self._runner.stop()
+        self._runs.stop()
 
     def join(self, timeout: float | None = None) -> RunResult:
         """The result of a :meth:`start`-ed run (or what it raised on its thread)."""
-        return self._bg.join(timeout)
+        return self._runs.bg.join(timeout)
 
     def close(self) -> None:
         """Close every fd and unmap all memory (vCPUs, then the VM, then RAM)."""
         if not self._life.closed:
             self._life.closed = True
-            self._bg.close(self.stop)
-            if self._runner is not None:
-                self._runner.close()
+            self._runs.close()
             self._stats.close()
             hardware.close(getattr(self, "bus", None), getattr(self, "vm", None),
                            getattr(self, "memory", None), self.kvm)
-            self.loops, self.vcpus = [], []
+            self.vcpus = []
 
     def __enter__(self) -> Self:
         return self

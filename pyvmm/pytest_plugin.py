@@ -182,7 +182,7 @@ class _Booted:
         self.machine = machine
         self.snap = snap
         self.sync_handlers = len(machine.ucall.sync_handlers)
-        self.listeners = len(machine._listeners)
+        self.listeners = len(machine._hub.listeners)
         self.boots = 1
         self.restores = 0
 
@@ -209,7 +209,7 @@ def booted_guest(request: pytest.FixtureRequest,
         if b is not None:
             m = b.machine
             del m.ucall.sync_handlers[b.sync_handlers:]
-            del m._listeners[b.listeners:]
+            del m._hub.listeners[b.listeners:]
             m.restore(b.snap)
             b.restores += 1
             return m

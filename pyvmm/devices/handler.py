@@ -6,6 +6,10 @@ from collections.abc import Callable
 
 from pyvmm.devices.base import Device, VcpuContext, all_ones
 
+#: ``read(addr, size) -> value`` and ``write(addr, size, value)``, absolute addresses
+ReadFn = Callable[[int, int], int]
+WriteFn = Callable[[int, int, int], None]
+
 
 class PortHandler(Device):
     """Adapts ``read(addr, size)`` and ``write(addr, size, value)`` to the :class:`Device`
@@ -13,8 +17,7 @@ class PortHandler(Device):
     hands devices offsets; the callables get absolute addresses (``base`` + offset), as
     ``Machine.add_handler`` promises."""
 
-    def __init__(self, name: str, read: Callable[[int, int], int] | None,
-                 write: Callable[[int, int, int], None] | None, base: int = 0) -> None:
+    def __init__(self, name: str, read: ReadFn | None, write: WriteFn | None, base: int = 0) -> None:
         self.name = name
         self._read = read
         self._write = write

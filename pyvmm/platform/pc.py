@@ -175,8 +175,3 @@ class PcPlatform:
         apply_entry(vcpus[0], entry)
         self.woke()
         return True
-
-
-def add_pc_platform(m: PcMachine) -> PcPlatform:
-    """Give ``m`` the PC devices and firmware state; returns them."""
-    return PcPlatform(m)
