@@ -59,4 +59,7 @@ def test_periodic_below_the_minimum_is_clamped(run_guest, guests):
     floor = int(p.read_text()) if p.exists() else 0
     _r, _n, (_lo, mid, _hi) = run_timer(run_guest, guests, "periodic xapic 10 50", "xapic-timer")
     expected = max(50, floor)  # KVM's min_timer_period_us, read from this host
-    assert 0.8 * expected <= mid <= 1.2 * expected + 100, (mid, floor)
+    # the clamp shows as a lower bound: an unclamped timer fires every 50 us.  Above, only
+    # "not absurd": at a 200 us period a loaded host coalesces ticks (a median of 617 us was
+    # seen on a clean-clone CI run beside three builds), which says nothing about the clamp
+    assert 0.8 * expected <= mid < 50_000, (mid, floor)
