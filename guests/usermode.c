@@ -10,8 +10,10 @@
  *   exit N        exit(N) from user code;  done: GUEST_DONE from user code
  *   vec SEED      SSE2 (and AVX2 where CPUID has it) sums in user code, for the host to check
  *   smp           every AP makes a user call too
- *   speed N M     bench: N loop iterations at CPL3 and N/1000 at CPL0; M user calls and M
- *                 system calls; cycles (guest TSC) in GUEST_SYNC 40 and 41
+ *   speed N M     bench: N loop iterations at CPL3 and N/1000 at CPL0; M user calls, M
+ *                 system calls, M GUEST_SYNCs from CPL3 and from CPL0; cycles (guest TSC) in
+ *                 GUEST_SYNC 40, 41 and 43, GUEST_SYNC 42 between the parts
+ *   floor N       bench: the host's own transition costs (below), N round trips each
  */
 #include <pyvmm/guest.h>
 
@@ -83,6 +85,174 @@ static long syscalls(long n)
 	uint64_t t0 = rdtsc();
 	for (long i = 0; i < n; i++)
 		GUEST_ASSERT_EQ(guest_syscall(GUEST_SYS_NOP, i, 0, 0), i);
+	return (long)(rdtsc() - t0);
+}
+
+/* ---- floor: what this host's transitions cost with (almost) none of the runtime around
+ * them (bench/usermode.py).  Each loop swaps its own gates into the runtime's IDT and its
+ * own stack into TSS.RSP0 for the duration, then puts them back; user code runs on
+ * fl_ustack with a hand-made IRETQ frame.  Every CPL0 instruction here is counted:
+ *   fl_bare   CPL0: mov rsp; IRETQ -> CPL3: ud2 -> #UD -> CPL0: dec; jnz   (the brief's
+ *             "bare round trip": 3 plain emulated instructions + IRETQ + one delivery)
+ *   fl_resume CPL3 loop of ud2; the #UD gate is addq $2,(%rsp); IRETQ (1 + IRETQ + delivery),
+ *             timed at CPL3 with the native RDTSC
+ *   fl_split  the same with an RDTSC first in the gate: CPL3 RDTSC -> gate RDTSC is the
+ *             delivery, gate RDTSC -> CPL3 RDTSC is the rest (RDTSC's tail, addq, IRETQ)
+ *   fl_iret0  IRETQ CPL0 -> CPL0 in a loop: the emulator's cost of the instruction alone
+ * Each returns to CPL0 through a #DE (div by zero at CPL3) whose gate is fl_exit_gate. */
+struct iret_frame { uint64_t rip, cs, rflags, rsp, ss; };
+static uint8_t fl_ustack[4096] __attribute__((aligned(16)));
+static uint8_t fl_kstack[4096] __attribute__((aligned(16)));
+static uint8_t fl_tss[104 + 0x1000 / 8 + 2] __attribute__((aligned(16)));
+uint64_t fl_saved_rsp, fl_out[5];
+extern char fl_bare[], fl_bare_gate[], fl_ud_stub[], fl_resume_user[], fl_resume_gate[],
+	fl_split_user[], fl_split_gate[], fl_exit_gate[], fl_gp_gate[], fl_iret0_next[], fl_io_user[],
+	fl_lstar[], fl_sys_user[];
+long fl_bare_run(long n, struct iret_frame *f);
+long fl_user_run(long n, struct iret_frame *f);
+long fl_iret0_run(long n, struct iret_frame *f);
+
+__asm__(
+	".text\n"
+	/* callee-saved registers on the caller's stack, the stack in fl_saved_rsp */
+	".macro FL_SAVE\n push %rbx\n push %rbp\n push %r12\n push %r13\n push %r14\n push %r15\n"
+	" mov %rsp, fl_saved_rsp(%rip)\n .endm\n"
+	".macro FL_TSC reg\n rdtsc\n shl $32, %rdx\n or %rdx, %rax\n mov %rax, \\reg\n .endm\n"
+	"fl_bare_run:\n FL_SAVE\n FL_TSC %r12\n"
+	"fl_bare:\n mov %rsi, %rsp\n iretq\n"
+	"fl_bare_gate:\n dec %rdi\n jnz fl_bare\n"
+	" FL_TSC %rax\n sub %r12, %rax\n jmp fl_restore\n"
+	"fl_ud_stub:\n ud2\n"
+	/* the CPL3 loops: RDI iterations, cycles in RAX, then #DE to fl_exit_gate */
+	"fl_user_run:\n FL_SAVE\n mov %rsi, %rsp\n iretq\n"
+	"fl_resume_user:\n FL_TSC %r12\n"
+	"1: ud2\n dec %rdi\n jnz 1b\n"
+	" FL_TSC %rax\n sub %r12, %rax\n xor %ecx, %ecx\n div %ecx\n"
+	"fl_resume_gate:\n addq $2, (%rsp)\n iretq\n"
+	"fl_split_user:\n xor %r13d, %r13d\n xor %r14d, %r14d\n"
+	"1: rdtsc\n mov %eax, %ebx\n ud2\n mov %eax, %ecx\n rdtsc\n"
+	" sub %ecx, %eax\n add %rax, %r14\n sub %ebx, %ecx\n add %rcx, %r13\n dec %rdi\n jnz 1b\n"
+	" mov %r13, %rax\n mov %r14, %rdx\n xor %ecx, %ecx\n div %ecx\n"
+	"fl_split_gate:\n rdtsc\n addq $2, (%rsp)\n iretq\n"
+	/* port I/O from CPL3 (RFLAGS.IOPL from the frame): an OUT to UCALL_PORT, RDI = &uc */
+	"fl_io_user:\n mov $0x1000, %edx\n out %al, %dx\n"
+	" mov $1, %eax\n xor %ecx, %ecx\n div %ecx\n"
+	/* SYSCALL at CPL3 to fl_lstar: its CS, then #DE (whose frame says how PVM sees it) */
+	"fl_sys_user:\n syscall\n"
+	"fl_lstar:\n mov %cs, %eax\n mov %rax, fl_out+8(%rip)\n xor %ecx, %ecx\n div %ecx\n"
+	"fl_gp_gate:\n add $8, %rsp\n movq $13, fl_out+32(%rip)\n jmp 1f\n"
+	"fl_exit_gate:\n movq $0, fl_out+32(%rip)\n"
+	"1: mov %rdx, fl_out(%rip)\n mov 8(%rsp), %rcx\n mov %rcx, fl_out+16(%rip)\n"
+	" mov (%rsp), %rcx\n mov %rcx, fl_out+24(%rip)\n"
+	"fl_restore:\n mov fl_saved_rsp(%rip), %rsp\n pop %r15\n pop %r14\n pop %r13\n pop %r12\n"
+	" pop %rbp\n pop %rbx\n ret\n"
+	"fl_iret0_run:\n FL_SAVE\n FL_TSC %r12\n"
+	"1: mov %rsi, %rsp\n iretq\n"
+	"fl_iret0_next:\n dec %rdi\n jnz 1b\n"
+	" FL_TSC %rax\n sub %r12, %rax\n jmp fl_restore\n");
+
+struct fl_gate { uint16_t off0, sel; uint8_t ist, type; uint16_t off1; uint32_t off2, zero; };
+
+static struct fl_gate *fl_idt(void)
+{
+	struct __attribute__((packed)) { uint16_t limit; uint64_t base; } r;
+	__asm__ volatile("sidt %0" : "=m"(r));
+	return (struct fl_gate *)r.base;
+}
+
+static void fl_set_gate(int v, void *to)
+{
+	uint64_t a = (uint64_t)to;
+	fl_idt()[v] = (struct fl_gate){ (uint16_t)a, 0x08, 0, 0x8E, (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0 };
+}
+
+/* TSS.RSP0 of this vCPU (TR after its first user call: the runtime's TSS) */
+static uint64_t *fl_rsp0(void)
+{
+	struct __attribute__((packed)) { uint16_t limit; uint64_t base; } g;
+	uint16_t tr;
+	__asm__ volatile("sgdt %0; str %1" : "=m"(g), "=r"(tr));
+	uint64_t *d = (uint64_t *)(g.base + (tr & ~7u));
+	uint64_t base = (d[0] >> 16 & 0xFFFFFF) | (d[0] >> 56 & 0xFF) << 24 | d[1] << 32;
+	return (uint64_t *)(base + 4);
+}
+
+static struct iret_frame fl_user(void *rip, uint64_t rflags)
+{
+	return (struct iret_frame){ (uint64_t)rip, 0x2b, rflags, (uint64_t)fl_ustack + sizeof(fl_ustack), 0x23 };
+}
+
+static void floor_mode(long n)
+{
+	struct ucall uc = { .cmd = UCALL_SYNC, .nargs = 2, .args = { 62, 1 } };
+	GUEST_USER_CALL(nop, 0); /* the runtime's set-up: GDT, TSS, U bit */
+	struct fl_gate saved[14];
+	memcpy(saved, fl_idt(), sizeof(saved));
+	uint64_t *rsp0 = fl_rsp0(), saved_rsp0 = *rsp0, lstar = rdmsr(0xC0000082u);
+	*rsp0 = (uint64_t)fl_kstack + sizeof(fl_kstack);
+	fl_set_gate(0, fl_exit_gate);
+	fl_set_gate(13, fl_gp_gate);
+	struct iret_frame f = fl_user(fl_ud_stub, 2);
+	fl_set_gate(6, fl_bare_gate);
+	GUEST_SYNC(60, 0);
+	long bare = fl_bare_run(n, &f);
+	GUEST_SYNC(60, 1);
+	fl_set_gate(6, fl_resume_gate);
+	f = fl_user(fl_resume_user, 2);
+	long resume = fl_user_run(n, &f);
+	GUEST_SYNC(60, 2);
+	fl_set_gate(6, fl_split_gate);
+	f = fl_user(fl_split_user, 2);
+	long deliver = fl_user_run(n, &f), back = (long)fl_out[0];
+	struct iret_frame k = { (uint64_t)fl_iret0_next, 0x08, 2, (uint64_t)fl_kstack + 2048, 0x10 };
+	GUEST_SYNC(60, 3);
+	long iret0 = fl_iret0_run(n, &k);
+	GUEST_SYNC(60, 4);
+	GUEST_SYNC(61, bare, resume, deliver, back, iret0);
+	/* probes: an OUT at CPL3 with IOPL 3; SYSCALL at CPL3 */
+	f = fl_user(fl_io_user, 0x3002);
+	fl_out[2] = 0;
+	long io = fl_user_run((long)&uc, &f);
+	uint64_t io_vec = fl_out[4], io_w1 = fl_out[2], io_w0 = fl_out[3];
+	/* the same OUT with IOPL 0 and a TSS I/O bitmap that allows port 0x1000 */
+	{
+		struct __attribute__((packed)) { uint16_t limit; uint64_t base; } g;
+		uint16_t tr;
+		__asm__ volatile("sgdt %0; str %1" : "=m"(g), "=r"(tr));
+		uint64_t *d = (uint64_t *)(g.base + (tr & ~7u)), s0 = d[0], s1 = d[1];
+		memset(fl_tss, 0xff, sizeof(fl_tss));
+		memset(fl_tss, 0, 104);
+		*(uint64_t *)(fl_tss + 4) = (uint64_t)fl_kstack + sizeof(fl_kstack);
+		*(uint16_t *)(fl_tss + 102) = 104;
+		fl_tss[104 + 0x1000 / 8] = 0xfe;
+		uint64_t base = (uint64_t)fl_tss, limit = sizeof(fl_tss) - 1;
+		d[0] = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | 0x89ul << 40 | (limit >> 16 & 0xF) << 48 | (base >> 24 & 0xFF) << 56;
+		d[1] = base >> 32;
+		__asm__ volatile("ltr %w0" :: "r"(tr) : "memory");
+		f = fl_user(fl_io_user, 2);
+		fl_out[2] = 0;
+		uc.args[1] = 2;
+		long io2 = fl_user_run((long)&uc, &f);
+		GUEST_SYNC(65, io2, fl_out[4], fl_out[2], fl_out[3]);
+		d[0] = s0 & ~(2ul << 40);
+		d[1] = s1;
+		__asm__ volatile("ltr %w0" :: "r"(tr) : "memory");
+	}
+	f = fl_user(fl_sys_user, 2);
+	wrmsr(0xC0000082u, (uint64_t)fl_lstar);
+	fl_user_run(0, &f);
+	GUEST_SYNC(63, io, io_vec, io_w1, io_w0);
+	GUEST_SYNC(64, fl_out[1], fl_out[4], fl_out[2], fl_out[3]);
+	wrmsr(0xC0000082u, lstar);
+	*rsp0 = saved_rsp0;
+	memcpy(fl_idt(), saved, sizeof(saved));
+}
+
+static long user_syncs(long n)
+{
+	uint64_t t0 = rdtsc();
+	for (long i = 0; i < n; i++)
+		GUEST_SYNC(44, i);
 	return (long)(rdtsc() - t0);
 }
 
@@ -164,12 +334,30 @@ int main(struct boot_info *bi, const char *cmdline)
 		long c3 = GUEST_USER_CALL(spin, n);
 		long c0 = spin(n / 1000 ? n / 1000 : 1);
 		GUEST_SYNC(40, c3, n, c0, n / 1000 ? n / 1000 : 1);
+		/* the host reads KVM's insn_emulation at each GUEST_SYNC 42: CPL0 instructions
+		 * per call (the last pair: what the syncs themselves add) */
+		GUEST_SYNC(42, 0);
 		uint64_t t0 = rdtsc();
 		for (long i = 0; i < m; i++)
 			GUEST_USER_CALL(nop, i);
 		long calls = (long)(rdtsc() - t0);
+		GUEST_SYNC(42, 1);
 		long sys = GUEST_USER_CALL(syscalls, m);
+		GUEST_SYNC(42, 2);
+		long syncs3 = GUEST_USER_CALL(user_syncs, m);
+		GUEST_SYNC(42, 3);
+		t0 = rdtsc();
+		for (long i = 0; i < m; i++)
+			GUEST_SYNC(44, i);
+		long syncs0 = (long)(rdtsc() - t0);
+		GUEST_SYNC(42, 4);
+		GUEST_SYNC(42, 5);
 		GUEST_SYNC(41, calls, m, sys, m);
+		GUEST_SYNC(43, syncs3, syncs0, m, guest_user_io);
+		GUEST_DONE();
+	}
+	if (!strncmp(cmdline, "floor", 5)) {
+		floor_mode((long)parse_u64(arg));
 		GUEST_DONE();
 	}
 	printf("usermode: unknown mode \"%s\"\n", cmdline);
