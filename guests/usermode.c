@@ -10,6 +10,8 @@
  *   exit N        exit(N) from user code;  done: GUEST_DONE from user code
  *   vec SEED      SSE2 (and AVX2 where CPUID has it) sums in user code, for the host to check
  *   smp           every AP makes a user call too
+ *   irq           LAPIC timer interrupts while user code spins, called with IF set; the
+ *                 caller's IF comes back as it was, clear or set
  *   speed N M     bench: N loop iterations at CPL3 and N/1000 at CPL0; M user calls, M
  *                 system calls, M GUEST_SYNCs from CPL3 and from CPL0; cycles (guest TSC) in
  *                 GUEST_SYNC 40, 41 and 43, GUEST_SYNC 42 between the parts
@@ -219,6 +221,50 @@ static void floor_mode(long n)
 	GUEST_SYNC(64, GUEST_USER_CALL(add_one, 1)); /* the runtime's state is back */
 }
 
+/* irq: LAPIC timer interrupts taken while user code runs */
+#define IRQ_VEC 0x40
+static volatile long ticks;
+
+static void tick(struct ex_regs *r)
+{
+	(void)r;
+	ticks++;
+	apic_eoi();
+}
+
+/* CPL3: spin until n ticks have come (bounded: about 10 s of TSC at up to 5 GHz) */
+static long wait_ticks(long n)
+{
+	uint64_t t0 = rdtsc();
+	while (ticks < n && rdtsc() - t0 < 50000000000ul)
+		;
+	return ticks;
+}
+
+static uint64_t rflags_if(void)
+{
+	uint64_t f;
+	__asm__ volatile("pushfq; pop %0" : "=r"(f));
+	return (f >> 9) & 1;
+}
+
+static void irq_mode(void)
+{
+	GUEST_USER_CALL(add_one, 0);
+	GUEST_SYNC(70, rflags_if()); /* IF clear after a call made with IF clear */
+	idt_set_handler(IRQ_VEC, tick);
+	apic_enable(0);
+	apic_write(APIC_TDCR, 0xB);
+	apic_write(APIC_LVTT, IRQ_VEC | LVTT_PERIODIC);
+	apic_write(APIC_TMICT, 1000000); /* 1 ms */
+	__asm__ volatile("sti");
+	long got = GUEST_USER_CALL(wait_ticks, 3);
+	uint64_t on = rflags_if();
+	__asm__ volatile("cli");
+	apic_write(APIC_TMICT, 0);
+	GUEST_SYNC(71, got >= 3, on);
+}
+
 static long user_syncs(long n)
 {
 	uint64_t t0 = rdtsc();
@@ -327,6 +373,10 @@ int main(struct boot_info *bi, const char *cmdline)
 		GUEST_SYNC(42, 5);
 		GUEST_SYNC(41, calls, m, sys, m);
 		GUEST_SYNC(43, syncs3, syncs0, m, guest_user_io);
+		GUEST_DONE();
+	}
+	if (!strcmp(cmdline, "irq")) {
+		irq_mode();
 		GUEST_DONE();
 	}
 	if (!strncmp(cmdline, "floor", 5)) {
