@@ -260,9 +260,12 @@ static void irq_mode(void)
 	__asm__ volatile("sti");
 	long got = GUEST_USER_CALL(wait_ticks, 3);
 	uint64_t on = rflags_if();
+	struct guest_fault f; /* the fault path gives IF back too */
+	GUEST_USER_TRY_CALL(do_fault, 2, &f);
+	uint64_t on_after_fault = rflags_if();
 	__asm__ volatile("cli");
 	apic_write(APIC_TMICT, 0);
-	GUEST_SYNC(71, got >= 3, on);
+	GUEST_SYNC(71, got >= 3, on, f.faulted, on_after_fault);
 }
 
 static long user_syncs(long n)

@@ -15,9 +15,9 @@
 /* struct user_cpu's fields as user_entry.S reaches them (through %gs at CPL0, through
  * the block's address at CPL3: its user-mode trampoline finds the block from its stack) */
 #define UC_SELF 0
-#define UC_KERNEL_RSP 8  /* the caller's stack in a user call: its RFLAGS, then its return address */
-#define UC_FRAME0 16     /* &frame[0]: the IRETQ frame into user mode for a caller with IF clear */
-#define UC_FRAME1 24     /* &frame[1]: the same with IF set */
+#define UC_KERNEL_RSP 8  /* the caller's stack in a user call: its return address */
+#define UC_FRAME0 16     /* &frame[0]: the IRETQ frame into user mode of GUEST_USER_CALL */
+#define UC_FRAME1 24     /* &frame[1]: GUEST_USER_TRY_CALL's */
 #define UC_FAULT 32      /* GUEST_USER_TRY_CALL's struct guest_fault, or 0 (stored at CPL3) */
 #define UC_SAVED 40      /* the caller's RBX, RBP, R12-R15 for the fault path (stored at CPL3) */
 #define UC_FRAMES 96     /* struct iret_frame frame[2] */
@@ -26,6 +26,7 @@
 #define UC_SIZE 832      /* sizeof(struct user_cpu) */
 #define USER_STACK_SHIFT 14 /* 16 KiB user stack per vCPU */
 #define FRAME_RIP 0      /* struct iret_frame */
+#define FRAME_RFLAGS 16  /* the caller's RFLAGS, stored there by each call */
 
 #ifndef __ASSEMBLER__
 #include <stdint.h>

@@ -42,7 +42,8 @@
 #define XCR0_USER 0xE7ul
 
 __attribute__((noreturn)) void guest_user_unwind(long result);
-extern char guest_syscall_entry[], guest_user_start_first[], __image_start[], __image_end[];
+extern char guest_syscall_entry[], guest_user_start_first[], guest_user_start_try_first[],
+	__image_start[], __image_end[];
 long guest_syscall_dispatch(long a, long b, long c, long nr);
 void guest_user_setup(void);
 
@@ -122,9 +123,9 @@ static void setup_cpu(void)
 	struct user_cpu *c = &guest_user_cpus[slot];
 	c->self = c;
 	uint64_t user_stack = (uint64_t)guest_user_stacks[slot] + USER_STACK;
-	for (int i = 0; i < 2; i++) {
-		c->frame[i] = (struct iret_frame){ (uint64_t)guest_user_start_first, SEL_USER_CS,
-						   i ? 0x202u : 0x2u, user_stack, SEL_USER_DS };
+	for (int i = 0; i < 2; i++) { /* RFLAGS: the caller's, stored by each call */
+		uint64_t rip = (uint64_t)(i ? guest_user_start_try_first : guest_user_start_first);
+		c->frame[i] = (struct iret_frame){ rip, SEL_USER_CS, 2, user_stack, SEL_USER_DS };
 		c->frame_ptr[i] = &c->frame[i];
 	}
 	c->tss.rsp[0] = (uint64_t)event_stacks[slot] + EVENT_STACK;

@@ -3,68 +3,90 @@
  *
  * On kvm_pvm every CPL0 instruction here is emulated (about 1-2 us each), while CPL3 code
  * runs natively, so the hot path is pure assembly with as little as possible at CPL0:
- * GUEST_USER_CALL checks that this vCPU is set up (TR is one of the runtime's TSSs), saves
- * RFLAGS and its stack in the vCPU's block, and IRETQs through a frame built once at
- * set-up; the user-mode trampoline saves what the fault path needs, calls fn, restores the
- * caller's callee-saved registers and traps; the #UD gate returns straight to the caller.
- * Eleven CPL0 instructions and one IRETQ down, five instructions and one event delivery
- * back.  Faults and the other system calls take the slower paths.
+ * GUEST_USER_CALL checks that this vCPU is set up (TR is one of the runtime's TSSs), puts
+ * the caller's RFLAGS into the IRETQ frame built at set-up (user code runs with the
+ * caller's IF) and its stack pointer into the vCPU's block, and IRETQs; the user-mode
+ * trampoline saves what the fault path needs, calls fn, restores the caller's callee-saved
+ * registers and traps; the #UD gate (a trap gate: IF is the caller's again) returns
+ * straight to the caller.  Seven CPL0 instructions and one IRETQ down, four instructions
+ * and one event delivery back (docs/guests.md has the costs).  Faults and the other system
+ * calls take slower paths.
  */
 #include "internal.h"
 
 	.text
 	.code64
 
+/* long GUEST_USER_CALL(fn, arg); GUEST_USER_TRY_CALL below is the same but for its frame
+ * (whose RIP is the trampoline that takes RDX as the struct guest_fault).  Set up on this
+ * vCPU: STR and one compare, as TR is 0 before set-up (or a guest's own TSS, with which
+ * user mode could not work anyway: CPL3 events land on its RSP0). */
+	.globl GUEST_USER_CALL
+GUEST_USER_CALL:
+	str %eax
+	cmp $SEL_TSS0, %eax
+	jb 1f
+	pushfq                         /* the caller's RFLAGS into the frame: IF for user code */
+	popq %gs:UC_FRAMES + FRAME_RFLAGS
+	mov %rsp, %gs:UC_KERNEL_RSP
+	mov %gs:UC_FRAME0, %rsp
+	iretq
+1:	call user_call_setup
+	jmp GUEST_USER_CALL
+
 /* long GUEST_USER_TRY_CALL(fn, arg, struct guest_fault *fault) */
 	.globl GUEST_USER_TRY_CALL
 GUEST_USER_TRY_CALL:
 	movq $0, (%rdx)                /* fault->faulted: at CPL0 (it may be on a kernel stack) */
-	jmp user_call
-
-/* long GUEST_USER_CALL(fn, arg) */
-	.globl GUEST_USER_CALL
-GUEST_USER_CALL:
-	xor %edx, %edx                 /* no struct guest_fault: a fault is reported */
-user_call:
-	str %eax                       /* set up on this vCPU: TR is one of the runtime's TSSs */
-	sub $SEL_TSS0, %eax
-	cmp $16 * MAX_CPUS, %eax
-	jae user_call_setup
-	pushfq                         /* the caller's IF, restored on the way back */
+2:	str %eax
+	cmp $SEL_TSS0, %eax
+	jb 1f
+	pushfq
+	popq %gs:UC_FRAMES + 40 + FRAME_RFLAGS
 	mov %rsp, %gs:UC_KERNEL_RSP
-	testb $2, 1(%rsp)              /* IF: user code runs with the caller's */
-	jnz 1f
-	mov %gs:UC_FRAME0, %rsp
+	mov %gs:UC_FRAME1, %rsp
 	iretq
-1:	mov %gs:UC_FRAME1, %rsp
-	iretq
+1:	call user_call_setup
+	jmp 2b
 
-/* the first call on this vCPU: set it up (user.c), then make the call */
+/* the first call on this vCPU: set it up (user.c) and return to make the call */
 user_call_setup:
 	push %rdi
 	push %rsi
 	push %rdx
+	sub $8, %rsp                   /* 16-byte alignment for the C call */
 	call guest_user_setup
+	add $8, %rsp
 	pop %rdx
 	pop %rsi
 	pop %rdi
-	jmp user_call
+	ret
 
 /* CPL3, on this vCPU's user stack (its top, 16-byte aligned), RDI = fn, RSI = arg, RDX =
- * the struct guest_fault or 0, the other registers the caller's.  The frames' RIP is
- * guest_user_start_first until the first call has put the x87 and SSE control words into
- * the ABI's state (FNINIT, MXCSR 0x1f80: neither works at CPL0 on kvm_pvm). */
-	.globl guest_user_start_first
-guest_user_start_first:
+ * the struct guest_fault (TRY), the other registers the caller's.  The frames' RIP is
+ * a _first variant until the first call has put the x87 and SSE control words into the
+ * ABI's state (FNINIT, MXCSR 0x1f80: neither works at CPL0 on kvm_pvm). */
+.macro FPU_FIRST
 	fninit
 	pushq $0x1f80
 	ldmxcsr (%rsp)
 	pop %rax
 	call user_block
 	movq $guest_user_start, UC_FRAMES + FRAME_RIP(%rax)
-	movq $guest_user_start, UC_FRAMES + 40 + FRAME_RIP(%rax)
-	.globl guest_user_start
+	movq $guest_user_start_try, UC_FRAMES + 40 + FRAME_RIP(%rax)
+.endm
+	.globl guest_user_start_first, guest_user_start_try_first
+guest_user_start_first:
+	FPU_FIRST
+	jmp guest_user_start
+guest_user_start_try_first:
+	FPU_FIRST
+	jmp guest_user_start_try
+
+	.globl guest_user_start, guest_user_start_try
 guest_user_start:
+	xor %edx, %edx                 /* no struct guest_fault: a fault is reported */
+guest_user_start_try:
 	call user_block
 	mov %rdx, UC_FAULT(%rax)       /* for the fault path, stored here at native speed */
 	mov %rbx, UC_SAVED(%rax)
@@ -151,13 +173,12 @@ guest_sys_trap:
 guest_ud_entry:
 	cmpq $guest_user_return_trap, (%rsp)
 	jne 1f
-/* back to GUEST_USER_CALL's caller with RAX; the callee-saved registers are the caller's */
-guest_user_return:
+/* back to GUEST_USER_CALL's caller with RAX; the callee-saved registers are the caller's,
+ * and so is IF (a trap gate from user code that ran with the caller's RFLAGS) */
 	mov %gs:UC_KERNEL_RSP, %rsp
-	popfq
 	ret
 1:	cmpq $guest_sys_trap, (%rsp)
-	jne isr_stubs + 6 * 16
+	jne 2f
 	addq $2, (%rsp)                /* to guest_sys_trap's ret */
 sys_dispatch:                          /* an IRETQ frame on the event stack */
 	cmp $SYS_NOP, %rax
@@ -174,11 +195,15 @@ sys_nop:
 	mov %rdi, %rax
 	iretq
 sys_c:                                 /* the rest in C: guest_syscall_dispatch(a, b, c, nr) */
+	cli                            /* as an interrupt gate would (IRETQ restores IF) */
 	push %rbp                      /* 16-byte alignment for the C call */
 	mov %rax, %rcx
 	call guest_syscall_dispatch
 	pop %rbp
 	iretq
+
+2:	cli                            /* any other #UD: isr_stubs' vector 6, IF clear */
+	jmp isr_stubs + 6 * 16
 
 	.section .rodata
 	.balign 8
@@ -186,9 +211,9 @@ sys_table:
 	.quad sys_return, sys_ucall, sys_c, sys_c, sys_nop
 	.text
 
-/* guest_user_unwind(result): back to GUEST_USER_CALL's caller with result and the
- * registers the trampoline saved (from CPL0 code on the event stack: a fault, or a
- * GUEST_SYS_RETURN from fn) */
+/* guest_user_unwind(result): back to GUEST_USER_CALL's caller with result, the registers
+ * the trampoline saved and the caller's RFLAGS from the call's frame (from CPL0 code on the
+ * event stack with IF clear: a fault, or GUEST_SYS_RETURN from fn or by SYSCALL) */
 	.globl guest_user_unwind
 guest_user_unwind:
 	mov %rdi, %rax
@@ -198,7 +223,14 @@ guest_user_unwind:
 	mov %gs:UC_SAVED + 24, %r13
 	mov %gs:UC_SAVED + 32, %r14
 	mov %gs:UC_SAVED + 40, %r15
-	jmp guest_user_return
+	mov %gs:UC_FRAME0, %rcx        /* the call's frame: TRY's if it has a struct guest_fault */
+	cmpq $0, %gs:UC_FAULT
+	je 1f
+	mov %gs:UC_FRAME1, %rcx
+1:	mov %gs:UC_KERNEL_RSP, %rsp
+	pushq FRAME_RFLAGS(%rcx)
+	popfq
+	ret
 
 	.data
 	.balign 4
