@@ -20,7 +20,8 @@
 #define UC_FRAME1 24     /* &frame[1]: GUEST_USER_TRY_CALL's */
 #define UC_FAULT 32      /* GUEST_USER_TRY_CALL's struct guest_fault, or 0 (stored at CPL3) */
 #define UC_SAVED 40      /* the caller's RBX, RBP, R12-R15 for the fault path (stored at CPL3) */
-#define UC_FRAMES 96     /* struct iret_frame frame[2] */
+#define UC_FRAMES 96     /* struct iret_frame frame[2]: GUEST_USER_CALL's, then TRY's */
+#define UC_FRAME_TRY (UC_FRAMES + 40)
 #define UC_TSS 176       /* struct tss64 (+ the I/O bitmap) */
 #define UC_RSP0 (UC_TSS + 4)
 #define UC_SIZE 832      /* sizeof(struct user_cpu) */
@@ -71,6 +72,8 @@ _Static_assert(__builtin_offsetof(struct user_cpu, frame_ptr) == UC_FRAME0, "UC_
 _Static_assert(__builtin_offsetof(struct user_cpu, fault) == UC_FAULT, "UC_FAULT");
 _Static_assert(__builtin_offsetof(struct user_cpu, saved) == UC_SAVED, "UC_SAVED");
 _Static_assert(__builtin_offsetof(struct user_cpu, frame) == UC_FRAMES, "UC_FRAMES");
+_Static_assert(__builtin_offsetof(struct user_cpu, frame[1]) == UC_FRAME_TRY, "UC_FRAME_TRY");
+_Static_assert(__builtin_offsetof(struct iret_frame, rflags) == FRAME_RFLAGS, "FRAME_RFLAGS");
 _Static_assert(__builtin_offsetof(struct user_cpu, tss) == UC_TSS, "UC_TSS");
 _Static_assert(sizeof(struct user_cpu) == UC_SIZE, "UC_SIZE");
 

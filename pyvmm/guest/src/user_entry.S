@@ -42,7 +42,7 @@ GUEST_USER_TRY_CALL:
 	cmp $SEL_TSS0, %eax
 	jb 1f
 	pushfq
-	popq %gs:UC_FRAMES + 40 + FRAME_RFLAGS
+	popq %gs:UC_FRAME_TRY + FRAME_RFLAGS
 	mov %rsp, %gs:UC_KERNEL_RSP
 	mov %gs:UC_FRAME1, %rsp
 	iretq
@@ -73,7 +73,7 @@ user_call_setup:
 	pop %rax
 	call user_block
 	movq $guest_user_start, UC_FRAMES + FRAME_RIP(%rax)
-	movq $guest_user_start_try, UC_FRAMES + 40 + FRAME_RIP(%rax)
+	movq $guest_user_start_try, UC_FRAME_TRY + FRAME_RIP(%rax)
 .endm
 	.globl guest_user_start_first, guest_user_start_try_first
 guest_user_start_first:
@@ -213,7 +213,7 @@ sys_table:
 
 /* guest_user_unwind(result): back to GUEST_USER_CALL's caller with result, the registers
  * the trampoline saved and the caller's RFLAGS from the call's frame (from CPL0 code on the
- * event stack with IF clear: a fault, or GUEST_SYS_RETURN from fn or by SYSCALL) */
+ * event stack: a fault, or GUEST_SYS_RETURN from fn or by SYSCALL) */
 	.globl guest_user_unwind
 guest_user_unwind:
 	mov %rdi, %rax
