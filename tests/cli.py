@@ -16,5 +16,6 @@ COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-P", "-m", "
 def pyvmm(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
           **kw: object) -> subprocess.CompletedProcess[str]:
     e = dict(os.environ, **(env or {}))
-    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, env=e,
-                          timeout=timeout, **kw)  # type: ignore[call-overload]
+    # errors="replace": a guest's console may write any bytes (mutated images do)
+    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, errors="replace",
+                          env=e, timeout=timeout, **kw)  # type: ignore[call-overload]

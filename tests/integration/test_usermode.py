@@ -28,9 +28,12 @@ def run(guests, cmdline, image="usermode.elf", **kw):
     return r, seen
 
 
-@pytest.mark.parametrize("image", ["usermode.elf", "usermode.flat"])
-def test_user_call_returns_its_result_and_user_code_talks_to_the_host(guests, image):
-    r, seen = run(guests, "call", image)
+@pytest.mark.parametrize("image, mode", [("usermode.elf", "call"), ("usermode.flat", "call"),
+                                         ("usermode.elf", "call sys")])
+def test_user_call_returns_its_result_and_user_code_talks_to_the_host(guests, image, mode):
+    """User code makes its own port I/O where the host applies the TSS I/O bitmap, else
+    system calls; "call sys" takes the system calls on any host (guest_user_io = 0)."""
+    r, seen = run(guests, mode, image)
     assert r.status == "done", r.message
     # add_one(41) at CPL3 gave 42 to CPL0 code (which reads CPL 0); talk(21) synced from
     # CPL3 (CPL 3) with the on_sync handler running as for any sync, and returned 42
@@ -51,6 +54,29 @@ def test_a_fault_in_user_code_is_reported_as_at_cpl3(guests, kind, vector, name)
     assert ev.symbol.startswith("do_fault"), ev.symbol
     assert f"unhandled guest exception {name} (vector {vector}," in r.message
     assert " at CPL3 RIP " in r.message, r.message
+
+
+@pytest.mark.parametrize("image", ["usermode.elf", "usermode.flat"])
+def test_interrupts_reach_their_handlers_during_a_user_call_and_if_comes_back(guests, image):
+    """A user call made with IF set runs fn with IF set: LAPIC timer ticks reach their
+    handler (through the IDT, from CPL3) while fn spins on the count; after the call IF is
+    as the caller had it, set here (also when the call ended in a fault returned to a TRY
+    call) and clear after a call made with it clear."""
+    r, seen = run(guests, "irq", image)
+    assert r.status == "done", r.message
+    assert [args for _, args in seen] == [(70, 0), (71, 1, 1, 1, 1)]
+
+
+def test_the_floor_probe_runs_and_puts_the_runtime_back(guests):
+    """bench/usermode.py's floor loops swap gates and RSP0 in and out: each reports cycles,
+    an OUT at CPL3 with IOPL 3 either works or raises #GP (13), and user calls after it work
+    (the GUEST_DONE of "floor" comes after the runtime's state is back)."""
+    r, seen = run(guests, "floor 20")
+    assert r.status == "done", r.message
+    got = {args[0]: args[1:] for _, args in seen}
+    assert len(got[61]) == 5 and all(c > 0 for c in got[61])
+    assert got[62][0] in (0, 13)
+    assert got[64] == (2,)
 
 
 def test_a_cpl0_fault_does_not_say_cpl3(guests):

@@ -7,7 +7,7 @@ struct boot_info *boot_info;
 
 __attribute__((noreturn)) void exit(uint32_t code)
 {
-	if (guest_cpl() == 3) /* user mode: the runtime does the port write */
+	if (guest_user_syscalls()) /* user mode: the runtime does the port write */
 		guest_syscall(GUEST_SYS_EXIT, code, 0, 0);
 	outl(PORT_DEBUG_EXIT, code);
 	for (;;)

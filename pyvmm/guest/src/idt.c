@@ -26,8 +26,11 @@ void idt_install(void)
 {
 	for (int v = 0; v < 256; v++)
 		idt[v] = gate((uint64_t)isr_stubs + (uint64_t)v * 16, 0x8E);
-	/* #UD: user mode's system calls first (user_entry.S), then isr_stubs' vector 6 */
-	idt[6] = gate((uint64_t)guest_ud_entry, 0x8E);
+	/* #UD: the end of a user call and user mode's system calls first (user_entry.S), then
+	 * isr_stubs' vector 6.  A trap gate: IF stays as it was, so the end of a user call
+	 * made with IF set (user code keeps the caller's IF) needs no POPFQ; the other paths
+	 * clear it themselves. */
+	idt[6] = gate((uint64_t)guest_ud_entry, 0x8F);
 	struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idtr = { sizeof(idt) - 1, (uint64_t)idt };
 	__asm__ volatile("lidt %0" :: "m"(idtr));
 }

@@ -20,7 +20,8 @@ static void put_buf(struct sink *s, char c)
 	s->len++;
 }
 
-/* at CPL3 (user.h): a buffer written through the runtime's system call when full */
+/* at CPL3 where the host ignores the I/O bitmap (user.h): a buffer written through the
+ * runtime's system call when full */
 static void put_user(struct sink *s, char c)
 {
 	s->buf[s->len++] = c;
@@ -97,7 +98,7 @@ static void format(struct sink *o, const char *fmt, va_list ap)
 
 int vprintf(const char *fmt, va_list ap)
 {
-	if (guest_cpl() == 3) {
+	if (guest_user_syscalls()) {
 		char buf[128];
 		struct sink u = { .put = put_user, .buf = buf, .cap = sizeof(buf) };
 		format(&u, fmt, ap);

@@ -5,11 +5,11 @@
 #include <pyvmm/ucall.h>
 #include <pyvmm/user.h>
 
-/* at CPL3 (user.h) the OUT would #GP: the runtime makes it for user code, with RDI (the
- * struct's address, which the host reads) unchanged */
+/* at CPL3 where the host ignores the I/O bitmap (user.h) the OUT would #GP: the runtime
+ * makes it for user code, with RDI (the struct's address, which the host reads) unchanged */
 void ucall(struct ucall *uc)
 {
-	if (guest_cpl() == 3) {
+	if (guest_user_syscalls()) {
 		guest_syscall(GUEST_SYS_UCALL, (long)uc, 0, 0);
 		return;
 	}

@@ -3,11 +3,13 @@
  *
  * Set-up happens at a vCPU's first user call, so guests that never make one pay nothing:
  * the runtime's GDT (boot selectors, user data and code in SYSCALL's order, a TSS per vCPU
- * whose RSP0 is the user call's kernel stack), SYSCALL (EFER.SCE, STAR, LSTAR, FMASK), GS
- * base = this vCPU's struct user_cpu, the IDT, what user vector code needs (CR0.MP/NE,
- * CR4.OSFXSR/OSXMMEXCPT/OSXSAVE, XCR0 from CPUID leaf 0xD: XGETBV fails at CPL0 on
- * kvm_pvm, XSETBV works) and the U bit on the guest image.  No IST stack for #DF: the IDT
- * is shared with vCPUs that never load a TSS, and RSP0 is always a good stack.
+ * whose RSP0 is the vCPU's event stack and whose I/O bitmap lets user code reach the
+ * runtime's ports), SYSCALL (EFER.SCE, STAR, LSTAR, FMASK), GS base = this vCPU's struct
+ * user_cpu with the two IRETQ frames into user mode, the IDT, what user vector code needs
+ * (CR0.MP/NE, CR4.OSFXSR/OSXMMEXCPT/OSXSAVE, XCR0 from CPUID leaf 0xD: XGETBV fails at
+ * CPL0 on kvm_pvm, XSETBV works) and the U bit on the guest image.  The first set-up also
+ * probes whether user code may do that port I/O itself (guest_user_io).  No IST stack for
+ * #DF: the IDT is shared with vCPUs that never load a TSS, and RSP0 is always a good stack.
  */
 #include <pyvmm/idt.h>
 #include <pyvmm/pt.h>
@@ -17,8 +19,8 @@
 
 #include "internal.h"
 
-#define MAX_CPUS 64
-#define USER_STACK 16384 /* per vCPU, as the APs' kernel stacks: 1 MiB of bss for 64 */
+#define USER_STACK (1 << USER_STACK_SHIFT) /* per vCPU, as the APs' kernel stacks: 1 MiB of bss for 64 */
+#define EVENT_STACK 8192 /* per vCPU: TSS.RSP0, where events from CPL3 and system calls run */
 
 #define MSR_EFER 0xC0000080u
 #define MSR_STAR 0xC0000081u
@@ -39,14 +41,20 @@
 /* XCR0 components a user thread can use: x87, SSE, AVX, AVX-512 (opmask, ZMM_Hi256, Hi16_ZMM) */
 #define XCR0_USER 0xE7ul
 
-long guest_user_enter(long (*fn)(long), long arg, long first);
 __attribute__((noreturn)) void guest_user_unwind(long result);
-extern char guest_syscall_entry[], __image_start[], __image_end[];
+extern char guest_syscall_entry[], guest_user_start_first[], guest_user_start_try_first[],
+	__image_start[], __image_end[];
 long guest_syscall_dispatch(long a, long b, long c, long nr);
+void guest_user_setup(void);
 
-static struct user_cpu cpus[MAX_CPUS];
-static uint8_t user_stacks[MAX_CPUS][USER_STACK] __attribute__((aligned(4096)));
+/* not static: the user-mode trampoline finds its vCPU's block from its stack pointer */
+struct user_cpu guest_user_cpus[MAX_CPUS];
+uint8_t guest_user_stacks[MAX_CPUS][USER_STACK] __attribute__((aligned(4096)));
+static uint8_t event_stacks[MAX_CPUS][EVENT_STACK] __attribute__((aligned(16)));
 static uint32_t ncpus;
+volatile uint32_t guest_user_io;
+
+_Static_assert(GUEST_SYS_NOP == SYS_NOP, "user_entry.S's system call table");
 static uint64_t gdt[6 + 2 * MAX_CPUS] = {
 	0,
 	0x00AF9B000000FFFFul, /* 0x08 kernel code64 */
@@ -98,17 +106,34 @@ static struct user_cpu *this_cpu(void)
 	return c;
 }
 
-static struct user_cpu *setup_cpu(void)
+/* the runtime's ports, open to user code in the TSS's I/O bitmap (internal.h) */
+static void allow_ports(struct tss64 *t, uint32_t port, uint32_t n)
+{
+	for (uint32_t p = port; p < port + n; p++)
+		t->iomap[p / 8] &= (uint8_t)~(1u << (p % 8));
+}
+
+static void setup_cpu(void)
 {
 	uint32_t slot = __atomic_fetch_add(&ncpus, 1, __ATOMIC_SEQ_CST);
 	if (slot >= MAX_CPUS) {
 		printf("user mode: more than %u vCPUs\n", MAX_CPUS);
 		exit(0x7c);
 	}
-	struct user_cpu *c = &cpus[slot];
+	struct user_cpu *c = &guest_user_cpus[slot];
 	c->self = c;
-	c->user_stack = (uint64_t)user_stacks[slot] + USER_STACK;
-	c->tss.iomap_base = sizeof(struct tss64); /* no I/O bitmap: ports #GP at CPL3 */
+	uint64_t user_stack = (uint64_t)guest_user_stacks[slot] + USER_STACK;
+	for (int i = 0; i < 2; i++) { /* RFLAGS: the caller's, stored by each call */
+		uint64_t rip = (uint64_t)(i ? guest_user_start_try_first : guest_user_start_first);
+		c->frame[i] = (struct iret_frame){ rip, SEL_USER_CS, 2, user_stack, SEL_USER_DS };
+		c->frame_ptr[i] = &c->frame[i];
+	}
+	c->tss.rsp[0] = (uint64_t)event_stacks[slot] + EVENT_STACK;
+	c->tss.iomap_base = __builtin_offsetof(struct tss64, iomap);
+	memset(c->tss.iomap, 0xff, sizeof(c->tss.iomap));
+	allow_ports(&c->tss, PORT_DEBUG_EXIT, 4);
+	allow_ports(&c->tss, PORT_COM1, 8);
+	allow_ports(&c->tss, UCALL_PORT, 4);
 	uint64_t base = (uint64_t)&c->tss, limit = sizeof(struct tss64) - 1;
 	gdt[6 + 2 * slot] = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | 0x89ul << 40 |
 			    (base >> 24 & 0xFF) << 56;
@@ -116,7 +141,6 @@ static struct user_cpu *setup_cpu(void)
 	struct __attribute__((packed)) { uint16_t limit; uint64_t base; } gdtr = {
 		sizeof(gdt) - 1, (uint64_t)gdt };
 	__asm__ volatile("lgdt %0" :: "m"(gdtr) : "memory");
-	__asm__ volatile("ltr %w0" :: "r"((uint16_t)(SEL_TSS0 + 16 * slot)) : "memory");
 	wrmsr(MSR_GS_BASE, (uint64_t)c);
 	wrmsr(MSR_STAR, (uint64_t)0x18 << 48 | (uint64_t)SEL_KERNEL_CS << 32);
 	wrmsr(MSR_LSTAR, (uint64_t)guest_syscall_entry);
@@ -124,39 +148,33 @@ static struct user_cpu *setup_cpu(void)
 	wrmsr(MSR_EFER, rdmsr(MSR_EFER) | EFER_SCE);
 	idt_ensure_loaded();
 	setup_vectors();
-	/* the image: its code, data and bss (the user stacks are in it) */
+	/* the image: its code, data and bss (the user stacks and blocks are in it) */
 	guest_user_map(__image_start, (size_t)(__image_end - __image_start));
-	return c;
+	/* last: one of the runtime's TSSs in TR is what tells GUEST_USER_CALL it is set up */
+	__asm__ volatile("ltr %w0" :: "r"((uint16_t)(SEL_TSS0 + 16 * slot)) : "memory");
 }
 
-/* set up on this vCPU when GS base does not point into cpus[] (one RDMSR: reading %gs:0
- * before set-up would read address 0, which a guest may leave unmapped).  Only setup_cpu
- * points it there, so no alignment check: each CPL0 instruction costs ~1 us on kvm_pvm. */
-static struct user_cpu *current_cpu(void)
+/* CPL3: a port read the I/O bitmap allows (COM1's line status: no side effect) */
+static long io_probe(long unused)
 {
-	uint64_t gs = rdmsr(MSR_GS_BASE);
-	if (gs - (uint64_t)cpus < sizeof(cpus))
-		return (struct user_cpu *)gs;
-	return setup_cpu();
+	(void)unused;
+	return inb(PORT_COM1 + 5);
 }
 
-static long user_call(long (*fn)(long), long arg, struct guest_fault *fault)
+/* GUEST_USER_CALL's first call on a vCPU (user_entry.S).  The first set-up also finds out
+ * whether user code may use the runtime's ports itself: hardware and QEMU apply the TSS's
+ * I/O bitmap at CPL3 (and so does kvm_pvm: its emulator checks it); a host that does not
+ * raises #GP, and user code goes on through system calls there.  One probe per machine:
+ * every vCPU runs on the same host. */
+void guest_user_setup(void)
 {
-	struct user_cpu *c = current_cpu();
-	c->fault = fault;
-	long first = !c->fpu_ready;
-	c->fpu_ready = 1;
-	long r = guest_user_enter(fn, arg, first);
-	c->fault = 0;
-	return r;
-}
-
-long GUEST_USER_CALL(long (*fn)(long), long arg) { return user_call(fn, arg, 0); }
-
-long GUEST_USER_TRY_CALL(long (*fn)(long), long arg, struct guest_fault *fault)
-{
-	fault->faulted = 0;
-	return user_call(fn, arg, fault);
+	static volatile uint32_t probed;
+	setup_cpu();
+	if (__atomic_exchange_n(&probed, 1, __ATOMIC_SEQ_CST))
+		return;
+	struct guest_fault f;
+	GUEST_USER_TRY_CALL(io_probe, 0, &f);
+	guest_user_io = !f.faulted;
 }
 
 void guest_user_map(const void *addr, size_t len)
@@ -182,7 +200,8 @@ void guest_user_map(const void *addr, size_t len)
 	}
 }
 
-/* CPL0, on the user call's kernel stack, interrupts off; the arguments are user values
+/* CPL0, on the vCPU's event stack, interrupts off (the calls user_entry.S does not make
+ * itself); the arguments are user values
  * but user code is the guest's own (no isolation): pointers are used as given. */
 long guest_syscall_dispatch(long a, long b, long c, long nr)
 {
@@ -209,6 +228,7 @@ long guest_syscall_dispatch(long a, long b, long c, long nr)
 	}
 }
 
+/* an exception at CPL3 (idt.c): c->fault is the trampoline's copy of the call's pointer */
 void user_fault(struct ex_regs *r)
 {
 	struct guest_fault *f = this_cpu()->fault;

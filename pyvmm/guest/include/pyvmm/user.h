@@ -12,8 +12,11 @@
  * runtime's included) mapped with the U bit; guest_user_map() adds buffers elsewhere.
  * This is for speed, not isolation: user code can write the image's kernel data.
  *
- * From user code, GUEST_SYNC/ASSERT/PRINTF/DONE, printf, puts and exit work as at CPL0:
- * they notice CPL3 and enter the runtime with SYSCALL, which does the port I/O.
+ * From user code, GUEST_SYNC/ASSERT/PRINTF/DONE, printf, puts and exit work as at CPL0.
+ * The TSS's I/O bitmap opens the runtime's own ports (debug exit, COM1, the ucall port) to
+ * user code, so where the host honours it (probed at the first user call: hardware, QEMU
+ * and kvm_pvm do) they make their port I/O themselves, with no trip through CPL0; where it
+ * does not, they notice CPL3 and enter the runtime with a system call, which does it.
  * A fault in fn (#PF, #GP, #UD, #DE, ...) is reported like a CPL0 one, with "CPL3" in
  * the message; GUEST_USER_TRY_CALL returns it to the caller instead.
  *
@@ -53,6 +56,9 @@ enum {
 	GUEST_SYS_EXIT = 3,   /* exit(code) */
 	GUEST_SYS_NOP = 4,    /* (value): returns it; what a round trip costs */
 };
+/* 1 once the first user call has found that user code may use the runtime's ports */
+extern volatile uint32_t guest_user_io;
+
 /* SYSCALL; or, once the runtime has seen SYSCALL stay at CPL3 (kvm_pvm does), a #UD at
  * a known address (guest_sys_trap) that the runtime's IDT handler turns into the call */
 extern volatile uint32_t guest_sys_via_fault;
@@ -79,5 +85,10 @@ static inline unsigned guest_cpl(void)
 	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
 	return cs & 3u;
 }
+
+/* whether runtime code running now must reach its ports through a system call: at CPL3
+ * on a host that does not apply the I/O bitmap (at CPL0 one emulated MOV from CS on
+ * kvm_pvm, as before; the flag is only read at CPL3) */
+static inline int guest_user_syscalls(void) { return guest_cpl() == 3 && !guest_user_io; }
 
 #endif
