@@ -22,11 +22,9 @@ replaced.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import functools
 import json
-import math
 import mmap
 import os
 import stat
@@ -35,9 +33,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pyvmm.errors import ExitStatus, PyvmmError
+from pyvmm.snapshot_schema import (
+    U32,
+    U64,
+    SchemaError,
+    blob,
+    boolean,
+    int_map,
+    integer,
+    obj,
+    opt_blob,
+    array,
+    show,
+    state_value,
+    string,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Sequence
 
     from pyvmm.kvm.vcpu import Vcpu
 
@@ -53,8 +66,6 @@ FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQ")  # magic, version, reserved, metadata length
 PAGE = 4096
 MAX_METADATA = 64 << 20
-#: how deep device states may nest (lists and dicts in dicts): pyvmm's own go 3 deep
-MAX_STATE_DEPTH = 8
 #: KVM refuses more in one KVM_SET_MSRS (MAX_IO_MSRS) and KVM_SET_XCRS (KVM_MAX_XCRS)
 MAX_MSRS = 255
 MAX_XCRS = 16
@@ -62,9 +73,6 @@ MAX_XCRS = 16
 MAX_MP_STATE = 10
 #: an XSAVE area larger than any CPU's (AMX makes it about 11 KiB)
 MAX_XSAVE = 256 << 10
-MAX_STRING = 64 << 10
-U64 = (1 << 64) - 1
-U32 = (1 << 32) - 1
 HOST_KEYS = ("pyvmm", "cpu", "kvm")
 CONFIG_KEYS = frozenset({"mem", "cpus", "irqchip", "pit", "pc", "cpu_features", "cmdline", "image",
                          "format", "regions"})
@@ -78,10 +86,6 @@ class SnapshotError(PyvmmError):
     machine it is restored into."""
 
     status = ExitStatus.GUEST_IMAGE
-
-
-class _Bad(Exception):
-    """A value the schema refuses; the message says where and why."""
 
 
 # --- the snapshot as data: what take() fills, read() checks and write() writes ------
@@ -214,113 +218,7 @@ def encode(v: Any) -> Any:
     return v
 
 
-# --- the schema ----------------------------------------------------------------------------
-def _show(v: Any) -> str:
-    text = repr(v) if not isinstance(v, list | dict) else type(v).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _int(v: Any, where: str, lo: int = 0, hi: int = U64) -> int:
-    if type(v) is not int or not lo <= v <= hi:
-        raise _Bad(f"{where} is {_show(v)}, not an integer in {lo}..{hi:#x}")
-    return v
-
-
-def _bool(v: Any, where: str) -> bool:
-    if type(v) is not bool:
-        raise _Bad(f"{where} is {_show(v)}, not true or false")
-    return v
-
-
-def _str(v: Any, where: str) -> str:
-    if type(v) is not str or len(v) > MAX_STRING:
-        raise _Bad(f"{where} is {_show(v)}, not a string")
-    return v
-
-
-def _list(v: Any, where: str, n: int | None = None, most: int = 1 << 20) -> list[Any]:
-    if type(v) is not list:
-        raise _Bad(f"{where} is {_show(v)}, not a list")
-    if (n is not None and len(v) != n) or len(v) > most:
-        raise _Bad(f"{where} has {len(v)} entries, not {n if n is not None else f'at most {most}'}")
-    return v
-
-
-def _obj(v: Any, where: str, keys: Iterable[str]) -> dict[str, Any]:
-    want = set(keys)
-    if type(v) is not dict:
-        raise _Bad(f"{where} is {_show(v)}, not an object")
-    if set(v) != want:
-        odd = sorted(set(v) ^ want)[:3]
-        raise _Bad(f"{where} has the wrong fields ({', '.join(map(repr, odd))})")
-    return v
-
-
-def _blob(v: Any, where: str, lo: int, hi: int | None = None) -> bytes:
-    """``{"b64": ...}`` of ``lo`` bytes (or ``lo..hi``)."""
-    hi = lo if hi is None else hi
-    s = _obj(v, where, ("b64",))["b64"]
-    if type(s) is not str or len(s) > 4 * (hi // 3 + 1):
-        raise _Bad(f"{where} is not base64 of at most {hi} bytes")
-    try:
-        data = base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError):
-        raise _Bad(f"{where} is not base64") from None
-    if not lo <= len(data) <= hi:
-        raise _Bad(f"{where} is {len(data)} bytes, not {lo if lo == hi else f'{lo}..{hi}'}")
-    return data
-
-
-def _opt_blob(v: Any, where: str, lo: int, hi: int | None = None) -> bytes | None:
-    return None if v is None else _blob(v, where, lo, hi)
-
-
-def _int_map(v: Any, where: str, most: int, key_hi: int) -> dict[int, int]:
-    """``{"p": [[k, v], ...]}`` (an empty map is ``{"d": {}}``) of u32 keys, u64 values."""
-    if v == {"d": {}}:
-        return {}
-    pairs = _list(_obj(v, where, ("p",))["p"], where, most=most)
-    if all(type(p) is list and len(p) == 2 and type(p[0]) is int and type(p[1]) is int
-           and 0 <= p[0] <= key_hi and 0 <= p[1] <= U64 for p in pairs):
-        return {p[0]: p[1] for p in pairs}  # the usual case, at a lower cost per MSR
-    out: dict[int, int] = {}
-    for i, pair in enumerate(pairs):
-        k, x = _list(pair, f"{where}[{i}]", 2)
-        out[_int(k, f"{where}[{i}] index", 0, key_hi)] = _int(x, f"{where}[{i}] value")
-    return out
-
-
-def _state_value(v: Any, where: str, depth: int = 0) -> Any:
-    """A device state value: plain data, nested at most MAX_STATE_DEPTH deep, numbers
-    finite and within 64 bits (each device's set_state checks its own ranges)."""
-    if depth > MAX_STATE_DEPTH:
-        raise _Bad(f"{where} nests deeper than {MAX_STATE_DEPTH}")
-    if v is None or type(v) in (bool, str):
-        return v
-    if type(v) is int:
-        return _int(v, where, -(1 << 63), U64)
-    if type(v) is float:
-        if not math.isfinite(v):
-            raise _Bad(f"{where} is {v}")
-        return v
-    if type(v) is list:
-        return [_state_value(x, where, depth + 1) for x in v]
-    if type(v) is dict:
-        if set(v) == {"b64"}:
-            return _blob(v, where, 0, MAX_METADATA)
-        if set(v) == {"d"} and type(v["d"]) is dict:
-            return {k: _state_value(x, f"{where}.{k}", depth + 1) for k, x in v["d"].items()}
-        if set(v) == {"p"} and type(v["p"]) is list:
-            out = {}
-            for pair in v["p"]:
-                k, x = _list(pair, where, 2)
-                if type(k) not in (int, str):
-                    raise _Bad(f"{where} has a key {_show(k)}")
-                out[k] = _state_value(x, f"{where}.{k}", depth + 1)
-            return out
-    raise _Bad(f"{where} is {_show(v)}, an unknown value encoding")
-
-
+# --- the snapshot's schema (the value checks are pyvmm.snapshot_schema's) ----------------
 def _struct_size(ctype: str) -> int:
     from pyvmm.kvm.native import ffi
 
@@ -340,54 +238,54 @@ def _config(v: Any) -> dict[str, Any]:
     from pyvmm.config import IRQCHIP_MODES, MAX_CPUS
     from pyvmm.x86 import layout
 
-    c = _obj(v, "config", CONFIG_KEYS)
-    mem = _int(c["mem"], "config.mem", PAGE, U64)
+    c = obj(v, "config", CONFIG_KEYS)
+    mem = integer(c["mem"], "config.mem", PAGE, U64)
     if mem % PAGE:
-        raise _Bad(f"config.mem is {mem}, not a multiple of 4 KiB")
-    _int(c["cpus"], "config.cpus", 1, MAX_CPUS)
+        raise SchemaError(f"config.mem is {mem}, not a multiple of 4 KiB")
+    integer(c["cpus"], "config.cpus", 1, MAX_CPUS)
     if c["irqchip"] not in IRQCHIP_MODES:
-        raise _Bad(f"config.irqchip is {_show(c['irqchip'])}, not one of {', '.join(IRQCHIP_MODES)}")
-    _bool(c["pit"], "config.pit")
-    _bool(c["pc"], "config.pc")
+        raise SchemaError(f"config.irqchip is {show(c['irqchip'])}, not one of {', '.join(IRQCHIP_MODES)}")
+    boolean(c["pit"], "config.pit")
+    boolean(c["pc"], "config.pc")
     for k in ("cpu_features", "cmdline", "image", "format"):
-        _str(c[k], f"config.{k}")
+        string(c[k], f"config.{k}")
     want = [[gpa, size] for gpa, size in layout.ram_ranges(mem)]
     if c["regions"] != want:
-        raise _Bad(f"config.regions do not match {mem} bytes of RAM")
+        raise SchemaError(f"config.regions do not match {mem} bytes of RAM")
     return dict(c)
 
 
 def _vcpu(v: Any, where: str) -> VcpuState:
     from pyvmm.kvm.vcpu import REGS
 
-    d = _obj(_obj(v, where, ("d",))["d"], where, VCPU_KEYS)
-    regs = _obj(_obj(d["regs"], f"{where}.regs", ("d",))["d"], f"{where}.regs", REGS)
+    d = obj(obj(v, where, ("d",))["d"], where, VCPU_KEYS)
+    regs = obj(obj(d["regs"], f"{where}.regs", ("d",))["d"], f"{where}.regs", REGS)
     lapic = _struct_size("struct kvm_lapic_state")
     return VcpuState(
-        {k: _int(regs[k], f"{where}.{k}") for k in REGS},
-        _blob(d["sregs"], f"{where}.sregs", _struct_size("struct kvm_sregs")),
-        _blob(d["fpu"], f"{where}.fpu", _struct_size("struct kvm_fpu")),
-        _opt_blob(d["xsave"], f"{where}.xsave", _struct_size("struct kvm_xsave"), MAX_XSAVE),
-        _int_map(d["xcrs"], f"{where}.xcrs", MAX_XCRS, U32),
-        _opt_blob(d["lapic"], f"{where}.lapic", lapic),
-        _int_map(d["msrs"], f"{where}.msrs", MAX_MSRS, U32),
-        _blob(d["events"], f"{where}.events", _struct_size("struct kvm_vcpu_events")),
-        _int(d["mp_state"], f"{where}.mp_state", 0, MAX_MP_STATE),
-        _opt_blob(d["debugregs"], f"{where}.debugregs", _struct_size("struct kvm_debugregs")))
+        {k: integer(regs[k], f"{where}.{k}") for k in REGS},
+        blob(d["sregs"], f"{where}.sregs", _struct_size("struct kvm_sregs")),
+        blob(d["fpu"], f"{where}.fpu", _struct_size("struct kvm_fpu")),
+        opt_blob(d["xsave"], f"{where}.xsave", _struct_size("struct kvm_xsave"), MAX_XSAVE),
+        int_map(d["xcrs"], f"{where}.xcrs", MAX_XCRS, U32),
+        opt_blob(d["lapic"], f"{where}.lapic", lapic),
+        int_map(d["msrs"], f"{where}.msrs", MAX_MSRS, U32),
+        blob(d["events"], f"{where}.events", _struct_size("struct kvm_vcpu_events")),
+        integer(d["mp_state"], f"{where}.mp_state", 0, MAX_MP_STATE),
+        opt_blob(d["debugregs"], f"{where}.debugregs", _struct_size("struct kvm_debugregs")))
 
 
 def _ram(v: Any, config: dict[str, Any], data_start: int, size: int) -> list[tuple[int, int, int]]:
     """``[(gpa, length, offset)]``: one per RAM region of the machine, each page-aligned
     and wholly inside the file (a region past the file's end would SIGBUS the VMM)."""
     out = []
-    for i, entry in enumerate(_list(v, "ram", len(config["regions"])), ):
-        gpa, length, off = _list(entry, f"ram[{i}]", 3)
+    for i, entry in enumerate(array(v, "ram", len(config["regions"])), ):
+        gpa, length, off = array(entry, f"ram[{i}]", 3)
         want_gpa, want_len = config["regions"][i]
         if gpa != want_gpa or length != want_len:
-            raise _Bad(f"ram[{i}] is {_show(gpa)}+{_show(length)}, not the machine's "
+            raise SchemaError(f"ram[{i}] is {show(gpa)}+{show(length)}, not the machine's "
                        f"{want_gpa:#x}+{want_len:#x}")
         if type(off) is not int or off % PAGE or off < data_start or off + length > size:
-            raise SnapshotError(f"RAM at offset {_show(off)} of {length} bytes is past the "
+            raise SnapshotError(f"RAM at offset {show(off)} of {length} bytes is past the "
                                 f"metadata or the end of the {size}-byte file")
         out.append((gpa, length, off))
     return out
@@ -399,32 +297,32 @@ def check(meta: Any, name: str, size: int, data_start: int,
     RAM layout ``[(gpa, length, offset)]``.  SnapshotError names what is wrong."""
 
     try:
-        m = _obj(meta, "metadata", ("host", "config", "vcpus", "irqchips", "pit", "clock",
+        m = obj(meta, "metadata", ("host", "config", "vcpus", "irqchips", "pit", "clock",
                                     "devices", "ram"))
-        hid = _obj(m["host"], "host", HOST_KEYS)
+        hid = obj(m["host"], "host", HOST_KEYS)
         for k in HOST_KEYS:
-            _str(hid[k], f"host.{k}")
+            string(hid[k], f"host.{k}")
         if host:
             check_host(hid, name)
         config = _config(m["config"])
         vcpus = [_vcpu(v, f"vcpus[{i}]")
-                 for i, v in enumerate(_list(m["vcpus"], "vcpus", most=1 << 16))]
+                 for i, v in enumerate(array(m["vcpus"], "vcpus", most=1 << 16))]
         if len(vcpus) != config["cpus"]:
             raise SnapshotError(f"{name} is corrupt ({len(vcpus)} vCPU states for "
                                 f"{config['cpus']} vCPUs)")
         kernel = config["irqchip"] == "kernel"
         chip = _struct_size("struct kvm_irqchip")
-        chips = [_blob(c, f"irqchips[{i}]", chip)
-                 for i, c in enumerate(_list(m["irqchips"], "irqchips", 3 if kernel else 0))]
-        pit = _opt_blob(m["pit"], "pit", _struct_size("struct kvm_pit_state2"))
+        chips = [blob(c, f"irqchips[{i}]", chip)
+                 for i, c in enumerate(array(m["irqchips"], "irqchips", 3 if kernel else 0))]
+        pit = opt_blob(m["pit"], "pit", _struct_size("struct kvm_pit_state2"))
         if (pit is not None) != (config["pit"] and kernel):
-            raise _Bad("pit state and config.pit disagree")
-        clock = _opt_blob(m["clock"], "clock", _struct_size("struct kvm_clock_data"))
-        devices = _state_value(m["devices"], "devices")
+            raise SchemaError("pit state and config.pit disagree")
+        clock = opt_blob(m["clock"], "clock", _struct_size("struct kvm_clock_data"))
+        devices = state_value(m["devices"], "devices")
         if type(devices) is not dict or not all(type(s) is dict for s in devices.values()):
-            raise _Bad("devices is not an object of device states")
+            raise SchemaError("devices is not an object of device states")
         ram = _ram(m["ram"], config, data_start, size)
-    except _Bad as e:
+    except SchemaError as e:
         raise SnapshotError(f"{name} is corrupt ({e})") from None
     except SnapshotError as e:
         if str(e).startswith(name):

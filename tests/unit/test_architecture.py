@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pyvmm.launch", "pyvmm.runs", "pyvmm.snapshot", "pyvmm.tracing", "pyvmm.lifecycle",
      "pyvmm.background", "pyvmm.events", "pyvmm.statistics", "pyvmm.hardware", "pyvmm.debug",
      "pyvmm.platform"),
-    ("pyvmm.snapshot_file",),
+    ("pyvmm.snapshot_file", "pyvmm.snapshot_schema"),
     ("pyvmm.vstate", "pyvmm.crash"),
     ("pyvmm.kvmtrace",),
     ("pyvmm.devices",),
