@@ -33,7 +33,7 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _open(path: str | os.PathLike[str], limit: int, what: str,
+def open_checked(path: str | os.PathLike[str], limit: int, what: str,
           error: type[PyvmmError]) -> tuple[int, int]:
     """``(fd, size)`` of ``path`` opened for reading; ``error`` (one line a user can act on)
     when it is missing, unreadable, not a regular file or bigger than ``limit``."""
@@ -60,7 +60,9 @@ def _open(path: str | os.PathLike[str], limit: int, what: str,
     return fd, st.st_size
 
 
-def _no_memory(name: str, size: int, what: str, error: type[PyvmmError]) -> PyvmmError:
+def no_memory(name: str, size: int, what: str, error: type[PyvmmError]) -> PyvmmError:
+    """The one line for a file there is not the memory to hold (a MemoryError would be
+    status 125 with an empty message)."""
     return error(f"{name}: not enough memory to read the {_size(size)} {what} (is the "
                  "process's memory limited, ulimit -v?)")
 
@@ -71,7 +73,7 @@ def read_file(path: str | os.PathLike[str], limit: int, *, what: str = "guest im
     on) when it is missing, unreadable, not a regular file, too big, or there is not the
     memory to hold it (a MemoryError was status 125 with an empty message)."""
     name = shown(path)
-    fd, size = _open(path, limit, what, error)
+    fd, size = open_checked(path, limit, what, error)
     try:
         # one read into one buffer (Linux reads a regular file whole, up to 2 GiB): chunks
         # joined at the end held the file twice
@@ -88,7 +90,7 @@ def read_file(path: str | os.PathLike[str], limit: int, *, what: str = "guest im
             left -= len(chunk)
         return b"".join(chunks)
     except MemoryError:
-        raise _no_memory(name, size, what, error) from None
+        raise no_memory(name, size, what, error) from None
     except OSError as e:
         raise error(f"{name}: {e.strerror}") from None
     finally:

@@ -31,7 +31,7 @@ from pyvmm.loader.elf import (
     SHT_SYMTAB,
 )
 from pyvmm.loader.mbheader import FLAG_ADDRESSES, SEARCH, find_header
-from pyvmm.loader.source import ImageBytes, _no_memory, _open, read_file, shown
+from pyvmm.loader.source import ImageBytes, no_memory, open_checked, read_file, shown
 
 #: read first: the ELF header, usually the program headers, and the multiboot search area
 HEAD = 64 << 10
@@ -94,7 +94,7 @@ def read_image(path: str | os.PathLike[str], limit: int) -> ImageBytes:
     segments, symbol and string tables, never its debug information.  Anything else (a
     small file, a multiboot kernel, an ELF file of an unusual shape) is read whole."""
     name = shown(path)
-    fd, size = _open(path, limit, "guest image", GuestImageError)
+    fd, size = open_checked(path, limit, "guest image", GuestImageError)
     try:
         ranges = None
         if size >= WHOLE_BELOW:
@@ -108,10 +108,10 @@ def read_image(path: str | os.PathLike[str], limit: int) -> ImageBytes:
             _fill(fd, buf, start, end)
         return buf
     except MemoryError:
-        raise _no_memory(name, size, "guest image", GuestImageError) from None
+        raise no_memory(name, size, "guest image", GuestImageError) from None
     except OSError as e:
         if e.errno == errno.ENOMEM:
-            raise _no_memory(name, size, "guest image", GuestImageError) from None
+            raise no_memory(name, size, "guest image", GuestImageError) from None
         raise GuestImageError(f"{name}: {e.strerror}") from None
     finally:
         if fd >= 0:
