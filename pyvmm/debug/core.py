@@ -22,7 +22,7 @@ import struct
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pyvmm.debug.coremap import WalkLimit, core_segments, physical_segments
-from pyvmm.errors import GuestMemoryError, PyvmmError
+from pyvmm.errors import ExitStatus, GuestMemoryError, PyvmmError
 from pyvmm.vstate.result import RunStatus
 from pyvmm.x86.modes import PAGING_4LEVEL, paging_mode
 
@@ -65,7 +65,10 @@ _SIGNALS = {RunStatus.CRASH: signal.SIGSEGV, RunStatus.ASSERT: signal.SIGABRT,
 
 
 class CoreError(PyvmmError):
-    """The core file could not be written (the path, the disk)."""
+    """The core file could not be written (the path, the disk): an output the user asked
+    for, so ``OUTPUT`` as the CLI's ``--core`` gives it, not an internal error."""
+
+    status = ExitStatus.OUTPUT
 
 
 def _note(kind: int, desc: bytes) -> bytes:

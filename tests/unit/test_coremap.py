@@ -134,3 +134,15 @@ def test_tables_outside_ram_and_leaves_past_it_are_skipped() -> None:
     mem.table(0x2000, {0: 0x3000 | P})
     mem.table(0x3000, {0: 0 | P | PS, 1: (1 << 30) | P | PS})  # the second page is not RAM
     assert core_segments(mem.read_table, 0x1000, mem.ram_ranges()) == [(0, 0, 2 * MIB)]
+
+
+def test_a_core_that_cannot_be_written_is_an_output_error(tmp_path: Path) -> None:
+    """From the API as from ``--core``: the user's file could not be written (119), not a
+    bug in pyvmm (125, which CoreError was)."""
+    from pyvmm.debug.core import CoreError
+    from pyvmm.errors import ExitStatus
+
+    mem = aliased_gib_tables(4 * MIB)
+    with pytest.raises(CoreError, match="cannot write the core to") as e:
+        write_core(fake_machine(mem, 0x1000), tmp_path / "no-such-dir" / "core")
+    assert e.value.status == ExitStatus.OUTPUT
