@@ -137,10 +137,17 @@ def _interrupted(e: BaseException) -> int:
 def _run(args: list[str], sigs: list[int]) -> int:
     verbose = "-v" in args or "--verbose" in args
     try:
-        import click
-
-        from pyvmm.cli import main as cli
         from pyvmm.errors import ExitStatus, Interrupted, PyvmmError
+        from pyvmm.runargs import quick_run_args
+
+        # a plain `pyvmm run GUEST` goes without click (pyvmm.runargs says why)
+        quick = quick_run_args(args)
+        if quick is None:
+            import pyvmm.cli  # noqa: F401 - imported now, while a signal is only noted
+        else:
+            from pyvmm.runcmd import run_guest
+
+            del quick["gdb_default"]  # -s: never set on this path
 
         # from here on a signal is our own exception (click would turn a KeyboardInterrupt
         # into a stray newline and Abort): the run is stopped where it is
@@ -149,17 +156,9 @@ def _run(args: list[str], sigs: list[int]) -> int:
         if _PENDING:
             raise Interrupted(_PENDING[0], _name(_PENDING[0]))
         try:
-            rv = cli.main(args, prog_name="pyvmm", standalone_mode=False)
-            return int(rv) if isinstance(rv, int) else 0
-        except click.exceptions.Exit as e:
-            return int(e.exit_code)
-        except click.ClickException as e:
-            from pyvmm.console import say
-
-            say(_one_line(e))
-            return int(e.exit_code)
-        except click.exceptions.Abort:
-            raise KeyboardInterrupt from None
+            if quick is not None:
+                return run_guest(**quick)  # type: ignore[arg-type]
+            return _click_main(args)
         except PyvmmError as e:
             from pyvmm.console import say
 
@@ -196,6 +195,27 @@ def _run(args: list[str], sigs: list[int]) -> int:
             say(str(e))
             return int(e.status)
         return _interrupted(e)
+
+
+def _click_main(args: list[str]) -> int:
+    """The command line as click reads it: the command's status, or click's own error as
+    one line and its status."""
+    import click
+
+    from pyvmm.cli import main as cli
+
+    try:
+        rv = cli.main(args, prog_name="pyvmm", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:
+        from pyvmm.console import say
+
+        say(_one_line(e))
+        return int(e.exit_code)
+    except click.exceptions.Abort:
+        raise KeyboardInterrupt from None
 
 
 def _one_line(e: Exception) -> str:

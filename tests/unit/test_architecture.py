@@ -24,7 +24,7 @@ PKG = ROOT / "pyvmm"
 #: belongs to the layer of the longest prefix naming it.  docs/architecture.md mirrors this.
 LAYERS: list[tuple[str, ...]] = [
     ("pyvmm.__main__", "pyvmm.entry"),
-    ("pyvmm.cli", "pyvmm.artefacts"),
+    ("pyvmm.cli", "pyvmm.runargs", "pyvmm.runcmd", "pyvmm.artefacts"),
     ("pyvmm.suite",),
     ("pyvmm.pytest_plugin",),
     ("pyvmm.doctor",),
