@@ -16,11 +16,11 @@ from __future__ import annotations
 import re
 import struct
 import threading
-from dataclasses import dataclass, field
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.kvm.hostmem import PAGE_SIZE, HostMapping
 from pyvmm.kvm.vm import MEM_LOG_DIRTY_PAGES, MEM_READONLY, Vm
+from pyvmm.record import Record
 
 __all__ = ["PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 
@@ -28,17 +28,22 @@ _U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 _NONZERO = re.compile(b"[^\x00]")
 
 
-@dataclass
-class MemoryRegion:
+class MemoryRegion(Record):
     """One memslot: ``size`` bytes of host memory at guest-physical ``gpa``."""
 
-    slot: int
-    gpa: int
-    size: int
-    readonly: bool = False
-    log_dirty: bool = False
-    name: str = "ram"
-    mapping: HostMapping | None = field(default=None, repr=False)
+    _fields = ("slot", "gpa", "size", "readonly", "log_dirty", "name", "mapping")
+    _no_repr = ("mapping",)
+
+    def __init__(self, slot: int, gpa: int, size: int, readonly: bool = False,
+                 log_dirty: bool = False, name: str = "ram",
+                 mapping: HostMapping | None = None) -> None:
+        self.slot = slot
+        self.gpa = gpa
+        self.size = size
+        self.readonly = readonly
+        self.log_dirty = log_dirty
+        self.name = name
+        self.mapping = mapping
 
     @property
     def end(self) -> int:

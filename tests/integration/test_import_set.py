@@ -29,6 +29,9 @@ FORBIDDEN: dict[str, str] = {
     "click": "the CLI's parser: pyvmm.runargs reads a plain `pyvmm run GUEST` (click.core "
              "drags in inspect, datetime, uuid, platform and gettext)",
     "json": "trace, snapshot and report output only",
+    "dataclasses": "code generated per class at import, and inspect: the path's value classes "
+                   "are pyvmm.record's",
+    "inspect": "ast, dis and tokenize with it (dataclasses and click imported it)",
     "subprocess": "guest builds and the doctor only",
     "socket": "the gdb stub only",
     "selectors": "the gdb stub only",

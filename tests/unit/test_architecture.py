@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pyvmm.loader",),
     ("pyvmm.config", "pyvmm.memory", "pyvmm.x86"),
     ("pyvmm.kvm",),
-    ("pyvmm.errors", "pyvmm.hostinfo", "pyvmm.console", "pyvmm.guest"),
+    ("pyvmm.errors", "pyvmm.record", "pyvmm.hostinfo", "pyvmm.console", "pyvmm.guest"),
 ]
 
 #: deprecation shims: old import paths of names that moved
