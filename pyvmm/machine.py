@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Self
 
 from pyvmm import hardware, launch
 from pyvmm.background import BackgroundRun
@@ -43,8 +42,10 @@ from pyvmm.vstate.result import Outcome, RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86.entry import EntryState, apply_entry
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:  # (snapshots load on use: a plain run never imports them)
     import threading
+    from typing import Any, Self
 
     from pyvmm.debug.debugger import Debugger, HostDebug
     from pyvmm.kvm.stats import StatValue

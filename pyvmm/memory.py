@@ -13,7 +13,6 @@ zaps host PTEs instead of changing protections.
 
 from __future__ import annotations
 
-import re
 import struct
 import threading
 
@@ -25,7 +24,6 @@ from pyvmm.record import Record
 __all__ = ["PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 
 _U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-_NONZERO = re.compile(b"[^\x00]")
 
 
 class MemoryRegion(Record):
@@ -204,8 +202,10 @@ class GuestMemory:
             raise GuestMemoryError(f"region {region.name} was not created with log_dirty")
         npages = region.size // PAGE_SIZE
         bitmap = self.vm.get_dirty_log(region.slot, npages)
+        import re  # here: only snapshots track dirty pages, and a plain run needs no re
+
         out = []
-        for m in _NONZERO.finditer(bitmap):  # C-speed skip over the clean stretches
+        for m in re.finditer(b"[^\x00]", bitmap):  # C-speed skip over the clean stretches
             i, byte = m.start(), bitmap[m.start()]
             while byte:
                 bit = (byte & -byte).bit_length() - 1

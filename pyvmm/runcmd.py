@@ -10,7 +10,6 @@ too.  Every failure is a :class:`~pyvmm.errors.PyvmmError` or the status returne
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from pyvmm.artefacts import Artefacts, check_output_path
 from pyvmm.console import StdoutSink, err, say
@@ -19,6 +18,7 @@ from pyvmm.machine import Machine
 from pyvmm.vstate.history import HistoryLimits
 from pyvmm.vstate.result import RunResult, RunStatus, exit_status
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.kvmtrace import KvmTrace
 

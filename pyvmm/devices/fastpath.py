@@ -11,9 +11,14 @@ is one), so this module needs nothing from the devices.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Protocol
 
 from pyvmm.record import fields_repr
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # a plain base at run time: nothing checks it there (it is not runtime_checkable)
+    Protocol = object
 
 
 class FastOwner(Protocol):

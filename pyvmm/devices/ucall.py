@@ -18,7 +18,6 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from pyvmm.devices.base import Device, VcpuContext
 from pyvmm.devices.bus import GuestStop
@@ -27,6 +26,7 @@ from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory
 from pyvmm.record import Record
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.loader.symbols import Symbols
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from pyvmm.record import FrozenRecord
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.devices.ucall import GuestEvent
 

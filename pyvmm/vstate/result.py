@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
 
 from pyvmm.errors import ExitStatus
 from pyvmm.record import Record
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.crash import GuestCrash
     from pyvmm.devices.ucall import GuestEvent
     from pyvmm.kvmtrace import KvmTrace

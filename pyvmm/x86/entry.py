@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import ConfigError
 from pyvmm.record import FrozenRecord
 from pyvmm.x86.modes import set_long_mode, set_protected_mode, set_real_mode
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
 

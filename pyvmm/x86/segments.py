@@ -7,9 +7,12 @@ The GDT goes into guest memory so that the guest can reload segments (``mov %ds`
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 from pyvmm.record import FrozenRecord
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 SEL_CODE64 = 0x08
 SEL_DATA = 0x10

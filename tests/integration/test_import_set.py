@@ -32,6 +32,10 @@ FORBIDDEN: dict[str, str] = {
     "dataclasses": "code generated per class at import, and inspect: the path's value classes "
                    "are pyvmm.record's",
     "inspect": "ast, dis and tokenize with it (dataclasses and click imported it)",
+    "typing": "annotations only: TYPE_CHECKING = False, Protocols under it (and re with it)",
+    "re": "the regex compiler (typing imported it; dirty pages import it on use)",
+    "traceback": "formatting a VMM error only (linecache, tokenize, textwrap with it)",
+    "contextlib": "try/except and a class where the path needs it",
     "subprocess": "guest builds and the doctor only",
     "socket": "the gdb stub only",
     "selectors": "the gdb stub only",
@@ -113,10 +117,10 @@ def test_import_tree_names_the_importer() -> None:
               "import time:        10 |         10 |     json.decoder\n"
               "import time:        10 |         20 |   json\n"
               "import time:        10 |         30 | pyvmm.machine\n"
-              "import time:        10 |         10 | re\n")
+              "import time:        10 |         10 | struct\n")
     tree = import_tree(report)
     assert tree == [("json.decoder", "json"), ("json", "pyvmm.machine"), ("pyvmm.machine", "-"),
-                    ("re", "-")]
+                    ("struct", "-")]
     assert forbidden(tree) == ["json.decoder (imported by json): trace, snapshot and report "
                                "output only",
                                "json (imported by pyvmm.machine): trace, snapshot and report "
