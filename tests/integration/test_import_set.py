@@ -141,3 +141,20 @@ def test_pyvmm_run_hello_imports_nothing_it_does_not_use(guests: Path, options: 
     assert {"pyvmm.entry", "pyvmm.runcmd", "pyvmm.machine", "pyvmm.kvm.native"} <= names
     bad = forbidden(tree)
     assert not bad, "pyvmm run hello imports what it does not use:\n" + "\n".join(bad)
+
+
+#: what a multiboot kernel needs besides an ELF64 guest's path: the PC platform and its loader
+PC_PATH = ("pyvmm.platform", "pyvmm.loader.multiboot", "pyvmm.devices.")
+
+
+@pytest.mark.kvm
+def test_pyvmm_run_multiboot_imports_nothing_it_does_not_use(guests: Path) -> None:
+    """A kvm-unit-tests-style kernel as the suite runner starts it: the PC platform is on
+    the path, nothing else of FORBIDDEN is (its dataclasses and typing were)."""
+    p = pyvmm("run", str(guests / "mbtest.flat"), "--timeout", "60", "--append", "acpi",
+              "--exit-code", "qemu", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert p.returncode == 1, p.stderr[-2000:]  # (0 << 1) | 1: PASS
+    tree = import_tree(p.stderr)
+    assert {"pyvmm.platform.pc", "pyvmm.loader.multiboot"} <= {n for n, _ in tree}
+    bad = [line for line in forbidden(tree) if not line.startswith(PC_PATH)]
+    assert not bad, "pyvmm run mbtest.flat imports what it does not use:\n" + "\n".join(bad)
