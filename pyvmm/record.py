@@ -58,8 +58,7 @@ class FrozenRecord(_Fields):
     ``@dataclass(frozen=True)``)."""
 
     def _set(self, **values: object) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        self.__dict__.update(values)  # past __setattr__, in one call (ELF sections: dozens a load)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of a frozen "
