@@ -10,7 +10,6 @@ fails there is no one left to tell, and the exit status still says what happened
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections.abc import Callable
@@ -36,14 +35,18 @@ def guard_standard_fds() -> None:
 def say(message: str) -> None:
     """One line on stderr, ``pyvmm: `` first; failures to write are ignored."""
     data = f"pyvmm: {message}\n".encode("utf-8", "backslashreplace")
-    with contextlib.suppress(OSError, ValueError):
+    try:  # noqa: SIM105 - not contextlib.suppress: an import the run path does without
         _write_all(2, data)
+    except (OSError, ValueError):
+        pass
 
 
 def err(text: str) -> None:
     """Text on stderr as it is (reports, tables); failures to write are ignored."""
-    with contextlib.suppress(OSError, ValueError):
+    try:  # noqa: SIM105 - as in say()
         _write_all(2, text.encode("utf-8", "backslashreplace"))
+    except (OSError, ValueError):
+        pass
 
 
 def out(text: str) -> None:
@@ -96,7 +99,9 @@ class StdoutSink:
 def silence_stdout() -> None:
     """Point fd 1 at /dev/null, so that nothing at interpreter exit tries the broken pipe
     again (the Python documentation's advice for SIGPIPE-like exits)."""
-    with contextlib.suppress(OSError):
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.close(devnull)
+    except OSError:
+        pass

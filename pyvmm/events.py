@@ -4,8 +4,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from pyvmm.devices.ucall import GuestEvent, UcallDevice
 from pyvmm.vstate.history import EventLog, HistoryLimits, SerialLog
@@ -29,19 +28,22 @@ class EventHub:
             self.serial.write(event.text.encode() + (b"" if event.text.endswith("\n") else b"\n"))
 
 
-@contextlib.contextmanager
-def stop_at_sync(ucall: UcallDevice, stage: int, stop: Callable[[], None]) -> Iterator[None]:
+class stop_at_sync:  # lower case: it was (and is used as) a function
     """While in the block, ``stop`` is called at the first GUEST_SYNC of ``stage`` (a sync
-    handler on ``ucall``, removed at the block's end)."""
-    reached: list[bool] = []
+    handler on ``ucall``, removed at the block's end).  A class, not a
+    contextlib.contextmanager: contextlib is an import the run path does without."""
 
-    def stop_at(ev: GuestEvent) -> None:
-        if ev.stage == stage and not reached:
-            reached.append(True)
-            stop()
+    def __init__(self, ucall: UcallDevice, stage: int, stop: Callable[[], None]) -> None:
+        self.ucall, self.stage, self.stop = ucall, stage, stop
+        self.reached = False
 
-    ucall.sync_handlers.append(stop_at)
-    try:
-        yield
-    finally:
-        ucall.sync_handlers.remove(stop_at)
+    def _stop_at(self, ev: GuestEvent) -> None:
+        if ev.stage == self.stage and not self.reached:
+            self.reached = True
+            self.stop()
+
+    def __enter__(self) -> None:
+        self.ucall.sync_handlers.append(self._stop_at)
+
+    def __exit__(self, *exc: object) -> None:
+        self.ucall.sync_handlers.remove(self._stop_at)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pyvmm.config import SPLIT_IRQCHIP_PINS
 from pyvmm.devices.bus import Bus
@@ -31,8 +30,22 @@ from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
 from pyvmm.x86.reset import reset_vcpu
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from pyvmm.platform.pc import PcMachine, PcPlatform
+
+    #: what :func:`build` made: the VM, its RAM, the bus with the machine's own devices
+    #: (each at the ports it declares), the MSR handlers, the UART, debug-exit, POST and
+    #: test-protocol devices, the vCPUs (BSP first) and their LAPICs as reset left them
+    #: (a plain tuple, not a NamedTuple: one is built at import, through exec)
+    Board = tuple[Vm, GuestMemory, Bus, MsrHandlers, Uart16550, DebugExit, PostPort,
+                  UcallDevice, list[Vcpu], list[bytes | None]]
+
+    class Sleeper(Protocol):
+        def sleep_s3(self, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
+                     left: float | None, stop: threading.Event) -> bool | Outcome: ...
 
 
 def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
@@ -108,22 +121,6 @@ def close(bus: Bus | None, vm: Vm | None, memory: GuestMemory | None, kvm: Kvm |
         kvm.close()
 
 
-class Board(NamedTuple):
-    """What :func:`build` made: the VM, its RAM, the bus with the machine's own devices
-    (each at the ports it declares), the MSR handlers and the vCPUs, BSP first."""
-
-    vm: Vm
-    memory: GuestMemory
-    bus: Bus
-    msrs: MsrHandlers
-    uart: Uart16550
-    debug_exit: DebugExit
-    post: PostPort
-    ucall: UcallDevice
-    vcpus: list[Vcpu]
-    reset_lapics: list[bytes | None]
-
-
 def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_features: str,
           ram_file: tuple[int, list[int]] | None, strict_io: bool, serial: Callable[[bytes], None],
           symbols: Callable[[], Symbols | None], emit: Callable[[GuestEvent], None],
@@ -146,12 +143,8 @@ def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_fe
     except BaseException:
         close(bus, vm, memory, None)
         raise
-    return Board(vm, memory, bus, MsrHandlers(), *devices, vcpus, lapics)
-
-
-class Sleeper(Protocol):
-    def sleep_s3(self, vcpus: Sequence[Vcpu], reset_lapics: Sequence[bytes | None],
-                 left: float | None, stop: threading.Event) -> bool | Outcome: ...
+    uart, debug_exit, post, ucall = devices
+    return vm, memory, bus, MsrHandlers(), uart, debug_exit, post, ucall, vcpus, lapics
 
 
 def pc_platform(machine: PcMachine) -> PcPlatform:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pyvmm.config import MULTIBOOT_MEM, memory_size
 from pyvmm.kvm.vcpu import Vcpu
@@ -14,22 +13,25 @@ from pyvmm.loader import LoadPlan, open_image
 from pyvmm.memory import GuestMemory
 from pyvmm.x86.entry import apply_entry
 
-if TYPE_CHECKING:  # at run time the name loads the multiboot loader, which ELF64 runs never need
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:  # (GuestImage at run time loads the multiboot loader: ELF64 runs never need it)
+    from typing import Any, Protocol, TypeVar
+
     from pyvmm.loader import GuestImage
 
+    class Loadable(Protocol):
+        """What :func:`from_file` asks of the machine ``make`` builds."""
 
-class Loadable(Protocol):
-    def add_pc_platform(self) -> object: ...
+        def add_pc_platform(self) -> object: ...
 
-    def plan_for(self, image: GuestImage, *, cmdline: str = "",
-                 initrd: str | os.PathLike[str] | None = None) -> LoadPlan: ...
+        def plan_for(self, image: GuestImage, *, cmdline: str = "",
+                     initrd: str | os.PathLike[str] | None = None) -> LoadPlan: ...
 
-    def load(self, plan: LoadPlan, image: GuestImage | None = None) -> None: ...
+        def load(self, plan: LoadPlan, image: GuestImage | None = None) -> None: ...
 
-    def close(self) -> None: ...
+        def close(self) -> None: ...
 
-
-M = TypeVar("M", bound=Loadable)
+    M = TypeVar("M", bound=Loadable)
 
 
 def from_file(make: Callable[..., M], path: str | os.PathLike[str], fmt: str | None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Self
 
 from pyvmm import hardware, launch
 from pyvmm.config import IRQCHIP_MODES, check_shape, memory_size
@@ -31,7 +30,10 @@ from pyvmm.vstate.result import RunResult, RunStatus
 from pyvmm.vstate.runner import Runner
 from pyvmm.x86.entry import EntryState, apply_entry
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:  # (snapshots load on use: a plain run never imports them)
+    from typing import Any, Self
+
     from pyvmm.debug.debugger import Debugger, HostDebug
     from pyvmm.kvm.stats import StatValue
     from pyvmm.kvmtrace import KvmTrace
@@ -179,8 +181,7 @@ class Machine:
 
     def next_event(self, timeout: float | None = None) -> GuestEvent | None:
         """The next guest event of a :meth:`start`-ed run (:mod:`pyvmm.background`)."""
-        self._life.check_open("next_event")
-        return self._runs.bg.next_event(timeout)
+        return self._runs.next_event(timeout)
 
     def wait_event(self, kind: str | None = None, stage: int | None = None, timeout: float | None = None
                    ) -> GuestEvent | None:
@@ -189,9 +190,7 @@ class Machine:
 
     def enable_trace(self, capacity: int | None = None, *, events: int | None = None) -> ExitTrace:
         """Record every exit from now on (:class:`pyvmm.tracing.Tracing`)."""
-        self._life.check_open("enable_trace")
-        self._runs.runner()
-        return self._tracing.enable(self.loops, self.on_event, capacity, events)
+        return self._runs.enable_trace(self.on_event, capacity, events)
 
     def kvm_trace(self, events: str | Collection[str] | None = None, *,
                   stacks: bool | str | Collection[str] = False, **kw: Any) -> KvmTrace:

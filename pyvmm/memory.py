@@ -13,32 +13,35 @@ zaps host PTEs instead of changing protections.
 
 from __future__ import annotations
 
-import re
 import struct
 import threading
-from dataclasses import dataclass, field
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.kvm.hostmem import PAGE_SIZE, HostMapping
 from pyvmm.kvm.vm import MEM_LOG_DIRTY_PAGES, MEM_READONLY, Vm
+from pyvmm.record import Record
 
 __all__ = ["PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 
 _U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-_NONZERO = re.compile(b"[^\x00]")
 
 
-@dataclass
-class MemoryRegion:
+class MemoryRegion(Record):
     """One memslot: ``size`` bytes of host memory at guest-physical ``gpa``."""
 
-    slot: int
-    gpa: int
-    size: int
-    readonly: bool = False
-    log_dirty: bool = False
-    name: str = "ram"
-    mapping: HostMapping | None = field(default=None, repr=False)
+    _fields = ("slot", "gpa", "size", "readonly", "log_dirty", "name", "mapping")
+    _no_repr = ("mapping",)
+
+    def __init__(self, slot: int, gpa: int, size: int, readonly: bool = False,
+                 log_dirty: bool = False, name: str = "ram",
+                 mapping: HostMapping | None = None) -> None:
+        self.slot = slot
+        self.gpa = gpa
+        self.size = size
+        self.readonly = readonly
+        self.log_dirty = log_dirty
+        self.name = name
+        self.mapping = mapping
 
     @property
     def end(self) -> int:
@@ -199,8 +202,10 @@ class GuestMemory:
             raise GuestMemoryError(f"region {region.name} was not created with log_dirty")
         npages = region.size // PAGE_SIZE
         bitmap = self.vm.get_dirty_log(region.slot, npages)
+        import re  # here: only snapshots track dirty pages, and a plain run needs no re
+
         out = []
-        for m in _NONZERO.finditer(bitmap):  # C-speed skip over the clean stretches
+        for m in re.finditer(b"[^\x00]", bitmap):  # C-speed skip over the clean stretches
             i, byte = m.start(), bitmap[m.start()]
             while byte:
                 bit = (byte & -byte).bit_length() - 1

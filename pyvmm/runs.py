@@ -14,12 +14,17 @@ from collections.abc import Callable, Collection
 from pyvmm.background import BackgroundRun
 from pyvmm.config import check_timeout
 from pyvmm.devices.fastpath import FastEntry
+from pyvmm.devices.ucall import GuestEvent
 from pyvmm.lifecycle import Lifecycle
 from pyvmm.tracing import Tracing
 from pyvmm.vstate.history import EventLog
 from pyvmm.vstate.loop import VcpuLoop
 from pyvmm.vstate.result import RunResult
 from pyvmm.vstate.runner import Runner
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from pyvmm.vstate.trace import ExitTrace
 
 
 class Runs:
@@ -43,6 +48,16 @@ class Runs:
         if self._runner is None:
             self._runner = self._new_runner()
         return self._runner
+
+    def next_event(self, timeout: float | None) -> GuestEvent | None:
+        self.life.check_open("next_event")
+        return self.bg.next_event(timeout)
+
+    def enable_trace(self, on_event: Callable[[Callable[[GuestEvent], None]], None],
+                     capacity: int | None, events: int | None) -> ExitTrace:
+        """The machine's exit trace, fed by every loop from now on (:mod:`pyvmm.tracing`)."""
+        self.life.check_open("enable_trace")
+        return self.tracing.enable(self.runner().loops, on_event, capacity, events)
 
     def add_fast_entries(self, new: Collection[FastEntry]) -> None:
         """A device added after the loops exist: its fast entries reach every C table."""

@@ -5,8 +5,8 @@ machines driven by hand do not pay for them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:  # pyvmm.kvm.stats loads with the first read (a run without --stats never)
     from pyvmm.kvm.stats import StatDesc, StatsReader, StatValue
     from pyvmm.kvm.vcpu import Vcpu

@@ -9,13 +9,15 @@ that does not trace never loads it.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any
 
 from pyvmm.devices.ucall import GuestEvent
 from pyvmm.vstate.loop import VcpuLoop
 from pyvmm.vstate.result import RunResult
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.kvmtrace import KvmTrace
     from pyvmm.kvmtrace.session import TracedMachine
     from pyvmm.vstate.trace import ExitTrace

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any
 
 from pyvmm.devices.base import Device, VcpuContext
 from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.fastpath import READ, Action, FastEntry, Space
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 PM_BASE = 0x600  # PM1a event (0x600), PM1a control (0x604), PM timer (0x608), as QEMU's PIIX4
 PM_TIMER = PM_BASE + 8

@@ -14,9 +14,12 @@ bytes, ``fast_hits`` for counts).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
 
 from pyvmm.devices.fastpath import FastEntry, Space
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 
 def all_ones(size: int) -> int:

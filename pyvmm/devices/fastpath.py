@@ -10,9 +10,15 @@ is one), so this module needs nothing from the devices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+
+from pyvmm.record import fields_repr
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # a plain base at run time: nothing checks it there (it is not runtime_checkable)
+    Protocol = object
 
 
 class FastOwner(Protocol):
@@ -47,18 +53,25 @@ READ = 1  # PYVMM_DIR_READ
 WRITE = 2  # PYVMM_DIR_WRITE
 
 
-@dataclass(eq=False)
 class FastEntry:
     """A request to answer some exits in C.  ``owner`` receives buffered bytes (BUFFER,
-    ``fast_event``) and the counts of what C answered (``fast_hits``)."""
+    ``fast_event``) and the counts of what C answered (``fast_hits``).  Equal only to
+    itself: each is one device's entry."""
 
-    space: Space
-    base: int
-    length: int
-    dirs: int
-    action: Action
-    owner: FastOwner
-    read_value: int = 0
-    enabled: bool = True
-    clock_hz: int = 0
-    clock_mask: int = 0
+    def __init__(self, space: Space, base: int, length: int, dirs: int, action: Action,
+                 owner: FastOwner, read_value: int = 0, enabled: bool = True, clock_hz: int = 0,
+                 clock_mask: int = 0) -> None:
+        self.space = space
+        self.base = base
+        self.length = length
+        self.dirs = dirs
+        self.action = action
+        self.owner = owner
+        self.read_value = read_value
+        self.enabled = enabled
+        self.clock_hz = clock_hz
+        self.clock_mask = clock_mask
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ["space", "base", "length", "dirs", "action", "owner",
+                                  "read_value", "enabled", "clock_hz", "clock_mask"])

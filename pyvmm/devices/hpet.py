@@ -16,10 +16,13 @@ import heapq
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pyvmm.devices.base import Device, VcpuContext
 from pyvmm.devices.fastpath import Space
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 HPET_BASE = 0xFED00000
 HPET_LEN = 0x400

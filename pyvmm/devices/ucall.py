@@ -18,15 +18,15 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from pyvmm.devices.base import Device, VcpuContext
 from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.fastpath import Space
 from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory
+from pyvmm.record import Record
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.loader.symbols import Symbols
 
@@ -41,22 +41,29 @@ EXCEPTIONS = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#U
               17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP"}
 
 
-@dataclass
-class GuestEvent:
+class GuestEvent(Record):
     """One message from the guest."""
 
-    kind: str
-    vcpu: int
-    args: tuple[int, ...] = ()
-    file: str = ""
-    line: int = 0
-    expr: str = ""
-    text: str = ""
-    rip: int = 0
-    symbol: str | None = None
-    regs: dict[str, int] = field(default_factory=dict)
-    #: when the guest sent it (CLOCK_MONOTONIC ns, the clock of --trace's exit records)
-    time_ns: int = field(default_factory=time.monotonic_ns, compare=False, repr=False)
+    _fields = ("kind", "vcpu", "args", "file", "line", "expr", "text", "rip", "symbol", "regs",
+               "time_ns")
+    _no_compare = _no_repr = ("time_ns",)
+
+    def __init__(self, kind: str, vcpu: int, args: tuple[int, ...] = (), file: str = "",
+                 line: int = 0, expr: str = "", text: str = "", rip: int = 0,
+                 symbol: str | None = None, regs: dict[str, int] | None = None,
+                 time_ns: int | None = None) -> None:
+        self.kind = kind
+        self.vcpu = vcpu
+        self.args = args
+        self.file = file
+        self.line = line
+        self.expr = expr
+        self.text = text
+        self.rip = rip
+        self.symbol = symbol
+        self.regs: dict[str, int] = {} if regs is None else regs
+        #: when the guest sent it (CLOCK_MONOTONIC ns, the clock of --trace's exit records)
+        self.time_ns = time.monotonic_ns() if time_ns is None else time_ns
 
     @property
     def stage(self) -> int | None:

@@ -6,14 +6,13 @@ failure.  The modules import one way only: system -> vm -> vcpu -> (fd, stats, e
 native); ``native`` is the layer's one door to the cffi extension.
 """
 
-from typing import TYPE_CHECKING
-
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.run import exit_name
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.kvm.stats import StatsReader
 

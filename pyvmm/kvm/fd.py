@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-from typing import ClassVar, Self
 
 from pyvmm.kvm.errors import KvmError, check
 from pyvmm.kvm.ioctls import IOCTLS
 from pyvmm.kvm.native import ffi, lib
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import ClassVar, Self
 
 
 class FdObject:
@@ -65,5 +67,7 @@ class FdObject:
         self.close()
 
     def __del__(self) -> None:  # last resort; callers should close()
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 - not contextlib.suppress: an import the run path does without
             self.close()
+        except Exception:  # at collection there is no one to tell
+            pass

@@ -12,10 +12,12 @@ cffi objects carry no static types, so they are ``Cdata``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyvmm import __version__
 from pyvmm.kvm.errors import NativeBindingError
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: what to do about a missing or stale extension
 _REINSTALL = ("reinstall pyvmm (pip install --force-reinstall pyvmm-kvm; in a source "
@@ -46,8 +48,12 @@ except ImportError as e:
                              f"({e}): {_REINSTALL}") from None
 check_version(_built_for(lib, ffi))
 
-#: a cffi struct or pointer (cffi has no static types)
-Cdata = Any
+#: a cffi struct or pointer (cffi has no static types); at run time only annotations and
+#: old imports name it
+if TYPE_CHECKING:
+    Cdata = Any
+else:
+    Cdata = object
 
 
 def cdata_bytes(c: Cdata) -> bytes:

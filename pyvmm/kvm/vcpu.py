@@ -8,12 +8,12 @@ natural view (sregs, events), which they may change and hand back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from pyvmm.kvm.errors import KvmError
 from pyvmm.kvm.fd import FdObject
 from pyvmm.kvm.native import Cdata, ffi, lib
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.kvm.stats import StatsReader
 

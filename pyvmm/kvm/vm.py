@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyvmm.kvm.fd import FdObject
 from pyvmm.kvm.native import Cdata, ffi, lib
 from pyvmm.kvm.vcpu import Vcpu
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.kvm.stats import StatsReader
 

@@ -13,7 +13,6 @@ then lays it out against the machine's RAM.  Formats:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 from pyvmm.errors import ConfigError, GuestImageError
 from pyvmm.loader.boot import ElfImage, parse_elf64
@@ -26,7 +25,10 @@ from pyvmm.loader.symbols import Symbols
 __all__ = ["FORMATS", "ElfImage", "GuestImage", "LoadPlan", "MultibootImage", "Symbols", "detect",
            "open_image", "parse_image"]
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.loader.multiboot import MultibootImage
 
     GuestImage = ElfImage | MultibootImage

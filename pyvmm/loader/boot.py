@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import struct
-from dataclasses import dataclass, field
 
 from pyvmm.errors import ConfigError, GuestImageError
 from pyvmm.loader.elf import ELFCLASS64, EM_X86_64, ET_EXEC, MACHINES, LoadSegment, parse
@@ -35,6 +34,7 @@ from pyvmm.loader.linux import linux_program
 from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
+from pyvmm.record import Record
 from pyvmm.x86.entry import EntryState
 from pyvmm.x86.layout import E820_RAM, E820_RESERVED, MMIO_HOLE_END, MMIO_HOLE_START, GiB
 from pyvmm.x86.paging import (
@@ -67,20 +67,26 @@ def _down(x: int, a: int) -> int:
     return x // a * a
 
 
-@dataclass
-class BootPlan:
+class BootPlan(Record):
     """Where the VMM's structures go, and the bytes to write there."""
 
-    vmm_base: int
-    vmm_size: int
-    stack_base: int
-    stack_size: int
-    gdt_addr: int
-    info_addr: int
-    cmdline_addr: int
-    cr3: int
-    writes: list[tuple[int, bytes]] = field(default_factory=list)
-    memory_map: list[tuple[int, int, int]] = field(default_factory=list)
+    _fields = ("vmm_base", "vmm_size", "stack_base", "stack_size", "gdt_addr", "info_addr",
+               "cmdline_addr", "cr3", "writes", "memory_map")
+
+    def __init__(self, vmm_base: int, vmm_size: int, stack_base: int, stack_size: int,
+                 gdt_addr: int, info_addr: int, cmdline_addr: int, cr3: int,
+                 writes: list[tuple[int, bytes]] | None = None,
+                 memory_map: list[tuple[int, int, int]] | None = None) -> None:
+        self.vmm_base = vmm_base
+        self.vmm_size = vmm_size
+        self.stack_base = stack_base
+        self.stack_size = stack_size
+        self.gdt_addr = gdt_addr
+        self.info_addr = info_addr
+        self.cmdline_addr = cmdline_addr
+        self.cr3 = cr3
+        self.writes: list[tuple[int, bytes]] = [] if writes is None else writes
+        self.memory_map: list[tuple[int, int, int]] = [] if memory_map is None else memory_map
 
     @property
     def stack_top(self) -> int:
@@ -92,15 +98,18 @@ class BootPlan:
                 f"stack {self.stack_base:#x}-{self.stack_top:#x}"]
 
 
-@dataclass
-class ElfImage:
+class ElfImage(Record):
     """An ELF64 x86-64 executable, booted by pyvmm's convention (this module's doc)."""
 
-    path: str
-    entry: int
-    segments: list[LoadSegment]
-    symbols: Symbols
+    _fields = ("path", "entry", "segments", "symbols")
     format = "elf64"
+
+    def __init__(self, path: str, entry: int, segments: list[LoadSegment],
+                 symbols: Symbols) -> None:
+        self.path = path
+        self.entry = entry
+        self.segments = segments
+        self.symbols = symbols
 
     def plan(self, ram: list[tuple[int, int]], *, cmdline: bytes = b"", ncpus: int = 1,
              initrd: bytes | None = None, initrd_name: str = "") -> LoadPlan:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import itertools
 import struct
-from dataclasses import dataclass, field
 
 from pyvmm.errors import GuestImageError
 from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
+from pyvmm.record import FrozenRecord, Record
 
 MAGIC = b"\x7fELF"
 #: e_ident's size: class, data encoding and version lie in it, before any header field
@@ -46,17 +46,21 @@ MACHINES = {EM_386: "EM_386", EM_X86_64: "EM_X86_64", 0: "EM_NONE", 40: "EM_ARM"
             243: "EM_RISCV"}
 
 
-@dataclass(frozen=True)
-class LoadSegment:
+class LoadSegment(FrozenRecord):
     """A PT_LOAD segment: ``data`` (``p_filesz`` bytes) at ``paddr``, zero-filled to
     ``memsz``."""
 
+    _fields = ("index", "paddr", "vaddr", "memsz", "data", "flags")
     index: int
     paddr: int
     vaddr: int
     memsz: int
     data: bytes | memoryview
     flags: int
+
+    def __init__(self, index: int, paddr: int, vaddr: int, memsz: int,
+                 data: bytes | memoryview, flags: int) -> None:
+        self._set(index=index, paddr=paddr, vaddr=vaddr, memsz=memsz, data=data, flags=flags)
 
     @property
     def end(self) -> int:
@@ -67,8 +71,8 @@ class LoadSegment:
         return bool(self.flags & PF_X)
 
 
-@dataclass(frozen=True)
-class SectionHeader:
+class SectionHeader(FrozenRecord):
+    _fields = ("index", "name", "type", "offset", "size", "link", "info", "entsize")
     index: int
     name: int
     type: int
@@ -78,22 +82,33 @@ class SectionHeader:
     info: int
     entsize: int
 
+    def __init__(self, index: int, name: int, type: int, offset: int, size: int, link: int,
+                 info: int, entsize: int) -> None:
+        self._set(index=index, name=name, type=type, offset=offset, size=size, link=link,
+                  info=info, entsize=entsize)
 
-@dataclass
-class ElfFile:
+
+class ElfFile(Record):
     """A checked ELF file: its class, header fields, segments and symbol table."""
 
-    name: str
-    data: ImageBytes
-    elfclass: int
-    machine: int
-    type: int
-    entry: int
-    segments: list[LoadSegment]
-    sections: list[SectionHeader] = field(default_factory=list)
-    #: ``(p_type, p_offset, p_filesz)`` of the program headers that are not PT_LOAD (notes,
-    #: an interpreter), unchecked: whoever reads one bounds it by the file
-    others: list[tuple[int, int, int]] = field(default_factory=list)
+    _fields = ("name", "data", "elfclass", "machine", "type", "entry", "segments", "sections",
+               "others")
+
+    def __init__(self, name: str, data: ImageBytes, elfclass: int, machine: int, type: int,
+                 entry: int, segments: list[LoadSegment],
+                 sections: list[SectionHeader] | None = None,
+                 others: list[tuple[int, int, int]] | None = None) -> None:
+        self.name = name
+        self.data = data
+        self.elfclass = elfclass
+        self.machine = machine
+        self.type = type
+        self.entry = entry
+        self.segments = segments
+        self.sections: list[SectionHeader] = [] if sections is None else sections
+        #: ``(p_type, p_offset, p_filesz)`` of the program headers that are not PT_LOAD
+        #: (notes, an interpreter), unchecked: whoever reads one bounds it by the file
+        self.others: list[tuple[int, int, int]] = [] if others is None else others
 
     @property
     def bits(self) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
 
 from pyvmm.errors import GuestImageError
 from pyvmm.loader.elf import ELFCLASS32, EM_386, MAGIC, LoadSegment, parse
@@ -24,6 +23,7 @@ from pyvmm.loader.mbheader import FLAG_ADDRESSES, MultibootHeader, find_header
 from pyvmm.loader.plan import LoadPlan
 from pyvmm.loader.source import ImageBytes
 from pyvmm.loader.symbols import Symbols
+from pyvmm.record import Record
 from pyvmm.x86.entry import EntryState
 from pyvmm.x86.layout import E820_RAM, E820_RESERVED
 from pyvmm.x86.segments import gdt_bytes
@@ -44,17 +44,21 @@ LOW_RAM_END = 0x9FC00  # 639 KiB: what a BIOS reports below the EBDA
 BIOS_AREA = (0x9FC00, 0x100000)  # EBDA, VGA hole, option ROMs and the BIOS (ACPI lives here)
 
 
-@dataclass
-class MultibootImage:
-    path: str
-    header: MultibootHeader
-    entry: int
-    segments: list[LoadSegment]
-    symbols: Symbols = field(default_factory=Symbols)
-    #: the kernel's path as the kernel sees it (argv[0] of its command line): the bytes
-    #: the user gave, which need not be UTF-8 (``path`` is for messages)
-    argv0: bytes = b""
+class MultibootImage(Record):
+    _fields = ("path", "header", "entry", "segments", "symbols", "argv0")
     format = "multiboot"
+
+    def __init__(self, path: str, header: MultibootHeader, entry: int,
+                 segments: list[LoadSegment], symbols: Symbols | None = None,
+                 argv0: bytes = b"") -> None:
+        self.path = path
+        self.header = header
+        self.entry = entry
+        self.segments = segments
+        self.symbols = Symbols() if symbols is None else symbols
+        #: the kernel's path as the kernel sees it (argv[0] of its command line): the bytes
+        #: the user gave, which need not be UTF-8 (``path`` is for messages)
+        self.argv0 = argv0
 
     @property
     def end(self) -> int:
@@ -122,18 +126,23 @@ def _by_elf(data: ImageBytes, hdr: MultibootHeader, name: str) -> MultibootImage
     return MultibootImage(name, hdr, elf.entry, elf.segments, elf.symbols())
 
 
-@dataclass
-class Module:
-    data: bytes
-    cmdline: str
+class Module(Record):
+    _fields = ("data", "cmdline")
+
+    def __init__(self, data: bytes, cmdline: str) -> None:
+        self.data = data
+        self.cmdline = cmdline
 
 
-@dataclass
-class MultibootPlan:
-    info_addr: int
-    writes: list[tuple[int, bytes | memoryview]]
-    memory_map: list[tuple[int, int, int]]
-    modules: list[tuple[int, int]]  # (start, end) of each module
+class MultibootPlan(Record):
+    _fields = ("info_addr", "writes", "memory_map", "modules")
+
+    def __init__(self, info_addr: int, writes: list[tuple[int, bytes | memoryview]],
+                 memory_map: list[tuple[int, int, int]], modules: list[tuple[int, int]]) -> None:
+        self.info_addr = info_addr
+        self.writes = writes
+        self.memory_map = memory_map
+        self.modules = modules  # (start, end) of each module
 
     def describe(self) -> list[str]:
         mods = ", ".join(f"{s:#x}-{e:#x}" for s, e in self.modules) or "none"

@@ -8,27 +8,34 @@ until ``Machine.load(plan)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
-
 from pyvmm.loader.symbols import Symbols
+from pyvmm.record import Record
 from pyvmm.x86.entry import EntryState
 
+# not typing.TYPE_CHECKING: importing typing costs every run (pyvmm.record); mypy knows the name
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class Layout(Protocol):
-    def describe(self) -> list[str]: ...
+    class Layout(Protocol):
+        def describe(self) -> list[str]: ...
 
 
-@dataclass
-class LoadPlan:
-    path: str
-    format: str
-    entry: EntryState
-    writes: list[tuple[int, bytes | memoryview]]
-    symbols: Symbols
-    cmdline: str
-    layout: Layout
-    segments: list[tuple[int, int]] = field(default_factory=list)  # (paddr, end) of each
+class LoadPlan(Record):
+    _fields = ("path", "format", "entry", "writes", "symbols", "cmdline", "layout", "segments")
+
+    def __init__(self, path: str, format: str, entry: EntryState,
+                 writes: list[tuple[int, bytes | memoryview]], symbols: Symbols, cmdline: str,
+                 layout: Layout, segments: list[tuple[int, int]] | None = None) -> None:
+        self.path = path
+        self.format = format
+        self.entry = entry
+        self.writes = writes
+        self.symbols = symbols
+        self.cmdline = cmdline
+        self.layout = layout
+        #: (paddr, end) of each segment
+        self.segments: list[tuple[int, int]] = [] if segments is None else segments
 
     def describe(self) -> list[str]:
         """Lines for ``pyvmm run -v``: format, entry, segments, the loader's layout."""

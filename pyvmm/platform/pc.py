@@ -10,8 +10,6 @@ pin n).  The PIT comes with ``Machine(pit=True)``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
-
 from pyvmm.devices.acpi_pm import AcpiPm
 from pyvmm.devices.bochs_shutdown import BochsShutdown
 from pyvmm.devices.fastpath import Space
@@ -46,32 +44,34 @@ def pc_gsi_routes() -> list[tuple[int, int, int]]:
     routes += [(i, IOAPIC, 2 if i == 0 else i) for i in range(IOAPIC_PINS) if i != 2]
     return routes
 
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     import threading
     from collections.abc import Sequence
+    from typing import Protocol
 
     from pyvmm.devices.base import Device
     from pyvmm.kvm.vcpu import Vcpu
     from pyvmm.kvm.vm import Vm
     from pyvmm.memory import GuestMemory
 
+    class PcMachine(Protocol):
+        """What the PC platform needs of the machine it joins (``Machine`` is one): its RAM
+        and shape, its VM fd (interrupt lines, GSI routes, PIC/PIT set-up) and its bus."""
 
-class PcMachine(Protocol):
-    """What the PC platform needs of the machine it joins (``Machine`` is one): its RAM
-    and shape, its VM fd (interrupt lines, GSI routes, PIC/PIT set-up) and its bus."""
+        mem_size: int
+        cpus: int
+        irqchip: str
+        pit: bool
 
-    mem_size: int
-    cpus: int
-    irqchip: str
-    pit: bool
+        @property
+        def memory(self) -> GuestMemory: ...
 
-    @property
-    def memory(self) -> GuestMemory: ...
+        @property
+        def vm(self) -> Vm: ...
 
-    @property
-    def vm(self) -> Vm: ...
-
-    def add_device(self, space: Space, base: int, length: int, device: Device) -> None: ...
+        def add_device(self, space: Space, base: int, length: int, device: Device) -> None: ...
 
 
 class PcPlatform:

@@ -12,20 +12,24 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from pyvmm.record import FrozenRecord
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.devices.ucall import GuestEvent
 
 
-@dataclass(frozen=True)
-class HistoryLimits:
+class HistoryLimits(FrozenRecord):
     """How much of a run the API keeps: ``serial`` bytes of output, ``events`` guest events
     (the CLI streams output and keeps none)."""
 
-    serial: int = 1 << 20
-    events: int = 10_000
+    _fields = ("serial", "events")
+    serial: int
+    events: int
+
+    def __init__(self, serial: int = 1 << 20, events: int = 10_000) -> None:
+        self._set(serial=serial, events=events)
 
 
 class SerialLog:

@@ -14,7 +14,6 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from pyvmm.devices.base import VcpuContext, all_ones
 from pyvmm.devices.bus import Bus, GuestStop
@@ -28,7 +27,10 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.vstate.exits import IO_SIZES, handle_exit, stop_outcome
 from pyvmm.vstate.result import Outcome, RunStatus
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.vstate.trace import TraceRing
 
 # fastpath.py writes runloop.h's numbers down for devices; they must be the compiled ones

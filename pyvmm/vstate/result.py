@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
 
 from pyvmm.errors import ExitStatus
+from pyvmm.record import Record
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.crash import GuestCrash
     from pyvmm.devices.ucall import GuestEvent
     from pyvmm.kvmtrace import KvmTrace
@@ -63,22 +65,24 @@ def exit_status(r: RunResult, qemu: bool = False) -> int:
     return int(EXIT_STATUS.get(r.status, ExitStatus.VMM_ERROR))
 
 
-@dataclass
-class Outcome:
+class Outcome(Record):
     """Why one vCPU stopped: ``kind`` is a :class:`RunStatus`; ``code`` the guest's value
     (debug-exit); ``reason`` one line; ``details`` what else was seen (the guest event, a
     traceback, KVM's internal-error data)."""
 
-    kind: RunStatus
-    vcpu: int
-    code: int | None = None
-    reason: str = ""
-    exit_reason: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    _fields = ("kind", "vcpu", "code", "reason", "exit_reason", "details")
+
+    def __init__(self, kind: RunStatus, vcpu: int, code: int | None = None, reason: str = "",
+                 exit_reason: int | None = None, details: dict[str, Any] | None = None) -> None:
+        self.kind = kind
+        self.vcpu = vcpu
+        self.code = code
+        self.reason = reason
+        self.exit_reason = exit_reason
+        self.details: dict[str, Any] = {} if details is None else details
 
 
-@dataclass
-class RunResult:
+class RunResult(Record):
     """What a run produced.
 
     ``serial`` and ``events`` hold this run's output and guest events up to the machine's
@@ -87,32 +91,50 @@ class RunResult:
     (``vm``, ``vcpu0``, ...), and ``histograms`` the histogram statistics that moved.
     """
 
-    status: RunStatus
-    exit_code: int | None
-    serial: bytes = b""
-    message: str = ""
-    exit_counts: dict[str, int] = field(default_factory=dict)
-    vcpu_exit_counts: list[dict[str, int]] = field(default_factory=list)
-    fast_hits: dict[str, int] = field(default_factory=dict)
-    kvm_runs: int = 0
-    stats: dict[str, dict[str, int]] = field(default_factory=dict)
-    histograms: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
-    crash: GuestCrash | None = None
-    unclaimed: list[str] = field(default_factory=list)
-    duration: float = 0.0
-    outcomes: list[Outcome] = field(default_factory=list)
-    events: list[GuestEvent] = field(default_factory=list)
-    assertion: GuestEvent | None = None
-    serial_dropped: int = 0
-    events_dropped: int = 0
-    #: the signal that interrupted the run (SIGINT, SIGTERM, SIGHUP), if one did
-    signal: int | None = None
-    #: every exit and guest event recorded so far, when the machine traces
-    #: (:meth:`Machine.enable_trace`, ``pyvmm run --trace``)
-    trace: ExitTrace | None = None
-    #: KVM's own events, when the machine has a capture (:meth:`Machine.kvm_trace`;
-    #: complete once its ``with`` block has ended)
-    kvm_trace: KvmTrace | None = None
+    _fields = ("status", "exit_code", "serial", "message", "exit_counts", "vcpu_exit_counts",
+               "fast_hits", "kvm_runs", "stats", "histograms", "crash", "unclaimed", "duration",
+               "outcomes", "events", "assertion", "serial_dropped", "events_dropped", "signal",
+               "trace", "kvm_trace")
+
+    def __init__(self, status: RunStatus, exit_code: int | None, serial: bytes = b"",
+                 message: str = "", exit_counts: dict[str, int] | None = None,
+                 vcpu_exit_counts: list[dict[str, int]] | None = None,
+                 fast_hits: dict[str, int] | None = None, kvm_runs: int = 0,
+                 stats: dict[str, dict[str, int]] | None = None,
+                 histograms: dict[str, dict[str, tuple[int, ...]]] | None = None,
+                 crash: GuestCrash | None = None, unclaimed: list[str] | None = None,
+                 duration: float = 0.0, outcomes: list[Outcome] | None = None,
+                 events: list[GuestEvent] | None = None, assertion: GuestEvent | None = None,
+                 serial_dropped: int = 0, events_dropped: int = 0, signal: int | None = None,
+                 trace: ExitTrace | None = None, kvm_trace: KvmTrace | None = None) -> None:
+        self.status = status
+        self.exit_code = exit_code
+        self.serial = serial
+        self.message = message
+        self.exit_counts: dict[str, int] = {} if exit_counts is None else exit_counts
+        self.vcpu_exit_counts: list[dict[str, int]] = (
+            [] if vcpu_exit_counts is None else vcpu_exit_counts)
+        self.fast_hits: dict[str, int] = {} if fast_hits is None else fast_hits
+        self.kvm_runs = kvm_runs
+        self.stats: dict[str, dict[str, int]] = {} if stats is None else stats
+        self.histograms: dict[str, dict[str, tuple[int, ...]]] = (
+            {} if histograms is None else histograms)
+        self.crash = crash
+        self.unclaimed: list[str] = [] if unclaimed is None else unclaimed
+        self.duration = duration
+        self.outcomes: list[Outcome] = [] if outcomes is None else outcomes
+        self.events: list[GuestEvent] = [] if events is None else events
+        self.assertion = assertion
+        self.serial_dropped = serial_dropped
+        self.events_dropped = events_dropped
+        #: the signal that interrupted the run (SIGINT, SIGTERM, SIGHUP), if one did
+        self.signal = signal
+        #: every exit and guest event recorded so far, when the machine traces
+        #: (:meth:`Machine.enable_trace`, ``pyvmm run --trace``)
+        self.trace = trace
+        #: KVM's own events, when the machine has a capture (:meth:`Machine.kvm_trace`;
+        #: complete once its ``with`` block has ended)
+        self.kvm_trace = kvm_trace
 
     @property
     def ok(self) -> bool:

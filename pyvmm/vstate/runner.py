@@ -10,17 +10,15 @@ prompt without a newline shows up at once.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import Interrupted
 from pyvmm.vstate.result import Outcome, RunResult, RunStatus
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.crash import GuestCrash
     from pyvmm.devices.bus import Bus
@@ -34,6 +32,17 @@ FLUSH_INTERVAL = 0.05
 #: how long one vCPU may run on the caller's thread before it moves to a thread of its own
 INLINE_LIMIT = 0.05
 Snapshot = dict[str, dict[str, "StatValue"]]
+
+#: signal.SIGINT on Linux, pyvmm's only host (importing signal builds its enums)
+_SIGINT = 2
+
+
+def _traceback() -> str:
+    """The exception being handled, formatted; traceback (with linecache, tokenize and
+    textwrap) loads only when a run has one to report."""
+    import traceback
+
+    return traceback.format_exc()
 
 
 class Runner:
@@ -131,7 +140,7 @@ class Runner:
                     elif resumed:
                         continue
                 except KeyboardInterrupt:
-                    interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)
+                    interrupted, signum = "interrupted (SIGINT)", _SIGINT
                 except Interrupted as e:
                     interrupted, signum = f"interrupted ({e.name})", e.signum
                 outcomes = [o for o in outcomes if o.kind != RunStatus.SUSPEND]
@@ -160,12 +169,12 @@ class Runner:
                 loop.kick()
             out = loop.run_python() if python_loop else loop.run()
         except KeyboardInterrupt:
-            interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)
+            interrupted, signum = "interrupted (SIGINT)", _SIGINT
         except Interrupted as e:
             interrupted, signum = f"interrupted ({e.name})", e.signum
         except Exception as e:  # a VMM bug or a device handler's error
             out = Outcome(RunStatus.ERROR, loop.vcpu.id, reason=f"{type(e).__name__}: {e}",
-                          details={"traceback": traceback.format_exc()})
+                          details={"traceback": _traceback()})
         finally:
             self._inline = None
             loop.collect()
@@ -213,7 +222,7 @@ class Runner:
                 out = loop.run_python() if python_loop else loop.run()
             except Exception as e:  # a VMM bug or a device handler's error
                 out = Outcome(RunStatus.ERROR, loop.vcpu.id, reason=f"{type(e).__name__}: {e}",
-                              details={"traceback": traceback.format_exc()})
+                              details={"traceback": _traceback()})
             crash = None
             if out.kind == RunStatus.CRASH:
                 from pyvmm.crash import capture
@@ -243,7 +252,7 @@ class Runner:
                 for loop in loops:
                     loop.request_flush()
         except KeyboardInterrupt:
-            interrupted, signum = "interrupted (SIGINT)", int(signal.SIGINT)
+            interrupted, signum = "interrupted (SIGINT)", _SIGINT
         except Interrupted as e:
             interrupted, signum = f"interrupted ({e.name})", e.signum
         finally:

@@ -8,31 +8,36 @@ long mode; multiboot: 32-bit protected mode; a guest that climbs by itself: real
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import ConfigError
+from pyvmm.record import FrozenRecord
 from pyvmm.x86.modes import set_long_mode, set_protected_mode, set_real_mode
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
 
 LONG, PROTECTED, REAL = "long", "protected", "real"
 
 
-@dataclass(frozen=True)
-class EntryState:
+class EntryState(FrozenRecord):
     """``mode`` (long, protected or real), ``rip`` and the other registers that are not 0
     (RFLAGS is 0x2: interrupts off); ``cr3`` and ``gdt_base`` for long mode, ``gdt_base``
     for protected mode, ``cs`` (the segment, base ``cs << 4``) for real mode."""
 
+    _fields = ("mode", "rip", "regs", "cr3", "gdt_base", "cs")
     mode: str
     rip: int
-    regs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    cr3: int = 0
-    gdt_base: int = 0
-    cs: int = 0
+    regs: Mapping[str, int]
+    cr3: int
+    gdt_base: int
+    cs: int
+
+    def __init__(self, mode: str, rip: int, regs: Mapping[str, int] | None = None,
+                 cr3: int = 0, gdt_base: int = 0, cs: int = 0) -> None:
+        self._set(mode=mode, rip=rip, regs=MappingProxyType({}) if regs is None else regs,
+                  cr3=cr3, gdt_base=gdt_base, cs=cs)
 
     @classmethod
     def long_mode(cls, rip: int, *, cr3: int, gdt_base: int, **regs: int) -> EntryState:

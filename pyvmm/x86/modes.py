@@ -4,11 +4,13 @@ in a mode."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyvmm.x86.msrs import EFER_LMA as EFER_LMA
 from pyvmm.x86.msrs import EFER_LME, EFER_NXE
 from pyvmm.x86.segments import CODE32, CODE64, DATA, GDT_SIZE
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 CR0_PE = 1 << 0
 CR0_MP = 1 << 1

@@ -8,13 +8,15 @@ the GPRs in ``kvm_run`` at every exit (KVM_CAP_SYNC_REGS).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 from pyvmm.kvm.vcpu import FPU_RESET, cpuid_struct
 from pyvmm.x86.cpuid import vcpu_cpuid
 from pyvmm.x86.msrs import RESET_MSRS
 
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.kvm.vcpu import Vcpu
 
 APIC_LVT_LINT0 = 0x350

@@ -7,8 +7,12 @@ The GDT goes into guest memory so that the guest can reload segments (``mov %ds`
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any
+
+from pyvmm.record import FrozenRecord
+
+TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 SEL_CODE64 = 0x08
 SEL_DATA = 0x10
@@ -17,20 +21,26 @@ GDT_ENTRIES = 4
 GDT_SIZE = GDT_ENTRIES * 8
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(FrozenRecord):
     """A code or data segment in the terms of ``struct kvm_segment``."""
 
+    _fields = ("selector", "type", "l", "db", "base", "limit", "g", "s", "dpl", "present")
     selector: int
     type: int  # 0xB = execute/read accessed, 0x3 = read/write accessed
     l: int  # 64-bit code  # noqa: E741 - the SDM's name
     db: int  # default operand size 32
-    base: int = 0
-    limit: int = 0xFFFFFFFF
-    g: int = 1
-    s: int = 1
-    dpl: int = 0
-    present: int = 1
+    base: int
+    limit: int
+    g: int
+    s: int
+    dpl: int
+    present: int
+
+    def __init__(self, selector: int, type: int, l: int, db: int, base: int = 0,  # noqa: E741
+                 limit: int = 0xFFFFFFFF, g: int = 1, s: int = 1, dpl: int = 0,
+                 present: int = 1) -> None:
+        self._set(selector=selector, type=type, l=l, db=db, base=base, limit=limit, g=g, s=s,
+                  dpl=dpl, present=present)
 
     def descriptor(self) -> int:
         """The 8-byte GDT descriptor for this segment."""

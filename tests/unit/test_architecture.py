@@ -24,7 +24,7 @@ PKG = ROOT / "pyvmm"
 #: belongs to the layer of the longest prefix naming it.  docs/architecture.md mirrors this.
 LAYERS: list[tuple[str, ...]] = [
     ("pyvmm.__main__", "pyvmm.entry"),
-    ("pyvmm.cli", "pyvmm.artefacts"),
+    ("pyvmm.cli", "pyvmm.runargs", "pyvmm.runcmd", "pyvmm.artefacts"),
     ("pyvmm.suite",),
     ("pyvmm.pytest_plugin",),
     ("pyvmm.doctor",),
@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pyvmm.loader",),
     ("pyvmm.config", "pyvmm.memory", "pyvmm.x86"),
     ("pyvmm.kvm",),
-    ("pyvmm.errors", "pyvmm.hostinfo", "pyvmm.console", "pyvmm.guest"),
+    ("pyvmm.errors", "pyvmm.record", "pyvmm.hostinfo", "pyvmm.console", "pyvmm.guest"),
 ]
 
 #: deprecation shims: old import paths of names that moved
