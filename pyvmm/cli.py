@@ -50,7 +50,7 @@ class LazyGroup(click.Group):
     """Commands whose modules load only when that command runs (``pyvmm run`` never
     imports the suite runner): name -> "module:attribute"."""
 
-    LAZY = {"suite": "pyvmm.suite.command:suite"}
+    LAZY = {"suite": "pyvmm.suite.command:suite", "fuzz-target": "pyvmm.fuzz.command:fuzz_target"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
@@ -425,10 +425,14 @@ def guest() -> None:
               "built with the vector ISA instead of -mgeneral-regs-only (repeatable).")
 @click.option("--user-isa", default="native", show_default=True, metavar="ISA",
               help="gcc's -march= for the --user-src files.")
+@click.option("--coverage", is_flag=True, help="Instrument SOURCES and --user-src files for "
+              "fuzzing (-fsanitize-coverage=trace-pc into an AFL-style edge map; "
+              "docs/fuzzing.md).")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines: tuple[str, ...],
                 extra_cflags: tuple[str, ...], extra_ldflags: tuple[str, ...],
-                user_sources: tuple[str, ...], user_isa: str, sources: tuple[str, ...]) -> int:
+                user_sources: tuple[str, ...], user_isa: str, coverage: bool,
+                sources: tuple[str, ...]) -> int:
     """Compile and link SOURCES (C, GNU as .S) with the guest runtime into OUTPUT.
 
     The guest's entry is ``int main(struct boot_info *bi, const char *cmdline)``; its
@@ -440,7 +444,7 @@ def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines
 
     cflags = [*(f"-I{d}" for d in includes), *(f"-D{d}" for d in defines), *extra_cflags]
     build(sources, output, multiboot=multiboot, extra_cflags=cflags, extra_ldflags=extra_ldflags,
-          user_sources=user_sources, user_isa=user_isa)
+          user_sources=user_sources, user_isa=user_isa, coverage=coverage)
     return ExitStatus.OK
 
 
