@@ -17,7 +17,7 @@ import click
 
 from pyvmm.console import say
 from pyvmm.errors import ExitStatus
-from pyvmm.fuzz.forkserver import ForkServer, under_afl
+from pyvmm.fuzz.forkserver import SHM_ENV, ForkServer, publish_coverage, under_afl
 from pyvmm.fuzz.target import MAX_INPUT, Target
 
 
@@ -60,7 +60,10 @@ def fuzz_target(guest: str, input_file: str | None, cmdline: str, mem: str | Non
         from pyvmm.config import memory_size
 
         kw["mem"] = memory_size(mem)
-    with Target(guest, cmdline=cmdline, timeout=timeout if timeout or afl else 1.0,
+    # AFL's tools kill a target that runs too long themselves (afl-showmap runs one this way,
+    # without the forkserver, with the map's id in the environment)
+    by_afl = afl or SHM_ENV in os.environ
+    with Target(guest, cmdline=cmdline, timeout=timeout if timeout or by_afl else 1.0,
                 setup_timeout=setup_timeout, **kw) as target:
         if save_snapshot is not None:
             target.save_snapshot(save_snapshot)
@@ -72,6 +75,9 @@ def fuzz_target(guest: str, input_file: str | None, cmdline: str, mem: str | Non
             return server.serve()
         r = target.run(_read_input(input_file))
         say(f"{r.status}: {r.reason} ({r.edges} map cells hit, {r.exec_ns / 1000:.0f} us)")
+        publish_coverage(r.coverage)
+    if r.status == "timeout":
+        return ExitStatus.TIMEOUT
     if r.signal:
         sys.stdout.flush()
         signal.signal(r.signal, signal.SIG_DFL)

@@ -91,6 +91,22 @@ def shm_input(shm: SharedMemory) -> memoryview:
     return shm.view[4:4 + min(n, shm.size - 4)]
 
 
+def copy_coverage(cov: SharedMemory, coverage: memoryview) -> None:
+    n = min(len(coverage), cov.size)
+    cov.view[:n] = coverage[:n]
+
+
+def publish_coverage(coverage: memoryview) -> None:
+    """One run's map into AFL's (``__AFL_SHM_ID``), if there is one: what afl-showmap
+    reads from a target it ran without the forkserver."""
+    cov = from_env(SHM_ENV)
+    if cov is not None:
+        try:
+            copy_coverage(cov, coverage)
+        finally:
+            cov.close()
+
+
 class Decoy:
     """The pid afl-fuzz is told about: ``/bin/sh`` reading a pipe whose other end only
     this process holds, so it also ends when this process does."""
@@ -154,8 +170,7 @@ class ForkServer:
                 data = shm_input(tests) if tests is not None else self.read_input()
                 r = self.run(data)
                 if cov is not None:
-                    n = min(len(r.coverage), cov.size)
-                    cov.view[:n] = r.coverage[:n]
+                    copy_coverage(cov, r.coverage)
                 write_word(st, r.wait_status)
                 self.executions += 1
         finally:

@@ -8,7 +8,6 @@ id is from the environment, and a view longer than the segment would read past i
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 
@@ -19,7 +18,7 @@ IPC_STAT = 2
 _SEGSZ_AT = 48
 _SHMID_DS_SIZE = 112
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # this process's own libc: no ldconfig run
 _libc.shmat.restype = ctypes.c_void_p
 _libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 _libc.shmdt.argtypes = (ctypes.c_void_p,)
