@@ -130,6 +130,9 @@ def main() -> None:
 @click.option("--from-snapshot", "from_snapshot", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Go on from a snapshot FILE (RAM mapped copy-on-write) "
               "instead of booting GUEST.")
+@click.option("--input", "input_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              metavar="FILE", help="With --from-snapshot of a fuzz target's input point "
+              "(pyvmm fuzz-target --save-snapshot): the guest's GUEST_FUZZ_INPUT gets FILE.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Describe the set-up, show guest events as they happen, tracebacks for VMM bugs.")
 def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: str,
@@ -137,7 +140,8 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         cpu_features: str, strict_io: bool, stats: bool, python_loop: bool, gdb: str | None,
         gdb_default: bool, gdb_no_wait: bool, gdb_allow_remote: bool, core: str | None,
         trace: str | None, kvm_trace: str | None, kvm_stacks: str | None, kvm_stat: bool,
-        save_at: tuple[int, str] | None, from_snapshot: str | None, verbose: bool) -> int:
+        save_at: tuple[int, str] | None, from_snapshot: str | None, input_file: str | None,
+        verbose: bool) -> int:
     """Boot GUEST (an ELF64 image or a multiboot kernel) and stream its serial output.
 
     The exit status is the value the guest wrote to the debug-exit port (0xf4); see the
@@ -169,6 +173,8 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
                 kvm_stacks = "" if kvm_stacks == value else kvm_stacks
     if (guest is None) == (from_snapshot is None):
         raise click.UsageError("give a GUEST to boot or --from-snapshot FILE (one of them)")
+    if input_file is not None and from_snapshot is None:
+        raise click.UsageError("--input goes with --from-snapshot (a fuzz target's input point)")
     if from_snapshot is not None:
         ctx = click.get_current_context()
         options = {"mem": "--mem", "cpus": "--cpus", "cmdline": "--append", "initrd": "--initrd",
@@ -199,6 +205,11 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
             machine = Machine.from_snapshot(from_snapshot, serial=sink, history=CLI_HISTORY,
                                             strict_io=strict_io)
             guest = machine.image.path if machine.image is not None else from_snapshot
+            if input_file is not None:
+                from pyvmm.fuzz.replay import prepare
+
+                with open(input_file, "rb") as f:
+                    prepare(machine, f.read())
         else:
             assert guest is not None
             machine = Machine.from_file(guest, fmt=fmt, cmdline=cmdline, initrd=initrd, **kw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 import click
 
@@ -55,7 +56,7 @@ def fuzz_target(guest: str, input_file: str | None, cmdline: str, mem: str | Non
     (AFL_SKIP_BIN_CHECK=1: the target is a Python script, instrumented in the guest)
     """
     afl = under_afl()
-    kw: dict[str, object] = {}
+    kw: dict[str, Any] = {}
     if mem is not None:
         from pyvmm.config import memory_size
 

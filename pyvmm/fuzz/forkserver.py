@@ -20,6 +20,7 @@ crash: SIGSEGV for a guest crash, SIGABRT for GUEST_ASSERT.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Callable
@@ -129,10 +130,8 @@ class Decoy:
 
     def close(self) -> None:
         os.close(self._w)  # it reads end of file and exits, unless it was killed already
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
         os.close(self.pidfd)
 
 

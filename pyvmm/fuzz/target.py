@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.ucall import GuestEvent
-from pyvmm.errors import ExitStatus, GuestMemoryError, PyvmmError
+from pyvmm.errors import ExitStatus, PyvmmError
 from pyvmm.fuzz.watchdog import Watchdog
 from pyvmm.machine import Machine
 from pyvmm.vstate.history import HistoryLimits
@@ -97,7 +97,7 @@ def input_point(m: Machine, event: GuestEvent) -> InputPoint:
         raise FuzzSetupError(f"GUEST_FUZZ_INPUT: buffer size {maxlen} is not 1..{MAX_INPUT} bytes")
     if not m.memory.is_ram(buf, maxlen):
         raise FuzzSetupError(f"GUEST_FUZZ_INPUT: buffer {buf:#x}+{maxlen:#x} is not in guest RAM")
-    if not m.memory.is_ram(length_at, 8) or buf <= length_at + 7 and length_at < buf + maxlen:
+    if not m.memory.is_ram(length_at, 8) or (buf <= length_at + 7 and length_at < buf + maxlen):
         raise FuzzSetupError(f"GUEST_FUZZ_INPUT: length at {length_at:#x} is not 8 bytes of guest "
                              "RAM outside the buffer")
     return InputPoint(buf, maxlen, length_at)
