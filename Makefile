@@ -115,7 +115,7 @@ examples: $(STAMP)
 # every script runs to its end, also after another failed; make bench fails if any did
 bench: all
 	$(MAKE) -C bench
-	@status=0; for s in run suite debug snapshot kvmtrace usermode; do \
+	@status=0; for s in run suite debug snapshot kvmtrace usermode fuzz; do \
 		echo "$(PY) bench/$$s.py"; $(PY) bench/$$s.py || status=1; done; exit $$status
 
 clean:
