@@ -6,10 +6,13 @@ an input from the input point's snapshot (`pyvmm run --from-snapshot SNAP --inpu
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
+import subprocess
 
 import pytest
-from cli import pyvmm
+from cli import COMMAND, pyvmm
 
 from pyvmm.errors import ExitStatus
 from pyvmm.fuzz import FuzzSetupError, Target
@@ -138,3 +141,28 @@ def test_a_sync_handler_registered_after_a_snapshot_survives_its_restore(guests)
         m.restore(snap)
         assert m.run(timeout=30).status == "exit"
         assert 4 in seen
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed (apt-get install gdb)")
+def test_a_crash_replays_into_a_gdb_session_at_the_fault(guests, tmp_path):
+    elf, snap = guests / "fuzzme.elf", tmp_path / "snap"
+    assert pyvmm("fuzz-target", "--save-snapshot", str(snap), str(elf), input="").returncode == 0
+    (tmp_path / "crash").write_bytes(b"CRASH")
+    stub = subprocess.Popen([*COMMAND, "run", "--gdb", "127.0.0.1:0", "--from-snapshot", str(snap),
+                             "--input", str(tmp_path / "crash")], stderr=subprocess.PIPE, text=True)
+    try:
+        assert stub.stderr is not None
+        m = re.search(r"gdb stub on 127\.0\.0\.1:(\d+)", stub.stderr.readline())
+        assert m, "no port announced"
+        out = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"target remote 127.0.0.1:{m.group(1)}",
+                              "-ex", "hbreak idt_report_unhandled", "-ex", "continue",
+                              "-ex", "p/x r->cs", "-ex", "info symbol r->rip", str(elf)],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        stub.kill()
+        stub.wait()
+    # stopped where the runtime reports the fault: the frame is user mode's (CS RPL 3) and
+    # its RIP is in the parser, as the fuzzer's crash said
+    assert "Breakpoint 1, idt_report_unhandled" in out, out
+    cs = re.search(r"\$1 = (0x[0-9a-f]+)", out)
+    assert cs and int(cs.group(1), 16) & 3 == 3 and "parse" in out, out
