@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from pyvmm.console import say
-from pyvmm.errors import ExitStatus
+from pyvmm.errors import ConfigError, ExitStatus, OutputError
 from pyvmm.fuzz.forkserver import SHM_ENV, ForkServer, publish_coverage, under_afl
 from pyvmm.fuzz.target import MAX_INPUT, Target
 
@@ -29,8 +29,11 @@ def _read_input(path: str | None) -> bytes:
             return os.pread(0, MAX_INPUT, 0)
         except OSError:  # a pipe or a terminal
             return sys.stdin.buffer.read(MAX_INPUT)
-    with open(path, "rb") as f:
-        return f.read(MAX_INPUT)
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_INPUT)
+    except OSError as e:
+        raise ConfigError(f"input {path}: {e.strerror}") from None
 
 
 @click.command("fuzz-target")
@@ -38,11 +41,13 @@ def _read_input(path: str | None) -> bytes:
 @click.argument("input_file", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False))
 @click.option("--append", "cmdline", default="", help="Guest command line.")
 @click.option("--mem", default=None, help="Guest RAM (as pyvmm run's --mem).")
-@click.option("--timeout", type=float, default=None, help="Seconds one input may run before "
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds one input may run before "
               "pyvmm ends it (reported as SIGKILL).  Under afl-fuzz its own -t decides (it kills "
               "the pid pyvmm reported, and pyvmm stops the guest at once); default: 1 s run "
               "by hand, none under AFL.")
-@click.option("--setup-timeout", type=float, default=60.0, show_default=True,
+@click.option("--setup-timeout", type=click.FloatRange(0, min_open=True), default=60.0,
+              show_default=True,
               help="Seconds the boot to GUEST_FUZZ_INPUT may take.")
 @click.option("--save-snapshot", "save_snapshot", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Save the input point's snapshot to FILE, for replaying "
@@ -67,7 +72,12 @@ def fuzz_target(guest: str, input_file: str | None, cmdline: str, mem: str | Non
     with Target(guest, cmdline=cmdline, timeout=timeout if timeout or by_afl else 1.0,
                 setup_timeout=setup_timeout, **kw) as target:
         if save_snapshot is not None:
-            target.save_snapshot(save_snapshot)
+            from pyvmm.snapshot import SnapshotError
+
+            try:
+                target.save_snapshot(save_snapshot)
+            except SnapshotError as e:  # a file that cannot be written: output, not the guest
+                raise OutputError(f"--save-snapshot: {e}") from None
         if afl:
             if target.map_size == 0:
                 say(f"note: {guest} has no coverage map (build it with pyvmm guest build --coverage)")

@@ -166,3 +166,16 @@ def test_a_crash_replays_into_a_gdb_session_at_the_fault(guests, tmp_path):
     assert "Breakpoint 1, idt_report_unhandled" in out, out
     cs = re.search(r"\$1 = (0x[0-9a-f]+)", out)
     assert cs and int(cs.group(1), 16) & 3 == 3 and "parse" in out, out
+
+
+def test_fuzz_target_refuses_bad_arguments_in_one_line(guests, tmp_path):
+    elf = str(guests / "fuzzme.elf")
+    for args, status in (([elf, str(tmp_path / "missing")], ExitStatus.USAGE),
+                         (["--timeout", "-1", elf], ExitStatus.USAGE),
+                         (["--mem", "lots", elf], ExitStatus.USAGE),
+                         (["--save-snapshot", str(tmp_path / "no" / "dir" / "snap"), elf],
+                          ExitStatus.OUTPUT),
+                         ([str(tmp_path)], ExitStatus.USAGE)):
+        p = pyvmm("fuzz-target", *args, input="hello")
+        assert p.returncode == status, (args, p.returncode, p.stderr)
+        assert "Traceback" not in p.stderr and p.stderr.strip().count("\n") <= 1, p.stderr
