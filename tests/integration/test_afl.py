@@ -126,12 +126,15 @@ def test_afl_tmin_and_afl_cmin_work_through_the_target(guests, tmp_path):
 
 def test_two_instances_share_a_corpus_main_and_secondary(guests, tmp_path):
     inp, out = seeds(tmp_path, "in", b"hello"), tmp_path / "out"
-    env = afl_env()
-    procs = [subprocess.Popen(["afl-fuzz", "-V", "12", "-i", str(inp), "-o", str(out), role, name,
-                               "--", *target(guests)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env)
-             for role, name in (("-M", "main"), ("-S", "second"))]
+    procs = []
     try:
+        # the secondary starts while the main runs and imports its queue first (AFL++'s own
+        # sync, AFL_IMPORT_FIRST: at once rather than after AFL's sync interval)
+        for role, name, env in (("-M", "main", afl_env()), ("-S", "second", afl_env(AFL_IMPORT_FIRST="1"))):
+            procs.append(subprocess.Popen(
+                ["afl-fuzz", "-V", "12", "-i", str(inp), "-o", str(out), role, name, "--",
+                 *target(guests)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env))
+            time.sleep(5)
         logs = [p.communicate(timeout=200)[0].decode(errors="replace") for p in procs]
     finally:
         for p in procs:
@@ -142,3 +145,5 @@ def test_two_instances_share_a_corpus_main_and_secondary(guests, tmp_path):
         assert p.returncode == 0, log[-3000:]
     for name in ("main", "second"):
         assert int(stats(out / name)["execs_done"]) > 100
+    # the secondary read the main instance's queue (AFL++ notes it in .synced/<name>)
+    assert (out / "second" / ".synced" / "main").exists(), logs[1][-2000:]
