@@ -130,7 +130,8 @@ def main() -> None:
 @click.option("--from-snapshot", "from_snapshot", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Go on from a snapshot FILE (RAM mapped copy-on-write) "
               "instead of booting GUEST.")
-@click.option("--input", "input_file", type=click.Path(dir_okay=False, exists=True), default=None,
+@click.option("--input", "input_file", type=click.Path(dir_okay=False, exists=True, readable=True),
+              default=None,
               metavar="FILE", help="With --from-snapshot of a fuzz target's input point "
               "(pyvmm fuzz-target --save-snapshot): the guest's GUEST_FUZZ_INPUT gets FILE.")
 @click.option("-v", "--verbose", is_flag=True,
