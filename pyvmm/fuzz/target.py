@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.ucall import GuestEvent
-from pyvmm.errors import ExitStatus, PyvmmError
+from pyvmm.errors import ConfigError, ExitStatus, PyvmmError
 from pyvmm.fuzz.watchdog import Watchdog
 from pyvmm.machine import Machine
 from pyvmm.vstate.history import HistoryLimits
@@ -159,6 +159,8 @@ class Target:
                  timeout: float | None = 1.0, setup_timeout: float = 60.0,
                  serial: Callable[[bytes], None] | None = None, **machine_kw: Any) -> None:
         self.timeout = timeout
+        if machine_kw.get("cpus", 1) != 1:  # inputs run on vCPU 0 alone (vcpu_loop(0))
+            raise ConfigError("a fuzz target has one vCPU (cpus=1)")
         machine_kw.setdefault("history", HistoryLimits(serial=4096, events=64))
         self.machine = Machine.from_file(guest, cmdline=cmdline, serial=serial, **machine_kw)
         self._watchdog: Watchdog | None = None
