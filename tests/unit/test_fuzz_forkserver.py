@@ -213,3 +213,10 @@ def test_the_protocol_over_real_pipes_and_afls_kill_of_the_decoy(segment, monkey
     assert watched[-1] is None
     with pytest.raises(ProcessLookupError):  # the last decoy is gone, reaped
         os.kill(pids[2], 0)
+
+
+def test_a_target_has_one_vcpu():
+    from pyvmm.fuzz import Target
+
+    with pytest.raises(ConfigError, match="one vCPU"):
+        Target("guest.elf", cpus=2)
