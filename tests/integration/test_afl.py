@@ -147,3 +147,26 @@ def test_two_instances_share_a_corpus_main_and_secondary(guests, tmp_path):
         assert int(stats(out / name)["execs_done"]) > 100
     # the secondary read the main instance's queue (AFL++ notes it in .synced/<name>)
     assert (out / "second" / ".synced" / "main").exists(), logs[1][-2000:]
+
+
+def test_the_example_builds_and_its_bug_crashes_both_builds(tmp_path):
+    """examples/fuzz-parser: the seeds parse, the planted bug's input crashes the guest (the
+    fuzzer's SIGSEGV) and the native afl-cc build alike (finding it takes afl-fuzz a minute
+    or two here: bench/fuzz.py measures that, not this test)."""
+    from pyvmm.guest import build
+
+    ex = Path(__file__).resolve().parents[2] / "examples" / "fuzz-parser"
+    elf = build([ex / "guest.c"], tmp_path / "tlv.elf", coverage=True,
+                user_sources=[ex / "harness.c", ex / "tlv.c"])
+    crash = tmp_path / "crash"
+    crash.write_bytes(b"TLV1\x01B\x04xFZ\x01")
+    for seed in sorted((ex / "seeds").iterdir()):
+        assert pyvmm("fuzz-target", str(elf), str(seed)).returncode == 0, seed
+    r = pyvmm("fuzz-target", str(elf), str(crash))
+    assert r.returncode == -signal.SIGSEGV and "#PF" in r.stderr, r.stderr
+    if shutil.which("afl-cc"):
+        native = tmp_path / "tlv-native"
+        subprocess.run(["afl-cc", "-O2", "-o", str(native), str(ex / "native.c"), str(ex / "tlv.c")],
+                       check=True, capture_output=True, env=afl_env())
+        with crash.open("rb") as f:
+            assert subprocess.run([str(native)], stdin=f, timeout=60).returncode == -signal.SIGSEGV
