@@ -148,8 +148,12 @@ class Afl:
     def send(self, value: int) -> None:
         os.write(self.ctl_w, struct.pack("<I", value))
 
-    def close(self) -> None:
+    def hang_up(self) -> None:
+        """End of file on the control pipe: the server returns."""
         os.close(self.ctl_w)
+
+    def close(self) -> None:
+        """Put fds 198/199 back (once the server is done with them)."""
         for fd, saved in zip((fs.FORKSRV_FD, fs.FORKSRV_FD + 1), self.saved, strict=True):
             if saved is None:
                 os.close(fd)
@@ -206,8 +210,9 @@ def test_the_protocol_over_real_pipes_and_afls_kill_of_the_decoy(segment, monkey
                 assert cov_shm.view[3] == len(expect)
         assert pids[0] == pids[1] != pids[2]  # one decoy until it is killed
     finally:
-        afl.close()  # end of file on the control pipe: the server returns
+        afl.hang_up()
         t.join(timeout=10)
+        afl.close()
         cov_shm.close()
     assert not t.is_alive() and server.executions == 3
     assert watched[-1] is None
