@@ -14,7 +14,7 @@ PKG_FILES := pyproject.toml setup.py MANIFEST.in docs/guests.md $(shell find pyv
 	-not -path '*/__pycache__/*' -not -path 'pyvmm/guest/lib/*' -not -name '*.so' \
 	-not -name '*.elf' -not -name '_native.c' -not -name '*.o')
 GUESTS := hello selftest protocol msrs cr3 paging timer irq realmode mbtest hostile debugme snapshot \
-	usermode
+	usermode fuzzme
 MB_GUESTS := hello selftest mbtest vmexit hostile pcplat debugme snapshot usermode
 # hand-written kernels with linker scripts of their own, as third-party kernels are
 ASM_KERNELS := mb_rmpit.flat mb_bios.flat mb_stiwin.flat mb_low.flat mb_elf64.elf
@@ -61,6 +61,9 @@ $(B)/%.elf: guests/%.c $(STAMP)
 # its vector half runs at CPL3 and gets the host's ISA (--user-src)
 $(B)/usermode.elf: guests/usermode.c guests/usermode_user.c $(STAMP)
 	$(PYVMM) guest build -o $@ $< --user-src guests/usermode_user.c
+# a fuzz target: its parser at CPL3, both halves instrumented for coverage
+$(B)/fuzzme.elf: guests/fuzzme.c guests/fuzzme_user.c $(STAMP)
+	$(PYVMM) guest build --coverage -o $@ $< --user-src guests/fuzzme_user.c
 $(B)/usermode.flat: guests/usermode.c guests/usermode_user.c $(STAMP)
 	$(PYVMM) guest build --multiboot -o $@ $< --user-src guests/usermode_user.c
 $(B)/%.flat: guests/%.c $(STAMP)
@@ -112,7 +115,7 @@ examples: $(STAMP)
 # every script runs to its end, also after another failed; make bench fails if any did
 bench: all
 	$(MAKE) -C bench
-	@status=0; for s in run suite debug snapshot kvmtrace usermode; do \
+	@status=0; for s in run suite debug snapshot kvmtrace usermode fuzz; do \
 		echo "$(PY) bench/$$s.py"; $(PY) bench/$$s.py || status=1; done; exit $$status
 
 clean:

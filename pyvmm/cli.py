@@ -38,7 +38,7 @@ class LazyGroup(click.Group):
     """Commands whose modules load only when that command runs (``pyvmm run`` never
     imports the suite runner): name -> "module:attribute"."""
 
-    LAZY = {"suite": "pyvmm.suite.command:suite"}
+    LAZY = {"suite": "pyvmm.suite.command:suite", "fuzz-target": "pyvmm.fuzz.command:fuzz_target"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
@@ -118,6 +118,10 @@ def main() -> None:
 @click.option("--from-snapshot", "from_snapshot", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Go on from a snapshot FILE (RAM mapped copy-on-write) "
               "instead of booting GUEST.")
+@click.option("--input", "input_file", type=click.Path(dir_okay=False, exists=True, readable=True),
+              default=None,
+              metavar="FILE", help="With --from-snapshot of a fuzz target's input point "
+              "(pyvmm fuzz-target --save-snapshot): the guest's GUEST_FUZZ_INPUT gets FILE.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Describe the set-up, show guest events as they happen, tracebacks for VMM bugs.")
 def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: str,
@@ -125,7 +129,8 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         cpu_features: str, strict_io: bool, stats: bool, python_loop: bool, gdb: str | None,
         gdb_default: bool, gdb_no_wait: bool, gdb_allow_remote: bool, core: str | None,
         trace: str | None, kvm_trace: str | None, kvm_stacks: str | None, kvm_stat: bool,
-        save_at: tuple[int, str] | None, from_snapshot: str | None, verbose: bool) -> int:
+        save_at: tuple[int, str] | None, from_snapshot: str | None, input_file: str | None,
+        verbose: bool) -> int:
     """Boot GUEST (an ELF64 image or a multiboot kernel) and stream its serial output.
 
     The exit status is the value the guest wrote to the debug-exit port (0xf4); see the
@@ -146,6 +151,8 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
                 kvm_stacks = "" if kvm_stacks == value else kvm_stacks
     if (guest is None) == (from_snapshot is None):
         raise click.UsageError("give a GUEST to boot or --from-snapshot FILE (one of them)")
+    if input_file is not None and from_snapshot is None:
+        raise click.UsageError("--input goes with --from-snapshot (a fuzz target's input point)")
     if from_snapshot is not None:
         ctx = click.get_current_context()
         options = {"mem": "--mem", "cpus": "--cpus", "cmdline": "--append", "initrd": "--initrd",
@@ -159,7 +166,7 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
     return run_guest(guest, mem, cpus, timeout, cmdline, initrd, fmt, exit_code_mode, irqchip, pit,
                      cpu_features, strict_io, stats, python_loop, gdb, gdb_no_wait,
                      gdb_allow_remote, core, trace, kvm_trace, kvm_stacks, kvm_stat, save_at,
-                     from_snapshot, verbose)
+                     from_snapshot, verbose, input_file)
 
 
 @main.command()
@@ -218,10 +225,14 @@ def guest() -> None:
               "built with the vector ISA instead of -mgeneral-regs-only (repeatable).")
 @click.option("--user-isa", default="native", show_default=True, metavar="ISA",
               help="gcc's -march= for the --user-src files.")
+@click.option("--coverage", is_flag=True, help="Instrument SOURCES and --user-src files for "
+              "fuzzing (-fsanitize-coverage=trace-pc into an AFL-style edge map; "
+              "docs/fuzzing.md).")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines: tuple[str, ...],
                 extra_cflags: tuple[str, ...], extra_ldflags: tuple[str, ...],
-                user_sources: tuple[str, ...], user_isa: str, sources: tuple[str, ...]) -> int:
+                user_sources: tuple[str, ...], user_isa: str, coverage: bool,
+                sources: tuple[str, ...]) -> int:
     """Compile and link SOURCES (C, GNU as .S) with the guest runtime into OUTPUT.
 
     The guest's entry is ``int main(struct boot_info *bi, const char *cmdline)``; its
@@ -233,7 +244,7 @@ def guest_build(output: str, multiboot: bool, includes: tuple[str, ...], defines
 
     cflags = [*(f"-I{d}" for d in includes), *(f"-D{d}" for d in defines), *extra_cflags]
     build(sources, output, multiboot=multiboot, extra_cflags=cflags, extra_ldflags=extra_ldflags,
-          user_sources=user_sources, user_isa=user_isa)
+          user_sources=user_sources, user_isa=user_isa, coverage=coverage)
     return ExitStatus.OK
 
 

@@ -31,7 +31,7 @@ RUN_DEFAULTS: dict[str, object] = {
     "cpu_features": "", "strict_io": False, "stats": False, "python_loop": False,
     "gdb": None, "gdb_default": False, "gdb_no_wait": False, "gdb_allow_remote": False,
     "core": None, "trace": None, "kvm_trace": None, "kvm_stacks": None, "kvm_stat": False,
-    "save_at": None, "from_snapshot": None, "verbose": False,
+    "save_at": None, "from_snapshot": None, "input_file": None, "verbose": False,
 }
 
 #: the flags read here: option -> (parameter, value)

@@ -34,9 +34,10 @@ def run_guest(guest: str | None, mem: int | None, cpus: int, timeout: float | No
               python_loop: bool, gdb: str | None, gdb_no_wait: bool, gdb_allow_remote: bool,
               core: str | None, trace: str | None, kvm_trace: str | None,
               kvm_stacks: str | None, kvm_stat: bool, save_at: tuple[int, str] | None,
-              from_snapshot: str | None, verbose: bool) -> int:
+              from_snapshot: str | None, verbose: bool, input_file: str | None = None) -> int:
     """``pyvmm run`` with its parameters read and checked against each other (exactly one
-    of ``guest`` and ``from_snapshot``; ``gdb`` with -s already applied): the exit status."""
+    of ``guest`` and ``from_snapshot``; ``input_file`` only with ``from_snapshot``; ``gdb``
+    with -s already applied): the exit status."""
     machine: Machine | None = None
     sink = StdoutSink(lambda: machine.stop() if machine is not None else None)
     kw: dict[str, object] = {"cpus": cpus, "strict_io": strict_io, "serial": sink,
@@ -68,6 +69,12 @@ def run_guest(guest: str | None, mem: int | None, cpus: int, timeout: float | No
             machine = Machine.from_snapshot(from_snapshot, serial=sink, history=CLI_HISTORY,
                                             strict_io=strict_io)
             guest = machine.image.path if machine.image is not None else from_snapshot
+            if input_file is not None:  # a fuzz target's input point: this input, as AFL gave it
+                from pyvmm.fuzz.replay import prepare
+                from pyvmm.fuzz.target import MAX_INPUT
+
+                with open(input_file, "rb") as f:  # what a buffer can take, not the whole file
+                    prepare(machine, f.read(MAX_INPUT))
         else:
             assert guest is not None
             machine = Machine.from_file(guest, fmt=fmt, cmdline=cmdline, initrd=initrd, **kw)

@@ -44,7 +44,12 @@ LD = HERE / "ld"
 LIB = HERE / "lib"
 LIBRARY_NAME = "libpyvmm-guest.a"
 RUNTIME_SOURCES = ("entry.S", "boot.c", "serial.c", "printf.c", "string.c", "smp.c", "ucall.c",
-                   "idt.c", "isr.S", "apic.c", "pt.c", "report.c", "user.c", "user_entry.S")
+                   "idt.c", "isr.S", "apic.c", "pt.c", "report.c", "user.c", "user_entry.S", "fuzz.c")
+#: the coverage hook ``--coverage`` links: outside the archive, so that only instrumented
+#: guests carry its 64 KiB map, and never instrumented itself
+COVERAGE_SOURCE = "fuzz_cov.c"
+#: what ``--coverage`` adds to the guest's own sources (CPL0 and user mode alike)
+COVERAGE_CFLAGS = ("-fsanitize-coverage=trace-pc",)
 
 CFLAGS = (
     "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-ffreestanding", "-fno-builtin",
@@ -179,7 +184,8 @@ def runtime_library() -> Path:
 def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool = False,
           extra_cflags: Sequence[str] = (), extra_ldflags: Sequence[str] = (),
           library: Path | None = None, include: Path = INCLUDE, ld_dir: Path = LD,
-          user_sources: Sequence[str | Path] = (), user_isa: str = DEFAULT_USER_ISA) -> Path:
+          user_sources: Sequence[str | Path] = (), user_isa: str = DEFAULT_USER_ISA,
+          coverage: bool = False, src: Path = SRC) -> Path:
     """Compile and link ``sources`` (C and GNU as ``.S``) with the guest runtime.
 
     ``user_sources`` hold code run at CPL3 (``GUEST_USER_CALL``): compiled with
@@ -188,8 +194,10 @@ def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool 
 
     ELF64 guests follow pyvmm's entry convention; ``multiboot=True`` links the multiboot
     entry (everything at or above 1 MiB) and converts the result to ELF32 (EM_386), the
-    form QEMU's ``-kernel`` and kvm-unit-tests' ``.flat`` files use.  Raises
-    :class:`GuestBuildError` with the tool's output.
+    form QEMU's ``-kernel`` and kvm-unit-tests' ``.flat`` files use.  ``coverage=True``
+    instruments ``sources`` and ``user_sources`` (:data:`COVERAGE_CFLAGS`) and links the
+    hook that records their edges into ``__pyvmm_cov_map`` (``<pyvmm/fuzz.h>``); the
+    runtime stays uninstrumented.  Raises :class:`GuestBuildError` with the tool's output.
     """
     if not sources and not user_sources:
         raise GuestBuildError("no source files to build")
@@ -197,6 +205,7 @@ def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool 
         if not Path(s).is_file():
             raise GuestBuildError(f"{s}: no such source file")
     ucflags = user_cflags(user_isa, include) if user_sources else []
+    cov = list(COVERAGE_CFLAGS) if coverage else []
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     lib = library if library is not None else runtime_library()
@@ -206,10 +215,15 @@ def build(sources: Sequence[str | Path], output: str | Path, *, multiboot: bool 
         user_objs = []
         for i, s in enumerate(user_sources):
             obj = Path(tmp) / f"{i}-{Path(s).stem}.o"
-            _run([*cc, *ucflags, *extra_cflags, "-c", "-o", str(obj), str(s)],
+            _run([*cc, *ucflags, *cov, *extra_cflags, "-c", "-o", str(obj), str(s)],
                  f"compiling {s} (user mode)")
             user_objs.append(str(obj))
-        _run([*cc, *cflags(include), *extra_cflags, *ldflags(multiboot, ld_dir), *extra_ldflags,
+        if coverage:  # the hook: CPL0 flags, not instrumented (it would call itself)
+            obj = Path(tmp) / "pyvmm-fuzz-cov.o"
+            _run([*cc, *cflags(include), "-c", "-o", str(obj), str(src.resolve() / COVERAGE_SOURCE)],
+                 f"compiling {COVERAGE_SOURCE}")
+            user_objs.append(str(obj))
+        _run([*cc, *cflags(include), *cov, *extra_cflags, *ldflags(multiboot, ld_dir), *extra_ldflags,
               "-o", str(linked), *map(str, sources), *user_objs, *libs(lib)],
              f"building {out.name}")
     if multiboot:

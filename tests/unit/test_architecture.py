@@ -25,7 +25,7 @@ PKG = ROOT / "pyvmm"
 LAYERS: list[tuple[str, ...]] = [
     ("pyvmm.__main__", "pyvmm.entry"),
     ("pyvmm.cli", "pyvmm.runargs", "pyvmm.runcmd", "pyvmm.artefacts"),
-    ("pyvmm.suite",),
+    ("pyvmm.suite", "pyvmm.fuzz"),
     ("pyvmm.pytest_plugin",),
     ("pyvmm.doctor",),
     ("pyvmm",),

@@ -23,5 +23,6 @@
 #include "pt.h"    /* 4-level page tables: pt_map, pt_pte, pt_clone_root */
 #include "report.h" /* kvm-unit-tests style PASS:/FAIL:/SKIP:/SUMMARY: lines */
 #include "user.h"   /* user mode (CPL3): GUEST_USER_CALL, GUEST_USER_TRY_CALL */
+#include "fuzz.h"   /* fuzz targets: GUEST_FUZZ_INPUT, the coverage map */
 
 #endif

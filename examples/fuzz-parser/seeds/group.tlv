@@ -1,0 +1,1 @@
+TLV1GTLV1NinnerIBblob!
