@@ -163,10 +163,15 @@ def run(guest: str, mem: int | None, cpus: int, timeout: float | None, cmdline: 
         if shape:
             raise click.UsageError(f"--from-snapshot takes the machine from the snapshot; drop "
                                    f"{', '.join(shape)}")
-    return run_guest(guest, mem, cpus, timeout, cmdline, initrd, fmt, exit_code_mode, irqchip, pit,
-                     cpu_features, strict_io, stats, python_loop, gdb, gdb_no_wait,
-                     gdb_allow_remote, core, trace, kvm_trace, kvm_stacks, kvm_stat, save_at,
-                     from_snapshot, verbose, input_file)
+    # by name: five of these are adjacent flags a positional slip would swap unseen
+    return run_guest(guest=guest, mem=mem, cpus=cpus, timeout=timeout, cmdline=cmdline,
+                     initrd=initrd, fmt=fmt, exit_code_mode=exit_code_mode, irqchip=irqchip,
+                     pit=pit, cpu_features=cpu_features, strict_io=strict_io, stats=stats,
+                     python_loop=python_loop, gdb=gdb, gdb_no_wait=gdb_no_wait,
+                     gdb_allow_remote=gdb_allow_remote, core=core, trace=trace,
+                     kvm_trace=kvm_trace, kvm_stacks=kvm_stacks, kvm_stat=kvm_stat,
+                     save_at=save_at, from_snapshot=from_snapshot, verbose=verbose,
+                     input_file=input_file)
 
 
 @main.command()

@@ -104,7 +104,7 @@ def _exit_now(status: int) -> None:
         return
     import os
 
-    os._exit(status)
+    os._exit(status & 0xFF)  # what the kernel keeps of sys.exit's value; os._exit takes a C int
 
 
 def _signum(e: BaseException) -> int | None:

@@ -70,3 +70,13 @@ def test_atexit_handlers_run() -> None:
     p = _pyvmm_with(prelude, "run", "/nonexistent/guest.elf")
     assert p.returncode == 120, p.stderr  # GuestImageError
     assert "atexit ran" in p.stderr
+
+
+@pytest.mark.parametrize("status, want", [(0xFFFFFFFF, 255), (1 << 40 | 7, 7), (-1, 255)])
+def test_a_status_beyond_a_c_int_exits_as_sys_exit_would(status: int, want: int) -> None:
+    """os._exit takes a C int: a command returning a guest's raw 32-bit value (fuzz-target
+    run by hand on a guest whose main returned -1) ended in an OverflowError traceback and
+    status 1; the kernel keeps the low 8 bits of what sys.exit would have passed it."""
+    p = _pyvmm_with(f"import pyvmm.entry as e; e._run = lambda *a: {status}", "info")
+    assert p.returncode == want, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
