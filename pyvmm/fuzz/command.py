@@ -9,6 +9,7 @@ shell scripts see crashes the usual way; otherwise with the guest's exit code.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -60,6 +61,9 @@ def fuzz_target(guest: str, input_file: str | None, cmdline: str, mem: str | Non
     afl-fuzz -i seeds -o out -- pyvmm fuzz-target guest.elf
     (AFL_SKIP_BIN_CHECK=1: the target is a Python script, instrumented in the guest)
     """
+    for value, option in ((timeout, "--timeout"), (setup_timeout, "--setup-timeout")):
+        if value is not None and not math.isfinite(value):  # no deadline: nothing ends a hang
+            raise click.BadParameter(f"{value} is not a number of seconds", param_hint=option)
     afl = under_afl()
     kw: dict[str, Any] = {}
     if mem is not None:

@@ -113,15 +113,19 @@ class Decoy:
     this process holds, so it also ends when this process does."""
 
     def __init__(self) -> None:
+        self.pid, self.pidfd = -1, -1
         r, self._w = os.pipe()
         try:
             self.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "read _"], dict(os.environ),
                                       file_actions=[(os.POSIX_SPAWN_DUP2, r, 0),
                                                     (os.POSIX_SPAWN_CLOSE, FORKSRV_FD),
                                                     (os.POSIX_SPAWN_CLOSE, FORKSRV_FD + 1)])
+            self.pidfd = os.pidfd_open(self.pid)
+        except BaseException:
+            self.close()  # the pipe, and a child that was spawned
+            raise
         finally:
             os.close(r)
-        self.pidfd = os.pidfd_open(self.pid)
 
     def alive(self) -> bool:
         """False once it has exited (reaped here)."""
@@ -129,10 +133,17 @@ class Decoy:
         return pid == 0
 
     def close(self) -> None:
-        os.close(self._w)  # it reads end of file and exits, unless it was killed already
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        os.close(self.pidfd)
+        """Once; again is a no-op (an fd number closed twice may be someone else's by then)."""
+        if self._w >= 0:
+            os.close(self._w)  # it reads end of file and exits, unless it was killed already
+            self._w = -1
+        if self.pid > 0:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = -1
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 class ForkServer:
@@ -161,10 +172,12 @@ class ForkServer:
                                       f"(answered {reply!r}); this afl-fuzz is not one pyvmm knows")
             while read_word(ctl) is not None:
                 if decoy is None or not decoy.alive():
-                    if decoy is not None:
-                        decoy.close()
-                    decoy = Decoy()
+                    # the new one watched before the old one's pidfd closes: their fd
+                    # numbers can never be the same
+                    old, decoy = decoy, Decoy()
                     self.watch(decoy.pidfd)
+                    if old is not None:
+                        old.close()
                 write_word(st, decoy.pid)
                 data = shm_input(tests) if tests is not None else self.read_input()
                 r = self.run(data)

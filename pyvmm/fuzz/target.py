@@ -15,12 +15,14 @@ a run's threads and statistics would cost more than the guest's work for most in
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pyvmm.config import check_timeout
 from pyvmm.devices.bus import GuestStop
 from pyvmm.devices.ucall import GuestEvent
 from pyvmm.errors import ConfigError, ExitStatus, PyvmmError
@@ -141,7 +143,9 @@ def classify(out: Outcome, timed_out: bool) -> tuple[str, int, int]:
         if isinstance(event, GuestEvent) and event.kind == "assert":
             return "assert", signal.SIGABRT, 0
         return "crash", signal.SIGSEGV, 0
-    if out.kind in (RunStatus.CRASH, RunStatus.IO_ERROR):
+    # S3 sleep and a debug exit are the guest's doing too: an input must not end the
+    # campaign (no fuzzing run wakes a sleeping guest or serves a debugger)
+    if out.kind in (RunStatus.CRASH, RunStatus.IO_ERROR, RunStatus.SUSPEND, RunStatus.DEBUG):
         return "crash", signal.SIGSEGV, 0
     raise PyvmmError(f"the fuzzing run failed: {out.reason or out.kind}")
 
@@ -158,7 +162,7 @@ class Target:
     def __init__(self, guest: str | os.PathLike[str], *, cmdline: str = "",
                  timeout: float | None = 1.0, setup_timeout: float = 60.0,
                  serial: Callable[[bytes], None] | None = None, **machine_kw: Any) -> None:
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)  # NaN refused; infinity is no limit
         if machine_kw.get("cpus", 1) != 1:  # inputs run on vCPU 0 alone (vcpu_loop(0))
             raise ConfigError("a fuzz target has one vCPU (cpus=1)")
         machine_kw.setdefault("history", HistoryLimits(serial=4096, events=64))
@@ -207,10 +211,6 @@ class Target:
         assert self._watchdog is not None
         self._watchdog.watch(pidfd)
 
-    @property
-    def watched_died(self) -> bool:
-        return self._watchdog is not None and self._watchdog.died
-
     def run(self, data: bytes | bytearray | memoryview) -> FuzzResult:
         """One input: restore, write it (cut to the guest's buffer), run, classify."""
         m, loop, wd = self.machine, self.loop, self._watchdog
@@ -218,8 +218,8 @@ class Target:
         t0 = time.perf_counter_ns()
         m.restore(self.snapshot)
         write_input(m, self.point, data)
+        loop.reset_kick()  # before arming: a kick the watchdog gives at once must stay
         wd.arm(self.timeout)
-        loop.reset_kick()
         self._running = True
         try:
             out = loop.run()
@@ -245,9 +245,15 @@ class Target:
         self.loop.kick()
 
     def close(self) -> None:
+        """Release the VM.  The coverage view results hold goes with it: reading it after
+        raises ValueError (it pointed into guest RAM, which is unmapped now)."""
         if self._watchdog is not None:
             self._watchdog.close()
             self._watchdog = None
+        cov = getattr(self, "_cov", None)
+        if cov is not None:
+            with contextlib.suppress(BufferError):
+                cov.release()
         self.machine.close()
 
     def __enter__(self) -> Target:

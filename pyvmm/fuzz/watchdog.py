@@ -10,7 +10,7 @@ process is killed.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import select
 import threading
 import time
@@ -29,6 +29,9 @@ class Watchdog:
         self._deadline: float | None = None
         self._fired = False
         self._pidfd: int | None = None
+        #: which watch() the pidfd belongs to: a new decoy's pidfd often gets the number
+        #: of the one just closed, and a wake-up from the old one must not count for it
+        self._generation = 0
         self.died = False  #: the watched process is gone (read by the owner, reset by watch)
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="pyvmm-fuzz-watchdog", daemon=True)
@@ -38,6 +41,7 @@ class Watchdog:
         """Watch ``pidfd`` (owned by the caller) from now on; None: none."""
         with self._lock:
             self._pidfd, self.died = pidfd, False
+            self._generation += 1
 
     def arm(self, seconds: float | None) -> None:
         with self._lock:
@@ -57,14 +61,18 @@ class Watchdog:
     def _loop(self) -> None:
         poller = select.poll()
         watched: int | None = None
+        generation = -1
         while not self._closed:
-            pidfd = self._pidfd if not self.died else None
-            if pidfd != watched:
+            with self._lock:
+                pidfd = self._pidfd if not self.died else None
+                now = self._generation
+            if pidfd != watched or now != generation:
                 if watched is not None:
-                    poller.unregister(watched)
+                    with contextlib.suppress(KeyError):
+                        poller.unregister(watched)
                 if pidfd is not None:
                     poller.register(pidfd, select.POLLIN)
-                watched = pidfd
+                watched, generation = pidfd, now
             try:
                 ready = poller.poll(TICK * 1000) if watched is not None else None
             except OSError:  # the fd was closed under us: look again
@@ -74,14 +82,9 @@ class Watchdog:
             if ready is None:
                 time.sleep(TICK)
             with self._lock:
-                if ready and self._pidfd == watched:
+                if ready and self._generation == generation and self._pidfd == watched:
                     self.died = True
                 due = self._deadline is not None and (self.died or time.monotonic() >= self._deadline)
                 if due and not self._fired:
                     self._fired = True
                     self._kick()
-
-
-def pidfd_open(pid: int) -> int:
-    """A pidfd for ``pid`` (Linux 5.3+): readable once the process has exited."""
-    return os.pidfd_open(pid)

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 from cli import COMMAND, pyvmm
@@ -179,3 +180,17 @@ def test_fuzz_target_refuses_bad_arguments_in_one_line(guests, tmp_path):
         p = pyvmm("fuzz-target", *args, input="hello")
         assert p.returncode == status, (args, p.returncode, p.stderr)
         assert "Traceback" not in p.stderr and p.stderr.strip().count("\n") <= 1, p.stderr
+
+
+def test_coverage_read_after_the_target_closed_is_an_error_not_a_crash(guests):
+    """The result's coverage is a view into guest RAM: read after close() it killed the
+    process with SIGSEGV (the RAM was unmapped under it)."""
+    code = ("from pyvmm.fuzz import Target\n"
+            f"with Target({str(guests / 'fuzzme.elf')!r}) as t:\n"
+            "    r = t.run(b'hello')\n"
+            "try:\n"
+            "    r.edges\n"
+            "except ValueError as e:\n"
+            "    print('refused:', e)\n")
+    p = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "refused: " in p.stdout, (p.returncode, p.stderr)

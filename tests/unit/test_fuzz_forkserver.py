@@ -50,6 +50,10 @@ def test_hello_word_is_what_afl_decodes():
     (RunStatus.ASSERT, "error", ("crash", signal.SIGSEGV, 0)),
     (RunStatus.CRASH, None, ("crash", signal.SIGSEGV, 0)),
     (RunStatus.KICKED, None, ("timeout", signal.SIGKILL, 0)),
+    # an input that sleeps (ACPI S3) or takes a debug exit raised a VMM error, which ended
+    # the whole campaign: they are the guest's doing, so crashes
+    (RunStatus.SUSPEND, None, ("crash", signal.SIGSEGV, 0)),
+    (RunStatus.DEBUG, None, ("crash", signal.SIGSEGV, 0)),
 ])
 def test_outcomes_map_to_the_statuses_afl_counts(kind, event_kind, want):
     from pyvmm.devices.ucall import GuestEvent
@@ -225,3 +229,58 @@ def test_a_target_has_one_vcpu():
 
     with pytest.raises(ConfigError, match="one vCPU"):
         Target("guest.elf", cpus=2)
+
+
+def test_a_target_refuses_a_nan_timeout():
+    from pyvmm.fuzz import Target
+
+    with pytest.raises(ConfigError, match="not a number of seconds"):
+        Target("guest.elf", timeout=float("nan"))
+
+
+def test_a_decoy_closes_once():
+    """A failed new decoy left the old one to be closed a second time: its fd numbers,
+    by then perhaps another file's, were closed again."""
+    d = fs.Decoy()
+    fds = (d._w, d.pidfd)
+    d.close()
+    keep = [os.open("/dev/null", os.O_RDONLY) for _ in range(4)]  # reuse those numbers
+    try:
+        d.close()
+        for fd in keep:
+            os.fstat(fd)  # still open
+    finally:
+        for fd in keep:
+            os.close(fd)
+    assert d._w == d.pidfd == -1 and fds[0] >= 0
+
+
+def test_the_watchdog_ignores_a_wake_up_from_a_pidfd_watched_before():
+    """A new decoy's pidfd can get the number of the one just closed: watching it anew
+    starts clean (the race this guards, a wake-up of the old watch handled after the new
+    watch, is closed by the watch's generation; this checks the sequence around it)."""
+    from pyvmm.fuzz.watchdog import Watchdog
+
+    kicks = []
+    wd = Watchdog(lambda: kicks.append(1))
+    try:
+        r, w = os.pipe()
+        os.close(w)  # r is readable (end of file) at once: as a dead process's pidfd
+        wd.watch(r)
+        deadline = time.monotonic() + 2
+        while not wd.died and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert wd.died
+        os.close(r)
+        r2, w2 = os.pipe()  # a live one, watched anew, most likely under r's old number
+        wd.watch(r2)
+        time.sleep(0.1)
+        assert not wd.died
+        wd.arm(None)
+        time.sleep(0.05)
+        assert wd.disarm() is False and kicks == []
+        os.close(r2)
+        os.close(w2)
+    finally:
+        wd.watch(None)
+        wd.close()
