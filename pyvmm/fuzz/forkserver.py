@@ -128,9 +128,24 @@ class Decoy:
             os.close(r)
 
     def alive(self) -> bool:
-        """False once it has exited (reaped here)."""
-        pid, _ = os.waitpid(self.pid, os.WNOHANG)
-        return pid == 0
+        """False once it has exited (reaped here, once)."""
+        if self.pid <= 0:
+            return False
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = self.pid
+        if pid == 0:
+            return True
+        self.pid = -1  # reaped: the number may be another process's from now on
+        return False
+
+    def wait(self) -> None:
+        """Until it has been killed (reaped here)."""
+        if self.pid > 0:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = -1
 
     def close(self) -> None:
         """Once; again is a no-op (an fd number closed twice may be someone else's by then)."""
@@ -181,6 +196,11 @@ class ForkServer:
                 write_word(st, decoy.pid)
                 data = shm_input(tests) if tests is not None else self.read_input()
                 r = self.run(data)
+                if r.status == "timeout" and decoy.alive():
+                    # pyvmm's own --timeout came first: a SIGKILL afl-fuzz did not send
+                    # itself counts as a crash there, so the timeout is left to afl-fuzz,
+                    # whose -t kills the decoy
+                    decoy.wait()
                 if cov is not None:
                     copy_coverage(cov, r.coverage)
                 write_word(st, r.wait_status)

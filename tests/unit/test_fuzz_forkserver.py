@@ -284,3 +284,32 @@ def test_the_watchdog_ignores_a_wake_up_from_a_pidfd_watched_before():
     finally:
         wd.watch(None)
         wd.close()
+
+
+def test_pyvmms_own_timeout_waits_for_afls_kill(segment, monkeypatch):
+    """An input pyvmm's own --timeout ended was reported as SIGKILL at once, before
+    afl-fuzz had timed anything out: afl-fuzz counts a kill it did not send as a crash.
+    The status now waits for afl-fuzz's own kill of the decoy."""
+    monkeypatch.delenv(fs.SHM_ENV, raising=False)
+    monkeypatch.delenv(fs.SHM_FUZZ_ENV, raising=False)
+
+    def run(data: memoryview | bytes) -> FuzzResult:  # the VMM's watchdog fired, decoy alive
+        return FuzzResult("timeout", signal.SIGKILL, 0, "", memoryview(b""), 0)
+
+    afl = Afl()
+    server = fs.ForkServer(run, lambda pidfd: None, 0, lambda: b"HANG")
+    t = threading.Thread(target=server.serve)
+    t.start()
+    try:
+        afl.word()  # hello
+        afl.send(0)
+        pid = afl.word()
+        r, _, _ = select.select([afl.st_r], [], [], 0.3)
+        assert not r, "the status came before afl-fuzz's kill"
+        os.kill(pid, signal.SIGKILL)  # afl-fuzz's -t
+        assert afl.word() == signal.SIGKILL
+    finally:
+        afl.hang_up()
+        t.join(timeout=10)
+        afl.close()
+    assert not t.is_alive()
