@@ -11,7 +11,6 @@ fails there is no one left to tell, and the exit status still says what happened
 from __future__ import annotations
 
 import errno
-import io
 import os
 from collections.abc import Callable
 
@@ -63,28 +62,6 @@ def out(text: str) -> None:
         raise
     except OSError as e:
         raise OutputError(f"cannot write output: {e.strerror}") from None
-
-
-class StdoutText(io.TextIOBase):
-    """``sys.stdout`` while click writes its own output (``--help``, ``--version``): through
-    :func:`out`, so a full or closed stdout is one line and 119, a reader that left 141, as
-    for every command's output (click's own write was an OSError, status 125)."""
-
-    encoding = "utf-8"
-    errors = "backslashreplace"
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        out(text)
-        return len(text)
-
-    def isatty(self) -> bool:
-        try:
-            return os.isatty(1)
-        except OSError:
-            return False
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -203,9 +203,7 @@ def _click_main(args: list[str]) -> int:
     import click
 
     from pyvmm.cli import main as cli
-    from pyvmm.console import StdoutText
 
-    sys.stdout = StdoutText()  # click's own output fails as a command's does
     try:
         rv = cli.main(args, prog_name="pyvmm", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0
