@@ -8,12 +8,11 @@ statuses").  Guest output streams to stdout as it comes.
 
 from __future__ import annotations
 
-import math
 import os
 
 import click
 
-from pyvmm.config import memory_size
+from pyvmm.config import memory_size, seconds_option
 from pyvmm.console import out, say
 from pyvmm.errors import ConfigError, ExitStatus
 from pyvmm.runcmd import run_guest
@@ -26,12 +25,6 @@ def _mem(ctx: click.Context, param: click.Parameter, value: str | None) -> int |
         return memory_size(value)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
-
-
-def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"{value} is not a positive number of seconds")
-    return value
 
 
 class LazyGroup(click.Group):
@@ -67,7 +60,7 @@ def main() -> None:
               "128M for multiboot kernels.")
 @click.option("--cpus", default=1, show_default=True, type=click.IntRange(1, 64),
               help="vCPUs; APs wait for INIT/SIPI.")
-@click.option("--timeout", type=float, default=None, callback=_timeout,
+@click.option("--timeout", type=float, default=None, callback=seconds_option,
               help="Stop the guest after SECONDS (exit status 124).")
 @click.option("--append", "cmdline", default="", help="Guest command line (boot info, or "
               "the multiboot command line after the kernel's path).")

@@ -23,6 +23,18 @@ MAX_CPUS = 64
 MULTIBOOT_MEM = 128 << 20
 
 
+def seconds_option(ctx: object, param: object, value: float | None) -> float | None:
+    """click's callback for an option of seconds (``pyvmm run --timeout``, ``pyvmm
+    fuzz-target --timeout``): None, or a finite number > 0.  NaN or infinity would be a
+    deadline nothing reaches.  click is imported only to refuse a value: this module is
+    on the path of a plain run, which does not load click."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        import click
+
+        raise click.BadParameter(f"{value} is not a positive number of seconds")
+    return value
+
+
 def check_timeout(timeout: float | None) -> float | None:
     """``timeout`` as the run and wait methods take it: None (no limit) or seconds >= 0;
     infinity is None.  TypeError for a non-number, ValueError for a negative or NaN one."""

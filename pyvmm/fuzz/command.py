@@ -9,7 +9,6 @@ shell scripts see crashes the usual way; otherwise with the guest's exit code.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import click
 
+from pyvmm.config import memory_size, seconds_option
 from pyvmm.console import say
 from pyvmm.errors import ConfigError, ExitStatus, OutputError
 from pyvmm.fuzz.forkserver import SHM_ENV, ForkServer, publish_coverage, under_afl
@@ -42,12 +42,12 @@ def _read_input(path: str | None) -> bytes:
 @click.argument("input_file", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False))
 @click.option("--append", "cmdline", default="", help="Guest command line.")
 @click.option("--mem", default=None, help="Guest RAM (as pyvmm run's --mem).")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
-              help="Seconds one input may run before "
-              "pyvmm ends it (reported as SIGKILL).  Under afl-fuzz its own -t decides (it kills "
-              "the pid pyvmm reported, and pyvmm stops the guest at once); default: 1 s run "
-              "by hand, none under AFL.")
-@click.option("--setup-timeout", type=click.FloatRange(0, min_open=True), default=60.0,
+@click.option("--timeout", type=float, default=None, callback=seconds_option,
+              help="Seconds one input may run before pyvmm stops it (a timeout).  Under "
+              "afl-fuzz its own -t decides: it kills the pid pyvmm reported, pyvmm stops the "
+              "guest at once, and an input pyvmm stopped first waits for that kill; default: "
+              "1 s run by hand, none under AFL.")
+@click.option("--setup-timeout", type=float, default=60.0, callback=seconds_option,
               show_default=True,
               help="Seconds the boot to GUEST_FUZZ_INPUT may take.")
 @click.option("--save-snapshot", "save_snapshot", type=click.Path(dir_okay=False), default=None,
@@ -61,14 +61,9 @@ def fuzz_target(guest: str, input_file: str | None, cmdline: str, mem: str | Non
     afl-fuzz -i seeds -o out -- pyvmm fuzz-target guest.elf
     (AFL_SKIP_BIN_CHECK=1: the target is a Python script, instrumented in the guest)
     """
-    for value, option in ((timeout, "--timeout"), (setup_timeout, "--setup-timeout")):
-        if value is not None and not math.isfinite(value):  # no deadline: nothing ends a hang
-            raise click.BadParameter(f"{value} is not a number of seconds", param_hint=option)
     afl = under_afl()
     kw: dict[str, Any] = {}
     if mem is not None:
-        from pyvmm.config import memory_size
-
         kw["mem"] = memory_size(mem)
     # AFL's tools kill a target that runs too long themselves (afl-showmap runs one this way,
     # without the forkserver, with the map's id in the environment)

@@ -141,7 +141,7 @@ class Decoy:
         return False
 
     def wait(self) -> None:
-        """Until it has been killed (reaped here)."""
+        """Until it has exited (killed by afl-fuzz, or its pipe closed); reaped here."""
         if self.pid > 0:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
@@ -152,10 +152,7 @@ class Decoy:
         if self._w >= 0:
             os.close(self._w)  # it reads end of file and exits, unless it was killed already
             self._w = -1
-        if self.pid > 0:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
-            self.pid = -1
+        self.wait()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
