@@ -223,6 +223,7 @@ SOURCE = r"""
 #include <linux/kvm.h>
 #include <sys/mman.h>
 #include "runloop.h"
+#include "setup.h"
 
 """ + VIEWS + r"""
 #define VIEW(name, member, type)                                                         \
@@ -269,11 +270,12 @@ HIDDEN = "/* not in cdef */"
 
 
 def header_cdef(text: str) -> str:
-    """The cdef of runloop.h: the text between its ``/* cdef-begin`` and ``/* cdef-end */``
-    markers (constants with their values, the structs Python reads and the prototypes), as
-    the compiler sees it, but for two changes: a line marked HIDDEN is left out, and each
-    struct ends in ``...;`` so that cffi takes the layout from the compiler (and may skip
-    the hidden fields).  The one declaration of ``struct pyvmm_loop`` and its kin."""
+    """The cdef of a header (runloop.h, setup.h): the text between its ``/* cdef-begin``
+    and ``/* cdef-end */`` markers (constants with their values, the structs Python reads
+    and the prototypes), as the compiler sees it, but for two changes: a line marked
+    HIDDEN is left out, and each struct ends in ``...;`` so that cffi takes the layout from
+    the compiler (and may skip the hidden fields).  The one declaration of ``struct pyvmm_loop``, ``struct
+    pyvmm_reset`` and their kin."""
     region = text.split("/* cdef-begin", 1)[1].split("*/", 1)[1].split("/* cdef-end */", 1)[0]
     lines = [line for line in region.splitlines() if not line.rstrip().endswith(HIDDEN)]
     return re.sub(r"^};$", "    ...;\n};", "\n".join(lines), flags=re.M) + "\n"
@@ -282,7 +284,8 @@ def header_cdef(text: str) -> str:
 def _cdef() -> str:
     consts = "\n".join(f"#define {name} ..." for name in CONSTANTS)
     exits = "\n".join(f"#define KVM_EXIT_{name} ..." for name in EXIT_REASONS)
-    return (CDEF + header_cdef((HERE / "runloop.h").read_text()) + consts + "\n" + exits
+    headers = "".join(header_cdef((HERE / h).read_text()) for h in ("runloop.h", "setup.h"))
+    return (CDEF + headers + consts + "\n" + exits
             + "\n")
 
 
@@ -292,7 +295,7 @@ ffibuilder.set_source(
     "pyvmm._native",
     SOURCE,
     # setuptools wants paths relative to the project root, where it runs this script
-    sources=["cbindings/runloop.c"],
+    sources=["cbindings/runloop.c", "cbindings/setup.c"],
     include_dirs=["cbindings"],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-std=gnu11"],
     libraries=["pthread"],

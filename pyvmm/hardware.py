@@ -8,6 +8,7 @@ the memslots (paid once, at creation, instead of ~15 ms at destruction).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 
@@ -48,6 +49,26 @@ if TYPE_CHECKING:
                      left: float | None, stop: threading.Event) -> bool | Outcome: ...
 
 
+#: the answer of :func:`vm86_possible`, once per process
+_VM86: list[bool] = []
+_UNRESTRICTED_GUEST = "/sys/module/kvm_intel/parameters/unrestricted_guest"
+
+
+def vm86_possible() -> bool:
+    """Whether KVM may run the guest's real-mode and unpaged protected-mode code in vm86
+    mode, which needs the TSS and identity-map pages (KVM_SET_TSS_ADDR and
+    KVM_SET_IDENTITY_MAP_ADDR): only VMX without "unrestricted guest" does (Intel CPUs
+    before Westmere, or kvm_intel loaded with unrestricted_guest=N).  Read from kvm_intel's
+    parameter, once; where the host does not say (no /sys/module), assume it may."""
+    if not _VM86:
+        try:
+            with open(_UNRESTRICTED_GUEST, "rb") as f:
+                _VM86.append(f.read().strip() != b"Y")
+        except OSError:  # no kvm_intel (AMD, kvm_pvm), or a /sys that does not tell
+            _VM86.append(not os.path.isdir("/sys/module/kvm") or os.path.isdir("/sys/module/kvm_intel"))
+    return _VM86[0]
+
+
 def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
     """The VM, with ``irqchip`` ("kernel", "split" or "none") and the in-kernel PIT."""
     # three KVM_CHECK_EXTENSIONs, not Kvm.capabilities (~90 of them): machines are
@@ -57,10 +78,11 @@ def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
         raise KvmError("KVM_CREATE_VCPU", 22, f"this KVM allows {max_vcpus} vCPUs")
     vm = kvm.create_vm()
     try:
-        if kvm.check_extension(CAP_SET_TSS_ADDR):
-            vm.set_tss_addr(layout.TSS_ADDR)
-        if kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
-            vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
+        if vm86_possible():  # two ioctls every machine would pay for nothing elsewhere
+            if kvm.check_extension(CAP_SET_TSS_ADDR):
+                vm.set_tss_addr(layout.TSS_ADDR)
+            if kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
+                vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
         if irqchip == "kernel":
             vm.create_irqchip()  # before the memslots (module docstring)
             if pit:

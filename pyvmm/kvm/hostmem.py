@@ -36,24 +36,17 @@ class HostMapping:
         elif hugepages:
             ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | _MAP_HUGETLB, err)
         else:
-            try:
-                self._fd = os.memfd_create("pyvmm-ram", os.MFD_CLOEXEC)
-                os.ftruncate(self._fd, size)
-            except OSError as e:
-                self._close_fd()
-                if e.errno == errno.ENOMEM:
-                    raise KvmError(f"memfd {what}", e.errno,
-                                   f"cannot make {size >> 20} MiB for {what}") from None
-                # a memfd is a file: a file-size limit (ulimit -f: EFBIG) or a seccomp
-                # policy refuses it where plain shared memory is allowed; RAM is then
-                # anonymous shared memory, and a save reads all of it (data_ranges: None)
-            ptr = lib.pyvmm_mmap(size, self._fd, _MAP_NORESERVE, err)
+            # memfd_create, ftruncate, mmap and MADV_HUGEPAGE (THP where the host allows
+            # it) in one native call; a memfd the host refuses for any reason but ENOMEM (a
+            # file-size limit: EFBIG, a seccomp policy) leaves anonymous shared memory,
+            # whose save reads all of it (data_ranges: None)
+            fd = ffi.new("int *")
+            ptr = lib.pyvmm_ram_map(size, fd, err)
+            self._fd = int(fd[0])
         if ptr == ffi.NULL:
             self._close_fd()
             raise KvmError(f"mmap {what}", err[0], f"cannot map {size >> 20} MiB for {what}")
         self.private = file is not None
-        if not hugepages and file is None:
-            lib.pyvmm_madvise(ptr, size, lib.MADV_HUGEPAGE)  # THP where the host allows it
         self.size = size
         self._ptr: Cdata = ptr
         #: ``uint8_t *`` to the first byte

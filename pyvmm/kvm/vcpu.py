@@ -33,6 +33,10 @@ MP_STATE_UNINITIALIZED = int(lib.KVM_MP_STATE_UNINITIALIZED)
 MP_STATE_HALTED = int(lib.KVM_MP_STATE_HALTED)
 #: x87 and SSE state as after reset/FNINIT (SDM vol. 1, 8.1.5 and 10.2.3)
 FPU_RESET = {"fcw": 0x37F, "mxcsr": 0x1F80}
+#: the ioctl behind each step number the native set-up calls (cbindings/setup.h) report
+_STEPS = {int(getattr(lib, f"PYVMM_STEP_{name}")): f"KVM_{name}" for name in (
+    "SET_CPUID2", "SET_MSRS", "SET_FPU", "GET_LAPIC", "SET_LAPIC", "GET_SREGS", "SET_SREGS",
+    "SET_REGS")}
 
 
 def cpuid_entry(e: Cdata) -> dict[str, int]:
@@ -117,6 +121,26 @@ class Vcpu(FdObject, kind="vcpu"):
         pending I/O instruction and EINTR is the expected answer)."""
         r = int(lib.pyvmm_ioctl(self._fd("KVM_RUN"), self.REQUESTS["KVM_RUN"], ffi.NULL))
         return -r if r < 0 else 0
+
+    # --- several ioctls to a call (cbindings/setup.h) ------------------------------
+    def reset(self, reset: Cdata) -> None:
+        """KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU and, with ``reset.lapic``, KVM_GET_LAPIC,
+        LINT0/LINT1 and KVM_SET_LAPIC (the page as set is left in ``reset.lapic``): one
+        native call for a ``struct pyvmm_reset`` (:func:`pyvmm.x86.reset.reset_vcpu`)."""
+        err = ffi.new("int *")
+        self._setup_failed(lib.pyvmm_vcpu_reset(self._fd("KVM_SET_CPUID2"), reset, err), err)
+
+    def enter(self, mode: Cdata, regs: Cdata) -> None:
+        """KVM_GET_SREGS, the fields a CPU mode decides taken from ``mode`` (a ``struct
+        kvm_sregs``: CS-SS, GDT, IDT, CR0, CR3, CR4, EFER; TR, LDT and the APIC base stay
+        as KVM has them), KVM_SET_SREGS, KVM_SET_REGS (``regs``): one native call."""
+        err = ffi.new("int *")
+        self._setup_failed(lib.pyvmm_vcpu_enter(self._fd("KVM_GET_SREGS"), mode, regs, err), err)
+
+    @staticmethod
+    def _setup_failed(step: int, err: Cdata) -> None:
+        if step:
+            raise KvmError(_STEPS[step], int(err[0]))
 
     # --- registers -------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:

@@ -59,6 +59,12 @@ def install_kick_handler() -> None:
             _kick_installed = True
 
 
+def _native_id() -> int:
+    """This thread's TID as threading keeps it (get_native_id() asks the kernel each time)."""
+    tid = threading.current_thread().native_id
+    return tid if tid is not None else threading.get_native_id()
+
+
 class FastTableFull(RuntimeError):
     """More fast-path entries than the C table holds (a VMM limit, PYVMM_MAX_ENTRIES)."""
 
@@ -227,7 +233,7 @@ class VcpuLoop:
     def run(self) -> Outcome:
         """Run in C until an outcome; slow exits are handled here in between."""
         c = self.c
-        self.threads.add(threading.get_native_id())
+        self.threads.add(_native_id())
         lib.pyvmm_loop_bind_thread(c)
         try:
             while True:
@@ -260,7 +266,7 @@ class VcpuLoop:
         PIO exits take an inlined path (cached views of kvm_run, a port -> device cache)
         so that the comparison with the C loop measures the language, not sloppiness.
         """
-        self.threads.add(threading.get_native_id())
+        self.threads.add(_native_id())
         fd = self.vcpu.fd
         run = self.vcpu.kvm_run
         io = lib.pyvmm_run_io(run)

@@ -11,11 +11,15 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from pyvmm.errors import ConfigError
+from pyvmm.kvm.native import ffi
+from pyvmm.kvm.vcpu import regs_struct
 from pyvmm.record import FrozenRecord
 from pyvmm.x86.modes import set_long_mode, set_protected_mode, set_real_mode
 
 TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.kvm.vcpu import Vcpu
 
 LONG, PROTECTED, REAL = "long", "protected", "real"
@@ -64,16 +68,35 @@ class EntryState(FrozenRecord):
         return where + (f", CR3={self.cr3:#x}" if self.mode == LONG else "") + extra
 
 
+#: the CPU-mode half of KVM_SET_SREGS per (mode, CR3, GDT base, CS): a loader's entry is
+#: the same for every machine that runs its image, and filling a struct costs more than
+#: looking one up (bounded: a fuzzer's or a suite's images are few)
+_MODES: dict[tuple[str, int, int, int], Any] = {}
+_MODES_MAX = 64
+
+
+def mode_sregs(entry: EntryState) -> Any:
+    """A ``struct kvm_sregs`` whose segments, GDT, IDT, CR0/3/4 and EFER put a vCPU in
+    ``entry``'s mode (what :meth:`pyvmm.kvm.vcpu.Vcpu.enter` takes from it)."""
+    key = (entry.mode, entry.cr3, entry.gdt_base, entry.cs)
+    sregs = _MODES.get(key)
+    if sregs is None:
+        sregs = ffi.new("struct kvm_sregs *")
+        if entry.mode == LONG:
+            set_long_mode(sregs, cr3=entry.cr3, gdt_base=entry.gdt_base)
+        elif entry.mode == PROTECTED:
+            set_protected_mode(sregs, gdt_base=entry.gdt_base)
+        elif entry.mode == REAL:
+            set_real_mode(sregs, entry.cs)
+        else:
+            raise ConfigError(f"unknown entry mode {entry.mode!r}")
+        if len(_MODES) >= _MODES_MAX:
+            _MODES.clear()
+        _MODES[key] = sregs
+    return sregs
+
+
 def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
-    """Put ``entry`` on ``vcpu``: two ioctls (KVM_SET_SREGS, KVM_SET_REGS)."""
-    sregs = vcpu.get_sregs()
-    if entry.mode == LONG:
-        set_long_mode(sregs, cr3=entry.cr3, gdt_base=entry.gdt_base)
-    elif entry.mode == PROTECTED:
-        set_protected_mode(sregs, gdt_base=entry.gdt_base)
-    elif entry.mode == REAL:
-        set_real_mode(sregs, entry.cs)
-    else:
-        raise ConfigError(f"unknown entry mode {entry.mode!r}")
-    vcpu.set_sregs(sregs)
-    vcpu.set_regs(dict(entry.regs), rip=entry.rip)
+    """Put ``entry`` on ``vcpu``: KVM_GET_SREGS, KVM_SET_SREGS and KVM_SET_REGS in one
+    native call (TR, LDT and the APIC base stay as KVM has them)."""
+    vcpu.enter(mode_sregs(entry), regs_struct({**entry.regs, "rip": entry.rip}))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from pyvmm.kvm.vcpu import FPU_RESET, cpuid_struct
+from pyvmm.kvm.native import ffi
+from pyvmm.kvm.vcpu import FPU_RESET, cpuid_struct, msrs_struct
 from pyvmm.x86.cpuid import vcpu_cpuid
 from pyvmm.x86.msrs import RESET_MSRS
 
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
 
     from pyvmm.kvm.vcpu import Vcpu
 
-APIC_LVT_LINT0 = 0x350
-APIC_LVT_LINT1 = 0x360
 LVT_EXTINT = 0x700
 LVT_NMI = 0x400
 
@@ -29,6 +28,9 @@ LVT_NMI = 0x400
 #: machines are created by the thousand, and building the struct costs more than the
 #: ioctl; KVM copies it, so one serves every machine
 _CPUID_CACHE: dict[tuple[str, int, int, tuple[tuple[str, bool], ...]], Any] = {}
+#: the MSRs' and the FPU's reset values as KVM_SET_MSRS and KVM_SET_FPU take them: the
+#: same for every vCPU, built at the first (KVM copies them, never writes them)
+_FIXED: list[Any] = []
 
 
 def reset_vcpu(vcpu: Vcpu, supported_cpuid: Callable[[], Sequence[dict[str, int]]], ncpus: int,
@@ -44,15 +46,14 @@ def reset_vcpu(vcpu: Vcpu, supported_cpuid: Callable[[], Sequence[dict[str, int]
         cpuid = cpuid_struct(vcpu_cpuid(supported_cpuid(), vcpu.id, ncpus, dict(feats)))
         if kvm_path:
             _CPUID_CACHE[key] = cpuid
-    vcpu.set_cpuid2(cpuid)
-    vcpu.set_msrs(RESET_MSRS)
-    vcpu.set_fpu(**FPU_RESET)
-    if lapic:
-        regs = vcpu.get_lapic()  # virtual-wire mode, as firmware leaves it
-        regs[APIC_LVT_LINT0:APIC_LVT_LINT0 + 4] = LVT_EXTINT.to_bytes(4, "little")
-        regs[APIC_LVT_LINT1:APIC_LVT_LINT1 + 4] = LVT_NMI.to_bytes(4, "little")
-        vcpu.set_lapic(bytes(regs))
+    if not _FIXED:
+        _FIXED.extend((msrs_struct(RESET_MSRS), ffi.new("struct kvm_fpu *", FPU_RESET)))
+    page = ffi.new("struct kvm_lapic_state *") if lapic else ffi.NULL
+    # virtual-wire mode, as firmware leaves the LAPIC; one native call for the five ioctls
+    vcpu.reset(ffi.new("struct pyvmm_reset *", {
+        "cpuid": cpuid, "msrs": _FIXED[0], "fpu": _FIXED[1], "lapic": page,
+        "lint0": LVT_EXTINT, "lint1": LVT_NMI}))
     # GPRs and RIP in kvm_run on every exit for free; sregs/events too would cost
     # ~0.3 us per exit here (measured), so those are read by ioctl when needed
     vcpu.enable_sync_regs()
-    return bytes(regs) if lapic else None
+    return ffi.buffer(page.regs)[:] if lapic else None
