@@ -27,7 +27,8 @@ int pyvmm_vcpu_reset(int fd, const struct pyvmm_reset *r, int *err)
     *err = 0;
     STEP(PYVMM_STEP_SET_CPUID2, ioctl(fd, KVM_SET_CPUID2, r->cpuid));
     STEP(PYVMM_STEP_SET_MSRS, ioctl(fd, KVM_SET_MSRS, r->msrs));
-    STEP(PYVMM_STEP_SET_FPU, ioctl(fd, KVM_SET_FPU, r->fpu));
+    if (r->fpu)
+        STEP(PYVMM_STEP_SET_FPU, ioctl(fd, KVM_SET_FPU, r->fpu));
     if (r->lapic) {
         STEP(PYVMM_STEP_GET_LAPIC, ioctl(fd, KVM_GET_LAPIC, r->lapic));
         memcpy(r->lapic->regs + APIC_LVT_LINT0, &r->lint0, 4); /* x86: little-endian */

@@ -30,14 +30,14 @@
 struct pyvmm_reset {
     struct kvm_cpuid2 *cpuid;
     struct kvm_msrs *msrs;
-    struct kvm_fpu *fpu;
+    struct kvm_fpu *fpu;             /* NULL: left as KVM has it */
     /* NULL without an in-kernel LAPIC; else receives the register page as set */
     struct kvm_lapic_state *lapic;
     uint32_t lint0;  /* LVT LINT0 and LINT1 (virtual-wire mode: ExtINT, NMI) */
     uint32_t lint1;
 };
 
-/* KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU and, with r->lapic, KVM_GET_LAPIC, LINT0/1
+/* KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU (with r->fpu) and, with r->lapic, KVM_GET_LAPIC, LINT0/1
  * written into the page, KVM_SET_LAPIC.  0, or the PYVMM_STEP_ that failed (*err: errno). */
 int pyvmm_vcpu_reset(int fd, const struct pyvmm_reset *r, int *err);
 

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 #: the answer of :func:`vm86_possible`, once per process
 _VM86: list[bool] = []
-_UNRESTRICTED_GUEST = "/sys/module/kvm_intel/parameters/unrestricted_guest"
+_SYS_MODULE = "/sys/module"
 
 
 def vm86_possible() -> bool:
@@ -62,10 +62,11 @@ def vm86_possible() -> bool:
     parameter, once; where the host does not say (no /sys/module), assume it may."""
     if not _VM86:
         try:
-            with open(_UNRESTRICTED_GUEST, "rb") as f:
+            with open(f"{_SYS_MODULE}/kvm_intel/parameters/unrestricted_guest", "rb") as f:
                 _VM86.append(f.read().strip() != b"Y")
         except OSError:  # no kvm_intel (AMD, kvm_pvm), or a /sys that does not tell
-            _VM86.append(not os.path.isdir("/sys/module/kvm") or os.path.isdir("/sys/module/kvm_intel"))
+            _VM86.append(not os.path.isdir(f"{_SYS_MODULE}/kvm")
+                         or os.path.isdir(f"{_SYS_MODULE}/kvm_intel"))
     return _VM86[0]
 
 

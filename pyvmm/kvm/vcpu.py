@@ -31,8 +31,6 @@ GUESTDBG_USE_HW_BP = int(lib.KVM_GUESTDBG_USE_HW_BP)
 MP_STATE_RUNNABLE = int(lib.KVM_MP_STATE_RUNNABLE)
 MP_STATE_UNINITIALIZED = int(lib.KVM_MP_STATE_UNINITIALIZED)
 MP_STATE_HALTED = int(lib.KVM_MP_STATE_HALTED)
-#: x87 and SSE state as after reset/FNINIT (SDM vol. 1, 8.1.5 and 10.2.3)
-FPU_RESET = {"fcw": 0x37F, "mxcsr": 0x1F80}
 #: the ioctl behind each step number the native set-up calls (cbindings/setup.h) report
 _STEPS = {int(getattr(lib, f"PYVMM_STEP_{name}")): f"KVM_{name}" for name in (
     "SET_CPUID2", "SET_MSRS", "SET_FPU", "GET_LAPIC", "SET_LAPIC", "GET_SREGS", "SET_SREGS",
@@ -124,9 +122,10 @@ class Vcpu(FdObject, kind="vcpu"):
 
     # --- several ioctls to a call (cbindings/setup.h) ------------------------------
     def reset(self, reset: Cdata) -> None:
-        """KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU and, with ``reset.lapic``, KVM_GET_LAPIC,
-        LINT0/LINT1 and KVM_SET_LAPIC (the page as set is left in ``reset.lapic``): one
-        native call for a ``struct pyvmm_reset`` (:func:`pyvmm.x86.reset.reset_vcpu`)."""
+        """KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU (with ``reset.fpu``) and, with
+        ``reset.lapic``, KVM_GET_LAPIC, LINT0/LINT1 and KVM_SET_LAPIC (the page as set is
+        left in ``reset.lapic``): one native call for a ``struct pyvmm_reset``
+        (:func:`pyvmm.x86.reset.reset_vcpu`)."""
         err = ffi.new("int *")
         self._setup_failed(lib.pyvmm_vcpu_reset(self._fd("KVM_SET_CPUID2"), reset, err), err)
 

@@ -43,6 +43,15 @@ _EINTR, _EAGAIN = -4, -11
 #: struct kvm_run's io member: direction, size, port, count, data_offset (checked below)
 _IO_VIEW = struct.Struct("<BBHIQ")
 assert _IO_VIEW.size == ffi.sizeof("struct pyvmm_run_io")
+#: struct pyvmm_fast_entry: base, len, read_value, last_value, hits, space, dirs, action,
+#: enabled, pad, clock_hz, clock_mask (packed whole: a dozen cffi field writes cost more)
+_ENTRY = struct.Struct("<5Q4BI2Q")
+assert _ENTRY.size == ffi.sizeof("struct pyvmm_fast_entry")
+assert ffi.offsetof("struct pyvmm_fast_entry", "clock_hz") == 48
+#: the claimed-ports bitmap per set of claimed PIO ranges (every machine has the same few
+#: devices: computing it port by port cost more than the rest of a loop's set-up)
+_PORT_BITMAPS: dict[tuple[tuple[int, int], ...], bytes] = {}
+_PORT_BITMAPS_MAX = 64
 MAX_ENTRIES = int(lib.PYVMM_MAX_ENTRIES)
 
 _kick_installed = False
@@ -63,6 +72,33 @@ def _native_id() -> int:
     """This thread's TID as threading keeps it (get_native_id() asks the kernel each time)."""
     tid = threading.current_thread().native_id
     return tid if tid is not None else threading.get_native_id()
+
+
+def port_bitmap(ranges: tuple[tuple[int, int], ...]) -> bytes:
+    """The C loop's claimed-ports bitmap (bit ``port & 7`` of byte ``port >> 3``) for
+    ``ranges`` of ``(base, length)``; cached per set of ranges."""
+    bitmap = _PORT_BITMAPS.get(ranges)
+    if bitmap is None:
+        bits = 0
+        for base, length in ranges:
+            end = min(base + length, 65536)
+            if end > base:
+                bits |= ((1 << (end - base)) - 1) << base
+        bitmap = bits.to_bytes(65536 // 8, "little")
+        if len(_PORT_BITMAPS) >= _PORT_BITMAPS_MAX:
+            _PORT_BITMAPS.clear()
+        _PORT_BITMAPS[ranges] = bitmap
+    return bitmap
+
+
+def entry_record(fe: FastEntry) -> bytes:
+    """``fe`` as the C table's ``struct pyvmm_fast_entry`` (hits and last value 0);
+    OverflowError for a value its field cannot hold, as cffi would raise."""
+    try:
+        return _ENTRY.pack(fe.base, fe.length, fe.read_value, 0, 0, int(fe.space), fe.dirs,
+                           int(fe.action), int(fe.enabled), 0, fe.clock_hz, fe.clock_mask)
+    except struct.error as e:
+        raise OverflowError(f"fast entry of {fe.owner.name} at {fe.base:#x}: {e}") from None
 
 
 class FastTableFull(RuntimeError):
@@ -118,10 +154,7 @@ class VcpuLoop:
     def sync_claims(self) -> None:
         """Tell the C loop which ports and MMIO ranges have devices, so that it can answer
         accesses to the others itself (all-ones, counted) unless the bus is strict."""
-        ffi.memmove(self._claimed_ports, bytes(65536 // 8), 65536 // 8)
-        for base, length in self.bus.claimed(Space.PIO):
-            for port in range(base, min(base + length, 65536)):
-                self._claimed_ports[port >> 3] |= 1 << (port & 7)
+        ffi.memmove(self._claimed_ports, port_bitmap(tuple(self.bus.claimed(Space.PIO))), 65536 // 8)
         mmio = self.bus.claimed(Space.MMIO)
         if len(mmio) > MAX_ENTRIES:
             self.c.answer_unclaimed = 0  # too many ranges to mirror: Python decides
@@ -142,10 +175,7 @@ class VcpuLoop:
             if self._buffer_owner not in (None, fe.owner):
                 raise FastTableFull("only one byte-buffer device per vCPU")
             self._buffer_owner = fe.owner
-        e = self.c.entries[n]
-        e.base, e.len, e.space, e.dirs = fe.base, fe.length, int(fe.space), fe.dirs
-        e.action, e.read_value, e.enabled = int(fe.action), fe.read_value, int(fe.enabled)
-        e.clock_hz, e.clock_mask = fe.clock_hz, fe.clock_mask
+        ffi.memmove(ffi.addressof(self.c.entries, n), entry_record(fe), _ENTRY.size)
         self.entries.append(fe)
         self._reported.append(0)
         self.c.n_entries = n + 1

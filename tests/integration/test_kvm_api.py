@@ -159,6 +159,48 @@ def test_errors_name_the_ioctl(vm):
         vm.create_irqchip()
 
 
+@pytest.mark.parametrize("irqchip", ["kernel", "split", "none"])
+def test_a_new_machine_s_vcpus_are_as_firmware_leaves_them(irqchip):
+    """What x86/reset.py's one native call (cbindings/setup.c) set, read back ioctl by
+    ioctl: CPUID, the MSRs' reset values, the x87/SSE reset state, LINT0/LINT1 in
+    virtual-wire mode, and the LAPIC page kept for an S3 resume is the one KVM holds."""
+    with Machine(mem="16M", cpus=1 if irqchip == "none" else 2, irqchip=irqchip) as m:
+        for i, v in enumerate(m.vcpus):
+            assert {e["function"] for e in v.get_cpuid2()} >= {0, 1}
+            assert v.get_msrs([IA32_PAT]) == {IA32_PAT: PAT_RESET}
+            # KVM_GET/SET_FPU leave MXCSR out (KVM copies the x87 and XMM registers only):
+            # it is read from the XSAVE area's legacy region (byte 24)
+            xsave = v.get_xsave()
+            assert (v.get_fpu().fcw, int.from_bytes(xsave[24:28], "little")) == (0x37F, 0x1F80)
+            if irqchip == "none":
+                assert m._reset_lapics[i] is None
+                continue
+            page = v.get_lapic()
+            lint = [int.from_bytes(page[off:off + 4], "little") for off in (0x350, 0x360)]
+            assert lint == [0x700, 0x400]
+            assert int.from_bytes(page[0x20:0x24], "little") >> 24 == i  # its own APIC ID
+            assert m._reset_lapics[i] == bytes(page)
+
+
+def test_native_set_up_failures_name_the_ioctl(vm):
+    """A failed step of a native set-up call is the KvmError of that ioctl."""
+    from pyvmm.kvm.native import ffi
+    from pyvmm.x86.entry import EntryState, mode_sregs
+
+    v = vm.create_vcpu(0)
+    bad = ffi.new("struct kvm_sregs *")
+    ffi.memmove(bad, mode_sregs(EntryState.long_mode(0x1000, cr3=0x2000, gdt_base=0x500)),
+                ffi.sizeof(bad[0]))
+    bad.cr0 = 1 << 31  # paging without protection: KVM refuses it
+    with pytest.raises(KvmError) as e:
+        v.enter(bad, ffi.new("struct kvm_regs *"))
+    assert e.value.ioctl == "KVM_SET_SREGS" and e.value.errno == 22
+    v.close()
+    with pytest.raises(KvmError) as e:
+        v.enter(bad, ffi.new("struct kvm_regs *"))
+    assert e.value.errno == 9  # closed: refused before any ioctl
+
+
 def test_vm_ioctls(vm):
     vm.create_pit2()
     assert vm.check_extension(lib.KVM_CAP_IRQCHIP)

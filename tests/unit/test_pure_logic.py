@@ -18,10 +18,12 @@ from pyvmm.devices import hpet as H
 from pyvmm.devices.base import HOST
 from pyvmm.devices.ucall import _HEAD, BUF, MAX_ARGS, UCALL_SIZE, UcallDevice
 from pyvmm.errors import ConfigError, GuestMemoryError
+from pyvmm.kvm.vcpu import REGS
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import BRAND_LEAVES, FEATURES, parse_cpu_features, vcpu_cpuid
-from pyvmm.x86.entry import EntryState, apply_entry
+from pyvmm.x86.entry import EntryState, apply_entry, mode_sregs
 from pyvmm.x86.modes import CR0_PE, CR0_PG, LONG_MODE_EFER
+from pyvmm.x86.segments import GDT_SIZE, SEL_DATA
 
 
 # --- UcallDevice.decode --------------------------------------------------------------
@@ -138,38 +140,28 @@ def test_vcpu_cpuid_sets_ids_features_and_brand() -> None:
 
 # --- entry states ----------------------------------------------------------------------
 class FakeVcpu:
-    """Records what apply_entry sets: the sregs object it got, and the registers."""
+    """Records what apply_entry hands the vCPU: the mode's half of the sregs, and the
+    registers (Vcpu.enter: one native call in the real one)."""
 
     def __init__(self) -> None:
-        def seg() -> SimpleNamespace:
-            return SimpleNamespace(base=0, limit=0, selector=0, type=0, present=0, dpl=0, db=0,
-                                   s=0, l=0, g=0, avl=0, unusable=0)
-
-        self.sregs = SimpleNamespace(cs=seg(), ds=seg(), es=seg(), fs=seg(), gs=seg(), ss=seg(),
-                                     gdt=SimpleNamespace(base=0, limit=0),
-                                     idt=SimpleNamespace(base=0, limit=0),
-                                     cr0=0, cr3=0, cr4=0, efer=0)
-        self.set: list[str] = []
+        self.sregs: Any = None
         self.regs: dict[str, int] = {}
         self.rip = -1
 
-    def get_sregs(self) -> SimpleNamespace:
-        return self.sregs
-
-    def set_sregs(self, sregs: SimpleNamespace) -> None:
-        self.set.append("sregs")
-
-    def set_regs(self, regs: dict[str, int], *, rip: int) -> None:
-        self.set.append("regs")
-        self.regs, self.rip = regs, rip
+    def enter(self, mode: Any, regs: Any) -> None:
+        self.sregs = mode
+        self.regs = {n: int(getattr(regs, n)) for n in REGS if n not in ("rip", "rflags")
+                     and getattr(regs, n)}
+        self.rip, self.rflags = int(regs.rip), int(regs.rflags)
 
 
 def test_apply_entry_in_each_mode() -> None:
     v = FakeVcpu()
     apply_entry(v, EntryState.long_mode(0x401000, cr3=0x9000, gdt_base=0x500, rdi=7))  # type: ignore[arg-type]
     s = v.sregs
-    assert v.set == ["sregs", "regs"] and v.rip == 0x401000 and v.regs == {"rdi": 7}
+    assert v.rip == 0x401000 and v.regs == {"rdi": 7} and v.rflags == 0x2
     assert s.cr0 & CR0_PG and s.cr3 == 0x9000 and s.efer == LONG_MODE_EFER and s.cs.l == 1
+    assert (s.gdt.base, s.gdt.limit, s.ds.selector, s.ss.db) == (0x500, GDT_SIZE - 1, SEL_DATA, 1)
     v = FakeVcpu()
     apply_entry(v, EntryState.protected_mode(0x100000, gdt_base=0x500, rax=0x2BADB002))  # type: ignore[arg-type]
     assert v.sregs.cr0 & CR0_PE and not v.sregs.cr0 & CR0_PG and v.sregs.efer == 0
@@ -179,6 +171,15 @@ def test_apply_entry_in_each_mode() -> None:
     assert (v.sregs.cs.selector, v.sregs.cs.base, v.rip) == (0x9F0A, 0x9F0A0, 0)
     assert not v.sregs.cr0 & CR0_PE
     assert EntryState.real_mode(0x9F0A0).describe() == "real mode at 9f0a:0000"
+
+
+def test_the_mode_half_of_sregs_is_built_once_per_entry_state() -> None:
+    """Machines are built by the thousand from one image: its entry's sregs are reused,
+    and two different entries never share one."""
+    a = mode_sregs(EntryState.long_mode(0x401000, cr3=0x9000, gdt_base=0x500))
+    assert mode_sregs(EntryState.long_mode(0x402000, cr3=0x9000, gdt_base=0x500)) is a
+    b = mode_sregs(EntryState.long_mode(0x401000, cr3=0xA000, gdt_base=0x500))
+    assert b is not a and (a.cr3, b.cr3) == (0x9000, 0xA000)
 
 
 def test_entry_states_refuse_what_cannot_be() -> None:

@@ -1,0 +1,66 @@
+"""What a new machine's set-up computes in Python for the C side: the run loop's
+claimed-ports bitmap, its fast-table records, and whether KVM may need vm86's pages."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pyvmm import hardware
+from pyvmm._native import ffi
+from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, Space
+from pyvmm.vstate.loop import entry_record, port_bitmap
+
+
+def test_the_port_bitmap_has_exactly_the_claimed_ports() -> None:
+    rng = random.Random(22)
+    for _ in range(200):
+        ranges = tuple((b, rng.randint(1, 64)) for b in rng.sample(range(0, 65536, 7), 4))
+        ranges += ((65530, 6),)  # up to the last port
+        bitmap = port_bitmap(ranges)
+        assert len(bitmap) == 8192
+        want = {p for b, n in ranges for p in range(b, min(b + n, 65536))}
+        got = {p for p in range(65536) if bitmap[p >> 3] >> (p & 7) & 1}
+        assert got == want
+    assert port_bitmap(()) == bytes(8192)
+    assert port_bitmap(((0x3F8, 8),)) is port_bitmap(((0x3F8, 8),))  # built once
+
+
+def test_a_fast_entry_record_is_the_c_struct() -> None:
+    owner = SimpleNamespace(name="dev")
+    fe = FastEntry(Space.MMIO, 0xFED000F0, 8, READ | WRITE, Action.CLOCK, owner,  # type: ignore[arg-type]
+                   read_value=123456789, enabled=False, clock_hz=3579545, clock_mask=(1 << 32) - 1)
+    c = ffi.new("struct pyvmm_fast_entry *")
+    c.hits, c.last_value = 5, 6  # a record starts its counts at 0
+    ffi.memmove(c, entry_record(fe), ffi.sizeof(c[0]))
+    got = {k: int(getattr(c, k)) for k in ("base", "len", "read_value", "last_value", "hits", "space",
+                                            "dirs", "action", "enabled", "clock_hz", "clock_mask")}
+    assert got == {"base": 0xFED000F0, "len": 8, "read_value": 123456789, "last_value": 0,
+                   "hits": 0, "space": int(Space.MMIO), "dirs": READ | WRITE,
+                   "action": int(Action.CLOCK), "enabled": 0, "clock_hz": 3579545,
+                   "clock_mask": (1 << 32) - 1}
+    with pytest.raises(OverflowError, match="dev at 0x0"):
+        entry_record(FastEntry(Space.PIO, 0, 1, READ, Action.SINK, owner, read_value=1 << 64))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("param", "dirs", "want"), [
+    ("Y\n", ("kvm", "kvm_intel"), False),  # unrestricted guest: no vm86
+    ("N\n", ("kvm", "kvm_intel"), True),
+    (None, ("kvm", "kvm_amd"), False),      # no kvm_intel (AMD, kvm_pvm)
+    (None, ("kvm", "kvm_intel"), True),     # kvm_intel that does not say
+    (None, (), True),                       # a /sys that does not tell: assume it may
+])
+def test_vm86_pages_only_where_kvm_may_use_vm86(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                param: str | None, dirs: tuple[str, ...],
+                                                want: bool) -> None:
+    sysmod = tmp_path / "module"
+    for d in dirs:
+        (sysmod / d / "parameters").mkdir(parents=True)
+    if param is not None:
+        (sysmod / "kvm_intel" / "parameters" / "unrestricted_guest").write_text(param)
+    monkeypatch.setattr(hardware, "_SYS_MODULE", str(sysmod))
+    monkeypatch.setattr(hardware, "_VM86", [])
+    assert hardware.vm86_possible() is want
