@@ -126,10 +126,17 @@ class GuestMemory:
         return [(r.gpa, r.size) for r in self.regions if not r.readonly]
 
     def view(self, gpa: int, n: int) -> memoryview:
-        """A writable memoryview of guest RAM (no copy); bounds-checked."""
-        r = self.region_at(gpa, n)
-        off = gpa - r.gpa
-        return memoryview(r._map.buffer)[off:off + n]
+        """A writable memoryview of guest RAM (no copy); bounds-checked.  (The loop is
+        :meth:`region_at`'s, inline: every VMM access to guest RAM comes through here.)"""
+        if n >= 0 and gpa >= 0:
+            for r in self.regions:
+                off = gpa - r.gpa
+                if off >= 0 and off + n <= r.size:
+                    if r.mapping is not None:
+                        return r.mapping.view[off:off + n]
+                    break
+        r = self.region_at(gpa, n)  # GuestMemoryError: outside RAM, or the region closed
+        return r._map.view[gpa - r.gpa:gpa - r.gpa + n]
 
     def read(self, gpa: int, n: int) -> bytes:
         return bytes(self.view(gpa, n))

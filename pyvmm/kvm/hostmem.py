@@ -54,6 +54,8 @@ class HostMapping:
         #: the host virtual address, as KVM_SET_USER_MEMORY_REGION wants it
         self.address = int(ffi.cast("uintptr_t", ptr))
         self.buffer: Cdata = ffi.buffer(ptr, size)
+        #: a memoryview of all of it, to slice (GuestMemory.view); empty once closed
+        self.view = memoryview(self.buffer)
 
     def drop_page(self, offset: int) -> None:
         """Zap the host PTE of the page at ``offset`` (contents kept): KVM's MMU notifier
@@ -100,4 +102,5 @@ class HostMapping:
             self._ptr = None
             self.host = None
             self.buffer = None
+            self.view = memoryview(b"")
         self._close_fd()
