@@ -75,6 +75,7 @@ void *pyvmm_ram_map(uint64_t size, int *fd, int *err)
     }
     if (*fd < 0 && errno == ENOMEM) {
         *err = ENOMEM;
+        *fd = PYVMM_RAM_NO_MEMFD;
         return NULL;
     }
     p = mmap(NULL, size, PROT_READ | PROT_WRITE,

@@ -49,7 +49,9 @@ int pyvmm_vcpu_enter(int fd, const struct kvm_sregs *mode, const struct kvm_regs
 /* `size` bytes of zeroed shared memory for guest RAM: a memfd (*fd) mapped MAP_SHARED |
  * MAP_NORESERVE, advised MADV_HUGEPAGE.  Where the host refuses a memfd of that size for
  * any reason but ENOMEM (a file-size limit, a seccomp policy), anonymous shared memory
- * instead (*fd = -1).  NULL on failure: *err is the errno, *fd is -1. */
+ * instead (*fd = -1).  NULL on failure, *err the errno: *fd is PYVMM_RAM_NO_MEMFD when the
+ * memfd itself was out of memory, else -1 (the mmap failed). */
+#define PYVMM_RAM_NO_MEMFD -2
 void *pyvmm_ram_map(uint64_t size, int *fd, int *err);
 /* cdef-end */
 

@@ -132,8 +132,9 @@ class GuestMemory:
             for r in self.regions:
                 off = gpa - r.gpa
                 if off >= 0 and off + n <= r.size:
-                    if r.mapping is not None:
-                        return r.mapping.view[off:off + n]
+                    m = r.mapping  # once: close() may empty it meanwhile
+                    if m is not None:
+                        return m.view[off:off + n]
                     break
         r = self.region_at(gpa, n)  # GuestMemoryError: outside RAM, or the region closed
         return r._map.view[gpa - r.gpa:gpa - r.gpa + n]
@@ -221,10 +222,13 @@ class GuestMemory:
         return out
 
     def close(self) -> None:
-        for r in self.regions:
-            if r.mapping is not None:
-                r.mapping.close()
-                r.mapping = None
+        """Unmap every region (each emptied before it goes: readers on other threads then
+        see a closed region, not memory about to be unmapped)."""
+        regions, self.regions = self.regions, []
+        for r in regions:
+            m, r.mapping = r.mapping, None
+            if m is not None:
+                m.close()
         for m in self._retired:
             m.close()
         self._retired.clear()

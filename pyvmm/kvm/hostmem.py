@@ -43,6 +43,9 @@ class HostMapping:
             fd = ffi.new("int *")
             ptr = lib.pyvmm_ram_map(size, fd, err)
             self._fd = int(fd[0])
+            if ptr == ffi.NULL and self._fd == lib.PYVMM_RAM_NO_MEMFD:  # ENOMEM, not mmap's
+                self._fd = -1
+                raise KvmError(f"memfd {what}", err[0], f"cannot make {size >> 20} MiB for {what}")
         if ptr == ffi.NULL:
             self._close_fd()
             raise KvmError(f"mmap {what}", err[0], f"cannot map {size >> 20} MiB for {what}")
@@ -97,10 +100,12 @@ class HostMapping:
             self._fd = -1
 
     def close(self) -> None:
+        """Unmap (the attributes are emptied first: a thread looking at them then sees
+        no memory rather than memory about to go) and close the memfd."""
         if self._ptr is not None:
-            lib.pyvmm_munmap(self._ptr, self.size)
-            self._ptr = None
+            ptr, self._ptr = self._ptr, None
             self.host = None
             self.buffer = None
             self.view = memoryview(b"")
+            lib.pyvmm_munmap(ptr, self.size)
         self._close_fd()

@@ -46,8 +46,13 @@ assert _IO_VIEW.size == ffi.sizeof("struct pyvmm_run_io")
 #: struct pyvmm_fast_entry: base, len, read_value, last_value, hits, space, dirs, action,
 #: enabled, pad, clock_hz, clock_mask (packed whole: a dozen cffi field writes cost more)
 _ENTRY = struct.Struct("<5Q4BI2Q")
-assert _ENTRY.size == ffi.sizeof("struct pyvmm_fast_entry")
-assert ffi.offsetof("struct pyvmm_fast_entry", "clock_hz") == 48
+_ENTRY_FIELDS = (("base", 0), ("len", 8), ("read_value", 16), ("last_value", 24), ("hits", 32),
+                 ("space", 40), ("dirs", 41), ("action", 42), ("enabled", 43), ("pad", 44),
+                 ("clock_hz", 48), ("clock_mask", 56))
+if (_ENTRY.size != ffi.sizeof("struct pyvmm_fast_entry")
+        or any(ffi.offsetof("struct pyvmm_fast_entry", f) != off for f, off in _ENTRY_FIELDS)):
+    raise ImportError("struct pyvmm_fast_entry (cbindings/runloop.h) no longer matches "
+                      "pyvmm/vstate/loop.py's _ENTRY: change both together")
 #: the claimed-ports bitmap per set of claimed PIO ranges (every machine has the same few
 #: devices: computing it port by port cost more than the rest of a loop's set-up)
 _PORT_BITMAPS: dict[tuple[tuple[int, int], ...], bytes] = {}
@@ -66,12 +71,6 @@ def install_kick_handler() -> None:
             if lib.pyvmm_install_kick_handler() < 0:
                 raise OSError("cannot install the vCPU kick signal handler")
             _kick_installed = True
-
-
-def _native_id() -> int:
-    """This thread's TID as threading keeps it (get_native_id() asks the kernel each time)."""
-    tid = threading.current_thread().native_id
-    return tid if tid is not None else threading.get_native_id()
 
 
 def port_bitmap(ranges: tuple[tuple[int, int], ...]) -> bytes:
@@ -263,7 +262,7 @@ class VcpuLoop:
     def run(self) -> Outcome:
         """Run in C until an outcome; slow exits are handled here in between."""
         c = self.c
-        self.threads.add(_native_id())
+        self.threads.add(threading.get_native_id())
         lib.pyvmm_loop_bind_thread(c)
         try:
             while True:
@@ -296,7 +295,7 @@ class VcpuLoop:
         PIO exits take an inlined path (cached views of kvm_run, a port -> device cache)
         so that the comparison with the C loop measures the language, not sloppiness.
         """
-        self.threads.add(_native_id())
+        self.threads.add(threading.get_native_id())
         fd = self.vcpu.fd
         run = self.vcpu.kvm_run
         io = lib.pyvmm_run_io(run)

@@ -77,7 +77,8 @@ _MODES_MAX = 64
 
 def mode_sregs(entry: EntryState) -> Any:
     """A ``struct kvm_sregs`` whose segments, GDT, IDT, CR0/3/4 and EFER put a vCPU in
-    ``entry``'s mode (what :meth:`pyvmm.kvm.vcpu.Vcpu.enter` takes from it)."""
+    ``entry``'s mode (what :meth:`pyvmm.kvm.vcpu.Vcpu.enter` takes from it).  Shared by
+    every machine entered that way: read it, copy it, never change it."""
     key = (entry.mode, entry.cr3, entry.gdt_base, entry.cs)
     sregs = _MODES.get(key)
     if sregs is None:

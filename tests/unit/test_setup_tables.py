@@ -64,3 +64,31 @@ def test_vm86_pages_only_where_kvm_may_use_vm86(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(hardware, "_SYS_MODULE", str(sysmod))
     monkeypatch.setattr(hardware, "_VM86", [])
     assert hardware.vm86_possible() is want
+
+
+class _NoMemoryLib:
+    """pyvmm_ram_map as it answers when the host has no memory for the memfd (or for the
+    mapping): the rest of the binding as it is."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def pyvmm_ram_map(self, size: int, fd: object, err: object) -> object:
+        fd[0], err[0] = self.fd, 12  # type: ignore[index]  # ENOMEM
+        return ffi.NULL
+
+    def __getattr__(self, name: str) -> object:
+        from pyvmm._native import lib
+        return getattr(lib, name)
+
+
+@pytest.mark.parametrize(("fd", "what"), [(-2, "memfd guest RAM"), (-1, "mmap guest RAM")])
+def test_out_of_memory_for_guest_ram_names_the_call_that_failed(
+        monkeypatch: pytest.MonkeyPatch, fd: int, what: str) -> None:
+    from pyvmm.kvm import hostmem
+    from pyvmm.kvm.errors import KvmError
+
+    monkeypatch.setattr(hostmem, "lib", _NoMemoryLib(fd))
+    with pytest.raises(KvmError) as e:
+        hostmem.HostMapping(64 << 20)
+    assert e.value.ioctl == what and e.value.errno == 12 and "64 MiB" in str(e.value)
