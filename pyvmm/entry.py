@@ -216,6 +216,29 @@ def _click_main(args: list[str]) -> int:
         return int(e.exit_code)
     except click.exceptions.Abort:
         raise KeyboardInterrupt from None
+    except OSError as e:  # click's own output (--help, --version) to a full or failing stdout
+        if isinstance(e, BrokenPipeError) or not _click_echo_to_stdout(e):
+            raise
+        from pyvmm.console import silence_stdout
+        from pyvmm.errors import OutputError
+
+        silence_stdout()  # what click left buffered goes nowhere, not into a second error
+        raise OutputError(f"cannot write output: {e.strerror}") from None
+
+
+def _click_echo_to_stdout(e: OSError) -> bool:
+    """Whether ``e`` came from click's ``echo`` writing to fd 1 (its help, version and
+    usage text), not from a command's own file: only the former is an output error."""
+    tb = e.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "echo" and frame.f_globals.get("__name__") == "click.utils":
+            try:
+                return bool(frame.f_locals["file"].fileno() == 1)
+            except (KeyError, AttributeError, OSError, ValueError):
+                return False
+        tb = tb.tb_next
+    return False
 
 
 def _one_line(e: Exception) -> str:

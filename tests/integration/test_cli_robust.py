@@ -70,6 +70,15 @@ def test_info_into_a_closed_stdout():
     assert "rc=119" in p.stdout and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("args", ["--version", "--help", "run --help"])
+def test_click_s_own_output_into_a_full_stdout(args):
+    """Regression: click's --help and --version text into a full stdout was "internal
+    error: OSError" and status 125; it is one line and 119, as for any other output."""
+    p = shell(f"PYVMM {args} >/dev/full; echo rc=$?")
+    assert "rc=119" in p.stdout
+    assert one_line(p) == "pyvmm: cannot write output: No space left on device"
+
+
 # --- signals ------------------------------------------------------------------------
 def start(*args: str) -> subprocess.Popen[bytes]:
     # SIGINT as from a terminal: not inherited as ignored, whatever ran pytest
