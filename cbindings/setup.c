@@ -90,3 +90,90 @@ void *pyvmm_ram_map(uint64_t size, int *fd, int *err)
     madvise(p, size, MADV_HUGEPAGE); /* THP where the host allows it; advice only */
     return p;
 }
+
+/* a step of a sequence that makes something: on failure, *step and *err, and `undo` */
+#define MAKE_STEP(n, call, undo)     \
+    do {                             \
+        if ((call) < 0) {            \
+            *step = (n);             \
+            *err = errno;            \
+            undo;                    \
+            return -1;               \
+        }                            \
+    } while (0)
+
+int pyvmm_vm_create(int kvm_fd, const struct pyvmm_vm_spec *s, int *step, int *err)
+{
+    int vm;
+
+    *step = 0;
+    *err = 0;
+    MAKE_STEP(PYVMM_STEP_CREATE_VM, vm = ioctl(kvm_fd, KVM_CREATE_VM, 0), (void)0);
+    if (s->tss_addr)
+        MAKE_STEP(PYVMM_STEP_SET_TSS_ADDR, ioctl(vm, KVM_SET_TSS_ADDR, (unsigned long)s->tss_addr),
+                  close(vm));
+    if (s->identity_map_addr) {
+        uint64_t addr = s->identity_map_addr;
+        MAKE_STEP(PYVMM_STEP_SET_IDENTITY_MAP_ADDR, ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &addr),
+                  close(vm));
+    }
+    if (s->irqchip == PYVMM_IRQCHIP_KERNEL) {
+        MAKE_STEP(PYVMM_STEP_CREATE_IRQCHIP, ioctl(vm, KVM_CREATE_IRQCHIP, 0), close(vm));
+        if (s->pit) {
+            struct kvm_pit_config pit = { .flags = s->pit_flags };
+            MAKE_STEP(PYVMM_STEP_CREATE_PIT2, ioctl(vm, KVM_CREATE_PIT2, &pit), close(vm));
+        }
+    } else if (s->irqchip == PYVMM_IRQCHIP_SPLIT) {
+        struct kvm_enable_cap cap = { .cap = KVM_CAP_SPLIT_IRQCHIP, .args = { s->split_pins } };
+        MAKE_STEP(PYVMM_STEP_ENABLE_CAP, ioctl(vm, KVM_ENABLE_CAP, &cap), close(vm));
+    }
+    return vm;
+}
+
+void *pyvmm_ram_add(int vm_fd, uint32_t slot, uint64_t gpa, uint64_t size, uint32_t flags,
+                    int *fd, int *step, int *err)
+{
+    struct kvm_userspace_memory_region r = { .slot = slot, .flags = flags,
+                                             .guest_phys_addr = gpa, .memory_size = size };
+    void *p;
+
+    *step = 0;
+    p = pyvmm_ram_map(size, fd, err);
+    if (!p) {
+        *step = PYVMM_STEP_RAM;
+        return NULL;
+    }
+    r.userspace_addr = (uint64_t)(uintptr_t)p;
+    if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+        *step = PYVMM_STEP_SET_USER_MEMORY_REGION;
+        *err = errno;
+        munmap(p, size);
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
+        return NULL;
+    }
+    return p;
+}
+
+int pyvmm_vcpu_create(int vm_fd, uint32_t id, uint32_t run_size, const struct pyvmm_reset *r,
+                      void **run, int *step, int *err)
+{
+    int fd, failed;
+    void *p;
+
+    *step = 0;
+    *err = 0;
+    *run = NULL;
+    MAKE_STEP(PYVMM_STEP_CREATE_VCPU, fd = ioctl(vm_fd, KVM_CREATE_VCPU, (unsigned long)id), (void)0);
+    p = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    MAKE_STEP(PYVMM_STEP_MMAP_RUN, p == MAP_FAILED ? -1 : 0, close(fd));
+    if (r && (failed = pyvmm_vcpu_reset(fd, r, err))) {
+        *step = failed;
+        munmap(p, run_size);
+        close(fd);
+        return -1;
+    }
+    *run = p;
+    return fd;
+}

@@ -53,6 +53,47 @@ int pyvmm_vcpu_enter(int fd, const struct kvm_sregs *mode, const struct kvm_regs
  * memfd itself was out of memory, else -1 (the mmap failed). */
 #define PYVMM_RAM_NO_MEMFD -2
 void *pyvmm_ram_map(uint64_t size, int *fd, int *err);
+
+/* The steps of the calls below that make KVM objects (numbered apart from the above). */
+#define PYVMM_STEP_CREATE_VM 20
+#define PYVMM_STEP_SET_TSS_ADDR 21
+#define PYVMM_STEP_SET_IDENTITY_MAP_ADDR 22
+#define PYVMM_STEP_CREATE_IRQCHIP 23
+#define PYVMM_STEP_CREATE_PIT2 24
+#define PYVMM_STEP_ENABLE_CAP 25
+#define PYVMM_STEP_CREATE_VCPU 26
+#define PYVMM_STEP_MMAP_RUN 27
+#define PYVMM_STEP_SET_USER_MEMORY_REGION 28
+#define PYVMM_STEP_RAM 29  /* pyvmm_ram_map failed: *fd says whether at the memfd */
+
+#define PYVMM_IRQCHIP_NONE 0
+#define PYVMM_IRQCHIP_KERNEL 1  /* KVM_CREATE_IRQCHIP (and, with pit, KVM_CREATE_PIT2) */
+#define PYVMM_IRQCHIP_SPLIT 2   /* KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP, split_pins) */
+
+/* What a VM needs before its first memslot and vCPU (pyvmm/hardware.py fills it). */
+struct pyvmm_vm_spec {
+    int irqchip;
+    int pit;
+    uint32_t pit_flags;
+    uint32_t split_pins;
+    uint64_t tss_addr;           /* 0: no KVM_SET_TSS_ADDR */
+    uint64_t identity_map_addr;  /* 0: no KVM_SET_IDENTITY_MAP_ADDR */
+};
+
+/* KVM_CREATE_VM on the system fd, then the spec's KVM_SET_TSS_ADDR,
+ * KVM_SET_IDENTITY_MAP_ADDR and interrupt controller.  The VM fd, or -1 with *step and
+ * *err (the VM, if made, closed again). */
+int pyvmm_vm_create(int kvm_fd, const struct pyvmm_vm_spec *s, int *step, int *err);
+
+/* pyvmm_ram_map's RAM (*fd, the mapping returned) registered as memslot `slot` at `gpa`
+ * with `flags`.  NULL with *step and *err on failure (the RAM, if made, released again). */
+void *pyvmm_ram_add(int vm_fd, uint32_t slot, uint64_t gpa, uint64_t size, uint32_t flags,
+                    int *fd, int *step, int *err);
+
+/* KVM_CREATE_VCPU `id`, its kvm_run mapped (`run_size` bytes, *run) and, with `r`,
+ * pyvmm_vcpu_reset.  The vCPU fd, or -1 with *step and *err (the vCPU, if made, closed). */
+int pyvmm_vcpu_create(int vm_fd, uint32_t id, uint32_t run_size, const struct pyvmm_reset *r,
+                      void **run, int *step, int *err);
 /* cdef-end */
 
 #endif

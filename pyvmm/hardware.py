@@ -21,6 +21,7 @@ from pyvmm.devices.post import PostPort
 from pyvmm.devices.uart import Uart16550
 from pyvmm.devices.ucall import GuestEvent, UcallDevice
 from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.native import ffi, lib
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
@@ -29,7 +30,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.vstate.result import Outcome
 from pyvmm.x86 import layout
 from pyvmm.x86.cpuid import parse_cpu_features
-from pyvmm.x86.reset import reset_vcpu
+from pyvmm.x86.reset import lapic_page, reset_state
 
 TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
@@ -70,30 +71,29 @@ def vm86_possible() -> bool:
     return _VM86[0]
 
 
+#: the interrupt controller of each irqchip mode, as cbindings/setup.h names it
+_IRQCHIPS = {"none": int(lib.PYVMM_IRQCHIP_NONE), "kernel": int(lib.PYVMM_IRQCHIP_KERNEL),
+             "split": int(lib.PYVMM_IRQCHIP_SPLIT)}
+
+
 def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
-    """The VM, with ``irqchip`` ("kernel", "split" or "none") and the in-kernel PIT."""
+    """The VM, with ``irqchip`` ("kernel", "split" or "none") and the in-kernel PIT: one
+    native call (KVM_CREATE_VM, the vm86 pages where KVM may use them, KVM_CREATE_IRQCHIP
+    and KVM_CREATE_PIT2, or KVM_ENABLE_CAP(SPLIT_IRQCHIP)), before any memslot (module
+    docstring)."""
     # three KVM_CHECK_EXTENSIONs, not Kvm.capabilities (~90 of them): machines are
     # created by the thousand and every microsecond of set-up counts
     max_vcpus = kvm.check_extension(CAP_MAX_VCPUS) or 1
     if cpus > max_vcpus:
         raise KvmError("KVM_CREATE_VCPU", 22, f"this KVM allows {max_vcpus} vCPUs")
-    vm = kvm.create_vm()
-    try:
-        if vm86_possible():  # two ioctls every machine would pay for nothing elsewhere
-            if kvm.check_extension(CAP_SET_TSS_ADDR):
-                vm.set_tss_addr(layout.TSS_ADDR)
-            if kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
-                vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
-        if irqchip == "kernel":
-            vm.create_irqchip()  # before the memslots (module docstring)
-            if pit:
-                vm.create_pit2(PIT_SPEAKER_DUMMY)  # port 0x61 handled in KVM
-        elif irqchip == "split":
-            vm.enable_split_irqchip(SPLIT_IRQCHIP_PINS)
-    except BaseException:
-        vm.close()
-        raise
-    return vm
+    vm86 = vm86_possible()  # two ioctls every machine would pay for nothing elsewhere
+    return kvm.create_vm(spec=ffi.new("struct pyvmm_vm_spec *", {
+        "irqchip": _IRQCHIPS[irqchip], "pit": int(pit and irqchip == "kernel"),
+        "pit_flags": PIT_SPEAKER_DUMMY,  # port 0x61 handled in KVM
+        "split_pins": SPLIT_IRQCHIP_PINS,
+        "tss_addr": layout.TSS_ADDR if vm86 and kvm.check_extension(CAP_SET_TSS_ADDR) else 0,
+        "identity_map_addr": layout.IDENTITY_MAP_ADDR
+        if vm86 and kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR) else 0}))
 
 
 def add_guest_ram(memory: GuestMemory, mem_size: int,
@@ -123,10 +123,14 @@ def create_vcpus(kvm: Kvm, vm: Vm, cpus: int, irqchip: str, cpu_features: str,
     features = parse_cpu_features(cpu_features, leaves()) if cpu_features else {}
     lapics = []
     for i in range(cpus):
-        vcpu = vm.create_vcpu(i)
+        reset, page = reset_state(i, leaves, cpus, lapic=irqchip != "none", features=features,
+                                  kvm_path=kvm.path)
+        vcpu = vm.create_vcpu(i, reset)  # and reset: one native call
         vcpus.append(vcpu)
-        lapics.append(reset_vcpu(vcpu, leaves, cpus, lapic=irqchip != "none", features=features,
-                                 kvm_path=kvm.path))
+        # GPRs and RIP in kvm_run on every exit for free; sregs/events too would cost
+        # ~0.3 us per exit here (measured), so those are read by ioctl when needed
+        vcpu.enable_sync_regs()
+        lapics.append(lapic_page(page))
     return lapics
 
 

@@ -86,14 +86,19 @@ class GuestMemory:
             for r in self.regions:
                 if gpa < r.end and r.gpa < gpa + size:
                     raise GuestMemoryError(f"region {name} at {gpa:#x}+{size:#x} overlaps {r.name}")
-            mapping = HostMapping(size, hugepages=hugepages, what=name, file=file)
-            region = MemoryRegion(self._next_slot, gpa, size, readonly, log_dirty, name, mapping)
+            slot = self._next_slot
             flags = (MEM_READONLY if readonly else 0) | (MEM_LOG_DIRTY_PAGES if log_dirty else 0)
-            try:
-                self.vm.set_user_memory_region(region.slot, gpa, size, mapping.address, flags)
-            except BaseException:
-                mapping.close()
-                raise
+            if file is None and not hugepages:  # fresh RAM and its memslot: one native call
+                # (a closed VM's fd is -1: the ioctl's EBADF says so)
+                mapping = HostMapping(size, what=name, slot=(self.vm.fd, slot, gpa, flags))
+            else:
+                mapping = HostMapping(size, hugepages=hugepages, what=name, file=file)
+                try:
+                    self.vm.set_user_memory_region(slot, gpa, size, mapping.address, flags)
+                except BaseException:
+                    mapping.close()
+                    raise
+            region = MemoryRegion(slot, gpa, size, readonly, log_dirty, name, mapping)
             self._next_slot += 1
             # a new list, never one changed in place: readers on other threads iterate it
             self.regions = sorted([*self.regions, region], key=lambda r: r.gpa)

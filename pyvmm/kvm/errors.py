@@ -71,6 +71,12 @@ class NativeBindingError(PyvmmError, ImportError):
     status = ExitStatus.KVM_UNAVAILABLE
 
 
+def step_error(step: int, err: int, names: dict[int, str]) -> KvmError:
+    """The KvmError of a native set-up call (cbindings/setup.h) that failed at ``step``
+    (a PYVMM_STEP_ number ``names`` names: an ioctl, or a call such as ``mmap kvm_run``)."""
+    return KvmError(names.get(step, f"set-up step {step}"), err)
+
+
 def check(ret: int, ioctl: str) -> int:
     """Return ``ret`` or raise :class:`KvmError` for a negative (``-errno``) result."""
     if ret < 0:

@@ -25,13 +25,25 @@ class HostMapping:
     """``size`` bytes of zeroed host memory; :meth:`close` unmaps it."""
 
     def __init__(self, size: int, *, hugepages: bool = False, what: str = "guest RAM",
-                 file: tuple[int, int] | None = None) -> None:
+                 file: tuple[int, int] | None = None,
+                 slot: tuple[int, int, int, int] | None = None) -> None:
         """``file=(fd, offset)`` maps that part of a file copy-on-write (MAP_PRIVATE)
-        instead of fresh anonymous memory: a clone's RAM from a snapshot file."""
+        instead of fresh anonymous memory: a clone's RAM from a snapshot file.  With
+        ``slot=(vm_fd, slot, gpa, flags)``, fresh RAM is also registered as that memslot,
+        in the same native call (KVM_SET_USER_MEMORY_REGION; undone if it fails)."""
         err = ffi.new("int *")
         #: the memfd behind the mapping (-1: hugepages or a file's, not ours to ask)
         self._fd = -1
-        if file is not None:
+        if slot is not None:
+            fd, step = ffi.new("int *"), ffi.new("int *")
+            ptr = lib.pyvmm_ram_add(slot[0], slot[1], slot[2], size, slot[3], fd, step, err)
+            self._fd = int(fd[0])
+            if ptr == ffi.NULL and step[0] == lib.PYVMM_STEP_SET_USER_MEMORY_REGION:
+                raise KvmError("KVM_SET_USER_MEMORY_REGION", err[0])
+            if ptr == ffi.NULL and self._fd == lib.PYVMM_RAM_NO_MEMFD:
+                self._fd = -1
+                raise KvmError(f"memfd {what}", err[0], f"cannot make {size >> 20} MiB for {what}")
+        elif file is not None:
             ptr = lib.pyvmm_mmap_file(size, file[0], file[1], err)
         elif hugepages:
             ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | _MAP_HUGETLB, err)

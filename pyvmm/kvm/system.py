@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from functools import cached_property
 from types import MappingProxyType
 
-from pyvmm.kvm.errors import OPEN_HINTS, KvmError
+from pyvmm.kvm.errors import OPEN_HINTS, KvmError, step_error
 from pyvmm.kvm.fd import FdObject
-from pyvmm.kvm.native import ffi, lib
-from pyvmm.kvm.vcpu import cpuid_entry
+from pyvmm.kvm.native import Cdata, ffi, lib
+from pyvmm.kvm.vcpu import STEPS, cpuid_entry
 from pyvmm.kvm.vm import Vm
 
 DEFAULT_PATH = "/dev/kvm"
@@ -111,9 +111,18 @@ class Kvm(FdObject, kind="system"):
         self._ioctl(name, lst)
         return [int(lst.indices[i]) for i in range(lst.nmsrs)]
 
-    def create_vm(self, vm_type: int = 0) -> Vm:
-        """KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs)."""
-        fd = self._ioctl_val("KVM_CREATE_VM", vm_type)
+    def create_vm(self, vm_type: int = 0, spec: Cdata | None = None) -> Vm:
+        """KVM_CREATE_VM: a new, empty VM (no memory, no vCPUs).  With ``spec`` (a ``struct
+        pyvmm_vm_spec``: type 0), also what the VM needs before its first memslot and vCPU
+        (TSS and identity-map pages, the interrupt controller, the PIT), in one native call
+        (cbindings/setup.c)."""
+        if spec is None:
+            fd = self._ioctl_val("KVM_CREATE_VM", vm_type)
+        else:
+            out = ffi.new("int[2]")  # step, errno
+            fd = lib.pyvmm_vm_create(self._fd("KVM_CREATE_VM"), spec, out, out + 1)
+            if fd < 0:
+                raise step_error(out[0], out[1], STEPS)
         vm = Vm(fd, self.vcpu_mmap_size)
         key = (self.path, vm_type)
         if key not in _XSAVE_SIZE:  # a VM ioctl, but the same answer for every VM of a type

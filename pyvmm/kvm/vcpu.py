@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.errors import KvmError, step_error
 from pyvmm.kvm.fd import FdObject
 from pyvmm.kvm.native import Cdata, ffi, lib
 
@@ -31,10 +31,12 @@ GUESTDBG_USE_HW_BP = int(lib.KVM_GUESTDBG_USE_HW_BP)
 MP_STATE_RUNNABLE = int(lib.KVM_MP_STATE_RUNNABLE)
 MP_STATE_UNINITIALIZED = int(lib.KVM_MP_STATE_UNINITIALIZED)
 MP_STATE_HALTED = int(lib.KVM_MP_STATE_HALTED)
-#: the ioctl behind each step number the native set-up calls (cbindings/setup.h) report
-_STEPS = {int(getattr(lib, f"PYVMM_STEP_{name}")): f"KVM_{name}" for name in (
+#: what each step number of the native set-up calls (cbindings/setup.h) did
+STEPS = {int(getattr(lib, f"PYVMM_STEP_{name}")): f"KVM_{name}" for name in (
     "SET_CPUID2", "SET_MSRS", "SET_FPU", "GET_LAPIC", "SET_LAPIC", "GET_SREGS", "SET_SREGS",
-    "SET_REGS")}
+    "SET_REGS", "CREATE_VM", "SET_TSS_ADDR", "SET_IDENTITY_MAP_ADDR", "CREATE_IRQCHIP",
+    "CREATE_PIT2", "ENABLE_CAP", "CREATE_VCPU", "SET_USER_MEMORY_REGION")}
+STEPS[int(lib.PYVMM_STEP_MMAP_RUN)] = "mmap kvm_run"
 
 
 def cpuid_entry(e: Cdata) -> dict[str, int]:
@@ -88,16 +90,21 @@ class Vcpu(FdObject, kind="vcpu"):
     mapping (``run_size`` bytes, from KVM_GET_VCPU_MMAP_SIZE); both go in :meth:`close`.
     ``xsave_size`` is the XSAVE area's size on this VM (KVM_CAP_XSAVE2)."""
 
-    def __init__(self, fd: int, vcpu_id: int, run_size: int, xsave_size: int) -> None:
+    def __init__(self, fd: int, vcpu_id: int, run_size: int, xsave_size: int,
+                 run: Cdata | None = None) -> None:
+        """``run``: the kvm_run mapping when the caller made it (pyvmm_vcpu_create); this
+        vCPU owns it from here on."""
         super().__init__(fd)
         self.id = vcpu_id
         self.run_size = run_size
         self.xsave_size = max(xsave_size, ffi.sizeof("struct kvm_xsave"))
-        err = ffi.new("int *")
-        ptr = lib.pyvmm_mmap(self.run_size, fd, 0, err)
-        if ptr == ffi.NULL:
-            self.close()
-            raise KvmError("mmap kvm_run", err[0])
+        ptr = run
+        if ptr is None:
+            err = ffi.new("int *")
+            ptr = lib.pyvmm_mmap(self.run_size, fd, 0, err)
+            if ptr == ffi.NULL:
+                self.close()
+                raise KvmError("mmap kvm_run", err[0])
         self._run_ptr: Cdata = ptr
         #: the shared ``struct kvm_run`` (exit_reason, immediate_exit, ...)
         self.kvm_run: Cdata = ffi.cast("struct kvm_run *", ptr)
@@ -139,7 +146,7 @@ class Vcpu(FdObject, kind="vcpu"):
     @staticmethod
     def _setup_failed(step: int, err: Cdata) -> None:
         if step:
-            raise KvmError(_STEPS[step], int(err[0]))
+            raise step_error(step, int(err[0]), STEPS)
 
     # --- registers -------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pyvmm.kvm.errors import step_error
 from pyvmm.kvm.fd import FdObject
 from pyvmm.kvm.native import Cdata, ffi, lib
-from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vcpu import STEPS, Vcpu
 
 TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
@@ -220,12 +221,18 @@ class Vm(FdObject, kind="vm"):
 
         return StatsReader(self._ioctl("KVM_GET_STATS_FD"))
 
-    def create_vcpu(self, vcpu_id: int) -> Vcpu:
-        """KVM_CREATE_VCPU: a vCPU whose APIC ID is ``vcpu_id``; maps its kvm_run."""
-        fd = self._ioctl_val("KVM_CREATE_VCPU", vcpu_id)
+    def create_vcpu(self, vcpu_id: int, reset: Cdata | None = None) -> Vcpu:
+        """KVM_CREATE_VCPU: a vCPU whose APIC ID is ``vcpu_id``, its kvm_run mapped and,
+        with ``reset`` (a ``struct pyvmm_reset``), the state :meth:`Vcpu.reset` sets: one
+        native call (cbindings/setup.c)."""
         if self.xsave_size is None:
             self.xsave_size = self.check_extension(lib.KVM_CAP_XSAVE2)
-        vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.xsave_size)
+        run, out = ffi.new("void **"), ffi.new("int[2]")  # step, errno
+        fd = lib.pyvmm_vcpu_create(self._fd("KVM_CREATE_VCPU"), vcpu_id, self.vcpu_mmap_size,
+                                   ffi.NULL if reset is None else reset, run, out, out + 1)
+        if fd < 0:
+            raise step_error(out[0], out[1], STEPS)
+        vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.xsave_size, run=run[0])
         self.vcpus.append(vcpu)
         return vcpu
 

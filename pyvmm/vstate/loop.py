@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyvmm.devices.base import VcpuContext, all_ones
 from pyvmm.devices.bus import Bus, GuestStop
@@ -122,6 +122,7 @@ class VcpuLoop:
         self.c.vcpu_fd = vcpu.fd
         self.c.run = vcpu.kvm_run
         self.c.run_size = vcpu.run_size
+        self._entries_base = ffi.cast("uint8_t *", self.c.entries)  # the table's bytes
         self._buf = ffi.new("uint8_t[]", self.BUF_CAP)
         self.c.buf = self._buf
         self.c.buf_cap = self.BUF_CAP
@@ -136,8 +137,7 @@ class VcpuLoop:
         self.on_debug: Callable[[Outcome], bool] | None = None
         self.trace: TraceRing | None = None
         self.py_kvm_runs = 0
-        for fe in bus.fast_entries:
-            self.add_fast_entry(fe)
+        self.add_fast_entries(bus.fast_entries)
         self._claimed_ports = ffi.new("uint8_t[]", 65536 // 8)
         self.c.claimed_ports = self._claimed_ports
         self.sync_claims()
@@ -166,18 +166,27 @@ class VcpuLoop:
     # --- the fast table --------------------------------------------------------
     def add_fast_entry(self, fe: FastEntry) -> int:
         """Copy ``fe`` into the C table; returns its index."""
-        n = int(self.c.n_entries)
-        if n >= MAX_ENTRIES:
-            raise FastTableFull(f"fast exit table full ({MAX_ENTRIES} entries); "
-                                f"{fe.owner.name} at {fe.base:#x} does not fit")
-        if fe.action is Action.BUFFER:
-            if self._buffer_owner not in (None, fe.owner):
-                raise FastTableFull("only one byte-buffer device per vCPU")
-            self._buffer_owner = fe.owner
-        ffi.memmove(ffi.addressof(self.c.entries, n), entry_record(fe), _ENTRY.size)
-        self.entries.append(fe)
-        self._reported.append(0)
-        self.c.n_entries = n + 1
+        return self.add_fast_entries((fe,))
+
+    def add_fast_entries(self, fes: Sequence[FastEntry]) -> int:
+        """Copy ``fes`` into the C table at once (every check first: all or none); returns
+        the index of the first."""
+        n = len(self.entries)
+        owner = self._buffer_owner
+        for i, fe in enumerate(fes):
+            if n + i >= MAX_ENTRIES:
+                raise FastTableFull(f"fast exit table full ({MAX_ENTRIES} entries); "
+                                    f"{fe.owner.name} at {fe.base:#x} does not fit")
+            if fe.action is Action.BUFFER:
+                if owner not in (None, fe.owner):
+                    raise FastTableFull("only one byte-buffer device per vCPU")
+                owner = fe.owner
+        records = b"".join([entry_record(fe) for fe in fes])
+        ffi.memmove(self._entries_base + n * _ENTRY.size, records, len(records))
+        self._buffer_owner = owner
+        self.entries += fes
+        self._reported += [0] * len(fes)
+        self.c.n_entries = n + len(fes)
         return n
 
     def sync_fast_entry(self, fe: FastEntry, only_if_changed: bool = False) -> None:

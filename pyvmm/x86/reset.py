@@ -1,8 +1,7 @@
 """The state every vCPU gets before its guest starts: what firmware would have left.
 
-CPUID with the per-vCPU fields (APIC IDs), the MSRs' reset values, the LAPIC's LINT0/LINT1
-in virtual-wire mode (ExtINT, NMI), and KVM's publishing of the GPRs in ``kvm_run`` at every
-exit (KVM_CAP_SYNC_REGS).  The x87/SSE state is KVM's own: a new vCPU already has the
+CPUID with the per-vCPU fields (APIC IDs), the MSRs' reset values and the LAPIC's
+LINT0/LINT1 in virtual-wire mode (ExtINT, NMI).  The x87/SSE state is KVM's own: a new vCPU already has the
 power-up FCW 0x37F and MXCSR 0x1F80 (and KVM_SET_FPU would leave MXCSR alone anyway).
 """
 
@@ -19,8 +18,6 @@ TYPE_CHECKING = False  # typing's, without importing typing on the run path (myp
 if TYPE_CHECKING:
     from typing import Any
 
-    from pyvmm.kvm.vcpu import Vcpu
-
 LVT_EXTINT = 0x700
 LVT_NMI = 0x400
 
@@ -34,27 +31,32 @@ _CPUID_CACHE: dict[tuple[str, int, int, tuple[tuple[str, bool], ...]], Any] = {}
 _MSRS: list[Any] = []
 
 
-def reset_vcpu(vcpu: Vcpu, supported_cpuid: Callable[[], Sequence[dict[str, int]]], ncpus: int,
-               *, lapic: bool, features: Mapping[str, bool] | None = None,
-               kvm_path: str = "") -> bytes | None:
-    """CPUID (``supported_cpuid()``'s leaves with ``features`` set or cleared), MSRs and
-    (``lapic``: the VM has an in-kernel LAPIC) LINT0/LINT1.  Returns the LAPIC's register
-    page as set (kept for a reset at S3 resume), None without a LAPIC."""
+def reset_state(vcpu_id: int, supported_cpuid: Callable[[], Sequence[dict[str, int]]],
+                ncpus: int, *, lapic: bool, features: Mapping[str, bool] | None = None,
+                kvm_path: str = "") -> tuple[Any, Any]:
+    """What vCPU ``vcpu_id`` of ``ncpus`` gets before its guest starts, as the ``struct
+    pyvmm_reset`` that :meth:`pyvmm.kvm.vm.Vm.create_vcpu` (or
+    :meth:`pyvmm.kvm.vcpu.Vcpu.reset`) applies in one native call: CPUID
+    (``supported_cpuid()``'s leaves with ``features`` set or cleared), the MSRs and (``lapic``:
+    the VM has an in-kernel LAPIC) LINT0/LINT1 in virtual-wire mode, as firmware leaves
+    them.  Returns the struct and the ``struct kvm_lapic_state`` it points to (None without
+    a LAPIC), which receives the page as set and must live as long as the struct is used."""
     feats = tuple(sorted((features or {}).items()))
-    key = (kvm_path, vcpu.id, ncpus, feats)
+    key = (kvm_path, vcpu_id, ncpus, feats)
     cpuid = _CPUID_CACHE.get(key) if kvm_path else None
     if cpuid is None:
-        cpuid = cpuid_struct(vcpu_cpuid(supported_cpuid(), vcpu.id, ncpus, dict(feats)))
+        cpuid = cpuid_struct(vcpu_cpuid(supported_cpuid(), vcpu_id, ncpus, dict(feats)))
         if kvm_path:
             _CPUID_CACHE[key] = cpuid
     if not _MSRS:
         _MSRS.append(msrs_struct(RESET_MSRS))
-    page = ffi.new("struct kvm_lapic_state *") if lapic else ffi.NULL
-    # virtual-wire mode, as firmware leaves the LAPIC; one native call for the four ioctls
-    vcpu.reset(ffi.new("struct pyvmm_reset *", {
-        "cpuid": cpuid, "msrs": _MSRS[0], "fpu": ffi.NULL, "lapic": page,
-        "lint0": LVT_EXTINT, "lint1": LVT_NMI}))
-    # GPRs and RIP in kvm_run on every exit for free; sregs/events too would cost
-    # ~0.3 us per exit here (measured), so those are read by ioctl when needed
-    vcpu.enable_sync_regs()
-    return ffi.buffer(page.regs)[:] if lapic else None
+    page = ffi.new("struct kvm_lapic_state *") if lapic else None
+    reset = ffi.new("struct pyvmm_reset *", {
+        "cpuid": cpuid, "msrs": _MSRS[0], "fpu": ffi.NULL,
+        "lapic": ffi.NULL if page is None else page, "lint0": LVT_EXTINT, "lint1": LVT_NMI})
+    return reset, page
+
+
+def lapic_page(page: Any) -> bytes | None:
+    """The LAPIC register page a reset left (kept for a reset at S3 resume), or None."""
+    return None if page is None else ffi.buffer(page.regs)[:]

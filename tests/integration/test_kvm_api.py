@@ -201,6 +201,41 @@ def test_native_set_up_failures_name_the_ioctl(vm):
     assert e.value.errno == 9  # closed: refused before any ioctl
 
 
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_native_creations_undo_what_they_made_when_a_step_fails():
+    """pyvmm_vm_create, pyvmm_ram_add and pyvmm_vcpu_create (cbindings/setup.c) name the
+    step that failed and leave no fd and no mapping behind."""
+    from pyvmm.kvm.hostmem import HostMapping
+    from pyvmm.kvm.native import ffi
+
+    with Kvm() as kvm:
+        before = _fds()
+        spec = ffi.new("struct pyvmm_vm_spec *", {"irqchip": lib.PYVMM_IRQCHIP_SPLIT,
+                                                  "split_pins": 100000})  # KVM: at most 48
+        with pytest.raises(KvmError) as e:
+            kvm.create_vm(spec=spec)
+        assert (e.value.ioctl, e.value.errno) == ("KVM_ENABLE_CAP", 22) and _fds() == before
+        with kvm.create_vm(spec=ffi.new("struct pyvmm_vm_spec *")) as vm:
+            before = _fds()
+            with pytest.raises(KvmError) as e:  # a flag KVM does not know
+                HostMapping(1 << 20, slot=(vm.fd, 0, 0, 1 << 30))
+            assert e.value.ioctl == "KVM_SET_USER_MEMORY_REGION" and _fds() == before
+            vm.create_vcpu(0)
+            before = _fds()
+            with pytest.raises(KvmError, match="already exists"):
+                vm.create_vcpu(0)
+            assert _fds() == before
+            cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": 1000, "entries": 1})  # KVM: <= 256
+            reset = ffi.new("struct pyvmm_reset *", {"cpuid": cpuid, "msrs": ffi.NULL})
+            with pytest.raises(KvmError) as e:  # the vCPU is made, its reset refused
+                vm.create_vcpu(1, reset)
+            assert (e.value.ioctl, e.value.errno) == ("KVM_SET_CPUID2", 7) and _fds() == before
+            assert len(vm.vcpus) == 1
+
+
 def test_vm_ioctls(vm):
     vm.create_pit2()
     assert vm.check_extension(lib.KVM_CAP_IRQCHIP)
