@@ -55,6 +55,5 @@ def from_file(make: Callable[..., M], path: str | os.PathLike[str], fmt: str | N
 
 def apply_plan(memory: GuestMemory, bsp: Vcpu, plan: LoadPlan) -> None:
     """A loader's plan into a machine: its bytes to RAM, its entry state to the BSP."""
-    for gpa, data in plan.writes:
-        memory.write(gpa, data)
+    memory.write_many(plan.writes)
     apply_entry(bsp, plan.entry)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Iterable
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.kvm.hostmem import PAGE_SIZE, HostMapping
@@ -151,6 +152,22 @@ class GuestMemory:
         self.view(gpa, len(data))[:] = data
         if self._vmm_written is not None:
             self._note_written(gpa, len(data))
+
+    def write_many(self, writes: Iterable[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """:meth:`write` of each ``(gpa, data)`` (a loader's plan: one call, not one per
+        piece)."""
+        for gpa, data in writes:
+            n = len(data)
+            for r in self.regions:
+                off = gpa - r.gpa
+                m = r.mapping
+                if off >= 0 and off + n <= r.size and m is not None:
+                    m.view[off:off + n] = data
+                    if self._vmm_written is not None:
+                        self._note_written(gpa, n)
+                    break
+            else:
+                self.write(gpa, data)  # outside RAM, or a closed region: write's error
 
     def read_int(self, gpa: int, size: int) -> int:
         value: int = struct.unpack(_U[size], self.view(gpa, size))[0]

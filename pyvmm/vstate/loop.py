@@ -53,9 +53,10 @@ if (_ENTRY.size != ffi.sizeof("struct pyvmm_fast_entry")
         or any(ffi.offsetof("struct pyvmm_fast_entry", f) != off for f, off in _ENTRY_FIELDS)):
     raise ImportError("struct pyvmm_fast_entry (cbindings/runloop.h) no longer matches "
                       "pyvmm/vstate/loop.py's _ENTRY: change both together")
-#: the claimed-ports bitmap per set of claimed PIO ranges (every machine has the same few
-#: devices: computing it port by port cost more than the rest of a loop's set-up)
-_PORT_BITMAPS: dict[tuple[tuple[int, int], ...], bytes] = {}
+#: the claimed-ports bitmap per set of claimed PIO ranges, shared by every loop with that
+#: set (the C loop only reads it; every machine has the same few devices, and building
+#: and copying 8 KiB per loop cost more than the rest of a loop's set-up)
+_PORT_BITMAPS: dict[tuple[tuple[int, int], ...], Any] = {}
 _PORT_BITMAPS_MAX = 64
 MAX_ENTRIES = int(lib.PYVMM_MAX_ENTRIES)
 
@@ -73,9 +74,10 @@ def install_kick_handler() -> None:
             _kick_installed = True
 
 
-def port_bitmap(ranges: tuple[tuple[int, int], ...]) -> bytes:
-    """The C loop's claimed-ports bitmap (bit ``port & 7`` of byte ``port >> 3``) for
-    ``ranges`` of ``(base, length)``; cached per set of ranges."""
+def port_bitmap(ranges: tuple[tuple[int, int], ...]) -> Any:
+    """The C loop's claimed-ports bitmap (bit ``port & 7`` of byte ``port >> 3``, a
+    ``uint8_t[8192]``) for ``ranges`` of ``(base, length)``: one per set of ranges, never
+    written once made (loops share it)."""
     bitmap = _PORT_BITMAPS.get(ranges)
     if bitmap is None:
         bits = 0
@@ -83,9 +85,10 @@ def port_bitmap(ranges: tuple[tuple[int, int], ...]) -> bytes:
             end = min(base + length, 65536)
             if end > base:
                 bits |= ((1 << (end - base)) - 1) << base
-        bitmap = bits.to_bytes(65536 // 8, "little")
+        bitmap = ffi.new("uint8_t[]", 65536 // 8)
+        ffi.memmove(bitmap, bits.to_bytes(65536 // 8, "little"), 65536 // 8)
         if len(_PORT_BITMAPS) >= _PORT_BITMAPS_MAX:
-            _PORT_BITMAPS.clear()
+            _PORT_BITMAPS.clear()  # loops keep theirs alive (VcpuLoop._claimed_ports)
         _PORT_BITMAPS[ranges] = bitmap
     return bitmap
 
@@ -138,8 +141,9 @@ class VcpuLoop:
         self.trace: TraceRing | None = None
         self.py_kvm_runs = 0
         self.add_fast_entries(bus.fast_entries)
-        self._claimed_ports = ffi.new("uint8_t[]", 65536 // 8)
-        self.c.claimed_ports = self._claimed_ports
+        #: the claimed-ports bitmaps the C loop points at, the current last: the one before
+        #: stays alive too, for a C loop that read the pointer just before it changed
+        self._claimed_ports: list[Any] = []
         self.sync_claims()
 
     def enable_trace(self, capacity: int) -> TraceRing:
@@ -153,7 +157,9 @@ class VcpuLoop:
     def sync_claims(self) -> None:
         """Tell the C loop which ports and MMIO ranges have devices, so that it can answer
         accesses to the others itself (all-ones, counted) unless the bus is strict."""
-        ffi.memmove(self._claimed_ports, port_bitmap(tuple(self.bus.claimed(Space.PIO))), 65536 // 8)
+        bitmap = port_bitmap(tuple(self.bus.claimed(Space.PIO)))
+        self._claimed_ports = [*self._claimed_ports[-1:], bitmap]
+        self.c.claimed_ports = bitmap
         mmio = self.bus.claimed(Space.MMIO)
         if len(mmio) > MAX_ENTRIES:
             self.c.answer_unclaimed = 0  # too many ranges to mirror: Python decides

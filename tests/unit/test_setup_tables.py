@@ -20,12 +20,12 @@ def test_the_port_bitmap_has_exactly_the_claimed_ports() -> None:
     for _ in range(200):
         ranges = tuple((b, rng.randint(1, 64)) for b in rng.sample(range(0, 65536, 7), 4))
         ranges += ((65530, 6),)  # up to the last port
-        bitmap = port_bitmap(ranges)
+        bitmap = bytes(ffi.buffer(port_bitmap(ranges)))
         assert len(bitmap) == 8192
         want = {p for b, n in ranges for p in range(b, min(b + n, 65536))}
         got = {p for p in range(65536) if bitmap[p >> 3] >> (p & 7) & 1}
         assert got == want
-    assert port_bitmap(()) == bytes(8192)
+    assert bytes(ffi.buffer(port_bitmap(()))) == bytes(8192)
     assert port_bitmap(((0x3F8, 8),)) is port_bitmap(((0x3F8, 8),))  # built once
 
 
