@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -243,11 +244,8 @@ def _restore(m: SnapshotTarget, snap: Snapshot) -> int:
         if prepared.trusted:
             raise
         raise SnapshotError(f"KVM refuses the snapshot's state: {e}") from None
-    for dev, state in devices:
-        if prepared.trusted:
-            dev.apply_state(state)
-        else:
-            dev.set_state(state)
+    for dev, state in devices:  # each checked above (or on an earlier restore)
+        dev.apply_state(state)
     prepared.trusted = True  # checked against these devices once; plain setattr from now
     return pages
 
@@ -322,6 +320,36 @@ def _restore_ram(m: SnapshotTarget, snap: Snapshot) -> int:
 
 
 
+#: guest images parsed for a clone's symbols, by the file's identity (see symbols_image)
+_IMAGES: dict[tuple[Any, ...], GuestImage] = {}
+IMAGES_KEPT = 4
+
+
+def symbols_image(path: str, mem: int, fmt: str | None) -> GuestImage | None:
+    """The guest image a snapshot names, parsed for its symbols (None if it is gone or no
+    longer a guest image).  A harness clones thousands of times from one snapshot: the parse
+    is kept per process by the file's identity (device, inode, size, modification and change
+    times), so a file replaced or rewritten since is parsed again.  Images are shared as
+    ``Machine.load_file``'s callers may share one: a machine only reads its image."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mem, fmt)
+    image = _IMAGES.get(key)
+    if image is None:
+        try:
+            image = open_image(path, mem=mem, fmt=fmt)
+        except GuestImageError:
+            return None
+        if len(_IMAGES) >= IMAGES_KEPT:
+            del _IMAGES[next(iter(_IMAGES))]  # the oldest
+        _IMAGES[key] = image
+    return image
+
+
 def clone(make: Callable[..., M], source: str | os.PathLike[str] | Snapshot, **kw: Any) -> M:
     """A machine built by ``make`` (``Machine``) that goes on from ``source``, a snapshot
     file (its RAM mapped copy-on-write from the file: nothing copied up front) or an
@@ -347,11 +375,8 @@ def _clone(make: Callable[..., M], snap: Snapshot, ram_file: tuple[int, list[int
         if cfg.get("pc"):
             m.add_pc_platform()
         image = cfg.get("image")
-        if image and os.path.isfile(image):
-            try:  # for symbols only: the guest's bytes are in the snapshot's RAM
-                m.image = open_image(image, mem=m.mem_size, fmt=cfg.get("format") or None)
-            except GuestImageError:
-                m.image = None
+        if image:  # for symbols only: the guest's bytes are in the snapshot's RAM
+            m.image = symbols_image(image, m.mem_size, cfg.get("format") or None)
         if ram_file is not None:
             m.memory.start_dirty_tracking()  # RAM is the snapshot's already
             m.memory.dirty_base = snap

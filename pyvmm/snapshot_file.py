@@ -332,6 +332,51 @@ def check(meta: Any, name: str, size: int, data_start: int,
 
 
 # --- reading -----------------------------------------------------------------------------
+#: metadata this process has checked, by its exact bytes, the file's size and whether the
+#: host was checked: a harness cloning thousands of times from one file parses and checks
+#: it once.  The key is the bytes themselves, never a timestamp or an inode: a file changed
+#: between two reads (by one byte) is checked again from scratch.
+_CHECKED: dict[tuple[bytes, int, bool], tuple[Snapshot, list[tuple[int, int, int]]]] = {}
+#: how many files' metadata are kept, and the largest kept (a hello's is ~10 KiB)
+CHECKED_ENTRIES = 8
+CHECKED_MAX_BYTES = 1 << 20
+
+
+def checked_metadata(raw: bytes, name: str, size: int,
+                     host: bool) -> tuple[Snapshot, list[tuple[int, int, int]]]:
+    """:func:`check` of the metadata ``raw`` read from a file of ``size`` bytes, or a copy of
+    what an earlier check of the same bytes found (every mutable part copied: a caller that
+    edits its snapshot cannot change what the next read of the file gives)."""
+    key = (raw, size, host)
+    hit = _CHECKED.get(key)
+    if hit is None:
+        hit = check(_metadata(raw, name), name, size, HEADER.size + len(raw), host)
+        if len(raw) <= CHECKED_MAX_BYTES:
+            if len(_CHECKED) >= CHECKED_ENTRIES:
+                del _CHECKED[next(iter(_CHECKED))]  # the oldest
+            _CHECKED[key] = (_copy_snapshot(hit[0]), hit[1])
+        return hit
+    snap, layout = hit
+    return _copy_snapshot(snap), layout
+
+
+def _copy_snapshot(s: Snapshot) -> Snapshot:
+    """A checked snapshot (no RAM yet) whose containers are its own."""
+    vcpus = [VcpuState(dict(v.regs), v.sregs, v.fpu, v.xsave, dict(v.xcrs), v.lapic,
+                       dict(v.msrs), v.events, v.mp_state, v.debugregs) for v in s.vcpus]
+    return Snapshot(_copy_plain(s.config), vcpus, list(s.irqchips), s.pit, s.clock,
+                    _copy_plain(s.devices), [], trusted=s.trusted)
+
+
+def _copy_plain(v: Any) -> Any:
+    """A copy of checked JSON-like data: dicts and lists copied, bytes and scalars shared."""
+    if type(v) is dict:
+        return {k: _copy_plain(x) for k, x in v.items()}
+    if type(v) is list:
+        return [_copy_plain(x) for x in v]
+    return v
+
+
 class _NotANumber(ValueError):
     pass
 
@@ -377,7 +422,7 @@ def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
         raw = os.pread(fd, meta_len, HEADER.size)
         if len(raw) != meta_len:
             raise SnapshotError(f"{name} is truncated or corrupt (metadata of {meta_len} bytes)")
-        snap, layout = check(_metadata(raw, name), name, size, HEADER.size + meta_len, check_host)
+        snap, layout = checked_metadata(raw, name, size, check_host)
         try:
             mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
         except OSError as e:
