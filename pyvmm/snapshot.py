@@ -293,6 +293,9 @@ def _set_msrs(v: Vcpu, msrs: dict[int, int], prepared: Any) -> None:
 
 def _restore_ram(m: SnapshotTarget, snap: Snapshot) -> int:
     mem = m.memory
+    if snap._ram_in is mem:  # a clone's RAM, mapped from the snapshot's file
+        snap._ram_in = None
+        return 0
     regions = [r for r in mem.regions if not r.readonly]
     if mem.dirty_base is snap:
         pages = 0
@@ -355,6 +358,7 @@ def clone(make: Callable[..., M], source: str | os.PathLike[str] | Snapshot, **k
     file (its RAM mapped copy-on-write from the file: nothing copied up front) or an
     in-memory snapshot; ``kw`` sets what is not part of the guest's state."""
     snap = source if isinstance(source, Snapshot) else load(source)
+    snap._private = snap is not source  # this call's own: its state is the file's
     try:
         return _clone(make, snap, snapshot_ram_file(snap), snap is not source, **kw)
     finally:
@@ -378,9 +382,14 @@ def _clone(make: Callable[..., M], snap: Snapshot, ram_file: tuple[int, list[int
         if image:  # for symbols only: the guest's bytes are in the snapshot's RAM
             m.image = symbols_image(image, m.mem_size, cfg.get("format") or None)
         if ram_file is not None:
-            m.memory.start_dirty_tracking()  # RAM is the snapshot's already
+            snap._ram_in = m.memory  # RAM is the snapshot's already: nothing to copy
+        try:
+            m.restore(snap)
+        finally:
+            snap._ram_in = None
+        if ram_file is not None and not owned:  # the caller may restore it again: only
+            m.memory.start_dirty_tracking()     # the pages written since need copying
             m.memory.dirty_base = snap
-        m.restore(snap)
         if owned:  # no one else can restore it: do not keep it alive
             m.memory.dirty_base = None
     except BaseException:

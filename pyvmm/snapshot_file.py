@@ -25,6 +25,7 @@ import base64
 import contextlib
 import functools
 import json
+import marshal
 import mmap
 import os
 import stat
@@ -124,6 +125,14 @@ class Snapshot:
     _fd: int = field(default=-1, repr=False)
     _prepared: dict[int, Prepared] = field(default_factory=dict, repr=False)
     _checked_shape: tuple[int, int, bool] | None = field(default=None, repr=False)
+    #: ioctl arguments built from the same checked file bytes, by the vCPUs' XSAVE sizes:
+    #: shared by every snapshot read from them (see :meth:`prepared`)
+    _templates: dict[tuple[int, ...], Prepared] | None = field(default=None, repr=False)
+    #: nobody but pyvmm holds this snapshot, so its state is the file's (a clone's own)
+    _private: bool = field(default=False, repr=False)
+    #: the GuestMemory whose RAM is already this snapshot's (a clone's, mapped from the file):
+    #: its first restore copies no RAM
+    _ram_in: object | None = field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the snapshot to ``path`` (replaced atomically; only a regular file or
@@ -134,6 +143,14 @@ class Snapshot:
         """The ioctl arguments for restoring into ``m`` (built on first use)."""
         p = self._prepared.get(id(m))
         if p is not None:
+            return p
+        # a private snapshot's state is its file's: what another snapshot of the same bytes
+        # built serves (KVM only reads these structs); a user's may have been edited
+        shape = tuple(v.xsave_size for v in m.vcpus)
+        shared = self._templates if self._private else None
+        if shared is not None and (t := shared.get(shape)) is not None:
+            p = Prepared(t.vcpus, t.irqchips, t.pit, t.clock, self.trusted)
+            self._prepared = {id(m): p}
             return p
         from pyvmm.kvm.native import cdata_from
         from pyvmm.kvm.vcpu import lapic_struct, msrs_struct, regs_struct, xcrs_struct
@@ -159,6 +176,8 @@ class Snapshot:
                      None if self.clock is None else cdata_from("struct kvm_clock_data *", self.clock),
                      self.trusted)
         self._prepared = {id(m): p}  # one machine at a time: a dict keeps the check simple
+        if shared is not None and len(shared) < 4:
+            shared[shape] = p
         return p
 
     def close(self) -> None:
@@ -166,6 +185,8 @@ class Snapshot:
         keep their own private mapping)."""
         self.ram = []
         self._prepared = {}
+        self._templates = None
+        self._ram_in = None
         if self._mapping is not None:
             with contextlib.suppress(BufferError):
                 self._mapping.close()
@@ -336,7 +357,7 @@ def check(meta: Any, name: str, size: int, data_start: int,
 #: host was checked: a harness cloning thousands of times from one file parses and checks
 #: it once.  The key is the bytes themselves, never a timestamp or an inode: a file changed
 #: between two reads (by one byte) is checked again from scratch.
-_CHECKED: dict[tuple[bytes, int, bool], tuple[Snapshot, list[tuple[int, int, int]]]] = {}
+_CHECKED: dict[tuple[bytes, int, bool], tuple[Snapshot, list[tuple[int, int, int]], bytes]] = {}
 #: how many files' metadata are kept, and the largest kept (a hello's is ~10 KiB)
 CHECKED_ENTRIES = 8
 CHECKED_MAX_BYTES = 1 << 20
@@ -350,31 +371,28 @@ def checked_metadata(raw: bytes, name: str, size: int,
     key = (raw, size, host)
     hit = _CHECKED.get(key)
     if hit is None:
-        hit = check(_metadata(raw, name), name, size, HEADER.size + len(raw), host)
+        snap, layout = check(_metadata(raw, name), name, size, HEADER.size + len(raw), host)
         if len(raw) <= CHECKED_MAX_BYTES:
             if len(_CHECKED) >= CHECKED_ENTRIES:
                 del _CHECKED[next(iter(_CHECKED))]  # the oldest
-            _CHECKED[key] = (_copy_snapshot(hit[0]), hit[1])
-        return hit
-    snap, layout = hit
-    return _copy_snapshot(snap), layout
+            # checked data is only dicts, lists, bytes, str, numbers, bools and None:
+            # marshal's round trip is a deep copy at C speed
+            frozen = marshal.dumps((snap.config, snap.devices))
+            snap._templates = {}
+            _CHECKED[key] = (_copy_snapshot(snap, frozen), layout, frozen)
+        return snap, layout
+    kept, layout, frozen = hit
+    return _copy_snapshot(kept, frozen), layout
 
 
-def _copy_snapshot(s: Snapshot) -> Snapshot:
-    """A checked snapshot (no RAM yet) whose containers are its own."""
+def _copy_snapshot(s: Snapshot, frozen: bytes) -> Snapshot:
+    """A checked snapshot (no RAM yet) whose containers are its own; ``frozen`` is its
+    config and device states, marshalled."""
     vcpus = [VcpuState(dict(v.regs), v.sregs, v.fpu, v.xsave, dict(v.xcrs), v.lapic,
                        dict(v.msrs), v.events, v.mp_state, v.debugregs) for v in s.vcpus]
-    return Snapshot(_copy_plain(s.config), vcpus, list(s.irqchips), s.pit, s.clock,
-                    _copy_plain(s.devices), [], trusted=s.trusted)
-
-
-def _copy_plain(v: Any) -> Any:
-    """A copy of checked JSON-like data: dicts and lists copied, bytes and scalars shared."""
-    if type(v) is dict:
-        return {k: _copy_plain(x) for k, x in v.items()}
-    if type(v) is list:
-        return [_copy_plain(x) for x in v]
-    return v
+    config, devices = marshal.loads(frozen)
+    return Snapshot(config, vcpus, list(s.irqchips), s.pit, s.clock, devices, [],
+                    trusted=s.trusted, _templates=s._templates)
 
 
 class _NotANumber(ValueError):

@@ -141,8 +141,27 @@ class Device:
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes, bytearray})
 
 
+#: types no instance of which is plain data (methods, FastEntry, GuestMemory...), as found
+_OPAQUE: set[type] = set()
+_PLAIN_BASES = (int, float, str, bytes, bytearray, list, tuple, dict)
+
+
 def _plain(v: Any) -> bool:
-    if type(v) in _SCALARS or v is None or isinstance(v, bool | int | float | str | bytes | bytearray):
+    t = type(v)
+    if t in _SCALARS:
+        return True
+    if t in _OPAQUE:
+        return False
+    if t is dict:  # the common container, without a generator per level
+        for k, x in v.items():
+            if not (type(k) in _SCALARS or _plain(k)) or not (type(x) in _SCALARS or _plain(x)):
+                return False
+        return True
+    if not issubclass(t, _PLAIN_BASES):
+        if len(_OPAQUE) < 256:
+            _OPAQUE.add(t)
+        return False
+    if isinstance(v, bool | int | float | str | bytes | bytearray):
         return True
     if isinstance(v, list | tuple):
         return all(_plain(x) for x in v)
@@ -158,6 +177,15 @@ def _short(v: Any) -> str:
 
 def _out_of_range(v: Any, limit: int) -> int | float | None:
     """The first number in ``v`` outside ``0..limit`` (or not finite), else None."""
+    t = type(v)
+    if t is int:  # the common cases first, by exact type
+        return v if not 0 <= v <= limit else None
+    if t is dict:
+        for x in v.values():
+            bad = _out_of_range(x, limit)
+            if bad is not None:
+                return bad
+        return None
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, int):
@@ -190,6 +218,15 @@ def _copy(v: Any) -> Any:
 def _same_shape(now: Any, new: Any) -> bool:
     """``new`` may replace ``now``: the same type (bytes-likes of the same length), and
     for containers the same shape all the way down."""
+    tn = type(now)
+    if tn is int or tn is float:  # the common cases first, by exact type
+        tw = type(new)
+        if tw is int or tw is float:
+            return True
+    elif tn is dict and type(new) is dict:
+        if now.keys() != new.keys():
+            return False
+        return all(_same_shape(x, new[k]) for k, x in now.items())
     if isinstance(now, bytes | bytearray):
         return isinstance(new, bytes | bytearray) and len(now) == len(new)
     if isinstance(now, bool) or isinstance(new, bool):
