@@ -88,3 +88,31 @@ void *pyvmm_ram_map(uint64_t size, int *fd, int *err)
     madvise(p, size, MADV_HUGEPAGE); /* THP where the host allows it; advice only */
     return p;
 }
+
+/* --- a snapshot's restore (setup.h's second block) ------------------------------------ */
+int pyvmm_vcpu_restore(int fd, const struct pyvmm_vcpu_state *s, int *nmsrs, int *err)
+{
+    int n;
+
+    *err = 0;
+    *nmsrs = 0;
+    STEP(PYVMM_STEP_SET_SREGS_STATE, ioctl(fd, KVM_SET_SREGS, s->sregs));
+    STEP(PYVMM_STEP_SET_REGS_STATE, ioctl(fd, KVM_SET_REGS, s->regs));
+    if (s->xsave)
+        STEP(PYVMM_STEP_SET_XSAVE, ioctl(fd, KVM_SET_XSAVE, s->xsave));
+    else
+        STEP(PYVMM_STEP_SET_FPU_STATE, ioctl(fd, KVM_SET_FPU, s->fpu));
+    if (s->xcrs)
+        STEP(PYVMM_STEP_SET_XCRS, ioctl(fd, KVM_SET_XCRS, s->xcrs));
+    if (s->debugregs)
+        STEP(PYVMM_STEP_SET_DEBUGREGS, ioctl(fd, KVM_SET_DEBUGREGS, s->debugregs));
+    if (s->lapic)
+        STEP(PYVMM_STEP_SET_LAPIC_STATE, ioctl(fd, KVM_SET_LAPIC, s->lapic));
+    STEP(PYVMM_STEP_SET_MSRS_STATE, n = ioctl(fd, KVM_SET_MSRS, s->msrs));
+    *nmsrs = n;
+    if ((uint32_t)n < s->msrs->nmsrs)
+        return 0;
+    STEP(PYVMM_STEP_SET_VCPU_EVENTS, ioctl(fd, KVM_SET_VCPU_EVENTS, s->events));
+    STEP(PYVMM_STEP_SET_MP_STATE, ioctl(fd, KVM_SET_MP_STATE, s->mp_state));
+    return 0;
+}

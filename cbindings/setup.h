@@ -53,4 +53,39 @@ int pyvmm_vcpu_enter(int fd, const struct kvm_sregs *mode, const struct kvm_regs
 void *pyvmm_ram_map(uint64_t size, int *fd, int *err);
 /* cdef-end */
 
+/* cdef-begin: a snapshot's restore (pyvmm/snapshot.py), kept apart from the set-up above. */
+#define PYVMM_STEP_SET_XSAVE 101
+#define PYVMM_STEP_SET_FPU_STATE 102
+#define PYVMM_STEP_SET_XCRS 103
+#define PYVMM_STEP_SET_DEBUGREGS 104
+#define PYVMM_STEP_SET_LAPIC_STATE 105
+#define PYVMM_STEP_SET_MSRS_STATE 106
+#define PYVMM_STEP_SET_VCPU_EVENTS 107
+#define PYVMM_STEP_SET_MP_STATE 108
+#define PYVMM_STEP_SET_SREGS_STATE 109
+#define PYVMM_STEP_SET_REGS_STATE 110
+
+/* One vCPU's saved state as the KVM_SET_* ioctls take it, built once per snapshot and
+ * machine (Snapshot.prepared); an optional part is NULL where the snapshot has none. */
+struct pyvmm_vcpu_state {
+    struct kvm_sregs *sregs;
+    struct kvm_regs *regs;
+    void *xsave;                       /* this VM's XSAVE size (KVM_CAP_XSAVE2); or NULL: */
+    struct kvm_fpu *fpu;               /* KVM_SET_FPU instead */
+    struct kvm_xcrs *xcrs;
+    struct kvm_debugregs *debugregs;
+    struct kvm_lapic_state *lapic;
+    struct kvm_msrs *msrs;
+    struct kvm_vcpu_events *events;
+    struct kvm_mp_state *mp_state;
+};
+
+/* KVM_SET_SREGS, _REGS, _XSAVE (or _FPU), _XCRS, _DEBUGREGS, _LAPIC, _MSRS, then - where KVM
+ * took every MSR - _VCPU_EVENTS and _MP_STATE: the order KVM needs (special registers before
+ * the LAPIC, the LAPIC before MSRs such as TSC_DEADLINE).  *nmsrs: how many MSRs KVM took;
+ * fewer than msrs->nmsrs leaves the rest, the events and the MP state to the caller.  0, or
+ * the PYVMM_STEP_ that failed (*err: errno). */
+int pyvmm_vcpu_restore(int fd, const struct pyvmm_vcpu_state *s, int *nmsrs, int *err);
+/* cdef-end */
+
 #endif

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pyvmm.errors import ConfigError, GuestImageError
 from pyvmm.kvm.errors import KvmError
-from pyvmm.kvm.native import cdata_bytes
+from pyvmm.kvm.native import cdata_bytes, ffi, lib
 from pyvmm.kvm.run import EXIT_IO, EXIT_MMIO, EXIT_X86_RDMSR, EXIT_X86_WRMSR
 from pyvmm.loader import open_image
 from pyvmm.snapshot_file import (
@@ -250,24 +250,26 @@ def _restore(m: SnapshotTarget, snap: Snapshot) -> int:
     return pages
 
 
+#: the ioctl behind each step pyvmm_vcpu_restore reports (cbindings/setup.h)
+_RESTORE_STEPS = {int(getattr(lib, f"PYVMM_STEP_{step}")): f"KVM_{name}" for step, name in (
+    ("SET_SREGS_STATE", "SET_SREGS"), ("SET_REGS_STATE", "SET_REGS"), ("SET_XSAVE", "SET_XSAVE"),
+    ("SET_FPU_STATE", "SET_FPU"), ("SET_XCRS", "SET_XCRS"), ("SET_DEBUGREGS", "SET_DEBUGREGS"),
+    ("SET_LAPIC_STATE", "SET_LAPIC"), ("SET_MSRS_STATE", "SET_MSRS"),
+    ("SET_VCPU_EVENTS", "SET_VCPU_EVENTS"), ("SET_MP_STATE", "SET_MP_STATE"))}
+
+
 def set_vcpu_state(v: Vcpu, st: VcpuState, p: dict[str, Any]) -> None:
     """The KVM_SET_* ioctls that put one vCPU back, in the order KVM needs (special
-    registers before the LAPIC, the LAPIC before the MSRs such as TSC_DEADLINE)."""
-    v.set_sregs(p["sregs"])
-    v.set_regs(p["regs"])
-    if "xsave" in p:
-        v.set_xsave(p["xsave"])
-    else:
-        v.set_fpu(p["fpu"])
-    if "xcrs" in p:
-        v.set_xcrs(p["xcrs"])
-    if "debugregs" in p:
-        v.set_debugregs(p["debugregs"])
-    if "lapic" in p:
-        v.set_lapic(p["lapic"])
-    _set_msrs(v, st.msrs, p["msrs"])
-    v.set_vcpu_events(p["events"])
-    v.set_mp_state(st.mp_state)
+    registers before the LAPIC, the LAPIC before the MSRs such as TSC_DEADLINE): one native
+    call (pyvmm_vcpu_restore) while KVM takes every MSR, the rest from here where not."""
+    err, nmsrs = ffi.new("int *"), ffi.new("int *")
+    step = lib.pyvmm_vcpu_restore(v._fd("KVM_SET_SREGS"), p["native"], nmsrs, err)
+    if step:
+        raise KvmError(_RESTORE_STEPS[step], int(err[0]))
+    if nmsrs[0] < len(st.msrs):
+        _set_msrs(v, st.msrs, nmsrs[0])
+        v.set_vcpu_events(p["events"])
+        v.set_mp_state(st.mp_state)
 
 
 def set_vm_state(m: SnapshotTarget, prepared: Prepared) -> None:
@@ -281,10 +283,9 @@ def set_vm_state(m: SnapshotTarget, prepared: Prepared) -> None:
             m.vm.set_clock(prepared.clock)
 
 
-def _set_msrs(v: Vcpu, msrs: dict[int, int], prepared: Any) -> None:
-    """KVM_SET_MSRS stops at the first MSR it refuses: skip that one and go on (the
-    prepared struct is used while KVM takes them all)."""
-    n = v.set_msrs(prepared)
+def _set_msrs(v: Vcpu, msrs: dict[int, int], n: int) -> None:
+    """KVM_SET_MSRS stops at the first MSR it refuses: after the prepared struct's ``n``
+    were taken, skip the one refused and go on with the rest."""
     items = list(msrs.items())[n + 1:] if n < len(msrs) else []
     while items:
         n = v.set_msrs(dict(items))

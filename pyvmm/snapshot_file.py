@@ -152,7 +152,7 @@ class Snapshot:
             p = Prepared(t.vcpus, t.irqchips, t.pit, t.clock, self.trusted)
             self._prepared = {id(m): p}
             return p
-        from pyvmm.kvm.native import cdata_from
+        from pyvmm.kvm.native import cdata_from, ffi
         from pyvmm.kvm.vcpu import lapic_struct, msrs_struct, regs_struct, xcrs_struct
 
         vcpus = []
@@ -170,6 +170,12 @@ class Snapshot:
                 d["debugregs"] = cdata_from("struct kvm_debugregs *", st.debugregs)
             if st.lapic is not None:
                 d["lapic"] = lapic_struct(st.lapic)
+            d["mp_state"] = ffi.new("struct kvm_mp_state *", {"mp_state": st.mp_state})
+            # every ioctl of the restore in one native call (the structs above stay in d)
+            d["native"] = ffi.new("struct pyvmm_vcpu_state *", {
+                k: d.get(k, ffi.NULL) for k in ("sregs", "regs", "xsave", "fpu", "xcrs",
+                                                 "debugregs", "lapic", "msrs", "events",
+                                                 "mp_state")})
             vcpus.append(d)
         p = Prepared(vcpus, [cdata_from("struct kvm_irqchip *", c) for c in self.irqchips],
                      None if self.pit is None else cdata_from("struct kvm_pit_state2 *", self.pit),
