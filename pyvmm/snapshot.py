@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -327,6 +328,7 @@ def _restore_ram(m: SnapshotTarget, snap: Snapshot) -> int:
 #: guest images parsed for a clone's symbols, by the file's identity (see symbols_image)
 _IMAGES: dict[tuple[Any, ...], GuestImage] = {}
 IMAGES_KEPT = 4
+_IMAGES_LOCK = threading.Lock()
 
 
 def symbols_image(path: str, mem: int, fmt: str | None) -> GuestImage | None:
@@ -348,9 +350,10 @@ def symbols_image(path: str, mem: int, fmt: str | None) -> GuestImage | None:
             image = open_image(path, mem=mem, fmt=fmt)
         except GuestImageError:
             return None
-        if len(_IMAGES) >= IMAGES_KEPT:
-            del _IMAGES[next(iter(_IMAGES))]  # the oldest
-        _IMAGES[key] = image
+        with _IMAGES_LOCK:  # clone loops may run in threads
+            if len(_IMAGES) >= IMAGES_KEPT:
+                del _IMAGES[next(iter(_IMAGES))]  # the oldest
+            _IMAGES[key] = image
     return image
 
 

@@ -11,7 +11,9 @@ metadata against the schema below before anything is built from it -- bounded ne
 type and range of every value, the size of every KVM struct, RAM entries that lie inside the
 file and match the machine's shape -- so a bad file is one :class:`SnapshotError` line (exit
 status 120), never a crash at restore time or a SIGBUS when the guest touches RAM the file
-does not have.  The checks run once, at load: restores of a loaded snapshot cost nothing more.
+does not have.  The checks run once, at load: restores of a loaded snapshot cost nothing more,
+and a process that reads the same metadata bytes again (a clone loop) gets a copy of what
+it checked the first time (:func:`checked_metadata`).
 
 :func:`write` streams RAM from where it is (a snapshot's copy, or a stopped machine's own
 memory) page by page, into a temporary file beside the target that is renamed over it; an
@@ -30,6 +32,7 @@ import mmap
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -364,6 +367,7 @@ def check(meta: Any, name: str, size: int, data_start: int,
 #: it once.  The key is the bytes themselves, never a timestamp or an inode: a file changed
 #: between two reads (by one byte) is checked again from scratch.
 _CHECKED: dict[tuple[bytes, int, bool], tuple[Snapshot, list[tuple[int, int, int]], bytes]] = {}
+_CHECKED_LOCK = threading.Lock()
 #: how many files' metadata are kept, and the largest kept (a hello's is ~10 KiB)
 CHECKED_ENTRIES = 8
 CHECKED_MAX_BYTES = 1 << 20
@@ -379,13 +383,14 @@ def checked_metadata(raw: bytes, name: str, size: int,
     if hit is None:
         snap, layout = check(_metadata(raw, name), name, size, HEADER.size + len(raw), host)
         if len(raw) <= CHECKED_MAX_BYTES:
-            if len(_CHECKED) >= CHECKED_ENTRIES:
-                del _CHECKED[next(iter(_CHECKED))]  # the oldest
             # checked data is only dicts, lists, bytes, str, numbers, bools and None:
             # marshal's round trip is a deep copy at C speed
             frozen = marshal.dumps((snap.config, snap.devices))
             snap._templates = {}
-            _CHECKED[key] = (_copy_snapshot(snap, frozen), layout, frozen)
+            with _CHECKED_LOCK:  # clone loops may run in threads
+                if len(_CHECKED) >= CHECKED_ENTRIES:
+                    del _CHECKED[next(iter(_CHECKED))]  # the oldest
+                _CHECKED[key] = (_copy_snapshot(snap, frozen), layout, frozen)
         return snap, layout
     kept, layout, frozen = hit
     return _copy_snapshot(kept, frozen), layout
