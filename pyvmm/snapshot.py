@@ -206,6 +206,13 @@ def machine_config(m: SnapshotTarget) -> dict[str, Any]:
             "regions": [[r.gpa, r.size] for r in m.memory.regions if not r.readonly]}
 
 
+def machine_shape(m: SnapshotTarget) -> tuple[tuple[str, Any], ...]:
+    """What of :func:`machine_config` a snapshot must match to be restored into ``m``."""
+    return (("mem", m.mem_size), ("cpus", m.cpus), ("irqchip", m.irqchip), ("pit", m.pit),
+            ("pc", m.pc is not None),
+            ("regions", [[r.gpa, r.size] for r in m.memory.regions if not r.readonly]))
+
+
 def restore(m: SnapshotTarget, snap: Snapshot) -> int:
     """Put ``snap`` back into ``m`` (stopped); returns how many RAM pages were copied.
     ``snap`` is taken from ``m`` or a machine of the same shape (SnapshotError otherwise,
@@ -219,11 +226,10 @@ def restore(m: SnapshotTarget, snap: Snapshot) -> int:
 def _restore(m: SnapshotTarget, snap: Snapshot) -> int:
     shape = (id(m), len(m.memory.regions), m.pc is not None)
     if snap._checked_shape != shape:  # the machine's shape changes rarely: check it once
-        mine = machine_config(m)
-        for k in ("mem", "cpus", "irqchip", "pit", "pc", "regions"):
-            if mine[k] != snap.config.get(k):
+        for k, mine in machine_shape(m):
+            if mine != snap.config.get(k):
                 raise SnapshotError(f"the snapshot is of another machine: {k} is "
-                                    f"{snap.config.get(k)!r} there, {mine[k]!r} here")
+                                    f"{snap.config.get(k)!r} there, {mine!r} here")
         snap._checked_shape = shape
     prepared = snap.prepared(m)
     devices = [(dev, state) for key, dev in m.bus.devices()
