@@ -367,7 +367,8 @@ def clone(make: Callable[..., M], source: str | os.PathLike[str] | Snapshot, **k
     """A machine built by ``make`` (``Machine``) that goes on from ``source``, a snapshot
     file (its RAM mapped copy-on-write from the file: nothing copied up front) or an
     in-memory snapshot; ``kw`` sets what is not part of the guest's state."""
-    snap = source if isinstance(source, Snapshot) else load(source)
+    # a file: this call's own snapshot, whose RAM only the clone maps
+    snap = source if isinstance(source, Snapshot) else read(source, map_ram=False)
     snap._private = snap is not source  # this call's own: its state is the file's
     try:
         return _clone(make, snap, snapshot_ram_file(snap), snap is not source, **kw)

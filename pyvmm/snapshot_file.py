@@ -426,9 +426,11 @@ def _metadata(raw: bytes, name: str) -> Any:
         raise SnapshotError(f"{name} is corrupt (its metadata is not JSON)") from None
 
 
-def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
+def read(path: str | os.PathLike[str], *, check_host: bool = True, map_ram: bool = True) -> Snapshot:
     """Read and check a snapshot file; its RAM stays in the file, mapped copy-on-write.
-    The snapshot keeps the file open (a clone maps its RAM from it) until ``close()``."""
+    The snapshot keeps the file open (a clone maps its RAM from it) until ``close()``.
+    ``map_ram=False``: the snapshot's ``ram`` stays empty, for a clone that maps the file
+    itself (:func:`ram_file`) and never restores the snapshot again."""
     name = os.fsdecode(path)
     try:  # O_NONBLOCK: a FIFO must not block the open; it is refused below
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -452,16 +454,19 @@ def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
         if len(raw) != meta_len:
             raise SnapshotError(f"{name} is truncated or corrupt (metadata of {meta_len} bytes)")
         snap, layout = checked_metadata(raw, name, size, check_host)
-        try:
-            mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-        except OSError as e:
-            raise SnapshotError(f"cannot map snapshot {name}: {e.strerror}") from None
+        mapping = None
+        if map_ram:
+            try:
+                mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+            except OSError as e:
+                raise SnapshotError(f"cannot map snapshot {name}: {e.strerror}") from None
     except BaseException:
         os.close(fd)
         raise
-    view = memoryview(mapping)
-    snap.ram = [(gpa, view[off:off + length]) for gpa, length, off in layout]
-    del view
+    if mapping is not None:
+        view = memoryview(mapping)
+        snap.ram = [(gpa, view[off:off + length]) for gpa, length, off in layout]
+        del view
     snap._mapping, snap._fd = mapping, fd
     snap.config["file"] = name
     snap.config["ram_offsets"] = [off for _, _, off in layout]
@@ -471,12 +476,12 @@ def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
 def ram_file(snap: Snapshot) -> tuple[int, list[int]] | None:
     """``(fd, offsets)`` to map a clone's RAM from the snapshot's file, after checking the
     file still holds every region (it may have been truncated since it was read)."""
-    if snap._fd < 0 or not snap.ram:
+    if snap._fd < 0:
         return None
     offsets: list[int] = snap.config["ram_offsets"]
     size = os.fstat(snap._fd).st_size
-    for (_, data), off in zip(snap.ram, offsets, strict=True):
-        if off + len(data) > size:
+    for (_, length), off in zip(snap.config["regions"], offsets, strict=True):
+        if off + length > size:  # (the file's lengths are the regions', checked at read)
             raise SnapshotError(f"{snap.config['file']} was truncated after it was read")
     return snap._fd, list(offsets)
 
