@@ -388,7 +388,7 @@ def _clone(make: Callable[..., M], snap: Snapshot, ram_file: tuple[int, list[int
         raise SnapshotError(f"the snapshot's machine description is unusable here: {e}") from None
     try:
         if cfg.get("pc"):
-            m.add_pc_platform()
+            _add_pc_platform(m, snap, ram_file)
         image = cfg.get("image")
         if image:  # for symbols only: the guest's bytes are in the snapshot's RAM
             m.image = symbols_image(image, m.mem_size, cfg.get("format") or None)
@@ -407,6 +407,27 @@ def _clone(make: Callable[..., M], snap: Snapshot, ram_file: tuple[int, list[int
         m.close()
         raise
     return m
+
+
+def _add_pc_platform(m: Clone, snap: Snapshot, ram_file: tuple[int, list[int]] | None) -> None:
+    """The PC platform for a clone.  Its set-up writes firmware tables (the IVT, ACPI) into
+    RAM, which for a clone mapped from the file is the snapshot's already: the pages it
+    wrote are read back from the file, so the guest finds what it had (its own IVT, the
+    waking vector it put in the FACS), not a fresh machine's tables."""
+    if ram_file is None:  # RAM is copied whole by the restore after this
+        m.add_pc_platform()
+        return
+    mem = m.memory
+    mem.start_dirty_tracking()  # (for the VMM's own writes: the guest has not run)
+    m.add_pc_platform()
+    fd, offsets = ram_file
+    for r, off in zip([r for r in mem.regions if not r.readonly], offsets, strict=True):
+        with memoryview(r._map.buffer) as view:
+            for page in mem.written_since_base(r):
+                lo = page - r.gpa
+                if os.preadv(fd, [view[lo:lo + PAGE]], off + lo) != PAGE:
+                    raise SnapshotError(f"{snap.config.get('file', 'the snapshot file')} was "
+                                        "truncated after it was read")
 
 
 def checked(snap: object) -> Snapshot:

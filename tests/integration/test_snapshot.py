@@ -158,6 +158,34 @@ def test_a_restore_goes_on_past_an_msr_kvm_refuses(guests: Path) -> None:
         assert syncs(c.run(timeout=30)) == want
 
 
+
+def test_a_pc_clone_keeps_the_guests_firmware_memory(guests: Path, tmp_path: Path) -> None:
+    """Regression: a clone of a PC-platform snapshot set up a fresh PC platform, whose
+    firmware tables (the IVT, ACPI) were written over the RAM mapped from the file, so the
+    clone saw a fresh machine's IVT instead of the one the guest had (its own vectors, the
+    waking vector it put in the FACS)."""
+    path = tmp_path / "pc.snap"
+    with boot_to_sync(guests / "snapshot.flat") as m:
+        assert m.pc is not None
+        fresh = m.memory.read_int(0, 8)
+        m.memory.write_int(0, 8, 0xDEAD_BEEF_0000_0001)  # as a guest's own IVT entry
+        m.save_snapshot(path)
+        want = syncs(m.run(timeout=30))
+    assert fresh != 0xDEAD_BEEF_0000_0001
+    with Machine.from_snapshot(path) as c:
+        assert c.memory.read_int(0, 8) == 0xDEAD_BEEF_0000_0001
+        assert syncs(c.run(timeout=30)) == want
+    snap = load(path)
+    try:
+        with Machine.from_snapshot(snap) as c:  # a loaded snapshot: restorable again
+            assert c.memory.read_int(0, 8) == 0xDEAD_BEEF_0000_0001
+            assert syncs(c.run(timeout=30)) == want
+            c.restore(snap)
+            assert c.memory.read_int(0, 8) == 0xDEAD_BEEF_0000_0001
+    finally:
+        snap.close()
+
+
 def test_cli_save_at_sync_and_from_snapshot(guests: Path, tmp_path: Path) -> None:
     path = tmp_path / "s.snap"
     r = pyvmm("run", "-v", "--cpus", "2", "--save-at-sync", "1", str(path), str(guests / "snapshot.elf"))
