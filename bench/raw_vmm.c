@@ -5,7 +5,8 @@
  *   raw_vmm lifecycle BIN LOAD ENTRY COUNT_ADDR ITERS  -> "ns_median <x>"
  *
  * RAW_IRQCHIP=kernel|split|none (default none) gives the VM the same interrupt controller
- * as pyvmm's --irqchip, created at the same point, so like is compared with like.
+ * as pyvmm's --irqchip, created at the same point, so like is compared with like;
+ * RAW_WARMUP=N runs N untimed lifecycles first.
  *
  * "exits" runs the pio_loop guest once and times its KVM_RUN loop; "lifecycle" times
  * create VM + vCPU + 64 MiB memslot + long-mode set-up + run to the first exit + close.
@@ -174,6 +175,14 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	uint64_t *t = calloc(n, sizeof *t);
+	/* RAW_WARMUP untimed first cycles: a new process's first VMs are slower (cold
+	 * caches, first faults), and pyvmm's side is measured warm (bench/run.py, row 2) */
+	int warmup = getenv("RAW_WARMUP") ? atoi(getenv("RAW_WARMUP")) : 0;
+	for (int i = 0; i < warmup; i++) {
+		vm_create(&v, load, entry, count_addr, 0);
+		run_guest(&v, 1);
+		vm_destroy(&v);
+	}
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t t0 = now_ns();
 		vm_create(&v, load, entry, count_addr, 0);

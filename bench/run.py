@@ -49,14 +49,16 @@ def bench_image() -> ElfImage:
     return image
 
 
-def raw(mode: str, n: int, irqchip: str = "kernel", setup: str = "min") -> float:
+def raw(mode: str, n: int, irqchip: str = "kernel", setup: str = "min", warmup: int = 0) -> float:
     """The raw C VMM; ``setup="full"`` also does the CPUID/MSR/FPU/LAPIC set-up pyvmm's
-    x86/reset.py does (the same ioctls), so that ratio compares like with like."""
+    x86/reset.py does (the same ioctls), so that ratio compares like with like; ``warmup``
+    lifecycles run untimed first (pyvmm's side is measured warm too)."""
     img = bench_image()
     count = img.symbols.address_of("bench_count")
     out = subprocess.run([str(RAW), mode, str(BIN), "0x100000", hex(img.entry), hex(count), str(n)],
                          check=True, capture_output=True, text=True,
-                         env=dict(os.environ, RAW_IRQCHIP=irqchip, RAW_SETUP=setup)).stdout.split()
+                         env=dict(os.environ, RAW_IRQCHIP=irqchip, RAW_SETUP=setup,
+                                  RAW_WARMUP=str(warmup))).stdout.split()
     return float(out[1])
 
 
@@ -225,19 +227,20 @@ def main() -> int:
                           "ratio_c_loop": med(r_c), "ratio_python_loop": med(r_py)}
 
     # 2. create -> first exit -> destroy, in-process, per interrupt-controller set-up
-    n = 30
+    rounds, n = 6, 6  # short bursts, many rounds: this host's speed drifts over seconds
     image = bench_image()
     print("\n2. create VM + vCPU + 64 MiB -> first exit -> destroy, in-process (ms, median)")
     results["lifecycle_ms"] = {}
     print("   (raw C min: the minimum to run; raw C full: plus the CPUID/MSR/FPU/LAPIC set-up "
-          "pyvmm does, the same ioctls)")
+          "pyvmm does, the same ioctls; both warmed up, as pyvmm is)")
     for irqchip in ("kernel", "split", "none"):
         pyvmm_lifecycle(image, irqchip)
         ref_ms, full_ms, ours_ms = [], [], []
-        for _ in range(3):  # interleaved
-            ref_ms.append(raw("lifecycle", n // 3, irqchip) / 1e6)
-            full_ms.append(raw("lifecycle", n // 3, irqchip, setup="full") / 1e6)
-            ours_ms += [pyvmm_lifecycle(image, irqchip) / 1e6 for _ in range(n // 3)]
+        for _ in range(rounds):  # interleaved; each burst starts with an untimed cycle
+            ref_ms.append(raw("lifecycle", n, irqchip, warmup=1) / 1e6)
+            full_ms.append(raw("lifecycle", n, irqchip, setup="full", warmup=1) / 1e6)
+            pyvmm_lifecycle(image, irqchip)
+            ours_ms += [pyvmm_lifecycle(image, irqchip) / 1e6 for _ in range(n)]
         ratio, ratio_full = med(ours_ms) / med(ref_ms), med(ours_ms) / med(full_ms)
         print(f"   irqchip={irqchip:<6}  raw C min {med(ref_ms):6.3f} ms  full {med(full_ms):6.3f} ms   "
               f"pyvmm {med(ours_ms):6.3f} ms   ratio {ratio:.2f}x min, {ratio_full:.2f}x full  "

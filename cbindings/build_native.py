@@ -270,14 +270,16 @@ HIDDEN = "/* not in cdef */"
 
 
 def header_cdef(text: str) -> str:
-    """The cdef of a header (runloop.h, setup.h): the text between its ``/* cdef-begin``
+    """The cdef of a header (runloop.h, setup.h): the text between each of its ``/* cdef-begin``
     and ``/* cdef-end */`` markers (constants with their values, the structs Python reads
     and the prototypes), as the compiler sees it, but for two changes: a line marked
     HIDDEN is left out, and each struct ends in ``...;`` so that cffi takes the layout from
     the compiler (and may skip the hidden fields).  The one declaration of ``struct pyvmm_loop``, ``struct
     pyvmm_reset`` and their kin."""
-    region = text.split("/* cdef-begin", 1)[1].split("*/", 1)[1].split("/* cdef-end */", 1)[0]
-    lines = [line for line in region.splitlines() if not line.rstrip().endswith(HIDDEN)]
+    regions = [part.split("*/", 1)[1].split("/* cdef-end */", 1)[0]
+               for part in text.split("/* cdef-begin")[1:]]  # each region, in order
+    lines = [line for region in regions for line in region.splitlines()
+             if not line.rstrip().endswith(HIDDEN)]
     return re.sub(r"^};$", "    ...;\n};", "\n".join(lines), flags=re.M) + "\n"
 
 

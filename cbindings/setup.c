@@ -30,7 +30,8 @@ int pyvmm_vcpu_reset(int fd, const struct pyvmm_reset *r, int *err)
     if (r->fpu)
         STEP(PYVMM_STEP_SET_FPU, ioctl(fd, KVM_SET_FPU, r->fpu));
     if (r->lapic) {
-        STEP(PYVMM_STEP_GET_LAPIC, ioctl(fd, KVM_GET_LAPIC, r->lapic));
+        if (!r->lapic_known)
+            STEP(PYVMM_STEP_GET_LAPIC, ioctl(fd, KVM_GET_LAPIC, r->lapic));
         memcpy(r->lapic->regs + APIC_LVT_LINT0, &r->lint0, 4); /* x86: little-endian */
         memcpy(r->lapic->regs + APIC_LVT_LINT1, &r->lint1, 4);
         STEP(PYVMM_STEP_SET_LAPIC, ioctl(fd, KVM_SET_LAPIC, r->lapic));
@@ -61,7 +62,7 @@ int pyvmm_vcpu_enter(int fd, const struct kvm_sregs *mode, const struct kvm_regs
     return 0;
 }
 
-void *pyvmm_ram_map(uint64_t size, int *fd, int *err)
+void *pyvmm_ram_map(uint64_t size, int advise, int *fd, int *err)
 {
     void *p;
 
@@ -87,7 +88,8 @@ void *pyvmm_ram_map(uint64_t size, int *fd, int *err)
         *fd = -1;
         return NULL;
     }
-    madvise(p, size, MADV_HUGEPAGE); /* THP where the host allows it; advice only */
+    if (advise)
+        madvise(p, size, MADV_HUGEPAGE); /* THP where the host allows it; advice only */
     return p;
 }
 
@@ -131,14 +133,14 @@ int pyvmm_vm_create(int kvm_fd, const struct pyvmm_vm_spec *s, int *step, int *e
 }
 
 void *pyvmm_ram_add(int vm_fd, uint32_t slot, uint64_t gpa, uint64_t size, uint32_t flags,
-                    int *fd, int *step, int *err)
+                    int advise, int *fd, int *step, int *err)
 {
     struct kvm_userspace_memory_region r = { .slot = slot, .flags = flags,
                                              .guest_phys_addr = gpa, .memory_size = size };
     void *p;
 
     *step = 0;
-    p = pyvmm_ram_map(size, fd, err);
+    p = pyvmm_ram_map(size, advise, fd, err);
     if (!p) {
         *step = PYVMM_STEP_RAM;
         return NULL;
@@ -176,4 +178,32 @@ int pyvmm_vcpu_create(int vm_fd, uint32_t id, uint32_t run_size, const struct py
     }
     *run = p;
     return fd;
+}
+
+/* --- a snapshot's restore (setup.h's second block) ------------------------------------ */
+int pyvmm_vcpu_restore(int fd, const struct pyvmm_vcpu_state *s, int *nmsrs, int *err)
+{
+    int n;
+
+    *err = 0;
+    *nmsrs = 0;
+    STEP(PYVMM_STEP_SET_SREGS_STATE, ioctl(fd, KVM_SET_SREGS, s->sregs));
+    STEP(PYVMM_STEP_SET_REGS_STATE, ioctl(fd, KVM_SET_REGS, s->regs));
+    if (s->xsave)
+        STEP(PYVMM_STEP_SET_XSAVE, ioctl(fd, KVM_SET_XSAVE, s->xsave));
+    else
+        STEP(PYVMM_STEP_SET_FPU_STATE, ioctl(fd, KVM_SET_FPU, s->fpu));
+    if (s->xcrs)
+        STEP(PYVMM_STEP_SET_XCRS, ioctl(fd, KVM_SET_XCRS, s->xcrs));
+    if (s->debugregs)
+        STEP(PYVMM_STEP_SET_DEBUGREGS, ioctl(fd, KVM_SET_DEBUGREGS, s->debugregs));
+    if (s->lapic)
+        STEP(PYVMM_STEP_SET_LAPIC_STATE, ioctl(fd, KVM_SET_LAPIC, s->lapic));
+    STEP(PYVMM_STEP_SET_MSRS_STATE, n = ioctl(fd, KVM_SET_MSRS, s->msrs));
+    *nmsrs = n;
+    if ((uint32_t)n < s->msrs->nmsrs)
+        return 0;
+    STEP(PYVMM_STEP_SET_VCPU_EVENTS, ioctl(fd, KVM_SET_VCPU_EVENTS, s->events));
+    STEP(PYVMM_STEP_SET_MP_STATE, ioctl(fd, KVM_SET_MP_STATE, s->mp_state));
+    return 0;
 }

@@ -35,10 +35,14 @@ struct pyvmm_reset {
     struct kvm_lapic_state *lapic;
     uint32_t lint0;  /* LVT LINT0 and LINT1 (virtual-wire mode: ExtINT, NMI) */
     uint32_t lint1;
+    /* lapic already holds what KVM_GET_LAPIC would read from this new vCPU (the page an
+     * earlier vCPU of the same id and CPUID read): no KVM_GET_LAPIC */
+    int lapic_known;
 };
 
-/* KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU (with r->fpu) and, with r->lapic, KVM_GET_LAPIC, LINT0/1
- * written into the page, KVM_SET_LAPIC.  0, or the PYVMM_STEP_ that failed (*err: errno). */
+/* KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU (with r->fpu) and, with r->lapic,
+ * KVM_GET_LAPIC (unless r->lapic_known), LINT0/1 written into the page, KVM_SET_LAPIC.
+ * 0, or the PYVMM_STEP_ that failed (*err: errno). */
 int pyvmm_vcpu_reset(int fd, const struct pyvmm_reset *r, int *err);
 
 /* A vCPU's start: KVM_GET_SREGS, then the fields a CPU mode decides taken from `mode`
@@ -47,12 +51,12 @@ int pyvmm_vcpu_reset(int fd, const struct pyvmm_reset *r, int *err);
 int pyvmm_vcpu_enter(int fd, const struct kvm_sregs *mode, const struct kvm_regs *regs, int *err);
 
 /* `size` bytes of zeroed shared memory for guest RAM: a memfd (*fd) mapped MAP_SHARED |
- * MAP_NORESERVE, advised MADV_HUGEPAGE.  Where the host refuses a memfd of that size for
- * any reason but ENOMEM (a file-size limit, a seccomp policy), anonymous shared memory
- * instead (*fd = -1).  NULL on failure, *err the errno: *fd is PYVMM_RAM_NO_MEMFD when the
+ * MAP_NORESERVE, advised MADV_HUGEPAGE when `advise` (where the host's shmem THP heeds
+ * it).  Where the host refuses a memfd of that size for any reason but ENOMEM (a
+ * file-size limit, a seccomp policy), anonymous shared memory instead (*fd = -1).  NULL on failure, *err the errno: *fd is PYVMM_RAM_NO_MEMFD when the
  * memfd itself was out of memory, else -1 (the mmap failed). */
 #define PYVMM_RAM_NO_MEMFD -2
-void *pyvmm_ram_map(uint64_t size, int *fd, int *err);
+void *pyvmm_ram_map(uint64_t size, int advise, int *fd, int *err);
 
 /* The steps of the calls below that make KVM objects (numbered apart from the above). */
 #define PYVMM_STEP_CREATE_VM 20
@@ -88,12 +92,47 @@ int pyvmm_vm_create(int kvm_fd, const struct pyvmm_vm_spec *s, int *step, int *e
 /* pyvmm_ram_map's RAM (*fd, the mapping returned) registered as memslot `slot` at `gpa`
  * with `flags`.  NULL with *step and *err on failure (the RAM, if made, released again). */
 void *pyvmm_ram_add(int vm_fd, uint32_t slot, uint64_t gpa, uint64_t size, uint32_t flags,
-                    int *fd, int *step, int *err);
+                    int advise, int *fd, int *step, int *err);
 
 /* KVM_CREATE_VCPU `id`, its kvm_run mapped (`run_size` bytes, *run) and, with `r`,
  * pyvmm_vcpu_reset.  The vCPU fd, or -1 with *step and *err (the vCPU, if made, closed). */
 int pyvmm_vcpu_create(int vm_fd, uint32_t id, uint32_t run_size, const struct pyvmm_reset *r,
                       void **run, int *step, int *err);
+/* cdef-end */
+
+/* cdef-begin: a snapshot's restore (pyvmm/snapshot.py), kept apart from the set-up above. */
+#define PYVMM_STEP_SET_XSAVE 101
+#define PYVMM_STEP_SET_FPU_STATE 102
+#define PYVMM_STEP_SET_XCRS 103
+#define PYVMM_STEP_SET_DEBUGREGS 104
+#define PYVMM_STEP_SET_LAPIC_STATE 105
+#define PYVMM_STEP_SET_MSRS_STATE 106
+#define PYVMM_STEP_SET_VCPU_EVENTS 107
+#define PYVMM_STEP_SET_MP_STATE 108
+#define PYVMM_STEP_SET_SREGS_STATE 109
+#define PYVMM_STEP_SET_REGS_STATE 110
+
+/* One vCPU's saved state as the KVM_SET_* ioctls take it, built once per snapshot and
+ * machine (Snapshot.prepared); an optional part is NULL where the snapshot has none. */
+struct pyvmm_vcpu_state {
+    struct kvm_sregs *sregs;
+    struct kvm_regs *regs;
+    void *xsave;                       /* this VM's XSAVE size (KVM_CAP_XSAVE2); or NULL: */
+    struct kvm_fpu *fpu;               /* KVM_SET_FPU instead */
+    struct kvm_xcrs *xcrs;
+    struct kvm_debugregs *debugregs;
+    struct kvm_lapic_state *lapic;
+    struct kvm_msrs *msrs;
+    struct kvm_vcpu_events *events;
+    struct kvm_mp_state *mp_state;
+};
+
+/* KVM_SET_SREGS, _REGS, _XSAVE (or _FPU), _XCRS, _DEBUGREGS, _LAPIC, _MSRS, then - where KVM
+ * took every MSR - _VCPU_EVENTS and _MP_STATE: the order KVM needs (special registers before
+ * the LAPIC, the LAPIC before MSRs such as TSC_DEADLINE).  *nmsrs: how many MSRs KVM took;
+ * fewer than msrs->nmsrs leaves the rest, the events and the MP state to the caller.  0, or
+ * the PYVMM_STEP_ that failed (*err: errno). */
+int pyvmm_vcpu_restore(int fd, const struct pyvmm_vcpu_state *s, int *nmsrs, int *err);
 /* cdef-end */
 
 #endif

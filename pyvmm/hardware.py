@@ -124,7 +124,7 @@ def create_vcpus(kvm: Kvm, vm: Vm, cpus: int, irqchip: str, cpu_features: str,
     lapics = []
     for i in range(cpus):
         reset, page = reset_state(i, leaves, cpus, lapic=irqchip != "none", features=features,
-                                  kvm_path=kvm.path)
+                                  kvm_path=kvm.path, irqchip=irqchip)
         vcpu = vm.create_vcpu(i, reset)  # and reset: one native call
         vcpus.append(vcpu)
         # GPRs and RIP in kvm_run on every exit for free; sregs/events too would cost

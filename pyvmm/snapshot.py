@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -204,6 +206,13 @@ def machine_config(m: SnapshotTarget) -> dict[str, Any]:
             "regions": [[r.gpa, r.size] for r in m.memory.regions if not r.readonly]}
 
 
+def machine_shape(m: SnapshotTarget) -> tuple[tuple[str, Any], ...]:
+    """What of :func:`machine_config` a snapshot must match to be restored into ``m``."""
+    return (("mem", m.mem_size), ("cpus", m.cpus), ("irqchip", m.irqchip), ("pit", m.pit),
+            ("pc", m.pc is not None),
+            ("regions", [[r.gpa, r.size] for r in m.memory.regions if not r.readonly]))
+
+
 def restore(m: SnapshotTarget, snap: Snapshot) -> int:
     """Put ``snap`` back into ``m`` (stopped); returns how many RAM pages were copied.
     ``snap`` is taken from ``m`` or a machine of the same shape (SnapshotError otherwise,
@@ -217,11 +226,10 @@ def restore(m: SnapshotTarget, snap: Snapshot) -> int:
 def _restore(m: SnapshotTarget, snap: Snapshot) -> int:
     shape = (id(m), len(m.memory.regions), m.pc is not None)
     if snap._checked_shape != shape:  # the machine's shape changes rarely: check it once
-        mine = machine_config(m)
-        for k in ("mem", "cpus", "irqchip", "pit", "pc", "regions"):
-            if mine[k] != snap.config.get(k):
+        for k, mine in machine_shape(m):
+            if mine != snap.config.get(k):
                 raise SnapshotError(f"the snapshot is of another machine: {k} is "
-                                    f"{snap.config.get(k)!r} there, {mine[k]!r} here")
+                                    f"{snap.config.get(k)!r} there, {mine!r} here")
         snap._checked_shape = shape
     prepared = snap.prepared(m)
     devices = [(dev, state) for key, dev in m.bus.devices()
@@ -243,33 +251,21 @@ def _restore(m: SnapshotTarget, snap: Snapshot) -> int:
         if prepared.trusted:
             raise
         raise SnapshotError(f"KVM refuses the snapshot's state: {e}") from None
-    for dev, state in devices:
-        if prepared.trusted:
-            dev.apply_state(state)
-        else:
-            dev.set_state(state)
+    for dev, state in devices:  # each checked above (or on an earlier restore)
+        dev.apply_state(state)
     prepared.trusted = True  # checked against these devices once; plain setattr from now
     return pages
 
 
 def set_vcpu_state(v: Vcpu, st: VcpuState, p: dict[str, Any]) -> None:
     """The KVM_SET_* ioctls that put one vCPU back, in the order KVM needs (special
-    registers before the LAPIC, the LAPIC before the MSRs such as TSC_DEADLINE)."""
-    v.set_sregs(p["sregs"])
-    v.set_regs(p["regs"])
-    if "xsave" in p:
-        v.set_xsave(p["xsave"])
-    else:
-        v.set_fpu(p["fpu"])
-    if "xcrs" in p:
-        v.set_xcrs(p["xcrs"])
-    if "debugregs" in p:
-        v.set_debugregs(p["debugregs"])
-    if "lapic" in p:
-        v.set_lapic(p["lapic"])
-    _set_msrs(v, st.msrs, p["msrs"])
-    v.set_vcpu_events(p["events"])
-    v.set_mp_state(st.mp_state)
+    registers before the LAPIC, the LAPIC before the MSRs such as TSC_DEADLINE): one native
+    call (pyvmm_vcpu_restore) while KVM takes every MSR, the rest from here where not."""
+    nmsrs = v.restore(p["native"])
+    if nmsrs < len(st.msrs):
+        _set_msrs(v, st.msrs, nmsrs)
+        v.set_vcpu_events(p["events"])
+        v.set_mp_state(st.mp_state)
 
 
 def set_vm_state(m: SnapshotTarget, prepared: Prepared) -> None:
@@ -283,10 +279,9 @@ def set_vm_state(m: SnapshotTarget, prepared: Prepared) -> None:
             m.vm.set_clock(prepared.clock)
 
 
-def _set_msrs(v: Vcpu, msrs: dict[int, int], prepared: Any) -> None:
-    """KVM_SET_MSRS stops at the first MSR it refuses: skip that one and go on (the
-    prepared struct is used while KVM takes them all)."""
-    n = v.set_msrs(prepared)
+def _set_msrs(v: Vcpu, msrs: dict[int, int], n: int) -> None:
+    """KVM_SET_MSRS stops at the first MSR it refuses: after the prepared struct's ``n``
+    were taken, skip the one refused and go on with the rest."""
     items = list(msrs.items())[n + 1:] if n < len(msrs) else []
     while items:
         n = v.set_msrs(dict(items))
@@ -295,6 +290,9 @@ def _set_msrs(v: Vcpu, msrs: dict[int, int], prepared: Any) -> None:
 
 def _restore_ram(m: SnapshotTarget, snap: Snapshot) -> int:
     mem = m.memory
+    if snap._ram_in is mem:  # a clone's RAM, mapped from the snapshot's file
+        snap._ram_in = None
+        return 0
     regions = [r for r in mem.regions if not r.readonly]
     if mem.dirty_base is snap:
         pages = 0
@@ -322,11 +320,45 @@ def _restore_ram(m: SnapshotTarget, snap: Snapshot) -> int:
 
 
 
+#: guest images parsed for a clone's symbols, by the file's identity (see symbols_image)
+_IMAGES: dict[tuple[Any, ...], GuestImage] = {}
+IMAGES_KEPT = 4
+_IMAGES_LOCK = threading.Lock()
+
+
+def symbols_image(path: str, mem: int, fmt: str | None) -> GuestImage | None:
+    """The guest image a snapshot names, parsed for its symbols (None if it is gone or no
+    longer a guest image).  A harness clones thousands of times from one snapshot: the parse
+    is kept per process by the file's identity (device, inode, size, modification and change
+    times), so a file replaced or rewritten since is parsed again.  Images are shared as
+    ``Machine.load_file``'s callers may share one: a machine only reads its image."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mem, fmt)
+    image = _IMAGES.get(key)
+    if image is None:
+        try:
+            image = open_image(path, mem=mem, fmt=fmt)
+        except GuestImageError:
+            return None
+        with _IMAGES_LOCK:  # clone loops may run in threads
+            if len(_IMAGES) >= IMAGES_KEPT:
+                del _IMAGES[next(iter(_IMAGES))]  # the oldest
+            _IMAGES[key] = image
+    return image
+
+
 def clone(make: Callable[..., M], source: str | os.PathLike[str] | Snapshot, **kw: Any) -> M:
     """A machine built by ``make`` (``Machine``) that goes on from ``source``, a snapshot
     file (its RAM mapped copy-on-write from the file: nothing copied up front) or an
     in-memory snapshot; ``kw`` sets what is not part of the guest's state."""
-    snap = source if isinstance(source, Snapshot) else load(source)
+    # a file: this call's own snapshot, whose RAM only the clone maps
+    snap = source if isinstance(source, Snapshot) else read(source, map_ram=False)
+    snap._private = snap is not source  # this call's own: its state is the file's
     try:
         return _clone(make, snap, snapshot_ram_file(snap), snap is not source, **kw)
     finally:
@@ -345,23 +377,46 @@ def _clone(make: Callable[..., M], snap: Snapshot, ram_file: tuple[int, list[int
         raise SnapshotError(f"the snapshot's machine description is unusable here: {e}") from None
     try:
         if cfg.get("pc"):
-            m.add_pc_platform()
+            _add_pc_platform(m, snap, ram_file)
         image = cfg.get("image")
-        if image and os.path.isfile(image):
-            try:  # for symbols only: the guest's bytes are in the snapshot's RAM
-                m.image = open_image(image, mem=m.mem_size, fmt=cfg.get("format") or None)
-            except GuestImageError:
-                m.image = None
+        if image:  # for symbols only: the guest's bytes are in the snapshot's RAM
+            m.image = symbols_image(image, m.mem_size, cfg.get("format") or None)
         if ram_file is not None:
-            m.memory.start_dirty_tracking()  # RAM is the snapshot's already
+            snap._ram_in = m.memory  # RAM is the snapshot's already: nothing to copy
+        try:
+            m.restore(snap)
+        finally:
+            snap._ram_in = None
+        if ram_file is not None and not owned:  # the caller may restore it again: only
+            m.memory.start_dirty_tracking()     # the pages written since need copying
             m.memory.dirty_base = snap
-        m.restore(snap)
         if owned:  # no one else can restore it: do not keep it alive
             m.memory.dirty_base = None
     except BaseException:
         m.close()
         raise
     return m
+
+
+def _add_pc_platform(m: Clone, snap: Snapshot, ram_file: tuple[int, list[int]] | None) -> None:
+    """The PC platform for a clone.  Its set-up writes firmware tables (the IVT, ACPI) into
+    RAM, which for a clone mapped from the file is the snapshot's already: the pages it
+    wrote are read back from the file, so the guest finds what it had (its own IVT, the
+    waking vector it put in the FACS), not a fresh machine's tables."""
+    if ram_file is None:  # RAM is copied whole by the restore after this
+        m.add_pc_platform()
+        return
+    mem = m.memory
+    mem.start_dirty_tracking()  # (for the VMM's own writes: the guest has not run)
+    m.add_pc_platform()
+    fd, offsets = ram_file
+    for r, off in zip([r for r in mem.regions if not r.readonly], offsets, strict=True):
+        with memoryview(r._map.buffer) as view:
+            for page in mem.written_since_base(r):
+                lo = page - r.gpa
+                if os.preadv(fd, [view[lo:lo + PAGE]], off + lo) != PAGE:
+                    raise SnapshotError(f"{snap.config.get('file', 'the snapshot file')} was "
+                                        "truncated after it was read")
 
 
 def checked(snap: object) -> Snapshot:

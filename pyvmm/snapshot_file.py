@@ -11,7 +11,9 @@ metadata against the schema below before anything is built from it -- bounded ne
 type and range of every value, the size of every KVM struct, RAM entries that lie inside the
 file and match the machine's shape -- so a bad file is one :class:`SnapshotError` line (exit
 status 120), never a crash at restore time or a SIGBUS when the guest touches RAM the file
-does not have.  The checks run once, at load: restores of a loaded snapshot cost nothing more.
+does not have.  The checks run once, at load: restores of a loaded snapshot cost nothing more,
+and a process that reads the same metadata bytes again (a clone loop) gets a copy of what
+it checked the first time (:func:`checked_metadata`).
 
 :func:`write` streams RAM from where it is (a snapshot's copy, or a stopped machine's own
 memory) page by page, into a temporary file beside the target that is renamed over it; an
@@ -25,10 +27,12 @@ import base64
 import contextlib
 import functools
 import json
+import marshal
 import mmap
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -124,6 +128,14 @@ class Snapshot:
     _fd: int = field(default=-1, repr=False)
     _prepared: dict[int, Prepared] = field(default_factory=dict, repr=False)
     _checked_shape: tuple[int, int, bool] | None = field(default=None, repr=False)
+    #: ioctl arguments built from the same checked file bytes, by the vCPUs' XSAVE sizes:
+    #: shared by every snapshot read from them (see :meth:`prepared`)
+    _templates: dict[tuple[int, ...], Prepared] | None = field(default=None, repr=False)
+    #: nobody but pyvmm holds this snapshot, so its state is the file's (a clone's own)
+    _private: bool = field(default=False, repr=False)
+    #: the GuestMemory whose RAM is already this snapshot's (a clone's, mapped from the file):
+    #: its first restore copies no RAM
+    _ram_in: object | None = field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the snapshot to ``path`` (replaced atomically; only a regular file or
@@ -135,7 +147,15 @@ class Snapshot:
         p = self._prepared.get(id(m))
         if p is not None:
             return p
-        from pyvmm.kvm.native import cdata_from
+        # a private snapshot's state is its file's: what another snapshot of the same bytes
+        # built serves (KVM only reads these structs); a user's may have been edited
+        shape = tuple(v.xsave_size for v in m.vcpus)
+        shared = self._templates if self._private else None
+        if shared is not None and (t := shared.get(shape)) is not None:
+            p = Prepared(t.vcpus, t.irqchips, t.pit, t.clock, self.trusted)
+            self._prepared = {id(m): p}
+            return p
+        from pyvmm.kvm.native import cdata_from, ffi
         from pyvmm.kvm.vcpu import lapic_struct, msrs_struct, regs_struct, xcrs_struct
 
         vcpus = []
@@ -153,12 +173,20 @@ class Snapshot:
                 d["debugregs"] = cdata_from("struct kvm_debugregs *", st.debugregs)
             if st.lapic is not None:
                 d["lapic"] = lapic_struct(st.lapic)
+            d["mp_state"] = ffi.new("struct kvm_mp_state *", {"mp_state": st.mp_state})
+            # every ioctl of the restore in one native call (the structs above stay in d)
+            d["native"] = ffi.new("struct pyvmm_vcpu_state *", {
+                k: d.get(k, ffi.NULL) for k in ("sregs", "regs", "xsave", "fpu", "xcrs",
+                                                 "debugregs", "lapic", "msrs", "events",
+                                                 "mp_state")})
             vcpus.append(d)
         p = Prepared(vcpus, [cdata_from("struct kvm_irqchip *", c) for c in self.irqchips],
                      None if self.pit is None else cdata_from("struct kvm_pit_state2 *", self.pit),
                      None if self.clock is None else cdata_from("struct kvm_clock_data *", self.clock),
                      self.trusted)
         self._prepared = {id(m): p}  # one machine at a time: a dict keeps the check simple
+        if shared is not None and len(shared) < 4:
+            shared[shape] = p
         return p
 
     def close(self) -> None:
@@ -166,6 +194,8 @@ class Snapshot:
         keep their own private mapping)."""
         self.ram = []
         self._prepared = {}
+        self._templates = None
+        self._ram_in = None
         if self._mapping is not None:
             with contextlib.suppress(BufferError):
                 self._mapping.close()
@@ -332,6 +362,50 @@ def check(meta: Any, name: str, size: int, data_start: int,
 
 
 # --- reading -----------------------------------------------------------------------------
+#: metadata this process has checked, by its exact bytes, the file's size and whether the
+#: host was checked: a harness cloning thousands of times from one file parses and checks
+#: it once.  The key is the bytes themselves, never a timestamp or an inode: a file changed
+#: between two reads (by one byte) is checked again from scratch.
+_CHECKED: dict[tuple[bytes, int, bool], tuple[Snapshot, list[tuple[int, int, int]], bytes]] = {}
+_CHECKED_LOCK = threading.Lock()
+#: how many files' metadata are kept, and the largest kept (a hello's is ~10 KiB)
+CHECKED_ENTRIES = 8
+CHECKED_MAX_BYTES = 1 << 20
+
+
+def checked_metadata(raw: bytes, name: str, size: int,
+                     host: bool) -> tuple[Snapshot, list[tuple[int, int, int]]]:
+    """:func:`check` of the metadata ``raw`` read from a file of ``size`` bytes, or a copy of
+    what an earlier check of the same bytes found (every mutable part copied: a caller that
+    edits its snapshot cannot change what the next read of the file gives)."""
+    key = (raw, size, host)
+    hit = _CHECKED.get(key)
+    if hit is None:
+        snap, layout = check(_metadata(raw, name), name, size, HEADER.size + len(raw), host)
+        if len(raw) <= CHECKED_MAX_BYTES:
+            # checked data is only dicts, lists, bytes, str, numbers, bools and None:
+            # marshal's round trip is a deep copy at C speed
+            frozen = marshal.dumps((snap.config, snap.devices))
+            snap._templates = {}
+            with _CHECKED_LOCK:  # clone loops may run in threads
+                if len(_CHECKED) >= CHECKED_ENTRIES:
+                    del _CHECKED[next(iter(_CHECKED))]  # the oldest
+                _CHECKED[key] = (_copy_snapshot(snap, frozen), layout, frozen)
+        return snap, layout
+    kept, layout, frozen = hit
+    return _copy_snapshot(kept, frozen), layout
+
+
+def _copy_snapshot(s: Snapshot, frozen: bytes) -> Snapshot:
+    """A checked snapshot (no RAM yet) whose containers are its own; ``frozen`` is its
+    config and device states, marshalled."""
+    vcpus = [VcpuState(dict(v.regs), v.sregs, v.fpu, v.xsave, dict(v.xcrs), v.lapic,
+                       dict(v.msrs), v.events, v.mp_state, v.debugregs) for v in s.vcpus]
+    config, devices = marshal.loads(frozen)
+    return Snapshot(config, vcpus, list(s.irqchips), s.pit, s.clock, devices, [],
+                    trusted=s.trusted, _templates=s._templates)
+
+
 class _NotANumber(ValueError):
     pass
 
@@ -352,9 +426,11 @@ def _metadata(raw: bytes, name: str) -> Any:
         raise SnapshotError(f"{name} is corrupt (its metadata is not JSON)") from None
 
 
-def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
+def read(path: str | os.PathLike[str], *, check_host: bool = True, map_ram: bool = True) -> Snapshot:
     """Read and check a snapshot file; its RAM stays in the file, mapped copy-on-write.
-    The snapshot keeps the file open (a clone maps its RAM from it) until ``close()``."""
+    The snapshot keeps the file open (a clone maps its RAM from it) until ``close()``.
+    ``map_ram=False``: the snapshot's ``ram`` stays empty, for a clone that maps the file
+    itself (:func:`ram_file`) and never restores the snapshot again."""
     name = os.fsdecode(path)
     try:  # O_NONBLOCK: a FIFO must not block the open; it is refused below
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -377,17 +453,20 @@ def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
         raw = os.pread(fd, meta_len, HEADER.size)
         if len(raw) != meta_len:
             raise SnapshotError(f"{name} is truncated or corrupt (metadata of {meta_len} bytes)")
-        snap, layout = check(_metadata(raw, name), name, size, HEADER.size + meta_len, check_host)
-        try:
-            mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-        except OSError as e:
-            raise SnapshotError(f"cannot map snapshot {name}: {e.strerror}") from None
+        snap, layout = checked_metadata(raw, name, size, check_host)
+        mapping = None
+        if map_ram:
+            try:
+                mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+            except OSError as e:
+                raise SnapshotError(f"cannot map snapshot {name}: {e.strerror}") from None
     except BaseException:
         os.close(fd)
         raise
-    view = memoryview(mapping)
-    snap.ram = [(gpa, view[off:off + length]) for gpa, length, off in layout]
-    del view
+    if mapping is not None:
+        view = memoryview(mapping)
+        snap.ram = [(gpa, view[off:off + length]) for gpa, length, off in layout]
+        del view
     snap._mapping, snap._fd = mapping, fd
     snap.config["file"] = name
     snap.config["ram_offsets"] = [off for _, _, off in layout]
@@ -397,12 +476,12 @@ def read(path: str | os.PathLike[str], *, check_host: bool = True) -> Snapshot:
 def ram_file(snap: Snapshot) -> tuple[int, list[int]] | None:
     """``(fd, offsets)`` to map a clone's RAM from the snapshot's file, after checking the
     file still holds every region (it may have been truncated since it was read)."""
-    if snap._fd < 0 or not snap.ram:
+    if snap._fd < 0:
         return None
     offsets: list[int] = snap.config["ram_offsets"]
     size = os.fstat(snap._fd).st_size
-    for (_, data), off in zip(snap.ram, offsets, strict=True):
-        if off + len(data) > size:
+    for (_, length), off in zip(snap.config["regions"], offsets, strict=True):
+        if off + length > size:  # (the file's lengths are the regions', checked at read)
             raise SnapshotError(f"{snap.config['file']} was truncated after it was read")
     return snap._fd, list(offsets)
 

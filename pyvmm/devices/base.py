@@ -95,7 +95,7 @@ class Device:
         """ValueError naming the first value of ``state`` (from a snapshot file, so
         untrusted) that this device cannot hold: an attribute it does not have, another
         type or shape than it has now, a number out of range, NaN or infinite."""
-        mine = self.state()
+        mine = self._current_state()
         for k, v in state.items():
             if k not in mine:
                 raise ValueError(f"it has no {k!r}")
@@ -107,12 +107,19 @@ class Device:
             if bad is not None:
                 raise ValueError(f"{k} holds {bad!r}, out of range")
 
+    def _current_state(self) -> dict[str, Any]:
+        """What :meth:`state` returns, without its copies where it is the default one:
+        only read, to check a state against (a clone checks every device)."""
+        if type(self).state is Device.state:
+            return {k: v for k, v in vars(self).items() if k != "name" and _plain(v)}
+        return self.state()
+
     def set_state(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`state` returned, after :meth:`check_state` (only the
         attributes it names, of the types they have now: a snapshot file cannot plant
         other attributes or values the device's code cannot take)."""
         self.check_state(state)
-        mine = self.state()
+        mine = self._current_state()
         for k, v in state.items():
             setattr(self, k, bytearray(v) if isinstance(mine[k], bytearray) else _copy(v))
 
@@ -130,8 +137,31 @@ class Device:
         """Release what the device holds beyond Python objects (timer threads)."""
 
 
+#: the scalar types a state may hold (checked by exact type first: the common case)
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes, bytearray})
+
+
+#: types no instance of which is plain data (methods, FastEntry, GuestMemory...), as found
+_OPAQUE: set[type] = set()
+_PLAIN_BASES = (int, float, str, bytes, bytearray, list, tuple, dict)
+
+
 def _plain(v: Any) -> bool:
-    if v is None or isinstance(v, bool | int | float | str | bytes | bytearray):
+    t = type(v)
+    if t in _SCALARS:
+        return True
+    if t in _OPAQUE:
+        return False
+    if t is dict:  # the common container, without a generator per level
+        for k, x in v.items():
+            if not (type(k) in _SCALARS or _plain(k)) or not (type(x) in _SCALARS or _plain(x)):
+                return False
+        return True
+    if not issubclass(t, _PLAIN_BASES):
+        if len(_OPAQUE) < 256:
+            _OPAQUE.add(t)
+        return False
+    if isinstance(v, bool | int | float | str | bytes | bytearray):
         return True
     if isinstance(v, list | tuple):
         return all(_plain(x) for x in v)
@@ -147,6 +177,15 @@ def _short(v: Any) -> str:
 
 def _out_of_range(v: Any, limit: int) -> int | float | None:
     """The first number in ``v`` outside ``0..limit`` (or not finite), else None."""
+    t = type(v)
+    if t is int:  # the common cases first, by exact type
+        return v if not 0 <= v <= limit else None
+    if t is dict:
+        for x in v.values():
+            bad = _out_of_range(x, limit)
+            if bad is not None:
+                return bad
+        return None
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, int):
@@ -179,6 +218,15 @@ def _copy(v: Any) -> Any:
 def _same_shape(now: Any, new: Any) -> bool:
     """``new`` may replace ``now``: the same type (bytes-likes of the same length), and
     for containers the same shape all the way down."""
+    tn = type(now)
+    if tn is int or tn is float:  # the common cases first, by exact type
+        tw = type(new)
+        if tw is int or tw is float:
+            return True
+    elif tn is dict and type(new) is dict:
+        if now.keys() != new.keys():
+            return False
+        return all(_same_shape(x, new[k]) for k, x in now.items())
     if isinstance(now, bytes | bytearray):
         return isinstance(new, bytes | bytearray) and len(now) == len(new)
     if isinstance(now, bool) or isinstance(new, bool):

@@ -104,8 +104,10 @@ class Bus:
             return self._devices
         out: dict[int, tuple[str, Device]] = {}
         for space, ranges in self._ranges.items():
-            for start, _, d in sorted(ranges, key=lambda r: r[0]):
-                out.setdefault(id(d), (f"{d.name}@{space.name.lower()}:{start:#x}", d))
+            where = space.name.lower()
+            for start, _, d in ranges:  # sorted by start: register() inserts them so
+                if id(d) not in out:
+                    out[id(d)] = (f"{d.name}@{where}:{start:#x}", d)
         self._devices = sorted(out.values(), key=lambda kd: kd[0])
         return self._devices
 

@@ -21,6 +21,29 @@ _MAP_NORESERVE = 2
 _MAP_HUGETLB = 4
 
 
+#: the answer of :func:`shmem_thp`, once per process
+_SHMEM_THP: list[bool] = []
+_SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+
+def shmem_thp() -> bool:
+    """Whether MADV_HUGEPAGE on guest RAM (shared memory) can get it huge pages: not where
+    the host's shmem THP policy is ``never`` or ``deny`` (the selected word, in brackets),
+    nor without THP at all (no such file); asked once per process, a syscall saved per
+    machine.  Where the file cannot be read otherwise, advise (advice costs nothing else)."""
+    if not _SHMEM_THP:
+        try:
+            with open(_SHMEM_ENABLED, "rb") as f:
+                words = f.read().split()
+            chosen = [w.strip(b"[]") for w in words if w.startswith(b"[")]
+            _SHMEM_THP.append(chosen not in ([b"never"], [b"deny"]))
+        except FileNotFoundError:
+            _SHMEM_THP.append(False)
+        except OSError:
+            _SHMEM_THP.append(True)
+    return _SHMEM_THP[0]
+
+
 class HostMapping:
     """``size`` bytes of zeroed host memory; :meth:`close` unmaps it."""
 
@@ -36,7 +59,8 @@ class HostMapping:
         self._fd = -1
         if slot is not None:
             fd, step = ffi.new("int *"), ffi.new("int *")
-            ptr = lib.pyvmm_ram_add(slot[0], slot[1], slot[2], size, slot[3], fd, step, err)
+            ptr = lib.pyvmm_ram_add(slot[0], slot[1], slot[2], size, slot[3], shmem_thp(), fd,
+                                    step, err)
             self._fd = int(fd[0])
             if ptr == ffi.NULL and step[0] == lib.PYVMM_STEP_SET_USER_MEMORY_REGION:
                 raise KvmError("KVM_SET_USER_MEMORY_REGION", err[0])
@@ -53,7 +77,7 @@ class HostMapping:
             # file-size limit: EFBIG, a seccomp policy) leaves anonymous shared memory,
             # whose save reads all of it (data_ranges: None)
             fd = ffi.new("int *")
-            ptr = lib.pyvmm_ram_map(size, fd, err)
+            ptr = lib.pyvmm_ram_map(size, shmem_thp(), fd, err)
             self._fd = int(fd[0])
             if ptr == ffi.NULL and self._fd == lib.PYVMM_RAM_NO_MEMFD:  # ENOMEM, not mmap's
                 self._fd = -1

@@ -37,6 +37,11 @@ STEPS = {int(getattr(lib, f"PYVMM_STEP_{name}")): f"KVM_{name}" for name in (
     "SET_REGS", "CREATE_VM", "SET_TSS_ADDR", "SET_IDENTITY_MAP_ADDR", "CREATE_IRQCHIP",
     "CREATE_PIT2", "ENABLE_CAP", "CREATE_VCPU", "SET_USER_MEMORY_REGION")}
 STEPS[int(lib.PYVMM_STEP_MMAP_RUN)] = "mmap kvm_run"
+STEPS.update({int(getattr(lib, f"PYVMM_STEP_{step}")): f"KVM_{name}" for step, name in (
+    ("SET_SREGS_STATE", "SET_SREGS"), ("SET_REGS_STATE", "SET_REGS"), ("SET_XSAVE", "SET_XSAVE"),
+    ("SET_FPU_STATE", "SET_FPU"), ("SET_XCRS", "SET_XCRS"), ("SET_DEBUGREGS", "SET_DEBUGREGS"),
+    ("SET_LAPIC_STATE", "SET_LAPIC"), ("SET_MSRS_STATE", "SET_MSRS"),
+    ("SET_VCPU_EVENTS", "SET_VCPU_EVENTS"), ("SET_MP_STATE", "SET_MP_STATE"))})
 
 
 def cpuid_entry(e: Cdata) -> dict[str, int]:
@@ -142,6 +147,15 @@ class Vcpu(FdObject, kind="vcpu"):
         as KVM has them), KVM_SET_SREGS, KVM_SET_REGS (``regs``): one native call."""
         err = ffi.new("int *")
         self._setup_failed(lib.pyvmm_vcpu_enter(self._fd("KVM_GET_SREGS"), mode, regs, err), err)
+
+    def restore(self, state: Cdata) -> int:
+        """A saved state (a ``struct pyvmm_vcpu_state``) put back in one native call:
+        KVM_SET_SREGS, _REGS, _XSAVE (or _FPU), _XCRS, _DEBUGREGS, _LAPIC, _MSRS and, where
+        KVM took every MSR, _VCPU_EVENTS and _MP_STATE.  Returns how many MSRs KVM took
+        (fewer: the rest, the events and the MP state are the caller's)."""
+        err, nmsrs = ffi.new("int *"), ffi.new("int *")
+        self._setup_failed(lib.pyvmm_vcpu_restore(self._fd("KVM_SET_SREGS"), state, nmsrs, err), err)
+        return int(nmsrs[0])
 
     @staticmethod
     def _setup_failed(step: int, err: Cdata) -> None:

@@ -29,18 +29,25 @@ _CPUID_CACHE: dict[tuple[str, int, int, tuple[tuple[str, bool], ...]], Any] = {}
 #: the MSRs' reset values as KVM_SET_MSRS takes them: the same for every vCPU, built at
 #: the first (KVM copies them, never writes them)
 _MSRS: list[Any] = []
+#: the LAPIC page a new vCPU had after KVM_SET_CPUID2, per _CPUID_CACHE key and irqchip
+#: mode (KVM's reset state: the vCPU's APIC ID, a version register the CPUID and the
+#: irqchip decide, every LVT masked), so that later vCPUs skip KVM_GET_LAPIC
+_LAPIC_PAGES: dict[tuple[object, ...], bytes] = {}
 
 
 def reset_state(vcpu_id: int, supported_cpuid: Callable[[], Sequence[dict[str, int]]],
                 ncpus: int, *, lapic: bool, features: Mapping[str, bool] | None = None,
-                kvm_path: str = "") -> tuple[Any, Any]:
+                kvm_path: str = "", irqchip: str = "") -> tuple[Any, tuple[Any, tuple[object, ...] | None]]:
     """What vCPU ``vcpu_id`` of ``ncpus`` gets before its guest starts, as the ``struct
     pyvmm_reset`` that :meth:`pyvmm.kvm.vm.Vm.create_vcpu` (or
     :meth:`pyvmm.kvm.vcpu.Vcpu.reset`) applies in one native call: CPUID
     (``supported_cpuid()``'s leaves with ``features`` set or cleared), the MSRs and (``lapic``:
     the VM has an in-kernel LAPIC) LINT0/LINT1 in virtual-wire mode, as firmware leaves
-    them.  Returns the struct and the ``struct kvm_lapic_state`` it points to (None without
-    a LAPIC), which receives the page as set and must live as long as the struct is used."""
+    them.  Returns the struct and, for :func:`lapic_page`, the ``struct kvm_lapic_state`` it
+    points to (None without a LAPIC: it receives the page as set, and must live as long as
+    the struct is used) with the key its page is remembered by.  With ``kvm_path`` and
+    ``irqchip``, a vCPU like one reset before (same id, CPUID and irqchip mode) gets KVM's
+    reset page from memory instead of a KVM_GET_LAPIC."""
     feats = tuple(sorted((features or {}).items()))
     key = (kvm_path, vcpu_id, ncpus, feats)
     cpuid = _CPUID_CACHE.get(key) if kvm_path else None
@@ -50,13 +57,27 @@ def reset_state(vcpu_id: int, supported_cpuid: Callable[[], Sequence[dict[str, i
             _CPUID_CACHE[key] = cpuid
     if not _MSRS:
         _MSRS.append(msrs_struct(RESET_MSRS))
-    page = ffi.new("struct kvm_lapic_state *") if lapic else None
+    page, page_key, known = None, None, None
+    if lapic:
+        page = ffi.new("struct kvm_lapic_state *")
+        page_key = (*key, irqchip) if kvm_path and irqchip else None
+        known = _LAPIC_PAGES.get(page_key) if page_key is not None else None
+        if known is not None:
+            ffi.memmove(page.regs, known, len(known))
     reset = ffi.new("struct pyvmm_reset *", {
         "cpuid": cpuid, "msrs": _MSRS[0], "fpu": ffi.NULL,
-        "lapic": ffi.NULL if page is None else page, "lint0": LVT_EXTINT, "lint1": LVT_NMI})
-    return reset, page
+        "lapic": ffi.NULL if page is None else page, "lint0": LVT_EXTINT, "lint1": LVT_NMI,
+        "lapic_known": int(known is not None)})
+    return reset, (page, None if known is not None else page_key)
 
 
-def lapic_page(page: Any) -> bytes | None:
-    """The LAPIC register page a reset left (kept for a reset at S3 resume), or None."""
-    return None if page is None else ffi.buffer(page.regs)[:]
+def lapic_page(page: tuple[Any, tuple[object, ...] | None]) -> bytes | None:
+    """The LAPIC register page a reset left (kept for a reset at S3 resume), or None
+    without a LAPIC; the first of its kind is remembered for the vCPUs like it."""
+    cdata, key = page
+    if cdata is None:
+        return None
+    regs: bytes = ffi.buffer(cdata.regs)[:]
+    if key is not None:
+        _LAPIC_PAGES[key] = regs  # KVM's reset page: the LINT values are set again anyway
+    return regs

@@ -73,7 +73,7 @@ class _NoMemoryLib:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def pyvmm_ram_map(self, size: int, fd: object, err: object) -> object:
+    def pyvmm_ram_map(self, size: int, advise: int, fd: object, err: object) -> object:
         fd[0], err[0] = self.fd, 12  # type: ignore[index]  # ENOMEM
         return ffi.NULL
 
@@ -92,3 +92,22 @@ def test_out_of_memory_for_guest_ram_names_the_call_that_failed(
     with pytest.raises(KvmError) as e:
         hostmem.HostMapping(64 << 20)
     assert e.value.ioctl == what and e.value.errno == 12 and "64 MiB" in str(e.value)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("always within_size advise [never] deny force\n", False),
+    ("always within_size advise never [deny] force\n", False),
+    ("always within_size [advise] never deny force\n", True),
+    ("[always] within_size advise never deny force\n", True),
+    (None, False),  # no THP in this kernel
+])
+def test_guest_ram_is_advised_huge_pages_only_where_shmem_thp_heeds_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str | None, want: bool) -> None:
+    from pyvmm.kvm import hostmem
+
+    path = tmp_path / "shmem_enabled"
+    if text is not None:
+        path.write_text(text)
+    monkeypatch.setattr(hostmem, "_SHMEM_ENABLED", str(path))
+    monkeypatch.setattr(hostmem, "_SHMEM_THP", [])
+    assert hostmem.shmem_thp() is want

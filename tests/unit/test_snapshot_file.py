@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import stat
 import struct
 import threading
@@ -337,3 +338,49 @@ def test_a_restored_cmos_stays_writable() -> None:
     rtc.set_state(state)
     rtc.apply_state(state)
     assert isinstance(rtc.cmos, bytearray)
+
+
+def test_a_file_read_again_is_checked_again(good: bytes, tmp_path: Path) -> None:
+    """A process keeps what it checked of a file's metadata (a clone loop reads one file
+    thousands of times), by the metadata's exact bytes: the same path rewritten with one
+    field made hostile, at the same length and modification time, is refused; a refused
+    file is refused every time; the good bytes load again."""
+    path = tmp_path / "s.snap"
+    path.write_bytes(good)
+    read(path).close()
+    st = os.stat(path)
+    assert b'"pit": true' in good
+    bad = good.replace(b'"pit": true', b'"pit": 1234', 1)  # same length, same RAM offsets
+    path.write_bytes(bad)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for _ in range(2):
+        with pytest.raises(SnapshotError, match=re.escape("config.pit is 1234")):
+            read(path)
+    path.write_bytes(good)
+    read(path).close()
+
+
+def test_each_read_of_a_file_is_its_own(tmp_path: Path) -> None:
+    """What one read's snapshot is changed to never shows in the next read of the file
+    (the checked metadata a process keeps is handed out as copies)."""
+    path = tmp_path / "s.snap"
+    write(sample(), path)
+    first = read(path)
+    first.config["mem"] = 1
+    first.config["regions"][0][1] = 1
+    first.devices["uart@pio:0x3f8"]["regs"][1] = 9
+    first.devices["hpet@mmio:0xfed00000"]["timers"][0][0] = 9
+    first.vcpus[0].regs["rax"] = 9
+    first.vcpus[0].msrs.clear()
+    first.vcpus[0].xcrs[0] = 9
+    first.close()
+    want = sample()
+    second = read(path)
+    try:
+        assert second.vcpus == want.vcpus
+        assert second.config["mem"] == MEM and second.config["regions"] == [[0, MEM]]
+        assert second.devices["uart@pio:0x3f8"] == want.devices["uart@pio:0x3f8"]
+        assert second.devices["hpet@mmio:0xfed00000"] == want.devices["hpet@mmio:0xfed00000"]
+        assert not second.trusted
+    finally:
+        second.close()
