@@ -326,11 +326,16 @@ IMAGES_KEPT = 4
 _IMAGES_LOCK = threading.Lock()
 
 
+def _identity(path: str, st: os.stat_result, mem: int, fmt: str | None) -> tuple[Any, ...]:
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mem, fmt)
+
+
 def symbols_image(path: str, mem: int, fmt: str | None) -> GuestImage | None:
     """The guest image a snapshot names, parsed for its symbols (None if it is gone or no
     longer a guest image).  A harness clones thousands of times from one snapshot: the parse
     is kept per process by the file's identity (device, inode, size, modification and change
-    times), so a file replaced or rewritten since is parsed again.  Images are shared as
+    times, the same before and after the parse), so a file replaced or rewritten since is
+    parsed again; at most IMAGES_KEPT are kept (with their bytes).  Images are shared as
     ``Machine.load_file``'s callers may share one: a machine only reads its image."""
     try:
         st = os.stat(path)
@@ -338,13 +343,16 @@ def symbols_image(path: str, mem: int, fmt: str | None) -> GuestImage | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mem, fmt)
+    key = _identity(path, st, mem, fmt)
     image = _IMAGES.get(key)
     if image is None:
         try:
             image = open_image(path, mem=mem, fmt=fmt)
-        except GuestImageError:
+            after = _identity(path, os.stat(path), mem, fmt)
+        except (GuestImageError, OSError, ValueError):
             return None
+        if after != key:  # replaced while it was read: this parse is nobody's to keep
+            return image
         with _IMAGES_LOCK:  # clone loops may run in threads
             if len(_IMAGES) >= IMAGES_KEPT:
                 del _IMAGES[next(iter(_IMAGES))]  # the oldest

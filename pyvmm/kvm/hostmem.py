@@ -23,20 +23,31 @@ _MAP_HUGETLB = 4
 
 #: the answer of :func:`shmem_thp`, once per process
 _SHMEM_THP: list[bool] = []
-_SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+_THP = "/sys/kernel/mm/transparent_hugepage"
+_HEEDS = (b"always", b"within_size", b"advise", b"force")
+
+
+def _chosen(path: str) -> bytes:
+    """The selected word of a THP policy file (``always [never] ...``)."""
+    with open(path, "rb") as f:
+        return b"".join(w.strip(b"[]") for w in f.read().split() if w.startswith(b"["))
 
 
 def shmem_thp() -> bool:
-    """Whether MADV_HUGEPAGE on guest RAM (shared memory) can get it huge pages: not where
-    the host's shmem THP policy is ``never`` or ``deny`` (the selected word, in brackets),
-    nor without THP at all (no such file); asked once per process, a syscall saved per
-    machine.  Where the file cannot be read otherwise, advise (advice costs nothing else)."""
+    """Whether MADV_HUGEPAGE on guest RAM (shared memory) can get it huge pages: asked once
+    per process, a syscall saved per machine where it cannot.  The shmem THP policy is
+    ``shmem_enabled``'s selected word, and since Linux 6.11 each size's own
+    (``hugepages-*/shmem_enabled``) where that is not ``inherit``: some size must heed
+    advice.  No THP at all (no such file): no; a policy that cannot be read: advise (the
+    advice costs nothing else)."""
     if not _SHMEM_THP:
         try:
-            with open(_SHMEM_ENABLED, "rb") as f:
-                words = f.read().split()
-            chosen = [w.strip(b"[]") for w in words if w.startswith(b"[")]
-            _SHMEM_THP.append(chosen not in ([b"never"], [b"deny"]))
+            top = _chosen(f"{_THP}/shmem_enabled")
+            sizes = [_chosen(f"{_THP}/{d}/shmem_enabled") for d in sorted(os.listdir(_THP))
+                     if d.startswith("hugepages-") and os.path.exists(f"{_THP}/{d}/shmem_enabled")]
+            inherit = top not in (b"never", b"deny")
+            _SHMEM_THP.append(any(w in _HEEDS or (w == b"inherit" and inherit) for w in sizes)
+                              if sizes else inherit)
         except FileNotFoundError:
             _SHMEM_THP.append(False)
         except OSError:

@@ -118,6 +118,8 @@ class Kvm(FdObject, kind="system"):
         (cbindings/setup.c)."""
         if spec is None:
             fd = self._ioctl_val("KVM_CREATE_VM", vm_type)
+        elif vm_type:
+            raise ValueError("a VM made with a spec is of type 0")
         else:
             out = ffi.new("int[2]")  # step, errno
             fd = lib.pyvmm_vm_create(self._fd("KVM_CREATE_VM"), spec, out, out + 1)

@@ -135,9 +135,9 @@ class Vcpu(FdObject, kind="vcpu"):
     # --- several ioctls to a call (cbindings/setup.h) ------------------------------
     def reset(self, reset: Cdata) -> None:
         """KVM_SET_CPUID2, KVM_SET_MSRS, KVM_SET_FPU (with ``reset.fpu``) and, with
-        ``reset.lapic``, KVM_GET_LAPIC, LINT0/LINT1 and KVM_SET_LAPIC (the page as set is
-        left in ``reset.lapic``): one native call for a ``struct pyvmm_reset``
-        (:func:`pyvmm.x86.reset.reset_vcpu`)."""
+        ``reset.lapic``, KVM_GET_LAPIC (unless ``reset.lapic_known``), LINT0/LINT1 and
+        KVM_SET_LAPIC (the page as set is left in ``reset.lapic``): one native call for a
+        ``struct pyvmm_reset`` (:func:`pyvmm.x86.reset.reset_state`)."""
         err = ffi.new("int *")
         self._setup_failed(lib.pyvmm_vcpu_reset(self._fd("KVM_SET_CPUID2"), reset, err), err)
 

@@ -141,8 +141,8 @@ class VcpuLoop:
         self.trace: TraceRing | None = None
         self.py_kvm_runs = 0
         self.add_fast_entries(bus.fast_entries)
-        #: the claimed-ports bitmaps the C loop points at, the current last: the one before
-        #: stays alive too, for a C loop that read the pointer just before it changed
+        #: every claimed-ports bitmap the C loop pointed at, the current last: a vCPU thread
+        #: may still read through an old pointer (a few per loop: one per device added)
         self._claimed_ports: list[Any] = []
         self.sync_claims()
 
@@ -157,9 +157,11 @@ class VcpuLoop:
     def sync_claims(self) -> None:
         """Tell the C loop which ports and MMIO ranges have devices, so that it can answer
         accesses to the others itself (all-ones, counted) unless the bus is strict."""
-        bitmap = port_bitmap(tuple(self.bus.claimed(Space.PIO)))
-        self._claimed_ports = [*self._claimed_ports[-1:], bitmap]
-        self.c.claimed_ports = bitmap
+        with self.bus.lock:  # two syncs at once must not leave the older bitmap current
+            bitmap = port_bitmap(tuple(self.bus.claimed(Space.PIO)))
+            if not self._claimed_ports or self._claimed_ports[-1] is not bitmap:
+                self._claimed_ports.append(bitmap)
+            self.c.claimed_ports = bitmap
         mmio = self.bus.claimed(Space.MMIO)
         if len(mmio) > MAX_ENTRIES:
             self.c.answer_unclaimed = 0  # too many ranges to mirror: Python decides

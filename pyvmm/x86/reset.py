@@ -37,15 +37,17 @@ _LAPIC_PAGES: dict[tuple[object, ...], bytes] = {}
 
 def reset_state(vcpu_id: int, supported_cpuid: Callable[[], Sequence[dict[str, int]]],
                 ncpus: int, *, lapic: bool, features: Mapping[str, bool] | None = None,
-                kvm_path: str = "", irqchip: str = "") -> tuple[Any, tuple[Any, tuple[object, ...] | None]]:
+                kvm_path: str = "", irqchip: str = "",
+                ) -> tuple[Any, tuple[Any, tuple[object, ...] | None, Any]]:
     """What vCPU ``vcpu_id`` of ``ncpus`` gets before its guest starts, as the ``struct
     pyvmm_reset`` that :meth:`pyvmm.kvm.vm.Vm.create_vcpu` (or
     :meth:`pyvmm.kvm.vcpu.Vcpu.reset`) applies in one native call: CPUID
     (``supported_cpuid()``'s leaves with ``features`` set or cleared), the MSRs and (``lapic``:
     the VM has an in-kernel LAPIC) LINT0/LINT1 in virtual-wire mode, as firmware leaves
-    them.  Returns the struct and, for :func:`lapic_page`, the ``struct kvm_lapic_state`` it
-    points to (None without a LAPIC: it receives the page as set, and must live as long as
-    the struct is used) with the key its page is remembered by.  With ``kvm_path`` and
+    them.  Returns the struct and what it points to, which must live as long as the struct
+    is used (keep the pair together): for :func:`lapic_page`, the ``struct
+    kvm_lapic_state`` (None without a LAPIC: it receives the page as set), the key its page
+    is remembered by, and the CPUID struct.  With ``kvm_path`` and
     ``irqchip``, a vCPU like one reset before (same id, CPUID and irqchip mode) gets KVM's
     reset page from memory instead of a KVM_GET_LAPIC."""
     feats = tuple(sorted((features or {}).items()))
@@ -68,13 +70,14 @@ def reset_state(vcpu_id: int, supported_cpuid: Callable[[], Sequence[dict[str, i
         "cpuid": cpuid, "msrs": _MSRS[0], "fpu": ffi.NULL,
         "lapic": ffi.NULL if page is None else page, "lint0": LVT_EXTINT, "lint1": LVT_NMI,
         "lapic_known": int(known is not None)})
-    return reset, (page, None if known is not None else page_key)
+    # the struct only points at the CPUID and the page: their owners go with it
+    return reset, (page, None if known is not None else page_key, cpuid)
 
 
-def lapic_page(page: tuple[Any, tuple[object, ...] | None]) -> bytes | None:
+def lapic_page(page: tuple[Any, tuple[object, ...] | None, Any]) -> bytes | None:
     """The LAPIC register page a reset left (kept for a reset at S3 resume), or None
     without a LAPIC; the first of its kind is remembered for the vCPUs like it."""
-    cdata, key = page
+    cdata, key, _ = page
     if cdata is None:
         return None
     regs: bytes = ffi.buffer(cdata.regs)[:]

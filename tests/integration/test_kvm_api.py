@@ -206,6 +206,26 @@ def test_native_set_up_failures_name_the_ioctl(vm):
     assert e.value.errno == 9  # closed: refused before any ioctl
 
 
+@pytest.mark.parametrize("irqchip", ["kernel", "split"])
+def test_a_remembered_lapic_page_is_what_kvm_gives_a_new_vcpu(irqchip):
+    """x86/reset.py remembers a new vCPU's LAPIC page (per id, CPUID and irqchip mode) and
+    skips KVM_GET_LAPIC for the next like it: that page must be the one KVM would have read,
+    here from vCPUs of a VM made apart, reset without the memory (no kvm_path)."""
+    from pyvmm.kvm.native import ffi
+    from pyvmm.x86.reset import lapic_page, reset_state
+
+    for _ in range(2):  # the second machine's pages come from memory
+        with Machine(mem="16M", cpus=2, irqchip=irqchip) as m:
+            remembered = list(m._reset_lapics)
+    mode = lib.PYVMM_IRQCHIP_KERNEL if irqchip == "kernel" else lib.PYVMM_IRQCHIP_SPLIT
+    with Kvm() as kvm, kvm.create_vm(spec=ffi.new("struct pyvmm_vm_spec *", {
+            "irqchip": mode, "split_pins": 24})) as vm:
+        for i in range(2):
+            reset, keep = reset_state(i, kvm.get_supported_cpuid, 2, lapic=True)
+            vm.create_vcpu(i, reset)
+            assert lapic_page(keep) == remembered[i]
+
+
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -94,20 +94,46 @@ def test_out_of_memory_for_guest_ram_names_the_call_that_failed(
     assert e.value.ioctl == what and e.value.errno == 12 and "64 MiB" in str(e.value)
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("always within_size advise [never] deny force\n", False),
-    ("always within_size advise never [deny] force\n", False),
-    ("always within_size [advise] never deny force\n", True),
-    ("[always] within_size advise never deny force\n", True),
-    (None, False),  # no THP in this kernel
+@pytest.mark.parametrize(("top", "sizes", "want"), [
+    ("always within_size advise [never] deny force\n", {}, False),
+    ("always within_size advise never [deny] force\n", {}, False),
+    ("always within_size [advise] never deny force\n", {}, True),
+    ("[always] within_size advise never deny force\n", {}, True),
+    # Linux 6.11+: each size's own policy, unless it inherits the top one
+    ("always within_size advise [never] deny force\n", {"2048kB": "[inherit] never advise"}, False),
+    ("always within_size advise [never] deny force\n", {"2048kB": "inherit never [advise]"}, True),
+    ("always within_size [advise] never deny force\n", {"2048kB": "[inherit] never advise"}, True),
+    ("always within_size [advise] never deny force\n",
+     {"2048kB": "inherit [never] advise", "64kB": "inherit [never] advise"}, False),
+    (None, {}, False),  # no THP in this kernel
 ])
 def test_guest_ram_is_advised_huge_pages_only_where_shmem_thp_heeds_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str | None, want: bool) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, top: str | None, sizes: dict[str, str],
+        want: bool) -> None:
     from pyvmm.kvm import hostmem
 
-    path = tmp_path / "shmem_enabled"
-    if text is not None:
-        path.write_text(text)
-    monkeypatch.setattr(hostmem, "_SHMEM_ENABLED", str(path))
+    thp = tmp_path / "transparent_hugepage"
+    thp.mkdir()
+    if top is not None:
+        (thp / "shmem_enabled").write_text(top)
+    for size, text in sizes.items():
+        (thp / f"hugepages-{size}").mkdir()
+        (thp / f"hugepages-{size}" / "shmem_enabled").write_text(text + "\n")
+    monkeypatch.setattr(hostmem, "_THP", str(thp))
     monkeypatch.setattr(hostmem, "_SHMEM_THP", [])
     assert hostmem.shmem_thp() is want
+
+
+def test_a_reset_struct_s_cpuid_lives_as_long_as_what_reset_state_returned() -> None:
+    """Regression: without a kvm_path (nothing cached), the CPUID struct was a local the
+    returned struct only pointed at (cffi keeps no reference for a pointer field): freed on
+    return, and KVM_SET_CPUID2 could read garbage.  What reset_state returns holds it."""
+    from pyvmm.x86.reset import reset_state
+
+    leaves = [{"function": f, "index": 0, "flags": 0, "eax": 0x10, "ebx": 0, "ecx": 0, "edx": 0}
+              for f in (0, 1, 0xB, 0x80000000)]
+    for lapic in (False, True):
+        reset, keep = reset_state(0, lambda: leaves, 1, lapic=lapic)
+        owners = {int(ffi.cast("uintptr_t", c)) for c in keep if isinstance(c, ffi.CData)}
+        assert int(ffi.cast("uintptr_t", reset.cpuid)) in owners
+        assert (int(ffi.cast("uintptr_t", reset.lapic)) in owners) is lapic
