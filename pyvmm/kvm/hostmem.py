@@ -68,31 +68,28 @@ class HostMapping:
         err = ffi.new("int *")
         #: the memfd behind the mapping (-1: hugepages or a file's, not ours to ask)
         self._fd = -1
-        if slot is not None:
+        if file is None and (slot is not None or not hugepages):
+            # memfd_create, ftruncate, mmap and MADV_HUGEPAGE (THP where the host heeds it)
+            # in one native call, and the memslot too with ``slot``; a memfd the host
+            # refuses for any reason but ENOMEM (a file-size limit: EFBIG, a seccomp
+            # policy) leaves anonymous shared memory, whose save reads all of it
+            # (data_ranges: None)
             fd, step = ffi.new("int *"), ffi.new("int *")
-            ptr = lib.pyvmm_ram_add(slot[0], slot[1], slot[2], size, slot[3], shmem_thp(), fd,
-                                    step, err)
+            if slot is not None:
+                ptr = lib.pyvmm_ram_add(slot[0], slot[1], slot[2], size, slot[3], shmem_thp(),
+                                        fd, step, err)
+            else:
+                ptr = lib.pyvmm_ram_map(size, shmem_thp(), fd, err)
             self._fd = int(fd[0])
             if ptr == ffi.NULL and step[0] == lib.PYVMM_STEP_SET_USER_MEMORY_REGION:
                 raise KvmError("KVM_SET_USER_MEMORY_REGION", err[0])
-            if ptr == ffi.NULL and self._fd == lib.PYVMM_RAM_NO_MEMFD:
+            if ptr == ffi.NULL and self._fd == lib.PYVMM_RAM_NO_MEMFD:  # ENOMEM, not mmap's
                 self._fd = -1
                 raise KvmError(f"memfd {what}", err[0], f"cannot make {size >> 20} MiB for {what}")
         elif file is not None:
             ptr = lib.pyvmm_mmap_file(size, file[0], file[1], err)
-        elif hugepages:
-            ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | _MAP_HUGETLB, err)
         else:
-            # memfd_create, ftruncate, mmap and MADV_HUGEPAGE (THP where the host allows
-            # it) in one native call; a memfd the host refuses for any reason but ENOMEM (a
-            # file-size limit: EFBIG, a seccomp policy) leaves anonymous shared memory,
-            # whose save reads all of it (data_ranges: None)
-            fd = ffi.new("int *")
-            ptr = lib.pyvmm_ram_map(size, shmem_thp(), fd, err)
-            self._fd = int(fd[0])
-            if ptr == ffi.NULL and self._fd == lib.PYVMM_RAM_NO_MEMFD:  # ENOMEM, not mmap's
-                self._fd = -1
-                raise KvmError(f"memfd {what}", err[0], f"cannot make {size >> 20} MiB for {what}")
+            ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | _MAP_HUGETLB, err)
         if ptr == ffi.NULL:
             self._close_fd()
             raise KvmError(f"mmap {what}", err[0], f"cannot map {size >> 20} MiB for {what}")
