@@ -38,9 +38,11 @@ static uint64_t now_ns(void)
 
 struct vm { int kvm, vm, vcpu; uint8_t *mem; struct kvm_run *run; size_t run_size; };
 
-/* RAW_SETUP=full: what any VMM that boots a real guest does besides the minimum, as
- * pyvmm's x86/reset.py does it: the supported CPUID (asked once per process, as pyvmm
- * caches it), 11 MSRs at their reset values, the x87/SSE reset state, the LAPIC's LINT0/1. */
+/* RAW_SETUP=full: what any VMM that boots a real guest does besides the minimum: the
+ * supported CPUID (asked once per process, as pyvmm caches it), 11 MSRs at their reset
+ * values, the x87/SSE reset state, the LAPIC's LINT0/1.  (pyvmm's x86/reset.py does the
+ * same less KVM_SET_FPU, which KVM's own reset makes needless, and, for a vCPU like one
+ * before, KVM_GET_LAPIC.) */
 static struct kvm_cpuid2 *supported;
 
 static void firmware_setup(struct vm *v, int lapic)

@@ -50,8 +50,9 @@ def bench_image() -> ElfImage:
 
 
 def raw(mode: str, n: int, irqchip: str = "kernel", setup: str = "min", warmup: int = 0) -> float:
-    """The raw C VMM; ``setup="full"`` also does the CPUID/MSR/FPU/LAPIC set-up pyvmm's
-    x86/reset.py does (the same ioctls), so that ratio compares like with like; ``warmup``
+    """The raw C VMM; ``setup="full"`` also does the CPUID/MSR/FPU/LAPIC set-up a VMM
+    does (pyvmm's x86/reset.py: the same, less KVM_SET_FPU and KVM_GET_LAPIC, which KVM's
+    own reset makes needless), so that ratio compares like with like; ``warmup``
     lifecycles run untimed first (pyvmm's side is measured warm too)."""
     img = bench_image()
     count = img.symbols.address_of("bench_count")
@@ -232,7 +233,7 @@ def main() -> int:
     print("\n2. create VM + vCPU + 64 MiB -> first exit -> destroy, in-process (ms, median)")
     results["lifecycle_ms"] = {}
     print("   (raw C min: the minimum to run; raw C full: plus the CPUID/MSR/FPU/LAPIC set-up "
-          "pyvmm does, the same ioctls; both warmed up, as pyvmm is)")
+          "a VMM does; both warmed up, as pyvmm is)")
     for irqchip in ("kernel", "split", "none"):
         pyvmm_lifecycle(image, irqchip)
         ref_ms, full_ms, ours_ms = [], [], []
