@@ -198,12 +198,12 @@ def _xcrs(v: Vcpu) -> dict[int, int]:
 
 
 def machine_config(m: SnapshotTarget) -> dict[str, Any]:
+    """The machine a snapshot is of: its shape (:func:`machine_shape`), then what a clone
+    takes from it besides (CPU features, command line, the image for symbols)."""
     image = m.image
-    return {"mem": m.mem_size, "cpus": m.cpus, "irqchip": m.irqchip, "pit": m.pit,
-            "pc": m.pc is not None, "cpu_features": m.cpu_features, "cmdline": m.cmdline,
+    return {**dict(machine_shape(m)), "cpu_features": m.cpu_features, "cmdline": m.cmdline,
             "image": os.path.abspath(image.path) if image is not None and image.path else "",
-            "format": getattr(image, "format", ""),
-            "regions": [[r.gpa, r.size] for r in m.memory.regions if not r.readonly]}
+            "format": getattr(image, "format", "")}
 
 
 def machine_shape(m: SnapshotTarget) -> tuple[tuple[str, Any], ...]:
@@ -419,12 +419,12 @@ def _add_pc_platform(m: Clone, snap: Snapshot, ram_file: tuple[int, list[int]] |
     m.add_pc_platform()
     fd, offsets = ram_file
     for r, off in zip([r for r in mem.regions if not r.readonly], offsets, strict=True):
-        with memoryview(r._map.buffer) as view:
-            for page in mem.written_since_base(r):
-                lo = page - r.gpa
-                if os.preadv(fd, [view[lo:lo + PAGE]], off + lo) != PAGE:
-                    raise SnapshotError(f"{snap.config.get('file', 'the snapshot file')} was "
-                                        "truncated after it was read")
+        view = r._map.view
+        for page in mem.written_since_base(r):
+            lo = page - r.gpa
+            if os.preadv(fd, [view[lo:lo + PAGE]], off + lo) != PAGE:
+                raise SnapshotError(f"{snap.config.get('file', 'the snapshot file')} was "
+                                    "truncated after it was read")
 
 
 def checked(snap: object) -> Snapshot:
