@@ -51,7 +51,10 @@ def memory_size(mem: int | str) -> int:
     """``mem`` in bytes: an int is bytes; a string takes K/M/G/T suffixes and a bare number
     is MiB, as QEMU's ``-m`` (and ``pyvmm run --mem``).  ConfigError for sizes a guest
     cannot have here; for an int that is no whole number of pages it asks whether MiB were
-    meant (``mem=64`` is 64 bytes, ``--mem 64`` 64 MiB)."""
+    meant (``mem=64`` is 64 bytes, ``--mem 64`` 64 MiB).  A string's answer is kept:
+    machines are made by the thousand with the same few sizes."""
+    if type(mem) is str and mem in _SIZES:
+        return _SIZES[mem]
     if isinstance(mem, bool) or not isinstance(mem, int | str):
         raise ConfigError(f"memory size must be an int (bytes) or a size string such as '64M', "
                           f"not {type(mem).__name__} {mem!r}")
@@ -66,7 +69,13 @@ def memory_size(mem: int | str) -> int:
     if host and size > host:
         raise ConfigError(f"{layout.format_size(size)} of guest RAM is more than this host's "
                           f"{layout.format_size(host)} of memory")
+    if isinstance(mem, str) and len(_SIZES) < 64:
+        _SIZES[mem] = size
     return size
+
+
+#: :func:`memory_size` of the size strings seen so far (only sizes it accepted)
+_SIZES: dict[str, int] = {}
 
 
 def check_shape(cpus: int, irqchip: str, pit: bool) -> None:

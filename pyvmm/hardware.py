@@ -163,8 +163,7 @@ def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_fe
         uart = Uart16550(serial)
         uart.on_fast_change = fast_change
         devices = (uart, DebugExit(), PostPort(), UcallDevice(memory, symbols, emit))
-        for dev in devices:
-            bus.attach(dev)
+        bus.attach_devices(devices)
         vcpus: list[Vcpu] = []
         lapics = create_vcpus(kvm, vm, cpus, irqchip, cpu_features, vcpus)
     except BaseException:

@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # (snapshots load on use: a plain run never imports them)
 StrPath = str | os.PathLike[str]
 __all__ = ["IRQCHIP_MODES", "HistoryLimits", "Machine", "RunResult", "RunStatus"]
 
+#: what a machine keeps of its runs unless told (frozen, so every machine shares it)
+_DEFAULT_HISTORY = HistoryLimits()
+
 
 class Machine:
     """A VM with ``mem`` of RAM (bytes, or a size string such as ``"64M"``), ``cpus`` vCPUs,
@@ -67,7 +70,7 @@ class Machine:
         check_shape(cpus, irqchip, pit)
         self.cpus, self.irqchip, self.pit = cpus, irqchip, pit
         self.cmdline, self.cpu_features = cmdline, cpu_features
-        self._hub = EventHub(history or HistoryLimits(), serial)  # (pytest_plugin trims its listeners)
+        self._hub = EventHub(history or _DEFAULT_HISTORY, serial)  # (pytest_plugin trims its listeners)
         self.serial, self.events = self._hub.serial, self._hub.events
         self.image: GuestImage | None = None
         self.plan: LoadPlan | None = None

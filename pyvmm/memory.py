@@ -154,11 +154,20 @@ class GuestMemory:
             self._note_written(gpa, len(data))
 
     def write_many(self, writes: Iterable[tuple[int, bytes | bytearray | memoryview]]) -> None:
-        """:meth:`write` of each ``(gpa, data)``: a loader's plan, in one call."""
+        """:meth:`write` of each ``(gpa, data)``: a loader's plan, in one call.  The region
+        of one write is tried first for the next (a plan's writes are a handful per
+        machine, mostly in one region, and a region search each cost as much as the copy)."""
+        note = self._vmm_written is not None
+        start, end = 0, -1  # no region yet
+        view = memoryview(b"")
         for gpa, data in writes:
-            self.view(gpa, len(data))[:] = data
-            if self._vmm_written is not None:
-                self._note_written(gpa, len(data))
+            n = len(data)
+            if not (start <= gpa and gpa + n <= end):
+                r = self.region_at(gpa, n)  # GuestMemoryError: outside RAM
+                start, end, view = r.gpa, r.gpa + r.size, r._map.view  # or closed
+            view[gpa - start:gpa - start + n] = data
+            if note:
+                self._note_written(gpa, n)
 
     def read_int(self, gpa: int, size: int) -> int:
         value: int = struct.unpack(_U[size], self.view(gpa, size))[0]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
+from collections.abc import Sequence
+from operator import itemgetter
 
 from pyvmm.devices.base import HOST, Device, VcpuContext, all_ones
 from pyvmm.devices.fastpath import READ, WRITE, Action, FastEntry, Space
@@ -23,6 +25,18 @@ __all__ = ["READ", "WRITE", "Action", "Bus", "BusError", "Device", "FastEntry", 
 
 #: distinct unclaimed addresses tallied one by one; beyond, only a total
 MAX_UNCLAIMED = 1024
+
+
+#: a range's start, the key ranges are sorted by
+_START = itemgetter(0)
+
+#: each space's ranges as ``(start, end, index of the device)``, sorted, their starts and
+#: :meth:`Bus.claims`; and the index of each distinct device, in order
+_Layout = tuple[list[tuple[Space, list[tuple[int, int, int]], list[int],
+                           tuple[tuple[int, int], ...]]], list[int]]
+#: the layouts empty buses took, by the devices' ranges (:meth:`Bus.attach_devices`)
+_LAYOUTS: dict[tuple[tuple[tuple[Space, int, int], ...], ...], _Layout] = {}
+_LAYOUTS_MAX = 16
 
 
 class BusError(PyvmmError, ValueError):
@@ -67,34 +81,110 @@ class Bus:
         self.fast_entries: list[FastEntry] = []
         self.lock = threading.RLock()
         self._devices: list[tuple[str, Device]] | None = None
+        #: every device once, in the order they came (closed in that order)
+        self._attached: list[Device] = []
+        self._attached_ids: set[int] = set()
+        #: :meth:`claimed` per space, kept until a device is registered (every run loop
+        #: asks when it is made)
+        self._claims: dict[Space, tuple[tuple[int, int], ...]] = {}
 
     def register(self, space: Space, base: int, length: int, device: Device) -> list[FastEntry]:
         """Claim ``[base, base+length)`` for ``device``; returns its new fast entries."""
-        if length <= 0:
-            raise BusError(f"{device.name}: empty range at {base:#x}")
-        limit = 0x10000 if space is Space.PIO else 1 << 52
-        if base < 0 or base + length > limit:
-            raise BusError(f"{device.name}: range {base:#x}+{length:#x} outside the {space.name} space")
-        with self.lock:
-            ranges = self._ranges[space]
-            for s, e, d in ranges:
-                if base < e and s < base + length:
-                    raise BusError(f"{device.name}: {space.name} {base:#x}-{base + length - 1:#x} "
-                                   f"overlaps {d.name} at {s:#x}-{e - 1:#x}")
-            i = bisect.bisect(self._starts[space], base)
-            self._starts[space].insert(i, base)
-            ranges.insert(i, (base, base + length, device))
-            new = [fe for fe in device.fast_entries() if fe not in self.fast_entries]
-            self.fast_entries += new
-            self._devices = None
-        return new
+        return self.attach_all([(space, base, length, device)])
 
     def attach(self, device: Device) -> list[FastEntry]:
         """Claim every range the device declares (:meth:`Device.ranges`); returns its new
         fast entries."""
-        new: list[FastEntry] = []
-        for space, base, length in device.ranges():
-            new += self.register(space, base, length, device)
+        return self.attach_devices((device,))
+
+    def attach_devices(self, devices: Sequence[Device]) -> list[FastEntry]:
+        """:meth:`attach` of each device, all or none: a machine's own devices at once.
+        On an empty bus, the same devices' ranges (the same ports, in the same order) come
+        from the first bus that took them: every machine has the same few devices, and
+        checking and sorting their claims each time was a tenth of a machine's Python."""
+        claims = [tuple(d.ranges()) for d in devices]
+        key = (*claims,)
+        layout = _LAYOUTS.get(key) if not self._attached else None
+        if layout is not None:
+            return self._adopt(layout, devices)
+        empty = not self._attached
+        new = self.attach_all([(space, base, length, d) for d, ranges in zip(devices, claims, strict=True)
+                               for space, base, length in ranges])
+        if empty and len(_LAYOUTS) < _LAYOUTS_MAX:
+            index = {id(d): i for i, d in reversed(list(enumerate(devices)))}
+            _LAYOUTS[key] = ([(space, [(s, e, index[id(d)]) for s, e, d in ranges],
+                               self._starts[space], self.claims(space))
+                              for space, ranges in self._ranges.items() if ranges],
+                             sorted(set(index.values())))
+        return new
+
+    def _adopt(self, layout: _Layout, devices: Sequence[Device]) -> list[FastEntry]:
+        """:meth:`attach_devices` on an empty bus from what an earlier bus took of the same
+        ranges (``_LAYOUTS``): its sorted ranges, with these devices in them."""
+        spaces, distinct = layout
+        with self.lock:
+            for space, rows, starts, claims in spaces:
+                self._ranges[space] = [(s, e, devices[i]) for s, e, i in rows]
+                self._starts[space] = [*starts]
+                self._claims[space] = claims
+            new: list[FastEntry] = []
+            for i in distinct:
+                d = devices[i]
+                self._attached_ids.add(id(d))
+                self._attached.append(d)
+                new += d.fast_entries()
+            self.fast_entries += new
+            self._devices = None
+        return new
+
+    def attach_all(self, claims: Sequence[tuple[Space, int, int, Device]]) -> list[FastEntry]:
+        """Claim each ``(space, base, length, device)``, all or none (every check before
+        any change); returns the devices' new fast entries.  One sort and one pass over
+        each space's ranges (plain loops: machines are made by the thousand, each with the
+        same few devices, and this was a tenth of a machine's Python)."""
+        mine: dict[Space, list[tuple[int, int, Device]]] = {}
+        for space, base, length, device in claims:
+            if length <= 0:
+                raise BusError(f"{device.name}: empty range at {base:#x}")
+            if base < 0 or base + length > (0x10000 if space is Space.PIO else 1 << 52):
+                raise BusError(f"{device.name}: range {base:#x}+{length:#x} outside the "
+                               f"{space.name} space")
+            if space in mine:
+                mine[space].append((base, base + length, device))
+            else:
+                mine[space] = [(base, base + length, device)]
+        with self.lock:
+            merged = {}
+            for space, add in mine.items():
+                ranges = self._ranges[space] + add
+                ranges.sort(key=_START)  # ties would compare devices: an overlap, below
+                reach = ranges[0]  # the range reaching furthest so far
+                for r in ranges:  # sorted by start: any overlap shows against ``reach``
+                    if r[0] < reach[1] and r is not reach:
+                        new_r, old_r = (r, reach) if r in add else (reach, r)
+                        raise BusError(f"{new_r[2].name}: {space.name} {new_r[0]:#x}-"
+                                       f"{new_r[1] - 1:#x} overlaps {old_r[2].name} at "
+                                       f"{old_r[0]:#x}-{old_r[1] - 1:#x}")
+                    if r[1] > reach[1]:
+                        reach = r
+                merged[space] = ranges
+            new: list[FastEntry] = []
+            seen = set()
+            for _, _, _, device in claims:
+                if id(device) not in seen:
+                    seen.add(id(device))
+                    for fe in device.fast_entries():
+                        if fe not in self.fast_entries:
+                            new.append(fe)
+                    if id(device) not in self._attached_ids:
+                        self._attached_ids.add(id(device))
+                        self._attached.append(device)
+            for space, ranges in merged.items():
+                self._ranges[space] = ranges
+                self._starts[space] = [r[0] for r in ranges]
+            self.fast_entries += new
+            self._devices = None
+            self._claims = {}
         return new
 
     def devices(self) -> list[tuple[str, Device]]:
@@ -112,8 +202,16 @@ class Bus:
         return self._devices
 
     def claimed(self, space: Space) -> list[tuple[int, int]]:
-        """``[(base, length)]`` of every registered range in ``space``."""
-        return [(s, e - s) for s, e, _ in self._ranges[space]]
+        """``[(base, length)]`` of every registered range in ``space``, by base."""
+        return list(self.claims(space))
+
+    def claims(self, space: Space) -> tuple[tuple[int, int], ...]:
+        """:meth:`claimed` as a tuple, the same one until a device is registered: every run
+        loop asks when it is made, and the C loop's port bitmaps are kept per tuple."""
+        claims = self._claims.get(space)
+        if claims is None:
+            claims = self._claims[space] = tuple((s, e - s) for s, e, _ in self._ranges[space])
+        return claims
 
     def count_unclaimed(self, space: Space, addr: int, n: int) -> None:
         """Add ``n`` accesses nobody claims (counted by the C loop or here)."""
@@ -162,12 +260,8 @@ class Bus:
 
     def close(self) -> None:
         """Close every device once (the machine is going away)."""
-        seen: set[int] = set()
-        for space in self._ranges.values():
-            for _, _, dev in space:
-                if id(dev) not in seen:
-                    seen.add(id(dev))
-                    dev.close()
+        for dev in self._attached:
+            dev.close()
 
     def unclaimed_summary(self) -> list[str]:
         out = [f"{'port' if s is Space.PIO else 'mmio'} {a:#x}: {n}"

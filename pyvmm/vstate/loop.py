@@ -113,7 +113,8 @@ class VcpuLoop:
     BUF_CAP = 4096
 
     def __init__(self, vcpu: Vcpu, bus: Bus, msrs: MsrHandlers) -> None:
-        install_kick_handler()
+        if not _kick_installed:
+            install_kick_handler()
         self.vcpu = vcpu
         self.bus = bus
         self.msrs = msrs
@@ -121,16 +122,12 @@ class VcpuLoop:
         #: the host threads (TIDs) that have run this vCPU (pyvmm.kvmtrace maps KVM's
         #: events to vCPUs by them)
         self.threads: set[int] = set()
-        self.c: Any = ffi.new("struct pyvmm_loop *")
-        self.c.vcpu_fd = vcpu.fd
-        self.c.run = vcpu.kvm_run
-        self.c.run_size = vcpu.run_size
-        self._entries_base = ffi.cast("uint8_t *", self.c.entries)  # the table's bytes
         self._buf = ffi.new("uint8_t[]", self.BUF_CAP)
-        self.c.buf = self._buf
-        self.c.buf_cap = self.BUF_CAP
-        self.c.buf_flush_at = self.BUF_CAP - 64
-        self.c.buf_flush_newline = 1
+        self.c: Any = ffi.new("struct pyvmm_loop *", {  # the fields in one call
+            "vcpu_fd": vcpu.fd, "run": vcpu.kvm_run, "run_size": vcpu.run_size,
+            "buf": self._buf, "buf_cap": self.BUF_CAP, "buf_flush_at": self.BUF_CAP - 64,
+            "buf_flush_newline": 1})
+        self._entries_base = ffi.cast("uint8_t *", self.c.entries)  # the table's bytes
         self.entries: list[FastEntry] = []
         self._reported: list[int] = []
         self._buffer_owner: FastOwner | None = None
@@ -158,11 +155,11 @@ class VcpuLoop:
         """Tell the C loop which ports and MMIO ranges have devices, so that it can answer
         accesses to the others itself (all-ones, counted) unless the bus is strict."""
         with self.bus.lock:  # two syncs at once must not leave the older bitmap current
-            bitmap = port_bitmap(tuple(self.bus.claimed(Space.PIO)))
+            bitmap = port_bitmap(self.bus.claims(Space.PIO))
             if not self._claimed_ports or self._claimed_ports[-1] is not bitmap:
                 self._claimed_ports.append(bitmap)
             self.c.claimed_ports = bitmap
-        mmio = self.bus.claimed(Space.MMIO)
+        mmio = self.bus.claims(Space.MMIO)
         if len(mmio) > MAX_ENTRIES:
             self.c.answer_unclaimed = 0  # too many ranges to mirror: Python decides
             return
@@ -189,7 +186,12 @@ class VcpuLoop:
                 if owner not in (None, fe.owner):
                     raise FastTableFull("only one byte-buffer device per vCPU")
                 owner = fe.owner
-        records = b"".join([entry_record(fe) for fe in fes])
+        try:  # entry_record's pack, inline: a loop's set-up packs every device's entries
+            records = b"".join([_ENTRY.pack(fe.base, fe.length, fe.read_value, 0, 0, fe.space,
+                                            fe.dirs, fe.action, fe.enabled, 0, fe.clock_hz,
+                                            fe.clock_mask) for fe in fes])
+        except struct.error:
+            records = b"".join([entry_record(fe) for fe in fes])  # names the entry
         ffi.memmove(self._entries_base + n * _ENTRY.size, records, len(records))
         self._buffer_owner = owner
         self.entries += fes

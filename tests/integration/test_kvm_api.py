@@ -144,6 +144,25 @@ def test_removed_memslot_exits_as_mmio(guests):
     assert seen == [0x1234ABCD]
 
 
+def test_write_many_lands_each_write_in_its_region_and_refuses_what_is_not_ram():
+    from pyvmm.errors import GuestMemoryError
+
+    with Machine(mem="2M", irqchip="none") as m:
+        high = m.add_ram(0x40000000, 0x2000, name="high")
+        m.memory.write_many([(0x1000, b"a"), (0x40000000, b"bb"), (0x1FFFFF, b"c"),
+                             (0x40001FFE, b"de"), (0x3000, memoryview(b"f"))])
+        assert [m.memory.read(g, n) for g, n in ((0x1000, 1), (0x40000000, 2), (0x1FFFFF, 1),
+                                                 (0x40001FFE, 2), (0x3000, 1))] == \
+            [b"a", b"bb", b"c", b"de", b"f"]
+        for bad in ((0x1FFFFF, b"xy"), (0x40001FFF, b"xy"), (0x300000, b"x"), (0x300000, b""),
+                    (-1, b"x")):
+            with pytest.raises(GuestMemoryError):  # past a region's end, or no RAM at all
+                m.memory.write_many([(0x1000, b"z"), bad])
+        m.memory.remove(high)
+        with pytest.raises(GuestMemoryError):
+            m.memory.write_many([(0x40000000, b"x")])
+
+
 def test_ap_waits_for_sipi(vm):
     vm.create_vcpu(0)
     ap = vm.create_vcpu(1)

@@ -91,3 +91,74 @@ def test_uart_dlab_switches_fast_path_off():
     assert out == [b"A"]
     assert changes == [False, True]
     assert u.read(5, 1, HOST) & 0x60 == 0x60
+
+
+class Ports(Reg):
+    """A device that declares its own ranges, with a fast entry of its own."""
+
+    def __init__(self, name, *ranges):
+        super().__init__(name)
+        self._ranges = list(ranges)
+        from pyvmm.devices.fastpath import WRITE, Action, FastEntry
+
+        self.entry = FastEntry(Space.PIO, ranges[0][1], ranges[0][2], WRITE, Action.SINK, self)
+
+    def ranges(self):
+        return self._ranges
+
+    def fast_entries(self):
+        return [self.entry]
+
+
+def _board(tag=""):
+    return [Ports(f"a{tag}", (Space.PIO, 0x300, 4)), Ports(f"b{tag}", (Space.PIO, 0x100, 2),
+                                                           (Space.MMIO, 0x1000, 16)),
+            Ports(f"c{tag}", (Space.PIO, 0x200, 8))]
+
+
+def test_attach_devices_on_empty_buses_takes_the_same_layout_with_its_own_devices():
+    # the second empty bus takes the first one's sorted layout (a cache): it must hold
+    # its own devices, their fast entries, and refuse overlaps exactly as the first
+    first, second = Bus(), Bus()
+    one, two = _board("1"), _board("2")
+    assert first.attach_devices(one) == [d.entry for d in one]
+    assert second.attach_devices(two) == [d.entry for d in two]
+    for bus, devs in ((first, one), (second, two)):
+        assert bus.claimed(Space.PIO) == [(0x100, 2), (0x200, 8), (0x300, 4)]
+        assert bus.claims(Space.MMIO) == ((0x1000, 16),)
+        assert bus.find(Space.PIO, 0x201) is devs[2]
+        assert bus.find(Space.MMIO, 0x100F) is devs[1]
+        assert bus.fast_entries == [d.entry for d in devs]
+        assert [d for _, d in bus.devices()] == [devs[0], devs[1], devs[2]]
+    with pytest.raises(BusError, match="late: PIO 0x201-0x201 overlaps c2 at 0x200-0x207"):
+        second.register(Space.PIO, 0x201, 1, Reg("late"))
+    bus = Bus()  # another device set (other ports) is laid out afresh
+    moved = [Ports("x", (Space.PIO, 0x300, 4)), Ports("y", (Space.PIO, 0x500, 1))]
+    bus.attach_devices(moved)
+    assert bus.claimed(Space.PIO) == [(0x300, 4), (0x500, 1)]
+    closed = []
+    for d in two:
+        d.close = lambda d=d: closed.append(d.name)
+    second.close()
+    assert closed == ["a2", "b2", "c2"]  # each device once, in the order attached
+
+
+def test_attach_all_is_all_or_none():
+    bus = Bus()
+    bus.register(Space.PIO, 0x100, 8, Reg("old"))
+    with pytest.raises(BusError, match="new: PIO 0x104-0x104 overlaps old at 0x100-0x107"):
+        bus.attach_all([(Space.PIO, 0x200, 1, Reg("fine")), (Space.PIO, 0x104, 1, Reg("new"))])
+    with pytest.raises(BusError, match="overlaps"):  # two new ones against each other
+        bus.attach_all([(Space.PIO, 0x300, 4, Reg("p")), (Space.PIO, 0x302, 4, Reg("q"))])
+    with pytest.raises(BusError, match="empty range"):
+        bus.attach_all([(Space.PIO, 0x400, 1, Reg("r")), (Space.PIO, 0x500, 0, Reg("s"))])
+    # a range inside a long one, past a short one between: still an overlap
+    with pytest.raises(BusError, match="inner: PIO 0x10a-0x10a"):
+        bus.attach_all([(Space.PIO, 0x109, 0x20, Reg("long")), (Space.PIO, 0x10A, 1, Reg("inner"))])
+    assert bus.claimed(Space.PIO) == [(0x100, 8)]  # nothing of the refused ones
+    assert bus.find(Space.PIO, 0x200) is None and bus.fast_entries == []
+    # the same device at a second range later: its entries are not added twice
+    dev = Ports("twice", (Space.PIO, 0x600, 1))
+    assert bus.attach(dev) == [dev.entry]
+    assert bus.register(Space.PIO, 0x700, 1, dev) == []
+    assert bus.fast_entries == [dev.entry]

@@ -192,7 +192,10 @@ def test_entry_states_refuse_what_cannot_be() -> None:
 
 # --- memory_size -------------------------------------------------------------------------
 def test_memory_size_units_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyvmm.config
+
     monkeypatch.setattr(layout, "host_memory", lambda: 8 << 30)
+    monkeypatch.setattr(pyvmm.config, "_SIZES", {})  # sizes it accepted are remembered
     assert memory_size("64M") == memory_size(64 << 20) == memory_size("64") == 64 << 20
     assert memory_size("1G") == 1 << 30 and memory_size("4096K") == 4 << 20
     with pytest.raises(ConfigError, match="did you mean '64M'"):
@@ -207,6 +210,12 @@ def test_memory_size_units_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None
             memory_size(wrong)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         memory_size("lots")
+    # only accepted strings are remembered, and a remembered one answers the same
+    assert pyvmm.config._SIZES == {"64M": 64 << 20, "64": 64 << 20, "1G": 1 << 30,
+                                   "4096K": 4 << 20}
+    assert memory_size("1G") == 1 << 30
+    with pytest.raises(ConfigError, match="more than this host's"):
+        memory_size("16G")  # refused again, not remembered
 
 
 # --- the HPET ---------------------------------------------------------------------------
