@@ -15,6 +15,7 @@ from pyvmm.background import BackgroundRun
 from pyvmm.config import check_timeout
 from pyvmm.devices.fastpath import FastEntry
 from pyvmm.devices.ucall import GuestEvent
+from pyvmm.errors import MachineClosedError
 from pyvmm.lifecycle import Lifecycle
 from pyvmm.tracing import Tracing
 from pyvmm.vstate.history import EventLog
@@ -25,6 +26,10 @@ from pyvmm.vstate.runner import Runner
 TYPE_CHECKING = False  # typing's, without importing typing on the run path (mypy knows it)
 if TYPE_CHECKING:
     from pyvmm.vstate.trace import ExitTrace
+
+
+def _closed() -> Runner:
+    raise MachineClosedError("the machine is closed: it runs no more")
 
 
 class Runs:
@@ -110,3 +115,6 @@ class Runs:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
+        # the machine's bound method was the one way back to it: without it a closed
+        # machine goes when its last reference does, not at the next cycle collection
+        self._new_runner = _closed

@@ -27,6 +27,14 @@ __all__ = ["READ", "WRITE", "Action", "Bus", "BusError", "Device", "FastEntry", 
 MAX_UNCLAIMED = 1024
 
 
+class _Closed(Device):
+    """The owner of a closed bus's fast entries."""
+
+    name = "closed"
+
+
+_CLOSED = _Closed()
+
 #: a range's start, the key ranges are sorted by
 _START = itemgetter(0)
 
@@ -262,6 +270,11 @@ class Bus:
         """Close every device once (the machine is going away)."""
         for dev in self._attached:
             dev.close()
+        # an entry names its device, which holds the entry: without the name the two go
+        # by reference counting, not at the next cycle collection (nothing reads owners
+        # of a closed machine's entries)
+        for fe in self.fast_entries:
+            fe.owner = _CLOSED
 
     def unclaimed_summary(self) -> list[str]:
         out = [f"{'port' if s is Space.PIO else 'mmio'} {a:#x}: {n}"

@@ -59,6 +59,10 @@ class Timer:
         self.gen = 0  # the heap entry with this generation is the live one
 
 
+def _no_legacy(on: bool) -> None:
+    return None
+
+
 class Hpet(Device):
     """``irq_line(gsi, level)`` is KVM_IRQ_LINE; ``legacy(on)`` silences the PIT's IRQ 0."""
 
@@ -308,3 +312,6 @@ class Hpet(Device):
             thread.join()
         for t in self.timers:
             t.asserted_gsi = None
+        # the PIT callback closes over the machine, which holds this device: dropped, the
+        # machine goes by reference counting (no thread calls it any more)
+        self.legacy = _no_legacy

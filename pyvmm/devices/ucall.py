@@ -96,6 +96,10 @@ class GuestEvent(Record):
 SyncHandler = Callable[[GuestEvent], None]
 
 
+def _no_symbols() -> Symbols | None:
+    return None
+
+
 class UcallDevice(Device):
     """The protocol port.  ``symbols`` names guest RIPs in exception events; ``emit``
     receives every event (on the vCPU's thread); sync handlers run after it."""
@@ -110,6 +114,11 @@ class UcallDevice(Device):
 
     def ranges(self) -> list[tuple[Space, int, int]]:
         return [(Space.PIO, UCALL_PORT, 4)]
+
+    def close(self) -> None:
+        """Forget the machine's symbols callback (a closure over the machine, which holds
+        this device: a cycle only the collector would break)."""
+        self._symbols = _no_symbols
 
     # The guest observes nothing of this device: the sync handlers are the host's, and a
     # snapshot must not put back the list it saw (a restore dropped every handler

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from pyvmm.vstate.loop import VcpuLoop
 
 FLUSH_INTERVAL = 0.05
+#: makes each runner's flags once, whichever thread comes first (Runner._flags)
+_FLAGS_LOCK = threading.Lock()
 #: how long one vCPU may run on the caller's thread before it moves to a thread of its own
 INLINE_LIMIT = 0.05
 Snapshot = dict[str, dict[str, "StatValue"]]
@@ -67,13 +69,35 @@ class Runner:
         #: vCPUs to resume; False: no wake-up came (the run then ends as it would); an
         #: Outcome: the guest cannot resume and the run ends with it (a guest crash)
         self.on_suspend = on_suspend or (lambda left, stop: False)
-        self._done = threading.Event()
-        self._stop = threading.Event()
+        #: ``(done, stop)``, made on first use (:meth:`_flags`)
+        self._events: tuple[threading.Event, threading.Event] | None = None
         self._stopped_by_host = False
         #: the loop running on the caller's thread and since when (see _leg_inline)
         self._inline: tuple[VcpuLoop, float] | None = None
         self._watchdog: threading.Thread | None = None
         self._closed = False
+
+    def _flags(self) -> tuple[threading.Event, threading.Event]:
+        """The run's two flags, made by whichever thread needs them first: a loop driven
+        by hand (``Machine.vcpu_loop``) never does, and two Events were a tenth of the
+        Python a new machine's first exit cost."""
+        events = self._events
+        if events is None:
+            with _FLAGS_LOCK:
+                if self._events is None:
+                    self._events = (threading.Event(), threading.Event())
+                events = self._events
+        return events
+
+    @property
+    def _done(self) -> threading.Event:
+        """Set when the current leg is over (a vCPU ended it, or a stop)."""
+        return (self._events or self._flags())[0]
+
+    @property
+    def _stop(self) -> threading.Event:
+        """Set by :meth:`stop`; cleared when the run it stopped is over."""
+        return (self._events or self._flags())[1]
 
     def stop(self) -> None:
         """Ask a run in progress to stop every vCPU now; one asked for between runs stops
