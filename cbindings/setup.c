@@ -180,6 +180,61 @@ int pyvmm_vcpu_create(int vm_fd, uint32_t id, uint32_t run_size, const struct py
     return fd;
 }
 
+/* What pyvmm_machine_create made of `m` before a failure (nram ranges, ncpus vCPUs), closed
+ * in hardware.close's order: the vCPUs, the VM, then the RAM. */
+static void machine_undo(const struct pyvmm_machine_spec *s, struct pyvmm_machine *m,
+                         uint32_t nram, uint32_t ncpus)
+{
+    uint32_t i;
+
+    for (i = 0; i < ncpus; i++) {
+        munmap(m->run[i], s->run_size);
+        close(m->vcpu_fd[i]);
+    }
+    close(m->vm_fd);
+    for (i = 0; i < nram; i++) {
+        munmap(m->ram[i], s->ram_size[i]);
+        if (m->ram_fd[i] >= 0)
+            close(m->ram_fd[i]);
+    }
+}
+
+int pyvmm_machine_create(int kvm_fd, const struct pyvmm_machine_spec *s, struct pyvmm_machine *m)
+{
+    uint32_t i;
+
+    m->step = m->err = 0;
+    m->index = 0;
+    if (s->nram > PYVMM_MACHINE_MAX_RAM || s->ncpus > PYVMM_MACHINE_MAX_CPUS) {
+        m->step = PYVMM_STEP_MACHINE_SPEC;
+        m->err = EINVAL;
+        return -1;
+    }
+    m->vm_fd = pyvmm_vm_create(kvm_fd, &s->vm, &m->step, &m->err);
+    if (m->vm_fd < 0)
+        return -1;
+    for (i = 0; i < s->nram; i++) {
+        m->ram[i] = pyvmm_ram_add(m->vm_fd, i, s->ram_gpa[i], s->ram_size[i], 0, s->advise,
+                                  &m->ram_fd[i], &m->step, &m->err);
+        if (!m->ram[i]) {
+            m->index = i;
+            machine_undo(s, m, i, 0);
+            return -1;
+        }
+    }
+    for (i = 0; i < s->ncpus; i++) {
+        m->vcpu_fd[i] = pyvmm_vcpu_create(m->vm_fd, i, s->run_size, s->reset[i], &m->run[i],
+                                          &m->step, &m->err);
+        if (m->vcpu_fd[i] < 0) {
+            m->index = i;
+            machine_undo(s, m, s->nram, i);
+            return -1;
+        }
+        ((struct kvm_run *)m->run[i])->kvm_valid_regs = s->valid_regs;
+    }
+    return 0;
+}
+
 /* --- a snapshot's restore (setup.h's second block) ------------------------------------ */
 int pyvmm_vcpu_restore(int fd, const struct pyvmm_vcpu_state *s, int *nmsrs, int *err)
 {

@@ -98,6 +98,42 @@ void *pyvmm_ram_add(int vm_fd, uint32_t slot, uint64_t gpa, uint64_t size, uint3
  * pyvmm_vcpu_reset.  The vCPU fd, or -1 with *step and *err (the vCPU, if made, closed). */
 int pyvmm_vcpu_create(int vm_fd, uint32_t id, uint32_t run_size, const struct pyvmm_reset *r,
                       void **run, int *step, int *err);
+
+/* A whole machine's KVM objects at once (pyvmm/hardware.py): KVM calls made back to back
+ * run faster than the same calls with Python between them. */
+#define PYVMM_MACHINE_MAX_RAM 2    /* below the MMIO hole, and above 4 GiB */
+#define PYVMM_MACHINE_MAX_CPUS 64  /* pyvmm.config.MAX_CPUS */
+#define PYVMM_STEP_MACHINE_SPEC 30 /* a spec with more RAM ranges or vCPUs than that: EINVAL */
+
+struct pyvmm_machine_spec {
+    struct pyvmm_vm_spec vm;
+    uint32_t nram;  /* RAM range i: memslot i, fresh RAM (pyvmm_ram_add), no flags */
+    uint64_t ram_gpa[PYVMM_MACHINE_MAX_RAM];
+    uint64_t ram_size[PYVMM_MACHINE_MAX_RAM];
+    int advise;     /* pyvmm_ram_map's */
+    uint32_t ncpus; /* vCPU i: APIC ID i, reset with reset[i] (NULL: as KVM makes it) */
+    uint32_t run_size;
+    uint64_t valid_regs;  /* each kvm_run's kvm_valid_regs (KVM_CAP_SYNC_REGS) */
+    const struct pyvmm_reset *reset[PYVMM_MACHINE_MAX_CPUS];
+};
+
+struct pyvmm_machine {
+    int vm_fd;
+    int ram_fd[PYVMM_MACHINE_MAX_RAM];  /* each range's memfd, -1 for anonymous memory */
+    void *ram[PYVMM_MACHINE_MAX_RAM];
+    int vcpu_fd[PYVMM_MACHINE_MAX_CPUS];
+    void *run[PYVMM_MACHINE_MAX_CPUS];
+    /* on failure: the step (a PYVMM_STEP_), its errno, and the RAM range or vCPU it was
+     * for; at PYVMM_STEP_RAM, ram_fd[index] is pyvmm_ram_map's *fd */
+    int step;
+    int err;
+    uint32_t index;
+};
+
+/* pyvmm_vm_create, pyvmm_ram_add for each RAM range, pyvmm_vcpu_create for each vCPU (with
+ * valid_regs set in its kvm_run).  0, or -1 with m->step, m->err and m->index, and
+ * everything made closed again. */
+int pyvmm_machine_create(int kvm_fd, const struct pyvmm_machine_spec *s, struct pyvmm_machine *m);
 /* cdef-end */
 
 /* cdef-begin: a snapshot's restore (pyvmm/snapshot.py), kept apart from the set-up above. */

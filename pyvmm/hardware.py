@@ -20,10 +20,11 @@ from pyvmm.devices.msr import MsrHandlers
 from pyvmm.devices.post import PostPort
 from pyvmm.devices.uart import Uart16550
 from pyvmm.devices.ucall import GuestEvent, UcallDevice
-from pyvmm.kvm.errors import KvmError
+from pyvmm.kvm.errors import KvmError, step_error
+from pyvmm.kvm.hostmem import HostMapping, ram_error, shmem_thp
 from pyvmm.kvm.native import ffi, lib
 from pyvmm.kvm.system import CAP_MAX_VCPUS, CAP_SET_IDENTITY_MAP_ADDR, CAP_SET_TSS_ADDR, Kvm
-from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vcpu import STEPS, Vcpu
 from pyvmm.kvm.vm import PIT_SPEAKER_DUMMY, Vm
 from pyvmm.loader.symbols import Symbols
 from pyvmm.memory import GuestMemory
@@ -71,29 +72,79 @@ def vm86_possible() -> bool:
     return _VM86[0]
 
 
+#: each RAM range's region name (layout.ram_ranges: below the MMIO hole, above 4 GiB)
+_RAM_NAMES = ("ram", "ram-high")
+#: what each vCPU gets at reset, and what its struct points to (pyvmm.x86.reset)
+Resets = list[tuple["Any", tuple["Any", tuple[object, ...] | None, "Any"]]]
+
 #: the interrupt controller of each irqchip mode, as cbindings/setup.h names it
 _IRQCHIPS = {"none": int(lib.PYVMM_IRQCHIP_NONE), "kernel": int(lib.PYVMM_IRQCHIP_KERNEL),
              "split": int(lib.PYVMM_IRQCHIP_SPLIT)}
 
 
-def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
-    """The VM, with ``irqchip`` ("kernel", "split" or "none") and the in-kernel PIT: one
-    native call (KVM_CREATE_VM, the vm86 pages where KVM may use them, KVM_CREATE_IRQCHIP
-    and KVM_CREATE_PIT2, or KVM_ENABLE_CAP(SPLIT_IRQCHIP)), before any memslot (module
-    docstring)."""
+def vm_spec(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> dict[str, int]:
+    """The ``struct pyvmm_vm_spec`` of a VM with ``irqchip`` ("kernel", "split" or "none")
+    and the in-kernel PIT: the vm86 pages where KVM may use them, KVM_CREATE_IRQCHIP and
+    KVM_CREATE_PIT2, or KVM_ENABLE_CAP(SPLIT_IRQCHIP), all before any memslot (module
+    docstring).  KvmError for more vCPUs than this KVM allows."""
     # three KVM_CHECK_EXTENSIONs, not Kvm.capabilities (~90 of them): machines are
     # created by the thousand and every microsecond of set-up counts
     max_vcpus = kvm.check_extension(CAP_MAX_VCPUS) or 1
     if cpus > max_vcpus:
         raise KvmError("KVM_CREATE_VCPU", 22, f"this KVM allows {max_vcpus} vCPUs")
     vm86 = vm86_possible()  # two ioctls every machine would pay for nothing elsewhere
-    return kvm.create_vm(spec=ffi.new("struct pyvmm_vm_spec *", {
+    return {
         "irqchip": _IRQCHIPS[irqchip], "pit": int(pit and irqchip == "kernel"),
         "pit_flags": PIT_SPEAKER_DUMMY,  # port 0x61 handled in KVM
         "split_pins": SPLIT_IRQCHIP_PINS,
         "tss_addr": layout.TSS_ADDR if vm86 and kvm.check_extension(CAP_SET_TSS_ADDR) else 0,
         "identity_map_addr": layout.IDENTITY_MAP_ADDR
-        if vm86 and kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR) else 0}))
+        if vm86 and kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR) else 0}
+
+
+def create_vm(kvm: Kvm, cpus: int, irqchip: str, pit: bool) -> Vm:
+    """The VM of :func:`vm_spec`, in one native call (KVM_CREATE_VM and the rest)."""
+    return kvm.create_vm(spec=ffi.new("struct pyvmm_vm_spec *", vm_spec(kvm, cpus, irqchip, pit)))
+
+
+def create_machine(kvm: Kvm, cpus: int, irqchip: str, pit: bool, mem_size: int,
+                   resets: Resets) -> tuple[Vm, GuestMemory, list[Vcpu]]:
+    """The VM (:func:`vm_spec`), ``mem_size`` of fresh RAM in the PC layout's ranges and
+    the vCPUs reset with ``resets``, in one native call (``pyvmm_machine_create``), which
+    closes what it made if a step fails; each vCPU publishes its GPRs in kvm_run on every
+    exit (KVM_CAP_SYNC_REGS: sregs and events too would cost ~0.3 us per exit here,
+    measured, so those are read by ioctl when needed)."""
+    ranges = layout.ram_ranges(mem_size)
+    spec = ffi.new("struct pyvmm_machine_spec *", {
+        "vm": vm_spec(kvm, cpus, irqchip, pit), "nram": len(ranges),
+        "ram_gpa": [gpa for gpa, _ in ranges], "ram_size": [size for _, size in ranges],
+        "advise": shmem_thp(), "ncpus": cpus, "run_size": kvm.vcpu_mmap_size,
+        "valid_regs": lib.KVM_SYNC_X86_REGS, "reset": [reset for reset, _ in resets]})
+    made = ffi.new("struct pyvmm_machine *")
+    if lib.pyvmm_machine_create(kvm.fd, spec, made) < 0:
+        step, err, i = int(made.step), int(made.err), int(made.index)
+        if step in (lib.PYVMM_STEP_RAM, lib.PYVMM_STEP_SET_USER_MEMORY_REGION):
+            raise ram_error(step, int(made.ram_fd[i]), err, ranges[i][1], _RAM_NAMES[i])
+        raise step_error(step, err, STEPS)
+    vm = Vm(made.vm_fd, kvm.vcpu_mmap_size)  # owns the VM's fd from here
+    memory = GuestMemory(vm)
+    try:
+        vm.xsave_size = kvm.xsave_size(vm)
+        for i, (gpa, size) in enumerate(ranges):
+            memory.adopt_ram(gpa, size, HostMapping.adopt(made.ram[i], made.ram_fd[i], size),
+                             name=_RAM_NAMES[i])
+        return vm, memory, [vm.adopt_vcpu(i, made.vcpu_fd[i], made.run[i])
+                            for i in range(cpus)]
+    except BaseException:  # (a signal, say): each object closed once, by its owner
+        for i in range(len(vm.vcpus), cpus):
+            lib.pyvmm_munmap(made.run[i], spec.run_size)
+            os.close(made.vcpu_fd[i])
+        close(None, vm, memory, None)
+        for i in range(len(memory.regions), len(ranges)):
+            lib.pyvmm_munmap(made.ram[i], ranges[i][1])
+            if made.ram_fd[i] >= 0:
+                os.close(made.ram_fd[i])
+        raise
 
 
 def add_guest_ram(memory: GuestMemory, mem_size: int,
@@ -104,12 +155,10 @@ def add_guest_ram(memory: GuestMemory, mem_size: int,
         file = (ram_file[0], ram_file[1][i]) if ram_file is not None else None
         # a clone's slots log dirty pages from the start: turning it on later would
         # change the memslot, which waits for an SRCU grace period under an irqchip
-        memory.add_ram(gpa, size, name="ram" if gpa == 0 else "ram-high", file=file,
-                       log_dirty=file is not None)
+        memory.add_ram(gpa, size, name=_RAM_NAMES[i], file=file, log_dirty=file is not None)
 
 
-def vcpu_resets(kvm: Kvm, cpus: int, irqchip: str, cpu_features: str
-                ) -> list[tuple[Any, tuple[Any, tuple[object, ...] | None, Any]]]:
+def vcpu_resets(kvm: Kvm, cpus: int, irqchip: str, cpu_features: str) -> Resets:
     """What each of ``cpus`` vCPUs gets at reset (:func:`pyvmm.x86.reset.reset_state`),
     made before the VM: the CPUID is asked of KVM only when it is not cached yet."""
     supported: list[dict[str, int]] = []
@@ -124,8 +173,7 @@ def vcpu_resets(kvm: Kvm, cpus: int, irqchip: str, cpu_features: str
                         kvm_path=kvm.path, irqchip=irqchip) for i in range(cpus)]
 
 
-def create_vcpus(vm: Vm, resets: list[tuple[Any, tuple[Any, tuple[object, ...] | None, Any]]],
-                 vcpus: list[Vcpu]) -> None:
+def create_vcpus(vm: Vm, resets: Resets, vcpus: list[Vcpu]) -> None:
     """Append a vCPU per reset state to ``vcpus`` (a list the caller owns, so that those
     made before a failure are closed with the VM), each reset as firmware leaves it."""
     for i, (reset, _) in enumerate(resets):
@@ -165,23 +213,27 @@ def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_fe
     bus = Bus(strict=strict_io)
     msrs = MsrHandlers()
     resets = vcpu_resets(kvm, cpus, irqchip, cpu_features)
-    vm = create_vm(kvm, cpus, irqchip, pit)
-    memory = GuestMemory(vm)
+    if ram_file is None:
+        vm, memory, vcpus = create_machine(kvm, cpus, irqchip, pit, mem_size, resets)
+    else:  # a clone: RAM from the snapshot's file, logging dirty pages from the start
+        vm = create_vm(kvm, cpus, irqchip, pit)
+        memory = GuestMemory(vm)
+        vcpus = []
+        try:
+            add_guest_ram(memory, mem_size, ram_file)
+            create_vcpus(vm, resets, vcpus)
+        except BaseException:
+            close(None, vm, memory, None)
+            raise
+        for vcpu in vcpus:
+            vcpu.enable_sync_regs()  # as pyvmm_machine_create does (create_machine)
     try:
-        add_guest_ram(memory, mem_size, ram_file)
-        vcpus: list[Vcpu] = []
-        create_vcpus(vm, resets, vcpus)
         ucall = UcallDevice(memory, symbols, emit)
         bus.attach_devices((uart, debug_exit, post, ucall))
     except BaseException:
         close(bus, vm, memory, None)
         raise
-    lapics = []
-    for vcpu, (_, page) in zip(vcpus, resets, strict=True):
-        # GPRs and RIP in kvm_run on every exit for free; sregs/events too would cost
-        # ~0.3 us per exit here (measured), so those are read by ioctl when needed
-        vcpu.enable_sync_regs()
-        lapics.append(lapic_page(page))
+    lapics = [lapic_page(page) for _, page in resets]
     return vm, memory, bus, msrs, uart, debug_exit, post, ucall, vcpus, lapics
 
 

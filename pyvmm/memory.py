@@ -27,6 +27,10 @@ __all__ = ["PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 _U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
 
+def _gpa(region: MemoryRegion) -> int:
+    return region.gpa
+
+
 class MemoryRegion(Record):
     """One memslot: ``size`` bytes of host memory at guest-physical ``gpa``."""
 
@@ -99,10 +103,21 @@ class GuestMemory:
                 except BaseException:
                     mapping.close()
                     raise
-            region = MemoryRegion(slot, gpa, size, readonly, log_dirty, name, mapping)
-            self._next_slot += 1
-            # a new list, never one changed in place: readers on other threads iterate it
-            self.regions = sorted([*self.regions, region], key=lambda r: r.gpa)
+            return self._add_region(MemoryRegion(slot, gpa, size, readonly, log_dirty, name,
+                                                 mapping))
+
+    def adopt_ram(self, gpa: int, size: int, mapping: HostMapping, *, name: str = "ram"
+                  ) -> MemoryRegion:
+        """Fresh RAM a native call already mapped and registered as the next memslot
+        (``pyvmm_machine_create``, with the VM): the region :meth:`add_ram` would have made."""
+        with self._lock:
+            return self._add_region(MemoryRegion(self._next_slot, gpa, size, False, False, name,
+                                                 mapping))
+
+    def _add_region(self, region: MemoryRegion) -> MemoryRegion:
+        self._next_slot += 1
+        # a new list, never one changed in place: readers on other threads iterate it
+        self.regions = sorted([*self.regions, region], key=_gpa)
         return region
 
     def remove(self, region: MemoryRegion) -> None:

@@ -55,6 +55,16 @@ def shmem_thp() -> bool:
     return _SHMEM_THP[0]
 
 
+def ram_error(step: int, fd: int, err: int, size: int, what: str) -> KvmError:
+    """The KvmError of fresh RAM a native call could not make (``pyvmm_ram_add``'s
+    ``step``, and ``fd``: whether the memfd itself was out of memory)."""
+    if step == lib.PYVMM_STEP_SET_USER_MEMORY_REGION:
+        return KvmError("KVM_SET_USER_MEMORY_REGION", err)
+    if fd == lib.PYVMM_RAM_NO_MEMFD:  # ENOMEM, not mmap's
+        return KvmError(f"memfd {what}", err, f"cannot make {size >> 20} MiB for {what}")
+    return KvmError(f"mmap {what}", err, f"cannot map {size >> 20} MiB for {what}")
+
+
 class HostMapping:
     """``size`` bytes of zeroed host memory; :meth:`close` unmaps it."""
 
@@ -81,19 +91,28 @@ class HostMapping:
             else:
                 ptr = lib.pyvmm_ram_map(size, shmem_thp(), fd, err)
             self._fd = int(fd[0])
-            if ptr == ffi.NULL and step[0] == lib.PYVMM_STEP_SET_USER_MEMORY_REGION:
-                raise KvmError("KVM_SET_USER_MEMORY_REGION", err[0])
-            if ptr == ffi.NULL and self._fd == lib.PYVMM_RAM_NO_MEMFD:  # ENOMEM, not mmap's
+            if ptr == ffi.NULL:  # the native call closed what it made
                 self._fd = -1
-                raise KvmError(f"memfd {what}", err[0], f"cannot make {size >> 20} MiB for {what}")
+                raise ram_error(int(step[0]), int(fd[0]), int(err[0]), size, what)
         elif file is not None:
             ptr = lib.pyvmm_mmap_file(size, file[0], file[1], err)
         else:
             ptr = lib.pyvmm_mmap(size, -1, _MAP_NORESERVE | _MAP_HUGETLB, err)
         if ptr == ffi.NULL:
-            self._close_fd()
             raise KvmError(f"mmap {what}", err[0], f"cannot map {size >> 20} MiB for {what}")
-        self.private = file is not None
+        self._take(ptr, size, file is not None)
+
+    @classmethod
+    def adopt(cls, ptr: Cdata, fd: int, size: int) -> HostMapping:
+        """The mapping of fresh RAM a native call made (``pyvmm_machine_create``: ``fd`` its
+        memfd, -1 for anonymous memory); owned from here on."""
+        mapping = cls.__new__(cls)
+        mapping._fd = fd
+        mapping._take(ptr, size, False)
+        return mapping
+
+    def _take(self, ptr: Cdata, size: int, private: bool) -> None:
+        self.private = private
         self.size = size
         self._ptr: Cdata = ptr
         #: ``uint8_t *`` to the first byte

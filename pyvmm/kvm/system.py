@@ -126,11 +126,16 @@ class Kvm(FdObject, kind="system"):
             if fd < 0:
                 raise step_error(out[0], out[1], STEPS)
         vm = Vm(fd, self.vcpu_mmap_size)
-        key = (self.path, vm_type)
-        if key not in _XSAVE_SIZE:  # a VM ioctl, but the same answer for every VM of a type
-            _XSAVE_SIZE[key] = vm.check_extension(lib.KVM_CAP_XSAVE2)
-        vm.xsave_size = _XSAVE_SIZE[key]
+        vm.xsave_size = self.xsave_size(vm, vm_type)
         return vm
+
+    def xsave_size(self, vm: Vm, vm_type: int = 0) -> int:
+        """KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on ``vm``, a VM of ``vm_type``: a VM ioctl,
+        but the same answer for every VM of a type, so asked once per process."""
+        key = (self.path, vm_type)
+        if key not in _XSAVE_SIZE:
+            _XSAVE_SIZE[key] = vm.check_extension(lib.KVM_CAP_XSAVE2)
+        return _XSAVE_SIZE[key]
 
     @property
     def vcpu_mmap_size(self) -> int:

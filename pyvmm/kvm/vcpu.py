@@ -37,6 +37,7 @@ STEPS = {int(getattr(lib, f"PYVMM_STEP_{name}")): f"KVM_{name}" for name in (
     "SET_REGS", "CREATE_VM", "SET_TSS_ADDR", "SET_IDENTITY_MAP_ADDR", "CREATE_IRQCHIP",
     "CREATE_PIT2", "ENABLE_CAP", "CREATE_VCPU", "SET_USER_MEMORY_REGION")}
 STEPS[int(lib.PYVMM_STEP_MMAP_RUN)] = "mmap kvm_run"
+STEPS[int(lib.PYVMM_STEP_MACHINE_SPEC)] = "pyvmm_machine_create (more RAM ranges or vCPUs than it holds)"
 STEPS.update({int(getattr(lib, f"PYVMM_STEP_{step}")): f"KVM_{name}" for step, name in (
     ("SET_SREGS_STATE", "SET_SREGS"), ("SET_REGS_STATE", "SET_REGS"), ("SET_XSAVE", "SET_XSAVE"),
     ("SET_FPU_STATE", "SET_FPU"), ("SET_XCRS", "SET_XCRS"), ("SET_DEBUGREGS", "SET_DEBUGREGS"),

@@ -232,7 +232,14 @@ class Vm(FdObject, kind="vm"):
                                    ffi.NULL if reset is None else reset, run, out, out + 1)
         if fd < 0:
             raise step_error(out[0], out[1], STEPS)
-        vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.xsave_size, run=run[0])
+        return self.adopt_vcpu(vcpu_id, fd, run[0])
+
+    def adopt_vcpu(self, vcpu_id: int, fd: int, run: Cdata) -> Vcpu:
+        """The vCPU behind ``fd`` with its kvm_run mapping ``run``, made by a native call
+        (``pyvmm_vcpu_create``, ``pyvmm_machine_create``); owned from here on."""
+        if self.xsave_size is None:
+            self.xsave_size = self.check_extension(lib.KVM_CAP_XSAVE2)
+        vcpu = Vcpu(fd, vcpu_id, self.vcpu_mmap_size, self.xsave_size, run=run)
         self.vcpus.append(vcpu)
         return vcpu
 

@@ -342,6 +342,44 @@ def test_leak_1000_create_destroy_cycles():
     assert rss_kib() - rss0 < 8 * 1024, "RSS grew by more than 8 MiB over 1000 cycles"
 
 
+def _ram_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("pyvmm-ram" in line for line in f)
+
+
+def test_machine_create_undoes_everything_when_a_step_fails():
+    """pyvmm_machine_create (the VM, its RAM and vCPUs in one native call) names the step
+    and the object it failed at, and leaves no fd and no mapping of what it made before."""
+    from pyvmm import hardware
+    from pyvmm.kvm.native import ffi
+
+    with Kvm() as kvm:
+        resets = hardware.vcpu_resets(kvm, 2, "split", "")
+        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": 1000, "entries": 1})  # KVM: <= 256
+        bad = ffi.new("struct pyvmm_reset *", {"cpuid": cpuid, "msrs": ffi.NULL})
+        before = _fds(), _ram_maps()
+        with pytest.raises(KvmError) as e:  # vCPU 1's reset refused: vCPU 0, RAM and VM go
+            hardware.create_machine(kvm, 2, "split", False, 8 << 20, [resets[0], (bad, resets[1][1])])
+        assert (e.value.ioctl, e.value.errno) == ("KVM_SET_CPUID2", 7)
+        assert (_fds(), _ram_maps()) == before
+        spec = ffi.new("struct pyvmm_machine_spec *", {
+            "nram": 2, "ram_gpa": [0, 0x12345], "ram_size": [1 << 20, 1 << 20], "ncpus": 1,
+            "run_size": kvm.vcpu_mmap_size})
+        made = ffi.new("struct pyvmm_machine *")
+        assert lib.pyvmm_machine_create(kvm.fd, spec, made) == -1  # the second memslot
+        assert (made.step, made.err, made.index) == (lib.PYVMM_STEP_SET_USER_MEMORY_REGION, 22, 1)
+        assert (_fds(), _ram_maps()) == before  # the first range unmapped, its memfd closed
+        spec.ncpus = 65
+        assert lib.pyvmm_machine_create(kvm.fd, spec, made) == -1
+        assert (made.step, made.err) == (lib.PYVMM_STEP_MACHINE_SPEC, 22)
+        vm, memory, vcpus = hardware.create_machine(kvm, 2, "split", False, 8 << 20, resets)
+        assert [v.id for v in vcpus] == [0, 1] and vm.vcpus == vcpus
+        assert all(v.kvm_run.kvm_valid_regs == lib.KVM_SYNC_X86_REGS for v in vcpus)
+        assert [(r.slot, r.gpa, r.size, r.name) for r in memory.regions] == [(0, 0, 8 << 20, "ram")]
+        hardware.close(None, vm, memory, None)
+        assert (_fds(), _ram_maps()) == before
+
+
 @pytest.mark.parametrize("how", ["vcpu_loop", "run", "python_loop", "unrun", "multiboot"])
 def test_a_closed_machine_goes_by_reference_counting(guests, how):
     # no reference cycle through a closed machine: it and its devices are freed when the
