@@ -195,7 +195,8 @@ def plan_boot(ram: list[tuple[int, int]], segments: list[LoadSegment], cmdline: 
     if len(cmdline) >= MAX_CMDLINE:
         raise ConfigError(f"command line too long ({len(cmdline)} bytes, max {MAX_CMDLINE - 1})")
     ntables = _table_count(ram, segments)
-    # page 0: GDT + boot info + memory map; page 1: command line; then the page tables
+    # page 0: GDT + boot info + memory map (+ a short command line); page 1: a long
+    # command line; then the page tables
     vmm_size = (2 + ntables) * PAGE_4K
     used = [(s.paddr, s.end) for s in segments]
     low = [(a, min(b, MMIO_HOLE_START)) for a, b in _free_ranges(ram, used) if a < MMIO_HOLE_START]
@@ -216,14 +217,20 @@ def plan_boot(ram: list[tuple[int, int]], segments: list[LoadSegment], cmdline: 
     high = tuple((s.index, s.vaddr, s.paddr, s.memsz) for s in segments if s.vaddr != s.paddr)
     table_base = vmm_base + 2 * PAGE_4K
     tables = _page_tables(table_base, tuple(ram), high, ntables, name)
+    mmap = memory_map(ram, [(vmm_base, vmm_base + vmm_size + stack)])
+    mm = b"".join(MMAP_ENTRY.pack(b, n, t, 0) for b, n, t in mmap)
+    mmap_addr = vmm_base + GDT_SIZE + BOOT_INFO.size
+    # the command line follows the memory map in page 0 when it fits there (one page of
+    # guest RAM fewer to fault in per machine), else it has page 1 to itself
+    cmdline_addr = mmap_addr + len(mm)
+    if cmdline_addr + len(cmdline) + 1 > vmm_base + PAGE_4K:
+        cmdline_addr = vmm_base + PAGE_4K
     plan = BootPlan(vmm_base, vmm_size, stack_base, stack, vmm_base, vmm_base + GDT_SIZE,
-                    vmm_base + PAGE_4K, table_base)
-    plan.memory_map = memory_map(ram, [(vmm_base, vmm_base + vmm_size + stack)])
-    mmap_addr = plan.info_addr + BOOT_INFO.size
+                    cmdline_addr, table_base)
+    plan.memory_map = mmap
     info = BOOT_INFO.pack(BOOT_MAGIC, BOOT_VERSION, sum(z for _, z in ram), mmap_addr,
                           len(plan.memory_map), ncpus, plan.cmdline_addr, len(cmdline), 0,
                           stack_base, stack, vmm_base, vmm_size)
-    mm = b"".join(MMAP_ENTRY.pack(b, n, t, 0) for b, n, t in plan.memory_map)
     plan.writes = [(plan.gdt_addr, gdt_bytes()), (plan.info_addr, info), (mmap_addr, mm),
                    (plan.cmdline_addr, cmdline + b"\0"), (table_base, tables)]
     return plan

@@ -74,6 +74,13 @@ def install_kick_handler() -> None:
             _kick_installed = True
 
 
+def _native_id() -> int:
+    """The calling thread's TID: the one its Thread object keeps (threading.get_native_id
+    is a gettid syscall each time, and every run asks)."""
+    tid = threading.current_thread().native_id
+    return tid if tid is not None else threading.get_native_id()
+
+
 def port_bitmap(ranges: tuple[tuple[int, int], ...]) -> Any:
     """The C loop's claimed-ports bitmap (bit ``port & 7`` of byte ``port >> 3``, a
     ``uint8_t[8192]``) for ``ranges`` of ``(base, length)``: one per set of ranges, never
@@ -281,7 +288,7 @@ class VcpuLoop:
     def run(self) -> Outcome:
         """Run in C until an outcome; slow exits are handled here in between."""
         c = self.c
-        self.threads.add(threading.get_native_id())
+        self.threads.add(_native_id())
         lib.pyvmm_loop_bind_thread(c)
         try:
             while True:
@@ -314,7 +321,7 @@ class VcpuLoop:
         PIO exits take an inlined path (cached views of kvm_run, a port -> device cache)
         so that the comparison with the C loop measures the language, not sloppiness.
         """
-        self.threads.add(threading.get_native_id())
+        self.threads.add(_native_id())
         fd = self.vcpu.fd
         run = self.vcpu.kvm_run
         io = lib.pyvmm_run_io(run)
