@@ -69,7 +69,7 @@ def memory_size(mem: int | str) -> int:
     if host and size > host:
         raise ConfigError(f"{layout.format_size(size)} of guest RAM is more than this host's "
                           f"{layout.format_size(host)} of memory")
-    if isinstance(mem, str) and len(_SIZES) < 64:
+    if type(mem) is str and len(_SIZES) < 64:
         _SIZES[mem] = size
     return size
 

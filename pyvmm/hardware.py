@@ -222,18 +222,18 @@ def build(kvm: Kvm, *, cpus: int, irqchip: str, pit: bool, mem_size: int, cpu_fe
         try:
             add_guest_ram(memory, mem_size, ram_file)
             create_vcpus(vm, resets, vcpus)
+            for vcpu in vcpus:
+                vcpu.enable_sync_regs()  # as pyvmm_machine_create does (create_machine)
         except BaseException:
             close(None, vm, memory, None)
             raise
-        for vcpu in vcpus:
-            vcpu.enable_sync_regs()  # as pyvmm_machine_create does (create_machine)
-    try:
+    try:  # (a signal may come here too: Machine.__init__ cannot close what it has not got)
         ucall = UcallDevice(memory, symbols, emit)
         bus.attach_devices((uart, debug_exit, post, ucall))
+        lapics = [lapic_page(page) for _, page in resets]
     except BaseException:
         close(bus, vm, memory, None)
         raise
-    lapics = [lapic_page(page) for _, page in resets]
     return vm, memory, bus, msrs, uart, debug_exit, post, ucall, vcpus, lapics
 
 

@@ -27,14 +27,6 @@ __all__ = ["READ", "WRITE", "Action", "Bus", "BusError", "Device", "FastEntry", 
 MAX_UNCLAIMED = 1024
 
 
-class _Closed(Device):
-    """The owner of a closed bus's fast entries."""
-
-    name = "closed"
-
-
-_CLOSED = _Closed()
-
 #: a range's start, the key ranges are sorted by
 _START = itemgetter(0)
 
@@ -112,18 +104,25 @@ class Bus:
         checking and sorting their claims each time was a tenth of a machine's Python."""
         claims = [tuple(d.ranges()) for d in devices]
         key = (*claims,)
-        layout = _LAYOUTS.get(key) if not self._attached else None
+        layout, empty, keep = None, not self._attached, True
+        if empty:
+            try:
+                layout = _LAYOUTS.get(key)
+            except TypeError:  # a device's ranges as lists, say: not kept
+                keep = False
         if layout is not None:
             return self._adopt(layout, devices)
-        empty = not self._attached
-        new = self.attach_all([(space, base, length, d) for d, ranges in zip(devices, claims, strict=True)
+        new = self.attach_all([(space, base, length, d)
+                               for d, ranges in zip(devices, claims, strict=True)
                                for space, base, length in ranges])
-        if empty and len(_LAYOUTS) < _LAYOUTS_MAX:
+        if empty and keep and len(_LAYOUTS) < _LAYOUTS_MAX:
+            # the devices by their first place in ``devices``; a device that claims no
+            # range is not on the bus (as attach leaves it), here or on a bus taking this
             index = {id(d): i for i, d in reversed(list(enumerate(devices)))}
             _LAYOUTS[key] = ([(space, [(s, e, index[id(d)]) for s, e, d in ranges],
                                self._starts[space], self.claims(space))
                               for space, ranges in self._ranges.items() if ranges],
-                             sorted(set(index.values())))
+                             [index[id(d)] for d in self._attached])
         return new
 
     def _adopt(self, layout: _Layout, devices: Sequence[Device]) -> list[FastEntry]:
@@ -169,7 +168,9 @@ class Bus:
                 reach = ranges[0]  # the range reaching furthest so far
                 for r in ranges:  # sorted by start: any overlap shows against ``reach``
                     if r[0] < reach[1] and r is not reach:
-                        new_r, old_r = (r, reach) if r in add else (reach, r)
+                        # the one claimed later is the newcomer (as one by one)
+                        new_r, old_r = (r, reach) if r in add and (
+                            reach not in add or add.index(r) > add.index(reach)) else (reach, r)
                         raise BusError(f"{new_r[2].name}: {space.name} {new_r[0]:#x}-"
                                        f"{new_r[1] - 1:#x} overlaps {old_r[2].name} at "
                                        f"{old_r[0]:#x}-{old_r[1] - 1:#x}")
@@ -182,7 +183,7 @@ class Bus:
                 if id(device) not in seen:
                     seen.add(id(device))
                     for fe in device.fast_entries():
-                        if fe not in self.fast_entries:
+                        if fe not in self.fast_entries and fe not in new:
                             new.append(fe)
                     if id(device) not in self._attached_ids:
                         self._attached_ids.add(id(device))
@@ -203,7 +204,7 @@ class Bus:
         out: dict[int, tuple[str, Device]] = {}
         for space, ranges in self._ranges.items():
             where = space.name.lower()
-            for start, _, d in ranges:  # sorted by start: register() inserts them so
+            for start, _, d in ranges:  # sorted by start (attach_all keeps them so)
                 if id(d) not in out:
                     out[id(d)] = (f"{d.name}@{where}:{start:#x}", d)
         self._devices = sorted(out.values(), key=lambda kd: kd[0])
@@ -216,9 +217,10 @@ class Bus:
     def claims(self, space: Space) -> tuple[tuple[int, int], ...]:
         """:meth:`claimed` as a tuple, the same one until a device is registered: every run
         loop asks when it is made, and the C loop's port bitmaps are kept per tuple."""
-        claims = self._claims.get(space)
+        kept = self._claims  # a registration meanwhile replaces it: this one goes stale
+        claims = kept.get(space)
         if claims is None:
-            claims = self._claims[space] = tuple((s, e - s) for s, e, _ in self._ranges[space])
+            claims = kept[space] = tuple((s, e - s) for s, e, _ in self._ranges[space])
         return claims
 
     def count_unclaimed(self, space: Space, addr: int, n: int) -> None:
@@ -270,11 +272,6 @@ class Bus:
         """Close every device once (the machine is going away)."""
         for dev in self._attached:
             dev.close()
-        # an entry names its device, which holds the entry: without the name the two go
-        # by reference counting, not at the next cycle collection (nothing reads owners
-        # of a closed machine's entries)
-        for fe in self.fast_entries:
-            fe.owner = _CLOSED
 
     def unclaimed_summary(self) -> list[str]:
         out = [f"{'port' if s is Space.PIO else 'mmio'} {a:#x}: {n}"

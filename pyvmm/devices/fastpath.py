@@ -58,6 +58,9 @@ class FastEntry:
     ``fast_event``) and the counts of what C answered (``fast_hits``).  Equal only to
     itself: each is one device's entry."""
 
+    __slots__ = ("action", "base", "clock_hz", "clock_mask", "dirs", "enabled", "length", "owner",
+                 "read_value", "space")
+
     def __init__(self, space: Space, base: int, length: int, dirs: int, action: Action,
                  owner: FastOwner, read_value: int = 0, enabled: bool = True, clock_hz: int = 0,
                  clock_mask: int = 0) -> None:
@@ -72,6 +75,26 @@ class FastEntry:
         self.clock_hz = clock_hz
         self.clock_mask = clock_mask
 
+    def detach(self) -> None:
+        """Forget the owner (its device is closed): the owner holds the entry, so the two
+        would otherwise go only at the collector's next cycle pass, not with the machine."""
+        self.owner = _CLOSED
+
     def __repr__(self) -> str:
         return fields_repr(self, ["space", "base", "length", "dirs", "action", "owner",
                                   "read_value", "enabled", "clock_hz", "clock_mask"])
+
+
+class _ClosedOwner:
+    """The owner of a closed device's entries (:meth:`FastEntry.detach`)."""
+
+    name = "closed"
+
+    def fast_event(self, data: bytes) -> None:
+        return None
+
+    def fast_hits(self, entry: FastEntry, hits: int, last_value: int) -> None:
+        return None
+
+
+_CLOSED = _ClosedOwner()

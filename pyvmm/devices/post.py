@@ -31,6 +31,10 @@ class PostPort(Device):
     def fast_entries(self) -> list[FastEntry]:
         return [self.entry, self._reads]
 
+    def close(self) -> None:
+        self.entry.detach()
+        self._reads.detach()
+
     def fast_hits(self, entry: FastEntry, hits: int, last_value: int) -> None:
         if entry is self.entry:
             self.writes += hits

@@ -43,6 +43,10 @@ class Uart16550(Device):
     def fast_entries(self) -> list[FastEntry]:
         return [self._thr, self._lsr]
 
+    def close(self) -> None:
+        self._thr.detach()
+        self._lsr.detach()
+
     def fast_event(self, data: bytes) -> None:
         self.output(data)
 
