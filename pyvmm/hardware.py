@@ -126,9 +126,11 @@ def create_machine(kvm: Kvm, cpus: int, irqchip: str, pit: bool, mem_size: int,
         if step in (lib.PYVMM_STEP_RAM, lib.PYVMM_STEP_SET_USER_MEMORY_REGION):
             raise ram_error(step, int(made.ram_fd[i]), err, ranges[i][1], _RAM_NAMES[i])
         raise step_error(step, err, STEPS)
-    vm = Vm(made.vm_fd, kvm.vcpu_mmap_size)  # owns the VM's fd from here
-    memory = GuestMemory(vm)
+    vm: Vm | None = None
+    memory: GuestMemory | None = None
     try:
+        vm = Vm(made.vm_fd, kvm.vcpu_mmap_size)  # owns the VM's fd from here
+        memory = GuestMemory(vm)
         vm.xsave_size = kvm.xsave_size(vm)
         for i, (gpa, size) in enumerate(ranges):
             memory.adopt_ram(gpa, size, HostMapping.adopt(made.ram[i], made.ram_fd[i], size),
@@ -136,11 +138,15 @@ def create_machine(kvm: Kvm, cpus: int, irqchip: str, pit: bool, mem_size: int,
         return vm, memory, [vm.adopt_vcpu(i, made.vcpu_fd[i], made.run[i])
                             for i in range(cpus)]
     except BaseException:  # (a signal, say): each object closed once, by its owner
-        for i in range(len(vm.vcpus), cpus):
+        vcpus_owned = len(vm.vcpus) if vm is not None else 0
+        ram_owned = len(memory.regions) if memory is not None else 0
+        for i in range(vcpus_owned, cpus):
             lib.pyvmm_munmap(made.run[i], spec.run_size)
             os.close(made.vcpu_fd[i])
+        if vm is None:
+            os.close(made.vm_fd)
         close(None, vm, memory, None)
-        for i in range(len(memory.regions), len(ranges)):
+        for i in range(ram_owned, len(ranges)):
             lib.pyvmm_munmap(made.ram[i], ranges[i][1])
             if made.ram_fd[i] >= 0:
                 os.close(made.ram_fd[i])

@@ -139,7 +139,9 @@ class Bus:
                 d = devices[i]
                 self._attached_ids.add(id(d))
                 self._attached.append(d)
-                new += d.fast_entries()
+                for fe in d.fast_entries():
+                    if fe not in new:  # (devices may share an entry: listed once)
+                        new.append(fe)
             self.fast_entries += new
             self._devices = None
         return new

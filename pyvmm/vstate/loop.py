@@ -77,8 +77,12 @@ def install_kick_handler() -> None:
 def _native_id() -> int:
     """The calling thread's TID: the one its Thread object keeps (threading.get_native_id
     is a gettid syscall each time, and every run asks)."""
-    tid = threading.current_thread().native_id
-    return tid if tid is not None else threading.get_native_id()
+    thread = threading.current_thread()
+    if thread.native_id is None or isinstance(thread, threading._DummyThread):
+        # a thread threading did not start: its object may be an earlier thread's whose
+        # TID was reused (3.11 keeps dummy threads), so ask the kernel
+        return threading.get_native_id()
+    return thread.native_id
 
 
 def port_bitmap(ranges: tuple[tuple[int, int], ...]) -> Any:

@@ -380,6 +380,53 @@ def test_machine_create_undoes_everything_when_a_step_fails():
         assert (_fds(), _ram_maps()) == before
 
 
+def test_a_signal_while_a_machine_is_adopted_closes_each_thing_once(monkeypatch):
+    # (review: the unwinding closed every RAM range a second time after memory.close(),
+    # so the user got EBADF instead of the KeyboardInterrupt, or another fd was closed)
+    from pyvmm import hardware
+    from pyvmm.kvm.vm import Vm
+
+    holder = []
+    real_close = hardware.GuestMemory.close
+
+    def close_and_reuse(self):
+        real_close(self)
+        holder.append(os.open("/dev/null", os.O_RDONLY))  # takes a freed number
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt  # a signal while the vCPUs are adopted
+
+    with Kvm() as kvm:
+        resets = hardware.vcpu_resets(kvm, 2, "split", "")
+        before = _fds(), _ram_maps()
+        monkeypatch.setattr(Vm, "adopt_vcpu", interrupted)
+        monkeypatch.setattr(hardware.GuestMemory, "close", close_and_reuse)
+        with pytest.raises(KeyboardInterrupt):
+            hardware.create_machine(kvm, 2, "split", False, 64 << 20, resets)
+        os.fstat(holder[0])  # still open: nobody closed what took the memfd's number
+        os.close(holder[0])
+        assert (_fds(), _ram_maps()) == before
+
+
+def test_a_run_on_a_thread_threading_did_not_start_is_mapped_to_its_own_tid(guests):
+    # (review: 3.11 keeps dummy Thread objects, and a reused pthread gets an earlier
+    # thread's object and TID: kvmtrace would map KVM's events to the wrong vCPU thread)
+    import _thread
+    import threading
+    import time
+
+    from pyvmm.vstate.loop import _native_id
+
+    out = []
+    for _ in range(3):
+        done = threading.Event()
+        _thread.start_new_thread(lambda: (out.append((_native_id(), threading.get_native_id())),
+                                          done.set()), ())
+        assert done.wait(10)
+        time.sleep(0.05)
+    assert all(got == real for got, real in out)
+
+
 @pytest.mark.parametrize("how", ["vcpu_loop", "run", "python_loop", "unrun", "multiboot"])
 def test_a_closed_machine_goes_by_reference_counting(guests, how):
     # no reference cycle through a closed machine: it and its devices are freed when the

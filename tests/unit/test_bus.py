@@ -233,3 +233,26 @@ def test_two_new_overlapping_claims_name_the_later_one():
     bus = Bus()
     with pytest.raises(BusError, match="B: PIO 0xf0-0x10f overlaps A at 0x100-0x107"):
         bus.attach_all([(Space.PIO, 0x100, 8, Reg("A")), (Space.PIO, 0xF0, 0x20, Reg("B"))])
+
+
+def test_an_entry_two_devices_share_is_listed_once_on_every_empty_bus():
+    # (review: the layout cache's path listed it twice on later empty buses)
+    from pyvmm.devices.fastpath import WRITE, Action, FastEntry
+
+    class Half(Device):
+        def __init__(self, name, base, entry):
+            self.name, self.base, self.entry = name, base, entry
+
+        def ranges(self):
+            return [(Space.PIO, self.base, 1)]
+
+        def fast_entries(self):
+            return [self.entry]
+
+    counts = []
+    for _ in range(2):
+        shared = FastEntry(Space.PIO, 0x7770, 2, WRITE, Action.SINK, None)
+        bus = Bus()
+        bus.attach_devices((Half("a", 0x7770, shared), Half("b", 0x7771, shared)))
+        counts.append(len(bus.fast_entries))
+    assert counts == [1, 1]
