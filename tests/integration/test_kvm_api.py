@@ -420,8 +420,12 @@ def test_a_run_on_a_thread_threading_did_not_start_is_mapped_to_its_own_tid(gues
     out = []
     for _ in range(3):
         done = threading.Event()
-        _thread.start_new_thread(lambda: (out.append((_native_id(), threading.get_native_id())),
-                                          done.set()), ())
+
+        def note(done=done):
+            out.append((_native_id(), threading.get_native_id()))
+            done.set()
+
+        _thread.start_new_thread(note, ())
         assert done.wait(10)
         time.sleep(0.05)
     assert all(got == real for got, real in out)
