@@ -197,12 +197,7 @@ class VcpuLoop:
                 if owner not in (None, fe.owner):
                     raise FastTableFull("only one byte-buffer device per vCPU")
                 owner = fe.owner
-        try:  # entry_record's pack, inline: a loop's set-up packs every device's entries
-            records = b"".join([_ENTRY.pack(fe.base, fe.length, fe.read_value, 0, 0, fe.space,
-                                            fe.dirs, fe.action, fe.enabled, 0, fe.clock_hz,
-                                            fe.clock_mask) for fe in fes])
-        except struct.error:
-            records = b"".join([entry_record(fe) for fe in fes])  # names the entry
+        records = b"".join([entry_record(fe) for fe in fes])
         ffi.memmove(self._entries_base + n * _ENTRY.size, records, len(records))
         self._buffer_owner = owner
         self.entries += fes
